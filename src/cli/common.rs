@@ -1,0 +1,96 @@
+//! Options and helpers several subcommands share.
+
+use crate::model::{LoadOptions, Model, DEFAULT_MODEL};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::Args;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A hub id (Qwen/Qwen2-0.5B-Instruct), a local Hugging Face folder, or a .gguf file.
+    #[arg(long, env = "AUTOIF_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Where to run: auto picks the GPU when built with --features cuda and one is present.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    pub device: String,
+}
+
+impl ModelArgs {
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        Ok(match self.device.as_str() {
+            "cpu" => LoadOptions::cpu(),
+            "cuda" => {
+                let device = Device::new_cuda(0).context(
+                    "no CUDA device (build with --features cuda on a machine with a GPU)",
+                )?;
+                LoadOptions {
+                    device,
+                    dtype: DType::BF16,
+                }
+            }
+            _ => LoadOptions::auto()?,
+        })
+    }
+
+    pub fn load(&self) -> Result<Model> {
+        let started = std::time::Instant::now();
+        let model = Model::load(&self.model, &self.load_options()?)?;
+        tracing::info!(
+            "loaded {} ({:?}, {} layers) in {:.1}s",
+            self.model,
+            model.config.architecture,
+            model.config.num_hidden_layers,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(model)
+    }
+}
+
+/// Reads a JSON Lines file; a bad line fails with the file and line number.
+pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+        out.push(v);
+    }
+    if out.is_empty() {
+        bail!("{}: no input lines", path.display());
+    }
+    Ok(out)
+}
+
+/// Writes JSON lines to `path` through a temporary file renamed into place, so an error
+/// never leaves a half-written output; without a path, to stdout.
+pub fn write_jsonl(path: Option<&Path>, lines: &[serde_json::Value]) -> Result<()> {
+    let mut buf = Vec::new();
+    for line in lines {
+        serde_json::to_writer(&mut buf, line)?;
+        buf.push(b'\n');
+    }
+    match path {
+        None => std::io::stdout().write_all(&buf)?,
+        Some(path) => write_atomic(path, &buf)?,
+    }
+    Ok(())
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    }
+    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! `autoif generate`: prompts in, completions out as JSON lines.
+
+use super::common::{read_jsonl, write_jsonl, ModelArgs};
+use crate::generate::{Backend, EngineOptions, LocalEngine, Prompt, Request, SamplingParams};
+use crate::model::chat_template::Message;
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// One prompt.
+    #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
+    pub prompt: Option<String>,
+    /// A file of prompts: JSON lines (a string, {"prompt": str} or {"messages": [...]})
+    /// or, for any other extension, one prompt per non-empty line.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Completions per prompt.
+    #[arg(short = 'n', long, default_value_t = 1)]
+    pub n: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// 0 disables top-k.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sample i of a prompt uses seed + i.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// A system message for chat prompts.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Pass prompts to the tokenizer as they are, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Write JSON lines here instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.n == 0 {
+        bail!("-n must be at least 1");
+    }
+    let texts = match (&args.prompt, &args.prompts) {
+        (Some(p), _) => vec![PromptInput::Text(p.clone())],
+        (None, Some(path)) => read_prompts(path)?,
+        (None, None) => bail!("pass --prompt TEXT or --prompts FILE"),
+    };
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        repetition_penalty: args.repetition_penalty,
+        max_new_tokens: args.max_new_tokens,
+        min_new_tokens: 0,
+        seed: args.seed,
+        stop: args.stop.clone(),
+    };
+    let requests: Vec<Request> = texts
+        .into_iter()
+        .map(|p| Request {
+            prompt: p.into_prompt(args.raw, args.system.as_deref()),
+            n: args.n,
+            params: params.clone(),
+        })
+        .collect();
+    let model = args.model.load()?;
+    let mut engine = LocalEngine::new(
+        &model,
+        EngineOptions {
+            max_batch: args.batch,
+            ..EngineOptions::default()
+        },
+    );
+    let completions = engine.generate(&requests)?;
+    let lines: Vec<_> = completions
+        .iter()
+        .map(|c| {
+            json!({
+                "prompt_index": c.request_index,
+                "sample_index": c.sample_index,
+                "text": c.text,
+                "num_tokens": c.token_ids.len(),
+                "finish_reason": c.finish_reason,
+            })
+        })
+        .collect();
+    write_jsonl(args.out.as_deref(), &lines)
+}
+
+enum PromptInput {
+    Text(String),
+    Messages(Vec<Message>),
+}
+
+impl PromptInput {
+    fn into_prompt(self, raw: bool, system: Option<&str>) -> Prompt {
+        match self {
+            PromptInput::Text(t) if raw => Prompt::Text(t),
+            PromptInput::Text(t) => {
+                let mut messages: Vec<Message> =
+                    system.map(|s| Message::new("system", s)).into_iter().collect();
+                messages.push(Message::new("user", t));
+                Prompt::Chat(messages)
+            }
+            PromptInput::Messages(m) => Prompt::Chat(m),
+        }
+    }
+}
+
+fn read_prompts(path: &Path) -> Result<Vec<PromptInput>> {
+    if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let prompts: Vec<_> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| PromptInput::Text(l.to_string()))
+            .collect();
+        if prompts.is_empty() {
+            bail!("{}: no prompts", path.display());
+        }
+        return Ok(prompts);
+    }
+    read_jsonl(path)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let at = || format!("{}:{}", path.display(), i + 1);
+            match v {
+                serde_json::Value::String(s) => Ok(PromptInput::Text(s)),
+                serde_json::Value::Object(ref o) if o.get("prompt").is_some_and(|p| p.is_string()) => {
+                    Ok(PromptInput::Text(o["prompt"].as_str().unwrap().to_string()))
+                }
+                serde_json::Value::Object(ref o) if o.contains_key("messages") => {
+                    let messages: Vec<Message> = serde_json::from_value(o["messages"].clone())
+                        .with_context(|| format!("{}: `messages` must be a list of {{role, content}}", at()))?;
+                    Ok(PromptInput::Messages(messages))
+                }
+                _ => bail!("{}: expected a string, {{\"prompt\": str}} or {{\"messages\": [...]}}", at()),
+            }
+        })
+        .collect()
+}

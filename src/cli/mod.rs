@@ -1,0 +1,55 @@
+//! The `autoif` command line: one file per subcommand, each with its clap `Args` and a
+//! `run` function.
+
+mod bench;
+mod common;
+mod generate;
+mod logprobs;
+mod verify;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "autoif", version, about = "AutoIF: self-play with execution feedback for instruction following")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample completions for prompts (text or JSON lines) with the local engine.
+    Generate(generate::Args),
+    /// Per-token log-probabilities of given (prompt, completion) pairs.
+    Logprobs(logprobs::Args),
+    /// Measure throughput.
+    Bench(bench::Args),
+    /// Run verification functions on inputs in the Python sandbox.
+    Verify(verify::Args),
+}
+
+/// Runs the CLI and returns the process exit code. Errors print as one line.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AUTOIF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Logprobs(args) => logprobs::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Verify(args) => verify::run(args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            1
+        }
+    }
+}

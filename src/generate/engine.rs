@@ -1,0 +1,293 @@
+//! The local engine: continuous batching over the decoder's packed inference path.
+//!
+//! Every (request, sample) pair is a job. Up to `max_batch` jobs are active, each in its
+//! own KV-cache slot. One step packs the pending tokens of every active job (a whole
+//! prompt for a job just admitted, one token for the rest) into a single forward pass,
+//! samples one token per job from the logits at its last position, and retires finished
+//! jobs; their slots take the next queued jobs in the same loop iteration.
+
+use super::sampler::Sampler;
+use super::stop::earliest_stop;
+use super::{Backend, Completion, FinishReason, Prompt, Request};
+use crate::model::decoder::Segment;
+use crate::model::kv_cache::KvCache;
+use crate::model::Model;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Sequences decoded together (KV-cache slots).
+    pub max_batch: usize,
+    /// Prompt tokens admitted into one step, bounding a step's activation memory. A
+    /// longer prompt is still admitted, alone.
+    pub max_prefill_tokens: usize,
+    /// Run the LoRA adapters (when attached).
+    pub adapters: bool,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            max_prefill_tokens: 4096,
+            adapters: true,
+            progress: true,
+        }
+    }
+}
+
+/// Timing of the last `generate` call, for benchmarks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineStats {
+    /// Seconds until every job admitted in the first step had its first token.
+    pub first_step_s: f64,
+    pub total_s: f64,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+}
+
+pub struct LocalEngine<'m> {
+    model: &'m Model,
+    options: EngineOptions,
+    stats: EngineStats,
+}
+
+/// One (request, sample) in flight.
+struct Job {
+    request: usize,
+    sample: usize,
+    prompt_len: usize,
+    /// Prompt then generated tokens, for the repetition penalty.
+    history: Vec<u32>,
+    /// Tokens the next step feeds for this job.
+    pending: Vec<u32>,
+    sampler: Sampler,
+    max_new: usize,
+}
+
+impl<'m> LocalEngine<'m> {
+    pub fn new(model: &'m Model, options: EngineOptions) -> Self {
+        Self {
+            model,
+            options,
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// Token ids of a prompt: chat messages through the model's template (no special
+    /// tokens added by the tokenizer, the template has them), raw text as the tokenizer
+    /// config says.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        match prompt {
+            Prompt::Text(text) => self.model.tokenizer.encode(text),
+            Prompt::Chat(messages) => {
+                let template = self.model.chat_template.as_ref().with_context(|| {
+                    format!(
+                        "{}: the model has no chat template; pass raw prompts instead",
+                        self.model.name
+                    )
+                })?;
+                let text = template.render(messages, true)?;
+                self.model.tokenizer.encode_raw(&text)
+            }
+        }
+    }
+
+    fn run(&mut self, requests: &[Request]) -> Result<Vec<Completion>> {
+        let started = Instant::now();
+        let decoder = &self.model.decoder;
+        let max_positions = decoder.max_positions();
+        let mut queue = VecDeque::new();
+        for (r, req) in requests.iter().enumerate() {
+            let ids = self.prompt_ids(&req.prompt)?;
+            if ids.is_empty() {
+                bail!("request {r}: the prompt is empty after tokenization");
+            }
+            if ids.len() >= max_positions {
+                bail!(
+                    "request {r}: prompt of {} tokens leaves no room in the model's {max_positions} positions",
+                    ids.len()
+                );
+            }
+            for s in 0..req.n {
+                queue.push_back(Job {
+                    request: r,
+                    sample: s,
+                    prompt_len: ids.len(),
+                    history: ids.clone(),
+                    pending: ids.clone(),
+                    sampler: Sampler::new(&req.params, s),
+                    max_new: req.params.max_new_tokens.min(max_positions - ids.len()),
+                });
+            }
+        }
+        let total_jobs = queue.len();
+        let progress = self.progress_bar(total_jobs as u64);
+        let c = decoder.config();
+        let slots = self.options.max_batch.max(1).min(total_jobs.max(1));
+        let mut cache = KvCache::new(
+            slots,
+            c.num_hidden_layers,
+            c.num_key_value_heads,
+            c.head_dim,
+            decoder.dtype(),
+            decoder.device(),
+        );
+        let mut active: Vec<Option<Job>> = (0..slots).map(|_| None).collect();
+        let mut done: Vec<Completion> = Vec::with_capacity(total_jobs);
+        let mut stats = EngineStats::default();
+        let mut first_step = true;
+        loop {
+            // Admit queued jobs into free slots, within the prefill budget.
+            let mut budget = self.options.max_prefill_tokens;
+            let mut admitted_any = false;
+            for slot in 0..slots {
+                if active[slot].is_some() {
+                    continue;
+                }
+                let Some(next) = queue.front() else { break };
+                if admitted_any && next.pending.len() > budget {
+                    break;
+                }
+                let job = queue.pop_front().unwrap();
+                budget = budget.saturating_sub(job.pending.len());
+                admitted_any = true;
+                stats.prompt_tokens += job.prompt_len;
+                if job.max_new == 0 {
+                    done.push(self.finish(&job, FinishReason::Length, None)?);
+                    progress.inc(1);
+                    continue;
+                }
+                cache.allocate(slot, job.prompt_len + job.max_new)?;
+                active[slot] = Some(job);
+            }
+            if active.iter().all(Option::is_none) {
+                if queue.is_empty() {
+                    break;
+                }
+                continue;
+            }
+
+            // Pack every active job's pending tokens.
+            let mut tokens = Vec::new();
+            let mut positions = Vec::new();
+            let mut segments = Vec::new();
+            let mut last_rows = Vec::new();
+            for (slot, job) in active.iter().enumerate() {
+                let Some(job) = job else { continue };
+                let past = cache.slot(slot).map(|s| s.len()).unwrap_or(0);
+                segments.push(Segment {
+                    slot,
+                    start: tokens.len(),
+                    len: job.pending.len(),
+                });
+                positions.extend((past..past + job.pending.len()).map(|p| p as u32));
+                tokens.extend_from_slice(&job.pending);
+                last_rows.push((tokens.len() - 1) as u32);
+            }
+            let dev = decoder.device();
+            let n = tokens.len();
+            let tokens = Tensor::from_vec(tokens, n, dev)?;
+            let positions = Tensor::from_vec(positions, n, dev)?;
+            let hidden = decoder.forward_packed(&tokens, &positions, &segments, &mut cache, self.options.adapters)?;
+            let rows = Tensor::from_vec(last_rows.clone(), last_rows.len(), dev)?;
+            let logits = decoder
+                .logits(&hidden.index_select(&rows, 0)?)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            if first_step {
+                stats.first_step_s = started.elapsed().as_secs_f64();
+                first_step = false;
+            }
+
+            for (seg, mut row) in segments.iter().zip(logits) {
+                let job = active[seg.slot].as_mut().unwrap();
+                let params = &requests[job.request].params;
+                if job.history.len() - job.prompt_len < params.min_new_tokens {
+                    for &eos in &self.model.eos_token_ids {
+                        row[eos as usize] = f32::NEG_INFINITY;
+                    }
+                }
+                let token = job.sampler.sample(&mut row, &job.history);
+                let eos = self.model.eos_token_ids.contains(&token);
+                if !eos {
+                    job.history.push(token);
+                }
+                stats.generated_tokens += 1;
+                let generated = job.history.len() - job.prompt_len;
+                let stop_at = if !eos && !params.stop.is_empty() {
+                    let text = self.model.tokenizer.decode(&job.history[job.prompt_len..], true)?;
+                    earliest_stop(&text, &params.stop)
+                } else {
+                    None
+                };
+                let finish = if eos || stop_at.is_some() {
+                    Some(FinishReason::Stop)
+                } else if generated >= job.max_new {
+                    Some(FinishReason::Length)
+                } else {
+                    None
+                };
+                match finish {
+                    Some(reason) => {
+                        let job = active[seg.slot].take().unwrap();
+                        cache.free(seg.slot);
+                        done.push(self.finish(&job, reason, stop_at)?);
+                        progress.inc(1);
+                    }
+                    None => job.pending = vec![token],
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            progress.set_message(format!("{:.1} tok/s", stats.generated_tokens as f64 / secs));
+        }
+        progress.finish_and_clear();
+        stats.total_s = started.elapsed().as_secs_f64();
+        self.stats = stats;
+        done.sort_by_key(|c| (c.request_index, c.sample_index));
+        Ok(done)
+    }
+
+    fn finish(&self, job: &Job, reason: FinishReason, stop_at: Option<usize>) -> Result<Completion> {
+        let ids = job.history[job.prompt_len..].to_vec();
+        let mut text = self.model.tokenizer.decode(&ids, true)?;
+        if let Some(at) = stop_at {
+            text.truncate(at);
+        }
+        Ok(Completion {
+            request_index: job.request,
+            sample_index: job.sample,
+            text,
+            token_ids: ids,
+            finish_reason: reason,
+        })
+    }
+
+    fn progress_bar(&self, total: u64) -> ProgressBar {
+        if !self.options.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("generating {bar:30} {pos}/{len} [{elapsed_precise} < {eta}] {msg}")
+                .expect("valid progress template"),
+        );
+        bar
+    }
+}
+
+impl Backend for LocalEngine<'_> {
+    fn generate(&mut self, requests: &[Request]) -> Result<Vec<Completion>> {
+        self.run(requests)
+    }
+}

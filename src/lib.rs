@@ -1,0 +1,9 @@
+//! autoif: AutoIF self-play with execution feedback in one process.
+//!
+//! The modules follow the data flow of DESIGN.md §3: `model` loads weights into one
+//! LoRA-ready decoder, `generate` samples from it, and the CLI in `cli` drives both.
+
+pub mod cli;
+pub mod generate;
+pub mod model;
+pub mod verify;

@@ -1,0 +1,410 @@
+//! The one decoder for `LlamaForCausalLM` and `Qwen2ForCausalLM`.
+//!
+//! Qwen2 is Llama with biases on q/k/v, usually tied embeddings and its own rope theta,
+//! so both are this file: embeddings → N × (RMSNorm → attention with rotary positions
+//! and grouped KV heads → RMSNorm → SwiGLU MLP) → RMSNorm → LM head. Every projection is
+//! a `LoraLinear`, and tensor names follow Hugging Face.
+//!
+//! Two forward paths share these weights:
+//! * `forward_packed` — inference. The tokens of many sequences are packed into one
+//!   `[tokens, hidden]` matrix (prefill and decode mixed), each sequence has its own
+//!   positions and KV-cache slot, and candle's fused kernels are used.
+//! * `forward` — training and scoring. A right-padded `[batch, seq]` batch through ops
+//!   that all have a backward pass (candle's fused rms_norm / softmax_last_dim / rope do
+//!   not, and would silently cut the gradient to the LoRA weights).
+
+use super::config::{ModelConfig, RopeScaling};
+use super::kv_cache::KvCache;
+use super::lora::LoraLinear;
+use super::weights::Weights;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+/// Which kernels a forward pass may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ops {
+    Fused,
+    Differentiable,
+}
+
+pub struct Attention {
+    pub q_proj: LoraLinear,
+    pub k_proj: LoraLinear,
+    pub v_proj: LoraLinear,
+    pub o_proj: LoraLinear,
+}
+
+pub struct Mlp {
+    pub gate_proj: LoraLinear,
+    pub up_proj: LoraLinear,
+    pub down_proj: LoraLinear,
+}
+
+pub struct DecoderLayer {
+    pub input_layernorm: Tensor,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Tensor,
+    pub mlp: Mlp,
+}
+
+/// One sequence's share of a packed inference batch: `len` consecutive tokens starting at
+/// row `start`, continuing the sequence cached in `slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub slot: usize,
+    pub start: usize,
+    pub len: usize,
+}
+
+pub struct Decoder {
+    config: ModelConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: Tensor,
+    /// `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Tensor>,
+    /// `[max_positions, head_dim / 2]`
+    cos: Tensor,
+    sin: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+impl Decoder {
+    /// Builds the decoder from Hugging Face-named weights, checking every shape.
+    pub fn load(config: &ModelConfig, weights: &Weights, dtype: DType, device: &Device) -> Result<Self> {
+        let c = config;
+        let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
+        let q_out = c.num_attention_heads * c.head_dim;
+        let kv_out = c.num_key_value_heads * c.head_dim;
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<LoraLinear> {
+            let w = get(&format!("{name}.weight"), &[out, inp])?;
+            let b = if bias {
+                Some(get(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            };
+            Ok(LoraLinear::new(w, b))
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let h = c.hidden_size;
+            let bias = c.attention_bias;
+            layers.push(DecoderLayer {
+                input_layernorm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                self_attn: Attention {
+                    q_proj: linear(&format!("{p}.self_attn.q_proj"), q_out, h, bias)?,
+                    k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_out, h, bias)?,
+                    v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_out, h, bias)?,
+                    o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q_out, false)?,
+                },
+                post_attention_layernorm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                mlp: Mlp {
+                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, false)?,
+                    up_proj: linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, false)?,
+                    down_proj: linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, false)?,
+                },
+            });
+        }
+        let embed_tokens = get("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
+        // Some tied checkpoints still carry a copy of lm_head; it is the same tensor.
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(get("lm_head.weight", &[c.vocab_size, c.hidden_size])?)
+        };
+        let (cos, sin) = rope_tables(c, device)?;
+        Ok(Self {
+            config: c.clone(),
+            embed_tokens,
+            layers,
+            norm: get("model.norm.weight", &[c.hidden_size])?,
+            lm_head,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The longest sequence the rotary tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// Every projection with its Hugging Face module name (`model.layers.3.self_attn.q_proj`).
+    pub fn linear_layers_mut(&mut self) -> Vec<(String, &mut LoraLinear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+        }
+        out
+    }
+
+    fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Logits in f32 for hidden states `[..., hidden]`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let dims = hidden.dims().to_vec();
+        let h = *dims.last().unwrap();
+        let flat = hidden.reshape((hidden.elem_count() / h, h))?;
+        let logits = flat.matmul(&self.lm_head_weight().t()?)?.to_dtype(DType::F32)?;
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.config.vocab_size;
+        Ok(logits.reshape(out)?)
+    }
+
+    /// Differentiable forward over right-padded `input_ids` `[batch, seq]` (u32), all
+    /// sequences starting at position 0. Returns the final hidden states `[batch, seq,
+    /// hidden]`; positions after a sequence's end hold meaningless values (the causal mask
+    /// already keeps padding out of every real position).
+    pub fn forward(&self, input_ids: &Tensor, adapters: bool) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        if t > self.max_positions() {
+            bail!("sequence of {t} tokens exceeds the model's {} positions", self.max_positions());
+        }
+        let c = &self.config;
+        let mut x = self.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let mask = causal_mask(t, 0, self.dtype, &self.device)?;
+        for layer in &self.layers {
+            let h = rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps, Ops::Differentiable)?;
+            let a = &layer.self_attn;
+            let heads = |proj: &LoraLinear, n: usize| -> Result<Tensor> {
+                Ok(proj.forward(&h, adapters)?.reshape((b, t, n, c.head_dim))?.transpose(1, 2)?)
+            };
+            let q = rope(&heads(&a.q_proj, c.num_attention_heads)?, &cos, &sin, Ops::Differentiable)?;
+            let k = rope(&heads(&a.k_proj, c.num_key_value_heads)?, &cos, &sin, Ops::Differentiable)?;
+            let v = heads(&a.v_proj, c.num_key_value_heads)?;
+            let attn = self.attention(&q, &k, &v, Some(&mask), Ops::Differentiable)?; // [b, heads, t, d]
+            let attn = attn.transpose(1, 2)?.reshape((b, t, c.num_attention_heads * c.head_dim))?;
+            x = (x + a.o_proj.forward(&attn, adapters)?)?;
+            let h = rms_norm(&x, &layer.post_attention_layernorm, c.rms_norm_eps, Ops::Differentiable)?;
+            x = (x + mlp(&layer.mlp, &h, adapters)?)?;
+        }
+        rms_norm(&x, &self.norm, c.rms_norm_eps, Ops::Differentiable)
+    }
+
+    /// Inference forward over packed tokens `[n]` (u32) with their absolute `positions`
+    /// `[n]` (u32). Each segment's keys and values are appended to its cache slot, which
+    /// then advances. Returns final hidden states `[n, hidden]`.
+    pub fn forward_packed(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        segments: &[Segment],
+        cache: &mut KvCache,
+        adapters: bool,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let n = tokens.dim(0)?;
+        let mut x = self.embed_tokens.index_select(tokens, 0)?;
+        let cos = self.cos.index_select(positions, 0)?;
+        let sin = self.sin.index_select(positions, 0)?;
+        let group = c.num_attention_heads / c.num_key_value_heads;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps, Ops::Fused)?;
+            let a = &layer.self_attn;
+            // [1, heads, n, d]: rope sees the packed tokens as one sequence whose rows
+            // carry their own positions through the gathered cos/sin.
+            let heads = |proj: &LoraLinear, nh: usize| -> Result<Tensor> {
+                Ok(proj
+                    .forward(&h, adapters)?
+                    .reshape((n, nh, c.head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .unsqueeze(0)?)
+            };
+            let q = rope(&heads(&a.q_proj, c.num_attention_heads)?, &cos, &sin, Ops::Fused)?.squeeze(0)?;
+            let k = rope(&heads(&a.k_proj, c.num_key_value_heads)?, &cos, &sin, Ops::Fused)?.squeeze(0)?;
+            let v = heads(&a.v_proj, c.num_key_value_heads)?.squeeze(0)?;
+            let mut outs = Vec::with_capacity(segments.len());
+            for seg in segments {
+                let past = cache.slot(seg.slot).map(|s| s.len()).unwrap_or(0);
+                let (keys, values) = cache.append(
+                    seg.slot,
+                    li,
+                    &k.narrow(1, seg.start, seg.len)?,
+                    &v.narrow(1, seg.start, seg.len)?,
+                )?;
+                let total = past + seg.len;
+                // Query heads that share a KV head are stacked as rows: [kv, group*len, d].
+                let q_s = q
+                    .narrow(1, seg.start, seg.len)?
+                    .contiguous()?
+                    .reshape((c.num_key_value_heads, group * seg.len, c.head_dim))?;
+                let mut scores = (q_s.matmul(&keys.t()?)? * scale)?;
+                if seg.len > 1 {
+                    let mask = causal_mask(seg.len, past, self.dtype, &self.device)?;
+                    scores = scores
+                        .reshape((c.num_key_value_heads, group, seg.len, total))?
+                        .broadcast_add(&mask)?
+                        .reshape((c.num_key_value_heads, group * seg.len, total))?;
+                }
+                let probs = softmax(&scores.to_dtype(DType::F32)?, Ops::Fused)?.to_dtype(self.dtype)?;
+                let out = probs
+                    .matmul(&values)?
+                    .reshape((c.num_attention_heads, seg.len, c.head_dim))?
+                    .transpose(0, 1)?
+                    .reshape((seg.len, c.num_attention_heads * c.head_dim))?;
+                outs.push(out);
+            }
+            let attn = Tensor::cat(&outs, 0)?;
+            x = (x + a.o_proj.forward(&attn, adapters)?)?;
+            let h = rms_norm(&x, &layer.post_attention_layernorm, c.rms_norm_eps, Ops::Fused)?;
+            x = (x + mlp(&layer.mlp, &h, adapters)?)?;
+        }
+        for seg in segments {
+            cache.advance(seg.slot, seg.len);
+        }
+        rms_norm(&x, &self.norm, c.rms_norm_eps, Ops::Fused)
+    }
+
+    /// Scaled dot-product attention for `[b, heads, t, d]` queries against `[b, kv_heads,
+    /// s, d]` keys/values with an additive mask `[t, s]`; returns `[b, heads, t, d]`.
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, ops: Ops) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, nh, t, d) = q.dims4()?;
+        let s = k.dim(2)?;
+        let kvh = c.num_key_value_heads;
+        let group = nh / kvh;
+        let q = q.contiguous()?.reshape((b, kvh, group * t, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut scores = (q.matmul(&k.contiguous()?.transpose(2, 3)?)? * scale)?;
+        if let Some(m) = mask {
+            scores = scores
+                .reshape((b, kvh, group, t, s))?
+                .broadcast_add(m)?
+                .reshape((b, kvh, group * t, s))?;
+        }
+        let probs = softmax(&scores.to_dtype(DType::F32)?, ops)?.to_dtype(q.dtype())?;
+        Ok(probs.matmul(&v.contiguous()?)?.reshape((b, nh, t, d))?)
+    }
+}
+
+fn mlp(m: &Mlp, x: &Tensor, adapters: bool) -> Result<Tensor> {
+    let gate = candle_nn::ops::silu(&m.gate_proj.forward(x, adapters)?)?;
+    let up = m.up_proj.forward(x, adapters)?;
+    m.down_proj.forward(&(gate * up)?, adapters)
+}
+
+/// Additive mask `[t, past + t]`: query `i` sees keys `0..=past + i`.
+fn causal_mask(t: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let s = past + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(data, (t, s), device)?.to_dtype(dtype)?)
+}
+
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, ops: Ops) -> Result<Tensor> {
+    match ops {
+        Ops::Fused => Ok(candle_nn::ops::rms_norm(x, weight, eps as f32)?),
+        Ops::Differentiable => {
+            let dtype = x.dtype();
+            let x = x.to_dtype(DType::F32)?;
+            let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
+            let normed = x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?;
+            Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+        }
+    }
+}
+
+fn softmax(x: &Tensor, ops: Ops) -> Result<Tensor> {
+    match ops {
+        Ops::Fused => Ok(candle_nn::ops::softmax_last_dim(x)?),
+        Ops::Differentiable => {
+            let max = x.max_keepdim(D::Minus1)?;
+            let e = x.broadcast_sub(&max)?.exp()?;
+            Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+        }
+    }
+}
+
+/// Rotary embedding in the Hugging Face (two halves) convention on `[b, heads, t, d]`
+/// with tables `[t, d/2]`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, ops: Ops) -> Result<Tensor> {
+    match ops {
+        Ops::Fused => Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?),
+        Ops::Differentiable => {
+            let d = x.dim(D::Minus1)?;
+            let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+            let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+            let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+            let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+            let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+        }
+    }
+}
+
+/// cos/sin tables `[positions, head_dim/2]` in f32, with the config's frequency scaling.
+fn rope_tables(c: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let d = c.head_dim;
+    // Computed in f32 as transformers does, so positions far out agree to the last bit
+    // that matters.
+    let mut inv_freq: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0 / (c.rope_theta as f32).powf((2 * i) as f32 / d as f32))
+        .collect();
+    match &c.rope_scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) => {
+            inv_freq.iter_mut().for_each(|f| *f /= *factor as f32);
+        }
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            let (factor, low, high) = (*factor as f32, *low_freq_factor as f32, *high_freq_factor as f32);
+            let old_len = *original_max_position_embeddings as f32;
+            let low_freq_wavelen = old_len / low;
+            let high_freq_wavelen = old_len / high;
+            for f in inv_freq.iter_mut() {
+                let wavelen = 2.0 * std::f32::consts::PI / *f;
+                if wavelen > low_freq_wavelen {
+                    *f /= factor;
+                } else if wavelen >= high_freq_wavelen {
+                    let smooth = (old_len / wavelen - low) / (high - low);
+                    *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                }
+            }
+        }
+    }
+    // Long-context models advertise 128k positions; tables that long cost memory for
+    // nothing on the sequence lengths this tool trains and samples.
+    let positions = c.max_position_embeddings.min(32_768);
+    let inv = Tensor::from_vec(inv_freq, (1, d / 2), device)?;
+    let pos = Tensor::arange(0u32, positions as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((positions, 1))?;
+    let freqs = pos.broadcast_mul(&inv)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}

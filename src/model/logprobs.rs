@@ -1,0 +1,58 @@
+//! Per-token log-probabilities of completions given prompts, on the differentiable
+//! forward path (so DPO can use the same code with gradients).
+
+use super::decoder::Decoder;
+use anyhow::{bail, Result};
+use candle_core::{Tensor, D};
+
+/// Log-probability of each target token: `hidden` `[n, hidden]` are the states at the
+/// positions that predict `targets` `[n]` (u32). Returns `[n]` in f32.
+pub fn target_logprobs(decoder: &Decoder, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = decoder.logits(hidden)?;
+    let max = logits.max_keepdim(D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let log_probs = shifted.broadcast_sub(&log_z)?;
+    Ok(log_probs.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?)
+}
+
+/// For each (prompt ids, completion ids) pair, the log-probability of every completion
+/// token, as one right-padded batch. Returns a `[completion tokens]` tensor per pair.
+pub fn completion_logprobs(
+    decoder: &Decoder,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    adapters: bool,
+) -> Result<Vec<Tensor>> {
+    let width = pairs.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(pairs.len() * width);
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for (i, (prompt, completion)) in pairs.iter().enumerate() {
+        if prompt.is_empty() {
+            bail!("pair {i}: the prompt has no tokens, so the first completion token has no context");
+        }
+        let start = ids.len();
+        ids.extend_from_slice(prompt);
+        ids.extend_from_slice(completion);
+        ids.resize(start + width, 0);
+        // The state at position t predicts token t + 1.
+        for k in 0..completion.len() {
+            rows.push((start + prompt.len() - 1 + k) as u32);
+            targets.push(completion[k]);
+        }
+    }
+    let dev = decoder.device();
+    let input = Tensor::from_vec(ids, (pairs.len(), width), dev)?;
+    let hidden = decoder.forward(&input, adapters)?;
+    let hidden = hidden.reshape((pairs.len() * width, hidden.dim(D::Minus1)?))?;
+    let n = rows.len();
+    let picked = hidden.index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
+    let logprobs = target_logprobs(decoder, &picked, &Tensor::from_vec(targets, n, dev)?)?;
+    let mut out = Vec::with_capacity(pairs.len());
+    let mut offset = 0;
+    for (_, completion) in pairs {
+        out.push(logprobs.narrow(0, offset, completion.len())?);
+        offset += completion.len();
+    }
+    Ok(out)
+}

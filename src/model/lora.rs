@@ -1,0 +1,147 @@
+//! Linear layers with an optional LoRA adapter (PEFT's formulation: `y = x Wᵀ + b +
+//! (alpha / r) · x Aᵀ Bᵀ`) that each forward call can switch off. With the adapter off the
+//! layer is the base model, which is how DPO gets its reference model for free.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor, Var};
+
+/// A trainable low-rank update. `a` is `[r, in]`, `b` is `[out, r]`; both stay in f32
+/// whatever the base weights' dtype.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    pub a: Var,
+    pub b: Var,
+    /// alpha / r
+    pub scale: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    adapter: Option<LoraAdapter>,
+}
+
+impl LoraLinear {
+    /// `weight` is `[out, in]` (Hugging Face layout), `bias` is `[out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            adapter: None,
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn adapter(&self) -> Option<&LoraAdapter> {
+        self.adapter.as_ref()
+    }
+
+    /// (out features, in features)
+    pub fn shape(&self) -> (usize, usize) {
+        let d = self.weight.dims();
+        (d[0], d[1])
+    }
+
+    pub fn set_adapter(&mut self, adapter: Option<LoraAdapter>) -> Result<()> {
+        if let Some(ad) = &adapter {
+            let (out, inp) = self.shape();
+            let (r, a_in) = ad.a.dims2()?;
+            let (b_out, b_r) = ad.b.dims2()?;
+            if a_in != inp || b_out != out || b_r != r {
+                bail!(
+                    "LoRA shapes A {:?} and B {:?} do not fit a [{out}, {inp}] layer",
+                    ad.a.dims(),
+                    ad.b.dims()
+                );
+            }
+        }
+        self.adapter = adapter;
+        Ok(())
+    }
+
+    /// Folds the adapter into the base weight (`W += scale · B A`) and removes it, so the
+    /// merged layer with adapters off computes what the adapted layer computed.
+    pub fn merge_adapter(&mut self) -> Result<()> {
+        if let Some(ad) = self.adapter.take() {
+            let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?;
+            let merged = (self.weight.to_dtype(DType::F32)? + delta)?;
+            self.weight = merged.to_dtype(self.weight.dtype())?;
+        }
+        Ok(())
+    }
+
+    /// `x` is `[..., in]`. The adapter path runs only when `adapters` is true.
+    pub fn forward(&self, x: &Tensor, adapters: bool) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = *dims.last().expect("linear input has at least one dimension");
+        let rows = x.elem_count() / inp;
+        let x2 = x.reshape((rows, inp))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if adapters {
+            if let Some(ad) = &self.adapter {
+                let xa = x2.to_dtype(ad.a.dtype())?;
+                let low = xa.matmul(&ad.a.as_tensor().t()?)?;
+                let up = (low.matmul(&ad.b.as_tensor().t()?)? * ad.scale)?;
+                let up = up.to_dtype(y.dtype())?;
+                y = (y + up)?;
+            }
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn adapter_switches_off_and_merges() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (4, 3), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 3), &dev)?;
+        let mut layer = LoraLinear::new(w.clone(), None);
+        let base = layer.forward(&x, true)?;
+        layer.set_adapter(Some(LoraAdapter {
+            a: Var::randn(0f32, 1.0, (2, 3), &dev)?,
+            b: Var::randn(0f32, 1.0, (4, 2), &dev)?,
+            scale: 0.5,
+        }))?;
+        let adapted = layer.forward(&x, true)?;
+        let off = layer.forward(&x, false)?;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        assert_eq!(diff(&off, &base)?, 0.0);
+        assert!(diff(&adapted, &base)? > 1e-3);
+        layer.merge_adapter()?;
+        assert!(layer.adapter().is_none());
+        assert!(diff(&layer.forward(&x, false)?, &adapted)? < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_mismatched_adapter() {
+        let dev = Device::Cpu;
+        let mut layer = LoraLinear::new(Tensor::zeros((4, 3), DType::F32, &dev).unwrap(), None);
+        let ad = LoraAdapter {
+            a: Var::zeros((2, 5), DType::F32, &dev).unwrap(),
+            b: Var::zeros((4, 2), DType::F32, &dev).unwrap(),
+            scale: 1.0,
+        };
+        assert!(layer.set_adapter(Some(ad)).is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! Models: configuration, weights (safetensors or GGUF), tokenizer, chat template, and
+//! the one LoRA-ready decoder for the Llama and Qwen2 families.
+
+pub mod chat_template;
+pub mod config;
+pub mod decoder;
+pub mod kv_cache;
+pub mod logprobs;
+pub mod lora;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+use anyhow::{Context, Result};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device};
+use chat_template::ChatTemplate;
+use config::ModelConfig;
+use decoder::Decoder;
+use source::ModelFiles;
+use std::path::Path;
+use tokenizer::Tokenizer;
+use weights::Weights;
+
+/// The embedded default model, fetched by `scripts/fetch-models.sh`.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// End-of-turn markers of common chat templates; when the template uses one, generation
+/// stops on it even if the config names another end-of-sequence token.
+const END_OF_TURN_TOKENS: [&str; 3] = ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"];
+
+/// Where and in what precision the weights live.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl LoadOptions {
+    /// f32 on the CPU; bf16 on a CUDA GPU when built with `--features cuda` and one is
+    /// present.
+    pub fn auto() -> Result<Self> {
+        let device = Device::cuda_if_available(0)?;
+        let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+        Ok(Self { device, dtype })
+    }
+
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// Everything needed to run a model: decoder weights, tokenizer, chat template.
+pub struct Model {
+    /// What the user passed to `--model`.
+    pub name: String,
+    pub files: ModelFiles,
+    pub config: ModelConfig,
+    pub decoder: Decoder,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    /// Token ids that end a completion.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl Model {
+    /// Loads a hub id, a local Hugging Face folder or a `.gguf` file.
+    pub fn load(spec: &str, options: &LoadOptions) -> Result<Self> {
+        let files = ModelFiles::resolve(spec)?;
+        let (config, weights, tokenizer, chat_template, mut eos) = match &files {
+            ModelFiles::HfFolder {
+                config,
+                weights,
+                tokenizer,
+                tokenizer_config,
+                generation_config,
+                dir,
+            } => {
+                let cfg = ModelConfig::from_hf_file(config)?;
+                let w = Weights::from_safetensors(weights)?;
+                let tok = Tokenizer::from_hf_files(tokenizer, tokenizer_config.as_deref())?;
+                let template = ChatTemplate::from_hf_folder(dir)?;
+                let mut eos = cfg.eos_token_ids.clone();
+                if let Some(gen) = generation_config {
+                    eos.extend(generation_eos(gen)?);
+                }
+                (cfg, w, tok, template, eos)
+            }
+            ModelFiles::Gguf { path } => {
+                let mut file = std::fs::File::open(path)
+                    .with_context(|| format!("{}: cannot open", path.display()))?;
+                let content = gguf_file::Content::read(&mut file).map_err(|e| {
+                    anyhow::anyhow!("{}: not a valid GGUF file ({e})", path.display())
+                })?;
+                let cfg = ModelConfig::from_gguf(&content)
+                    .with_context(|| format!("{}", path.display()))?;
+                let tok = Tokenizer::from_gguf(&content, path)?;
+                let template = match content.metadata.get("tokenizer.chat_template") {
+                    Some(v) => Some(ChatTemplate::new(
+                        v.to_string()?,
+                        tok.bos_token(),
+                        tok.eos_token(),
+                    )?),
+                    None => None,
+                };
+                let w = Weights::from_gguf(path, &content, &cfg)?;
+                let eos = cfg.eos_token_ids.clone();
+                (cfg, w, tok, template, eos)
+            }
+        };
+        let decoder = Decoder::load(&config, &weights, options.dtype, &options.device)?;
+        if let Some(id) = tokenizer.eos_token().and_then(|t| tokenizer.token_to_id(t)) {
+            eos.push(id);
+        }
+        if let Some(t) = &chat_template {
+            for marker in END_OF_TURN_TOKENS {
+                if t.source().contains(marker) {
+                    eos.extend(tokenizer.token_to_id(marker));
+                }
+            }
+        }
+        eos.sort_unstable();
+        eos.dedup();
+        Ok(Self {
+            name: spec.to_string(),
+            files,
+            config,
+            decoder,
+            tokenizer,
+            chat_template,
+            eos_token_ids: eos,
+        })
+    }
+}
+
+fn generation_eos(path: &Path) -> Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    Ok(match v.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => {
+            a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()
+        }
+        _ => Vec::new(),
+    })
+}
