@@ -151,8 +151,8 @@ impl<'m> LocalEngine<'m> {
             // Admit queued jobs into free slots, within the prefill budget.
             let mut budget = self.options.max_prefill_tokens;
             let mut admitted_any = false;
-            for slot in 0..slots {
-                if active[slot].is_some() {
+            for (slot, entry) in active.iter_mut().enumerate() {
+                if entry.is_some() {
                     continue;
                 }
                 let Some(next) = queue.front() else { break };
@@ -169,7 +169,7 @@ impl<'m> LocalEngine<'m> {
                     continue;
                 }
                 cache.allocate(slot, job.prompt_len + job.max_new)?;
-                active[slot] = Some(job);
+                *entry = Some(job);
             }
             if active.iter().all(Option::is_none) {
                 if queue.is_empty() {

@@ -36,9 +36,9 @@ pub fn completion_logprobs(
         ids.extend_from_slice(completion);
         ids.resize(start + width, 0);
         // The state at position t predicts token t + 1.
-        for k in 0..completion.len() {
+        for (k, &token) in completion.iter().enumerate() {
             rows.push((start + prompt.len() - 1 + k) as u32);
-            targets.push(completion[k]);
+            targets.push(token);
         }
     }
     let dev = decoder.device();
