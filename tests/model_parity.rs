@@ -18,7 +18,14 @@ fn load(name: &str) -> Model {
 
 fn cache_for(model: &Model, slots: usize) -> KvCache {
     let c = &model.config;
-    KvCache::new(slots, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, model.decoder.dtype(), &Device::Cpu)
+    KvCache::new(
+        slots,
+        c.num_hidden_layers,
+        c.num_key_value_heads,
+        c.head_dim,
+        model.decoder.dtype(),
+        &Device::Cpu,
+    )
 }
 
 fn u32s(v: &[u32]) -> Tensor {
@@ -36,14 +43,24 @@ fn full_prefill(name: &str) {
     let hidden = model.decoder.forward(&input, true).unwrap();
     let logits = model.decoder.logits(&hidden).unwrap().squeeze(0).unwrap();
     let d = max_abs_diff(&logits, expected);
-    assert!(d <= TOLERANCE, "{name}: differentiable prefill max |Δlogit| = {d}");
+    assert!(
+        d <= TOLERANCE,
+        "{name}: differentiable prefill max |Δlogit| = {d}"
+    );
 
     // Inference path, one segment.
     let mut cache = cache_for(&model, 1);
     cache.allocate(0, ids.len()).unwrap();
     let positions: Vec<u32> = (0..ids.len() as u32).collect();
-    let seg = [Segment { slot: 0, start: 0, len: ids.len() }];
-    let hidden = model.decoder.forward_packed(&u32s(&ids), &u32s(&positions), &seg, &mut cache, true).unwrap();
+    let seg = [Segment {
+        slot: 0,
+        start: 0,
+        len: ids.len(),
+    }];
+    let hidden = model
+        .decoder
+        .forward_packed(&u32s(&ids), &u32s(&positions), &seg, &mut cache, true)
+        .unwrap();
     let d = max_abs_diff(&model.decoder.logits(&hidden).unwrap(), expected);
     assert!(d <= TOLERANCE, "{name}: packed prefill max |Δlogit| = {d}");
     eprintln!("{name}: prefill within {d:e}");
@@ -58,8 +75,15 @@ fn token_by_token_decode(name: &str) {
     cache.allocate(0, ids.len()).unwrap();
     let mut rows = Vec::new();
     for (pos, &tok) in ids.iter().enumerate() {
-        let seg = [Segment { slot: 0, start: 0, len: 1 }];
-        let hidden = model.decoder.forward_packed(&u32s(&[tok]), &u32s(&[pos as u32]), &seg, &mut cache, true).unwrap();
+        let seg = [Segment {
+            slot: 0,
+            start: 0,
+            len: 1,
+        }];
+        let hidden = model
+            .decoder
+            .forward_packed(&u32s(&[tok]), &u32s(&[pos as u32]), &seg, &mut cache, true)
+            .unwrap();
         rows.push(model.decoder.logits(&hidden).unwrap());
     }
     let logits = Tensor::cat(&rows, 0).unwrap();
@@ -74,36 +98,68 @@ fn token_by_token_decode(name: &str) {
 fn batch_of_different_lengths(name: &str) {
     let model = load(name);
     let reference = load_reference(name);
-    let seqs: Vec<Vec<u32>> = (0..4).map(|i| ids(&reference[&format!("batch.ids.{i}")])).collect();
-    let expected: Vec<&Tensor> = (0..4).map(|i| &reference[&format!("batch.logits.{i}")]).collect();
+    let seqs: Vec<Vec<u32>> = (0..4)
+        .map(|i| ids(&reference[&format!("batch.ids.{i}")]))
+        .collect();
+    let expected: Vec<&Tensor> = (0..4)
+        .map(|i| &reference[&format!("batch.logits.{i}")])
+        .collect();
 
     let mut cache = cache_for(&model, 4);
     let (mut tokens, mut positions, mut segments) = (Vec::new(), Vec::new(), Vec::new());
     for (slot, s) in seqs.iter().enumerate() {
         cache.allocate(slot, s.len()).unwrap();
         let n = s.len() - 1;
-        segments.push(Segment { slot, start: tokens.len(), len: n });
+        segments.push(Segment {
+            slot,
+            start: tokens.len(),
+            len: n,
+        });
         tokens.extend_from_slice(&s[..n]);
         positions.extend(0..n as u32);
     }
-    let hidden = model.decoder.forward_packed(&u32s(&tokens), &u32s(&positions), &segments, &mut cache, true).unwrap();
+    let hidden = model
+        .decoder
+        .forward_packed(
+            &u32s(&tokens),
+            &u32s(&positions),
+            &segments,
+            &mut cache,
+            true,
+        )
+        .unwrap();
     let logits = model.decoder.logits(&hidden).unwrap();
     for (i, seg) in segments.iter().enumerate() {
         let got = logits.narrow(0, seg.start, seg.len).unwrap();
         let want = expected[i].narrow(0, 0, seg.len).unwrap();
         let d = max_abs_diff(&got, &want);
-        assert!(d <= TOLERANCE, "{name}: packed batch prefill of sequence {i}: {d}");
+        assert!(
+            d <= TOLERANCE,
+            "{name}: packed batch prefill of sequence {i}: {d}"
+        );
     }
     let last: Vec<u32> = seqs.iter().map(|s| *s.last().unwrap()).collect();
     let last_pos: Vec<u32> = seqs.iter().map(|s| (s.len() - 1) as u32).collect();
-    let segments: Vec<Segment> = (0..4).map(|i| Segment { slot: i, start: i, len: 1 }).collect();
-    let hidden = model.decoder.forward_packed(&u32s(&last), &u32s(&last_pos), &segments, &mut cache, true).unwrap();
+    let segments: Vec<Segment> = (0..4)
+        .map(|i| Segment {
+            slot: i,
+            start: i,
+            len: 1,
+        })
+        .collect();
+    let hidden = model
+        .decoder
+        .forward_packed(&u32s(&last), &u32s(&last_pos), &segments, &mut cache, true)
+        .unwrap();
     let logits = model.decoder.logits(&hidden).unwrap();
     for (i, s) in seqs.iter().enumerate() {
         let got = logits.narrow(0, i, 1).unwrap();
         let want = expected[i].narrow(0, s.len() - 1, 1).unwrap();
         let d = max_abs_diff(&got, &want);
-        assert!(d <= TOLERANCE, "{name}: batched decode step of sequence {i}: {d}");
+        assert!(
+            d <= TOLERANCE,
+            "{name}: batched decode step of sequence {i}: {d}"
+        );
     }
 
     let width = seqs.iter().map(Vec::len).max().unwrap();
@@ -113,11 +169,17 @@ fn batch_of_different_lengths(name: &str) {
         padded.extend(std::iter::repeat_n(0u32, width - s.len()));
     }
     let input = Tensor::from_vec(padded, (4, width), &Device::Cpu).unwrap();
-    let logits = model.decoder.logits(&model.decoder.forward(&input, true).unwrap()).unwrap();
+    let logits = model
+        .decoder
+        .logits(&model.decoder.forward(&input, true).unwrap())
+        .unwrap();
     for (i, s) in seqs.iter().enumerate() {
         let got = logits.get(i).unwrap().narrow(0, 0, s.len()).unwrap();
         let d = max_abs_diff(&got, expected[i]);
-        assert!(d <= TOLERANCE, "{name}: padded differentiable batch, sequence {i}: {d}");
+        assert!(
+            d <= TOLERANCE,
+            "{name}: padded differentiable batch, sequence {i}: {d}"
+        );
     }
 }
 

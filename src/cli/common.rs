@@ -50,8 +50,8 @@ impl ModelArgs {
 
 /// Reads a JSON Lines file; a bad line fails with the file and line number.
 pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -88,7 +88,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create folder", dir.display()))?;
     }
-    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
     std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;

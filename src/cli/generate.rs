@@ -115,8 +115,10 @@ impl PromptInput {
         match self {
             PromptInput::Text(t) if raw => Prompt::Text(t),
             PromptInput::Text(t) => {
-                let mut messages: Vec<Message> =
-                    system.map(|s| Message::new("system", s)).into_iter().collect();
+                let mut messages: Vec<Message> = system
+                    .map(|s| Message::new("system", s))
+                    .into_iter()
+                    .collect();
                 messages.push(Message::new("user", t));
                 Prompt::Chat(messages)
             }
@@ -146,15 +148,22 @@ fn read_prompts(path: &Path) -> Result<Vec<PromptInput>> {
             let at = || format!("{}:{}", path.display(), i + 1);
             match v {
                 serde_json::Value::String(s) => Ok(PromptInput::Text(s)),
-                serde_json::Value::Object(ref o) if o.get("prompt").is_some_and(|p| p.is_string()) => {
+                serde_json::Value::Object(ref o)
+                    if o.get("prompt").is_some_and(|p| p.is_string()) =>
+                {
                     Ok(PromptInput::Text(o["prompt"].as_str().unwrap().to_string()))
                 }
                 serde_json::Value::Object(ref o) if o.contains_key("messages") => {
                     let messages: Vec<Message> = serde_json::from_value(o["messages"].clone())
-                        .with_context(|| format!("{}: `messages` must be a list of {{role, content}}", at()))?;
+                        .with_context(|| {
+                            format!("{}: `messages` must be a list of {{role, content}}", at())
+                        })?;
                     Ok(PromptInput::Messages(messages))
                 }
-                _ => bail!("{}: expected a string, {{\"prompt\": str}} or {{\"messages\": [...]}}", at()),
+                _ => bail!(
+                    "{}: expected a string, {{\"prompt\": str}} or {{\"messages\": [...]}}",
+                    at()
+                ),
             }
         })
         .collect()

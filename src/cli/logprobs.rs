@@ -32,7 +32,13 @@ pub fn run(args: Args) -> Result<()> {
             line.get(name)
                 .and_then(|v| v.as_str())
                 .map(str::to_string)
-                .with_context(|| format!("{}:{}: missing string field `{name}`", args.input.display(), i + 1))
+                .with_context(|| {
+                    format!(
+                        "{}:{}: missing string field `{name}`",
+                        args.input.display(),
+                        i + 1
+                    )
+                })
         };
         texts.push((field("prompt")?, field("completion")?));
     }
@@ -46,8 +52,13 @@ pub fn run(args: Args) -> Result<()> {
     let bar = ProgressBar::new(pairs.len() as u64);
     let mut out = Vec::with_capacity(pairs.len());
     for (chunk_index, chunk) in pairs.chunks(args.batch.max(1)).enumerate() {
-        let scored = completion_logprobs(&model.decoder, chunk, true)
-            .with_context(|| format!("{}: batch starting at line {}", args.input.display(), chunk_index * args.batch.max(1) + 1))?;
+        let scored = completion_logprobs(&model.decoder, chunk, true).with_context(|| {
+            format!(
+                "{}: batch starting at line {}",
+                args.input.display(),
+                chunk_index * args.batch.max(1) + 1
+            )
+        })?;
         for (k, logprobs) in scored.into_iter().enumerate() {
             let i = chunk_index * args.batch.max(1) + k;
             let values = logprobs.to_vec1::<f32>()?;

@@ -15,6 +15,7 @@ use crate::model::Model;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -199,7 +200,13 @@ impl<'m> LocalEngine<'m> {
             let n = tokens.len();
             let tokens = Tensor::from_vec(tokens, n, dev)?;
             let positions = Tensor::from_vec(positions, n, dev)?;
-            let hidden = decoder.forward_packed(&tokens, &positions, &segments, &mut cache, self.options.adapters)?;
+            let hidden = decoder.forward_packed(
+                &tokens,
+                &positions,
+                &segments,
+                &mut cache,
+                self.options.adapters,
+            )?;
             let rows = Tensor::from_vec(last_rows.clone(), last_rows.len(), dev)?;
             let logits = decoder
                 .logits(&hidden.index_select(&rows, 0)?)?
@@ -210,15 +217,32 @@ impl<'m> LocalEngine<'m> {
                 first_step = false;
             }
 
-            for (seg, mut row) in segments.iter().zip(logits) {
+            // Sampling is per sequence with its own generator, so it parallelises without
+            // changing any draw.
+            let mut rows: Vec<Option<Vec<f32>>> = (0..slots).map(|_| None).collect();
+            for (seg, row) in segments.iter().zip(logits) {
+                rows[seg.slot] = Some(row);
+            }
+            let eos_ids = &self.model.eos_token_ids;
+            let tokens: Vec<Option<u32>> = active
+                .par_iter_mut()
+                .zip(rows.into_par_iter())
+                .map(|(job, row)| {
+                    let (job, mut row) = (job.as_mut()?, row?);
+                    if job.history.len() - job.prompt_len
+                        < requests[job.request].params.min_new_tokens
+                    {
+                        for &eos in eos_ids {
+                            row[eos as usize] = f32::NEG_INFINITY;
+                        }
+                    }
+                    Some(job.sampler.sample(&mut row, &job.history))
+                })
+                .collect();
+            for seg in &segments {
+                let token = tokens[seg.slot].expect("every active slot sampled a token");
                 let job = active[seg.slot].as_mut().unwrap();
                 let params = &requests[job.request].params;
-                if job.history.len() - job.prompt_len < params.min_new_tokens {
-                    for &eos in &self.model.eos_token_ids {
-                        row[eos as usize] = f32::NEG_INFINITY;
-                    }
-                }
-                let token = job.sampler.sample(&mut row, &job.history);
                 let eos = self.model.eos_token_ids.contains(&token);
                 if !eos {
                     job.history.push(token);
@@ -226,7 +250,10 @@ impl<'m> LocalEngine<'m> {
                 stats.generated_tokens += 1;
                 let generated = job.history.len() - job.prompt_len;
                 let stop_at = if !eos && !params.stop.is_empty() {
-                    let text = self.model.tokenizer.decode(&job.history[job.prompt_len..], true)?;
+                    let text = self
+                        .model
+                        .tokenizer
+                        .decode(&job.history[job.prompt_len..], true)?;
                     earliest_stop(&text, &params.stop)
                 } else {
                     None
@@ -258,7 +285,12 @@ impl<'m> LocalEngine<'m> {
         Ok(done)
     }
 
-    fn finish(&self, job: &Job, reason: FinishReason, stop_at: Option<usize>) -> Result<Completion> {
+    fn finish(
+        &self,
+        job: &Job,
+        reason: FinishReason,
+        stop_at: Option<usize>,
+    ) -> Result<Completion> {
         let ids = job.history[job.prompt_len..].to_vec();
         let mut text = self.model.tokenizer.decode(&ids, true)?;
         if let Some(at) = stop_at {
@@ -279,8 +311,10 @@ impl<'m> LocalEngine<'m> {
         }
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("generating {bar:30} {pos}/{len} [{elapsed_precise} < {eta}] {msg}")
-                .expect("valid progress template"),
+            ProgressStyle::with_template(
+                "generating {bar:30} {pos}/{len} [{elapsed_precise} < {eta}] {msg}",
+            )
+            .expect("valid progress template"),
         );
         bar
     }

@@ -55,7 +55,11 @@ impl Sampler {
     /// vocabulary, since the nucleus is usually a few dozen tokens.
     fn candidates(&self, probs: &[f32]) -> Vec<u32> {
         let vocab = probs.len();
-        let k_limit = if self.top_k > 0 { self.top_k.min(vocab) } else { vocab };
+        let k_limit = if self.top_k > 0 {
+            self.top_k.min(vocab)
+        } else {
+            vocab
+        };
         if self.top_p >= 1.0 && k_limit == vocab {
             return (0..vocab as u32).collect();
         }
@@ -143,7 +147,10 @@ mod tests {
     fn top_k_and_top_p_restrict_candidates() {
         let logits: Vec<f32> = (0..1000).map(|i| -(i as f32) * 0.01).collect();
         for seed in 0..50 {
-            let p = SamplingParams { seed, ..params(1.0, 1.0, 3) };
+            let p = SamplingParams {
+                seed,
+                ..params(1.0, 1.0, 3)
+            };
             let t = Sampler::new(&p, 0).sample(&mut logits.clone(), &[]);
             assert!(t < 3, "top-k 3 drew token {t}");
         }
@@ -160,7 +167,9 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
         let draw = |idx| {
             let mut s = Sampler::new(&params(1.0, 0.95, 0), idx);
-            (0..20).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(0), draw(0));
         assert_ne!(draw(0), draw(1));

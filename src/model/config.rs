@@ -172,9 +172,9 @@ impl ModelConfig {
         let architecture = match arch_name.as_str() {
             "llama" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
-            other => bail!(
-                "unsupported GGUF architecture `{other}`: autoif supports llama and qwen2"
-            ),
+            other => {
+                bail!("unsupported GGUF architecture `{other}`: autoif supports llama and qwen2")
+            }
         };
         let key = |suffix: &str| format!("{arch_name}.{suffix}");
         // llama.cpp writes counts as u32; other writers use u64.
@@ -188,8 +188,10 @@ impl ModelConfig {
         };
         let hidden_size = usize_of("embedding_length")?;
         let num_attention_heads = usize_of("attention.head_count")?;
-        let num_key_value_heads = usize_of("attention.head_count_kv").unwrap_or(num_attention_heads);
-        let head_dim = usize_of("rope.dimension_count").unwrap_or(hidden_size / num_attention_heads);
+        let num_key_value_heads =
+            usize_of("attention.head_count_kv").unwrap_or(num_attention_heads);
+        let head_dim =
+            usize_of("rope.dimension_count").unwrap_or(hidden_size / num_attention_heads);
         let vocab_size = match usize_of("vocab_size") {
             Ok(v) => v,
             Err(_) => get("tokenizer.ggml.tokens")?.to_vec()?.len(),
@@ -244,7 +246,10 @@ impl ModelConfig {
                 bail!("{name} must be positive");
             }
         }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             bail!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
@@ -252,7 +257,10 @@ impl ModelConfig {
             );
         }
         if !self.head_dim.is_multiple_of(2) {
-            bail!("head_dim ({}) must be even for rotary embeddings", self.head_dim);
+            bail!(
+                "head_dim ({}) must be even for rotary embeddings",
+                self.head_dim
+            );
         }
         Ok(())
     }

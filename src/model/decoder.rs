@@ -15,7 +15,7 @@
 
 use super::config::{ModelConfig, RopeScaling};
 use super::kv_cache::KvCache;
-use super::lora::LoraLinear;
+use super::lora::{project, LoraLinear};
 use super::weights::Weights;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -72,7 +72,12 @@ pub struct Decoder {
 
 impl Decoder {
     /// Builds the decoder from Hugging Face-named weights, checking every shape.
-    pub fn load(config: &ModelConfig, weights: &Weights, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        config: &ModelConfig,
+        weights: &Weights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let c = config;
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
         let q_out = c.num_attention_heads * c.head_dim;
@@ -99,11 +104,24 @@ impl Decoder {
                     v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_out, h, bias)?,
                     o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q_out, false)?,
                 },
-                post_attention_layernorm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                post_attention_layernorm: get(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                )?,
                 mlp: Mlp {
-                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, false)?,
+                    gate_proj: linear(
+                        &format!("{p}.mlp.gate_proj"),
+                        c.intermediate_size,
+                        h,
+                        false,
+                    )?,
                     up_proj: linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, false)?,
-                    down_proj: linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, false)?,
+                    down_proj: linear(
+                        &format!("{p}.mlp.down_proj"),
+                        h,
+                        c.intermediate_size,
+                        false,
+                    )?,
                 },
             });
         }
@@ -172,7 +190,7 @@ impl Decoder {
         let dims = hidden.dims().to_vec();
         let h = *dims.last().unwrap();
         let flat = hidden.reshape((hidden.elem_count() / h, h))?;
-        let logits = flat.matmul(&self.lm_head_weight().t()?)?.to_dtype(DType::F32)?;
+        let logits = project(&flat, self.lm_head_weight())?.to_dtype(DType::F32)?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.config.vocab_size;
         Ok(logits.reshape(out)?)
@@ -185,26 +203,57 @@ impl Decoder {
     pub fn forward(&self, input_ids: &Tensor, adapters: bool) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         if t > self.max_positions() {
-            bail!("sequence of {t} tokens exceeds the model's {} positions", self.max_positions());
+            bail!(
+                "sequence of {t} tokens exceeds the model's {} positions",
+                self.max_positions()
+            );
         }
         let c = &self.config;
-        let mut x = self.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, t, c.hidden_size))?;
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
         let mask = causal_mask(t, 0, self.dtype, &self.device)?;
         for layer in &self.layers {
-            let h = rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps, Ops::Differentiable)?;
+            let h = rms_norm(
+                &x,
+                &layer.input_layernorm,
+                c.rms_norm_eps,
+                Ops::Differentiable,
+            )?;
             let a = &layer.self_attn;
             let heads = |proj: &LoraLinear, n: usize| -> Result<Tensor> {
-                Ok(proj.forward(&h, adapters)?.reshape((b, t, n, c.head_dim))?.transpose(1, 2)?)
+                Ok(proj
+                    .forward(&h, adapters)?
+                    .reshape((b, t, n, c.head_dim))?
+                    .transpose(1, 2)?)
             };
-            let q = rope(&heads(&a.q_proj, c.num_attention_heads)?, &cos, &sin, Ops::Differentiable)?;
-            let k = rope(&heads(&a.k_proj, c.num_key_value_heads)?, &cos, &sin, Ops::Differentiable)?;
+            let q = rope(
+                &heads(&a.q_proj, c.num_attention_heads)?,
+                &cos,
+                &sin,
+                Ops::Differentiable,
+            )?;
+            let k = rope(
+                &heads(&a.k_proj, c.num_key_value_heads)?,
+                &cos,
+                &sin,
+                Ops::Differentiable,
+            )?;
             let v = heads(&a.v_proj, c.num_key_value_heads)?;
             let attn = self.attention(&q, &k, &v, Some(&mask), Ops::Differentiable)?; // [b, heads, t, d]
-            let attn = attn.transpose(1, 2)?.reshape((b, t, c.num_attention_heads * c.head_dim))?;
+            let attn = attn
+                .transpose(1, 2)?
+                .reshape((b, t, c.num_attention_heads * c.head_dim))?;
             x = (x + a.o_proj.forward(&attn, adapters)?)?;
-            let h = rms_norm(&x, &layer.post_attention_layernorm, c.rms_norm_eps, Ops::Differentiable)?;
+            let h = rms_norm(
+                &x,
+                &layer.post_attention_layernorm,
+                c.rms_norm_eps,
+                Ops::Differentiable,
+            )?;
             x = (x + mlp(&layer.mlp, &h, adapters)?)?;
         }
         rms_norm(&x, &self.norm, c.rms_norm_eps, Ops::Differentiable)
@@ -241,8 +290,20 @@ impl Decoder {
                     .contiguous()?
                     .unsqueeze(0)?)
             };
-            let q = rope(&heads(&a.q_proj, c.num_attention_heads)?, &cos, &sin, Ops::Fused)?.squeeze(0)?;
-            let k = rope(&heads(&a.k_proj, c.num_key_value_heads)?, &cos, &sin, Ops::Fused)?.squeeze(0)?;
+            let q = rope(
+                &heads(&a.q_proj, c.num_attention_heads)?,
+                &cos,
+                &sin,
+                Ops::Fused,
+            )?
+            .squeeze(0)?;
+            let k = rope(
+                &heads(&a.k_proj, c.num_key_value_heads)?,
+                &cos,
+                &sin,
+                Ops::Fused,
+            )?
+            .squeeze(0)?;
             let v = heads(&a.v_proj, c.num_key_value_heads)?.squeeze(0)?;
             let mut outs = Vec::with_capacity(segments.len());
             for seg in segments {
@@ -255,10 +316,11 @@ impl Decoder {
                 )?;
                 let total = past + seg.len;
                 // Query heads that share a KV head are stacked as rows: [kv, group*len, d].
-                let q_s = q
-                    .narrow(1, seg.start, seg.len)?
-                    .contiguous()?
-                    .reshape((c.num_key_value_heads, group * seg.len, c.head_dim))?;
+                let q_s = q.narrow(1, seg.start, seg.len)?.contiguous()?.reshape((
+                    c.num_key_value_heads,
+                    group * seg.len,
+                    c.head_dim,
+                ))?;
                 let mut scores = (q_s.matmul(&keys.t()?)? * scale)?;
                 if seg.len > 1 {
                     let mask = causal_mask(seg.len, past, self.dtype, &self.device)?;
@@ -267,7 +329,8 @@ impl Decoder {
                         .broadcast_add(&mask)?
                         .reshape((c.num_key_value_heads, group * seg.len, total))?;
                 }
-                let probs = softmax(&scores.to_dtype(DType::F32)?, Ops::Fused)?.to_dtype(self.dtype)?;
+                let probs =
+                    softmax(&scores.to_dtype(DType::F32)?, Ops::Fused)?.to_dtype(self.dtype)?;
                 let out = probs
                     .matmul(&values)?
                     .reshape((c.num_attention_heads, seg.len, c.head_dim))?
@@ -277,7 +340,12 @@ impl Decoder {
             }
             let attn = Tensor::cat(&outs, 0)?;
             x = (x + a.o_proj.forward(&attn, adapters)?)?;
-            let h = rms_norm(&x, &layer.post_attention_layernorm, c.rms_norm_eps, Ops::Fused)?;
+            let h = rms_norm(
+                &x,
+                &layer.post_attention_layernorm,
+                c.rms_norm_eps,
+                Ops::Fused,
+            )?;
             x = (x + mlp(&layer.mlp, &h, adapters)?)?;
         }
         for seg in segments {
@@ -288,7 +356,14 @@ impl Decoder {
 
     /// Scaled dot-product attention for `[b, heads, t, d]` queries against `[b, kv_heads,
     /// s, d]` keys/values with an additive mask `[t, s]`; returns `[b, heads, t, d]`.
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, ops: Ops) -> Result<Tensor> {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        ops: Ops,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (b, nh, t, d) = q.dims4()?;
         let s = k.dim(2)?;
@@ -318,7 +393,15 @@ fn mlp(m: &Mlp, x: &Tensor, adapters: bool) -> Result<Tensor> {
 fn causal_mask(t: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let s = past + t;
     let data: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j <= past + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(data, (t, s), device)?.to_dtype(dtype)?)
 }
@@ -383,7 +466,11 @@ fn rope_tables(c: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
             high_freq_factor,
             original_max_position_embeddings,
         }) => {
-            let (factor, low, high) = (*factor as f32, *low_freq_factor as f32, *high_freq_factor as f32);
+            let (factor, low, high) = (
+                *factor as f32,
+                *low_freq_factor as f32,
+                *high_freq_factor as f32,
+            );
             let old_len = *original_max_position_embeddings as f32;
             let low_freq_wavelen = old_len / low;
             let high_freq_wavelen = old_len / high;

@@ -23,13 +23,19 @@ pub fn completion_logprobs(
     pairs: &[(Vec<u32>, Vec<u32>)],
     adapters: bool,
 ) -> Result<Vec<Tensor>> {
-    let width = pairs.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0);
+    let width = pairs
+        .iter()
+        .map(|(p, c)| p.len() + c.len())
+        .max()
+        .unwrap_or(0);
     let mut ids = Vec::with_capacity(pairs.len() * width);
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     for (i, (prompt, completion)) in pairs.iter().enumerate() {
         if prompt.is_empty() {
-            bail!("pair {i}: the prompt has no tokens, so the first completion token has no context");
+            bail!(
+                "pair {i}: the prompt has no tokens, so the first completion token has no context"
+            );
         }
         let start = ids.len();
         ids.extend_from_slice(prompt);

@@ -41,7 +41,11 @@ impl LoadOptions {
     /// present.
     pub fn auto() -> Result<Self> {
         let device = Device::cuda_if_available(0)?;
-        let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+        let dtype = if device.is_cuda() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
         Ok(Self { device, dtype })
     }
 
@@ -93,7 +97,11 @@ impl Model {
                 let mut file = std::fs::File::open(path)
                     .with_context(|| format!("{}: cannot open", path.display()))?;
                 let content = gguf_file::Content::read(&mut file).map_err(|e| {
-                    anyhow::anyhow!("{}: not a valid GGUF file ({e})", path.display())
+                    anyhow::anyhow!(
+                        "{}: not a valid GGUF file ({})",
+                        path.display(),
+                        candle_reason(&e)
+                    )
                 })?;
                 let cfg = ModelConfig::from_gguf(&content)
                     .with_context(|| format!("{}", path.display()))?;
@@ -136,16 +144,27 @@ impl Model {
     }
 }
 
+/// A candle error as one line: without the backtrace candle attaches when
+/// `RUST_BACKTRACE` is set, and without its own copy of the path (callers name the file).
+pub(crate) fn candle_reason(err: &candle_core::Error) -> String {
+    match err {
+        candle_core::Error::WithBacktrace { inner, .. }
+        | candle_core::Error::WithPath { inner, .. } => candle_reason(inner),
+        other => other.to_string().replace('\n', "; "),
+    }
+}
+
 fn generation_eos(path: &Path) -> Result<Vec<u32>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", path.display()))?;
     Ok(match v.get("eos_token_id") {
         Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
-        Some(serde_json::Value::Array(a)) => {
-            a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()
-        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
         _ => Vec::new(),
     })
 }

@@ -160,8 +160,7 @@ fn looks_like_hub_id(spec: &str) -> bool {
     let ok = |s: &str| {
         !s.is_empty()
             && !s.starts_with('.')
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     ok(owner) && ok(name)
@@ -205,6 +204,9 @@ mod tests {
     #[test]
     fn missing_model_file_is_one_clear_line() {
         let err = ModelFiles::resolve("nowhere/none.gguf").unwrap_err();
-        assert_eq!(format!("{err:#}"), "nowhere/none.gguf: model file not found");
+        assert_eq!(
+            format!("{err:#}"),
+            "nowhere/none.gguf: model file not found"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Named weight tensors in Hugging Face layout, from memory-mapped safetensors files
 //! (single or sharded) or from a GGUF file (dequantized, renamed, Q/K un-permuted).
 
+use super::candle_reason;
 use super::config::{Architecture, ModelConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
@@ -39,7 +40,11 @@ impl Weights {
             // Safety: the file is opened read-only; a concurrent writer would be a user
             // error just as with transformers' own mmap loading.
             let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
-                anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display())
+                anyhow::anyhow!(
+                    "{}: not a valid safetensors file ({})",
+                    path.display(),
+                    candle_reason(&e)
+                )
             })?;
             for (name, _) in st.tensors() {
                 if let Some(previous) = routing.insert(name.clone(), index) {
@@ -58,7 +63,11 @@ impl Weights {
     }
 
     /// Dequantizes every tensor of a GGUF file to f32 under its Hugging Face name.
-    pub fn from_gguf(path: &Path, content: &gguf_file::Content, config: &ModelConfig) -> Result<Self> {
+    pub fn from_gguf(
+        path: &Path,
+        content: &gguf_file::Content,
+        config: &ModelConfig,
+    ) -> Result<Self> {
         check_gguf_extent(path, content)?;
         let mut file = std::fs::File::open(path)
             .with_context(|| format!("{}: cannot open", path.display()))?;
@@ -71,14 +80,26 @@ impl Weights {
                 );
             }
             let hf_name = hf_name_of_gguf_tensor(name).with_context(|| {
-                format!("{}: unexpected tensor `{name}` for a {:?} model", path.display(), config.architecture)
+                format!(
+                    "{}: unexpected tensor `{name}` for a {:?} model",
+                    path.display(),
+                    config.architecture
+                )
             })?;
-            let q = content
-                .tensor(&mut file, name, &Device::Cpu)
-                .map_err(|e| anyhow::anyhow!("{}: cannot read tensor {name} ({e})", path.display()))?;
-            let mut t = q
-                .dequantize(&Device::Cpu)
-                .map_err(|e| anyhow::anyhow!("{}: cannot dequantize {name} ({e})", path.display()))?;
+            let q = content.tensor(&mut file, name, &Device::Cpu).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: cannot read tensor {name} ({})",
+                    path.display(),
+                    candle_reason(&e)
+                )
+            })?;
+            let mut t = q.dequantize(&Device::Cpu).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: cannot dequantize {name} ({})",
+                    path.display(),
+                    candle_reason(&e)
+                )
+            })?;
             // llama.cpp's converter interleaves the rotary halves of Q and K for llama
             // models; transformers' layout keeps them as two halves.
             if config.architecture == Architecture::Llama {
@@ -107,16 +128,26 @@ impl Weights {
 
     /// The tensor `name` with exactly `shape`, converted to `dtype` on `device`. Errors name
     /// the file, the tensor and both shapes.
-    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn get(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let (file, tensor) = match &self.source {
             Source::Safetensors { files, routing } => {
                 let Some(&index) = routing.get(name) else {
                     bail!("{}: missing tensor {name}", self.describe());
                 };
                 let (path, st) = &files[index];
-                let t = st
-                    .load(name, &Device::Cpu)
-                    .map_err(|e| anyhow::anyhow!("{}: cannot read tensor {name} ({e})", path.display()))?;
+                let t = st.load(name, &Device::Cpu).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: cannot read tensor {name} ({})",
+                        path.display(),
+                        candle_reason(&e)
+                    )
+                })?;
                 (path.as_path(), t)
             }
             Source::Gguf { path, tensors } => {

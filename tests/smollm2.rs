@@ -1,0 +1,277 @@
+//! The embedded SmolLM2-135M-Instruct GGUF end to end: log-probabilities against
+//! transformers on the same dequantized weights, greedy tokens, and the engine's sampling
+//! guarantees.
+
+mod common;
+
+use autoif::generate::{Backend, EngineOptions, LocalEngine, Prompt, Request, SamplingParams};
+use autoif::model::logprobs::completion_logprobs;
+use autoif::model::{LoadOptions, Model};
+use std::sync::OnceLock;
+
+fn model() -> Option<&'static Model> {
+    static MODEL: OnceLock<Option<Model>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = common::smollm2("smollm2")?;
+            Some(Model::load(path.to_str().unwrap(), &LoadOptions::cpu()).unwrap())
+        })
+        .as_ref()
+}
+
+fn fixture() -> serde_json::Value {
+    let text = std::fs::read_to_string(common::fixture("smollm2_logprobs.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn u32_list(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn logprobs_match_transformers_on_dequantized_weights() {
+    let Some(model) = model() else { return };
+    let fx = fixture();
+    let mut worst = 0f32;
+    for case in fx["logprobs"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let prompt = model
+            .tokenizer
+            .encode(case["prompt"].as_str().unwrap())
+            .unwrap();
+        let completion = model
+            .tokenizer
+            .encode_raw(case["completion"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(prompt, u32_list(&case["prompt_ids"]), "{name}: prompt ids");
+        assert_eq!(
+            completion,
+            u32_list(&case["completion_ids"]),
+            "{name}: completion ids"
+        );
+        let got = completion_logprobs(&model.decoder, &[(prompt, completion)], false).unwrap();
+        let got = got[0].to_vec1::<f32>().unwrap();
+        let want: Vec<f32> = case["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let d = (g - w).abs();
+            worst = worst.max(d);
+            assert!(
+                d <= 2e-3,
+                "{name}: token {i}: autoif {g} vs transformers {w}"
+            );
+        }
+    }
+    eprintln!("max |Δlogprob| over all cases: {worst:e}");
+}
+
+#[test]
+fn greedy_tokens_match_transformers() {
+    let Some(model) = model() else { return };
+    let fx = fixture();
+    let requests: Vec<Request> = fx["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| Request {
+            prompt: Prompt::Chat(serde_json::from_value(case["messages"].clone()).unwrap()),
+            n: 1,
+            params: SamplingParams {
+                max_new_tokens: 5,
+                ..SamplingParams::default()
+            },
+        })
+        .collect();
+    let mut engine = LocalEngine::new(
+        model,
+        EngineOptions {
+            progress: false,
+            ..EngineOptions::default()
+        },
+    );
+    for (case, req) in fx["greedy"].as_array().unwrap().iter().zip(&requests) {
+        assert_eq!(
+            engine.prompt_ids(&req.prompt).unwrap(),
+            u32_list(&case["prompt_ids"]),
+            "chat template + tokenizer"
+        );
+    }
+    let out = engine.generate(&requests).unwrap();
+    for (case, completion) in fx["greedy"].as_array().unwrap().iter().zip(&out) {
+        assert_eq!(completion.token_ids, u32_list(&case["greedy_ids"]));
+        assert_eq!(completion.text, case["greedy_text"].as_str().unwrap());
+    }
+}
+
+fn prompts() -> Vec<Prompt> {
+    [
+        "Write a haiku about the sea.",
+        "List three fruits, separated by commas.",
+        "Explain recursion in one sentence.",
+        "What is 12 times 12? Reply with the number only.",
+        "Say hello in French.",
+    ]
+    .iter()
+    .map(|p| Prompt::user(*p))
+    .collect()
+}
+
+#[test]
+fn n_samples_with_temperature_are_reproducible_alone_or_batched() {
+    let Some(model) = model() else { return };
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        max_new_tokens: 24,
+        seed: 7,
+        ..SamplingParams::default()
+    };
+    let sampled = Request {
+        prompt: prompts()[0].clone(),
+        n: 4,
+        params: params.clone(),
+    };
+    let options = EngineOptions {
+        progress: false,
+        ..EngineOptions::default()
+    };
+
+    let alone = LocalEngine::new(model, options.clone())
+        .generate(std::slice::from_ref(&sampled))
+        .unwrap();
+    assert_eq!(alone.len(), 4);
+    assert_eq!(
+        alone.iter().map(|c| c.sample_index).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    let distinct: std::collections::HashSet<_> = alone.iter().map(|c| c.text.clone()).collect();
+    assert!(
+        distinct.len() > 1,
+        "4 samples at temperature 0.9 were all identical: {alone:?}"
+    );
+
+    // The same request next to others, with a batch too small for everything at once so
+    // slots are refilled mid-run: each sample keeps its text.
+    let mut mixed: Vec<Request> = prompts()[1..]
+        .iter()
+        .map(|p| Request {
+            prompt: p.clone(),
+            n: 2,
+            params: SamplingParams {
+                seed: 99,
+                ..params.clone()
+            },
+        })
+        .collect();
+    mixed.insert(2, sampled.clone());
+    let batched = LocalEngine::new(
+        model,
+        EngineOptions {
+            max_batch: 5,
+            ..options
+        },
+    )
+    .generate(&mixed)
+    .unwrap();
+    let again: Vec<_> = batched.iter().filter(|c| c.request_index == 2).collect();
+    assert_eq!(again.len(), 4);
+    for (a, b) in alone.iter().zip(again) {
+        assert_eq!(
+            a.text, b.text,
+            "sample {} changed when batched",
+            a.sample_index
+        );
+    }
+}
+
+#[test]
+fn greedy_batched_equals_greedy_one_at_a_time() {
+    let Some(model) = model() else { return };
+    let params = SamplingParams {
+        max_new_tokens: 32,
+        ..SamplingParams::default()
+    };
+    let requests: Vec<Request> = prompts()
+        .into_iter()
+        .map(|prompt| Request {
+            prompt,
+            n: 1,
+            params: params.clone(),
+        })
+        .collect();
+    let options = EngineOptions {
+        progress: false,
+        ..EngineOptions::default()
+    };
+    let batched = LocalEngine::new(
+        model,
+        EngineOptions {
+            max_batch: 5,
+            ..options.clone()
+        },
+    )
+    .generate(&requests)
+    .unwrap();
+    for (i, req) in requests.iter().enumerate() {
+        let single = LocalEngine::new(
+            model,
+            EngineOptions {
+                max_batch: 1,
+                ..options.clone()
+            },
+        )
+        .generate(std::slice::from_ref(req))
+        .unwrap();
+        assert_eq!(single[0].text, batched[i].text, "prompt {i}");
+        assert_eq!(single[0].token_ids, batched[i].token_ids, "prompt {i}");
+    }
+}
+
+#[test]
+fn stop_strings_and_max_new_tokens_end_generation() {
+    let Some(model) = model() else { return };
+    let options = EngineOptions {
+        progress: false,
+        ..EngineOptions::default()
+    };
+    let request = |stop: Vec<String>, max_new_tokens| Request {
+        prompt: Prompt::user("Count from 1 to 20, separated by commas."),
+        n: 1,
+        params: SamplingParams {
+            max_new_tokens,
+            stop,
+            ..SamplingParams::default()
+        },
+    };
+    let full = LocalEngine::new(model, options.clone())
+        .generate(&[request(vec![], 64)])
+        .unwrap();
+    assert!(
+        full[0].text.contains('5'),
+        "unexpected text: {:?}",
+        full[0].text
+    );
+    let cut = LocalEngine::new(model, options.clone())
+        .generate(&[request(vec!["5".into()], 64)])
+        .unwrap();
+    assert_eq!(cut[0].finish_reason, autoif::generate::FinishReason::Stop);
+    assert!(!cut[0].text.contains('5'));
+    assert!(full[0].text.starts_with(&cut[0].text));
+    let short = LocalEngine::new(model, options)
+        .generate(&[request(vec![], 3)])
+        .unwrap();
+    assert_eq!(short[0].token_ids.len(), 3);
+    assert_eq!(
+        short[0].finish_reason,
+        autoif::generate::FinishReason::Length
+    );
+}
