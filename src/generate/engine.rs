@@ -150,25 +150,36 @@ impl<'m> LocalEngine<'m> {
         let mut first_step = true;
         loop {
             // Admit queued jobs into free slots, within the prefill budget.
+            // Samples of one request admitted together share one prefill: the first is
+            // the leader, the others copy its cache and its first-token logits.
             let mut budget = self.options.max_prefill_tokens;
             let mut admitted_any = false;
+            let mut followers: Vec<(usize, usize)> = Vec::new(); // (slot, leader slot)
+            let mut leaders: Vec<(usize, usize)> = Vec::new(); // (request, slot)
             for (slot, entry) in active.iter_mut().enumerate() {
                 if entry.is_some() {
                     continue;
                 }
                 let Some(next) = queue.front() else { break };
-                if admitted_any && next.pending.len() > budget {
+                let leader = leaders.iter().find(|(r, _)| *r == next.request).map(|&(_, s)| s);
+                if admitted_any && leader.is_none() && next.pending.len() > budget {
                     break;
                 }
                 let job = queue.pop_front().unwrap();
-                budget = budget.saturating_sub(job.pending.len());
-                admitted_any = true;
                 stats.prompt_tokens += job.prompt_len;
                 if job.max_new == 0 {
                     done.push(self.finish(&job, FinishReason::Length, None)?);
                     progress.inc(1);
                     continue;
                 }
+                match leader {
+                    Some(leader_slot) => followers.push((slot, leader_slot)),
+                    None => {
+                        budget = budget.saturating_sub(job.pending.len());
+                        leaders.push((job.request, slot));
+                    }
+                }
+                admitted_any = true;
                 cache.allocate(slot, job.prompt_len + job.max_new)?;
                 *entry = Some(job);
             }
@@ -186,6 +197,9 @@ impl<'m> LocalEngine<'m> {
             let mut last_rows = Vec::new();
             for (slot, job) in active.iter().enumerate() {
                 let Some(job) = job else { continue };
+                if followers.iter().any(|&(f, _)| f == slot) {
+                    continue;
+                }
                 let past = cache.slot(slot).map(|s| s.len()).unwrap_or(0);
                 segments.push(Segment {
                     slot,
@@ -212,6 +226,10 @@ impl<'m> LocalEngine<'m> {
                 .logits(&hidden.index_select(&rows, 0)?)?
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?;
+            for &(slot, leader) in &followers {
+                let prompt_len = active[slot].as_ref().unwrap().prompt_len;
+                cache.copy_prefix(leader, slot, prompt_len)?;
+            }
             if first_step {
                 stats.first_step_s = started.elapsed().as_secs_f64();
                 first_step = false;
@@ -222,6 +240,9 @@ impl<'m> LocalEngine<'m> {
             let mut rows: Vec<Option<Vec<f32>>> = (0..slots).map(|_| None).collect();
             for (seg, row) in segments.iter().zip(logits) {
                 rows[seg.slot] = Some(row);
+            }
+            for &(slot, leader) in &followers {
+                rows[slot] = rows[leader].clone();
             }
             let eos_ids = &self.model.eos_token_ids;
             let tokens: Vec<Option<u32>> = active
@@ -239,9 +260,9 @@ impl<'m> LocalEngine<'m> {
                     Some(job.sampler.sample(&mut row, &job.history))
                 })
                 .collect();
-            for seg in &segments {
-                let token = tokens[seg.slot].expect("every active slot sampled a token");
-                let job = active[seg.slot].as_mut().unwrap();
+            for slot in 0..slots {
+                let Some(token) = tokens[slot] else { continue };
+                let job = active[slot].as_mut().unwrap();
                 let params = &requests[job.request].params;
                 let eos = self.model.eos_token_ids.contains(&token);
                 if !eos {
@@ -267,8 +288,8 @@ impl<'m> LocalEngine<'m> {
                 };
                 match finish {
                     Some(reason) => {
-                        let job = active[seg.slot].take().unwrap();
-                        cache.free(seg.slot);
+                        let job = active[slot].take().unwrap();
+                        cache.free(slot);
                         done.push(self.finish(&job, reason, stop_at)?);
                         progress.inc(1);
                     }

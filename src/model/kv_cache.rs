@@ -113,6 +113,23 @@ impl KvCache {
         Ok((kc.narrow(1, 0, end)?, vc.narrow(1, 0, end)?))
     }
 
+    /// Makes `to` hold the first `len` positions of `from` (samples of one prompt share
+    /// its prefill).
+    pub fn copy_prefix(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
+        let (Some(Some(src)), Some(Some(dst))) = (self.slots.get(from), self.slots.get(to)) else {
+            bail!("KV cache slots {from} and {to} must both be allocated");
+        };
+        if len > src.len || len > dst.capacity {
+            bail!("cannot copy {len} positions from slot {from} to slot {to}");
+        }
+        for ((sk, sv), (dk, dv)) in src.layers.iter().zip(&dst.layers) {
+            dk.slice_set(&sk.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+            dv.slice_set(&sv.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+        }
+        self.slots[to].as_mut().unwrap().len = len;
+        Ok(())
+    }
+
     pub fn advance(&mut self, slot: usize, n: usize) {
         if let Some(cache) = self.slots[slot].as_mut() {
             cache.len += n;
