@@ -4,6 +4,7 @@
 //! LoRA-ready decoder, `generate` samples from it, and the CLI in `cli` drives both.
 
 pub mod cli;
+pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod verify;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod common;
+mod eval;
 mod generate;
 mod logprobs;
 mod verify;
@@ -10,7 +11,11 @@ mod verify;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "autoif", version, about = "AutoIF: self-play with execution feedback for instruction following")]
+#[command(
+    name = "autoif",
+    version,
+    about = "AutoIF: self-play with execution feedback for instruction following"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,6 +31,8 @@ enum Command {
     Bench(bench::Args),
     /// Run verification functions on inputs in the Python sandbox.
     Verify(verify::Args),
+    /// Score a model or a file of responses on a benchmark (IFEval).
+    Eval(eval::Args),
 }
 
 /// Runs the CLI and returns the process exit code. Errors print as one line.
@@ -44,6 +51,7 @@ pub fn main() -> i32 {
         Command::Logprobs(args) => logprobs::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => 0,

@@ -1,0 +1,269 @@
+//! `autoif eval`: benchmarks. `autoif eval ifeval` scores a model, or a file of responses,
+//! on IFEval with the reference evaluator's strict and loose rules and writes its outputs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgGroup, Subcommand};
+
+use super::common::write_atomic;
+use crate::generate::{Backend, EngineOptions, LocalEngine, Prompt as GenPrompt, Request, SamplingParams};
+use crate::model::{LoadOptions, Model};
+use crate::eval::ifeval::{
+    evaluate, load_input_data, load_responses, Prompt, PromptResult, Summary,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    benchmark: Benchmark,
+}
+
+#[derive(Subcommand)]
+enum Benchmark {
+    /// IFEval: prompt- and instruction-level accuracy, strict and loose, as Google's
+    /// reference evaluator computes them.
+    Ifeval(IfevalArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["model", "responses"])))]
+struct IfevalArgs {
+    /// Generate the responses with this model: a hub id, a local Hugging Face folder, or a .gguf file.
+    #[arg(long)]
+    model: Option<String>,
+    /// A LoRA adapter folder to apply to --model.
+    #[arg(long, requires = "model")]
+    adapter: Option<PathBuf>,
+    /// Score existing responses instead: JSON lines of {"prompt", "response"}, matched to
+    /// the prompts by their exact text.
+    #[arg(long, conflicts_with = "model")]
+    responses: Option<PathBuf>,
+    /// The IFEval prompts: input_data.jsonl (google-research/instruction_following_eval) or
+    /// ifeval_input_data.jsonl (the google/IFEval data set).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Score only the first N prompts.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Most tokens generated per response (greedy decoding); 1280 is what
+    /// lm-evaluation-harness's IFEval task uses.
+    #[arg(long, default_value_t = 1280)]
+    max_new_tokens: usize,
+    /// Prompts decoded together when generating.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Folder for responses.jsonl, eval_results_{strict,loose}.jsonl and summary.json.
+    #[arg(long, default_value = "ifeval-results")]
+    out: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.benchmark {
+        Benchmark::Ifeval(args) => run_ifeval(args),
+    }
+}
+
+/// Generates one response per prompt with the local engine: greedy, the model's chat
+/// template, one user turn per prompt.
+fn generate_responses(args: &IfevalArgs, model: &str, prompts: &[String]) -> Result<Vec<String>> {
+    let model = Model::load(model, &LoadOptions::auto()?)?;
+    let params = SamplingParams {
+        max_new_tokens: args.max_new_tokens,
+        ..SamplingParams::default()
+    };
+    let requests: Vec<Request> = prompts
+        .iter()
+        .map(|p| Request {
+            prompt: GenPrompt::user(p.as_str()),
+            n: 1,
+            params: params.clone(),
+        })
+        .collect();
+    let options = EngineOptions {
+        max_batch: args.batch,
+        ..EngineOptions::default()
+    };
+    let completions = LocalEngine::new(&model, options).generate(&requests)?;
+    Ok(completions.into_iter().map(|c| c.text).collect())
+}
+
+fn run_ifeval(args: IfevalArgs) -> Result<()> {
+    let Some(data) = &args.data else {
+        bail!(
+            "no --data given and the Hugging Face hub is not reachable from here: pass --data with IFEval's \
+             prompts, e.g. --data input_data.jsonl (data/input_data.jsonl of google-research/instruction_following_eval, \
+             or ifeval_input_data.jsonl of the google/IFEval data set)"
+        );
+    };
+    let prompts = load_input_data(data)?;
+    let limit = args.limit.unwrap_or(prompts.len());
+    if limit == 0 {
+        bail!("--limit must be at least 1");
+    }
+    if let Some(adapter) = &args.adapter {
+        if !adapter.is_dir() {
+            bail!(
+                "{}: --adapter must be a LoRA adapter folder",
+                adapter.display()
+            );
+        }
+    }
+
+    let (prompts, responses) = match (&args.responses, &args.model) {
+        (Some(path), _) => match_responses(prompts, limit, path, data)?,
+        (None, Some(model)) => {
+            let mut prompts = prompts;
+            prompts.truncate(limit);
+            let texts: Vec<String> = prompts.iter().map(|p| p.prompt.clone()).collect();
+            let responses = generate_responses(&args, model, &texts)?;
+            if responses.len() != prompts.len() {
+                bail!(
+                    "generation returned {} responses for {} prompts",
+                    responses.len(),
+                    prompts.len()
+                );
+            }
+            (prompts, responses)
+        }
+        (None, None) => unreachable!("clap requires --model or --responses"),
+    };
+
+    let started = std::time::Instant::now();
+    let texts: Vec<&str> = responses.iter().map(String::as_str).collect();
+    let evaluation = evaluate(&prompts, &texts);
+    let summary = Summary::new(&evaluation);
+    tracing::info!(
+        "scored {} responses in {:.3}s",
+        texts.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    write_outputs(
+        &args,
+        data,
+        &prompts,
+        &responses,
+        &evaluation.strict,
+        &evaluation.loose,
+        &summary,
+    )?;
+    print!("{}", summary.table());
+    println!("\nwrote {}", args.out.display());
+    Ok(())
+}
+
+/// The first `limit` prompts that have a response in `path`, with their responses, in
+/// data order. A response to a prompt that is not in the data is an error (wrong data file).
+fn match_responses(
+    prompts: Vec<Prompt>,
+    limit: usize,
+    path: &Path,
+    data: &Path,
+) -> Result<(Vec<Prompt>, Vec<String>)> {
+    let responses = load_responses(path)?;
+    let known: HashSet<&str> = prompts.iter().map(|p| p.prompt.as_str()).collect();
+    if let Some(unknown) = responses
+        .iter()
+        .find(|r| !known.contains(r.prompt.as_str()))
+    {
+        let start: String = unknown.prompt.chars().take(60).collect();
+        bail!(
+            "{}: the prompt {start:?}... is not in {}",
+            path.display(),
+            data.display()
+        );
+    }
+    let mut by_prompt: HashMap<String, String> = responses
+        .into_iter()
+        .map(|r| (r.prompt, r.response))
+        .collect();
+    let selected = prompts.len().min(limit);
+    let (matched, responses): (Vec<Prompt>, Vec<String>) = prompts
+        .into_iter()
+        .take(selected)
+        .filter_map(|prompt| {
+            by_prompt
+                .remove(&prompt.prompt)
+                .map(|response| (prompt, response))
+        })
+        .unzip();
+    if matched.is_empty() {
+        bail!(
+            "{}: none of the {selected} prompts selected from {} has a response",
+            path.display(),
+            data.display()
+        );
+    }
+    if matched.len() < selected {
+        eprintln!(
+            "note: {} of {selected} prompts have no response in {}; scoring the other {}",
+            selected - matched.len(),
+            path.display(),
+            matched.len()
+        );
+    }
+    Ok((matched, responses))
+}
+
+fn jsonl(lines: impl Iterator<Item = String>) -> Vec<u8> {
+    lines
+        .flat_map(|line| [line, "\n".to_string()])
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Writes the four output files, each atomically.
+fn write_outputs(
+    args: &IfevalArgs,
+    data: &Path,
+    prompts: &[Prompt],
+    responses: &[String],
+    strict: &[PromptResult],
+    loose: &[PromptResult],
+    summary: &Summary,
+) -> Result<()> {
+    let out = &args.out;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
+    let response_lines = prompts.iter().zip(responses).map(|(prompt, response)| {
+        crate::eval::ifeval::pyjson::dumps(
+            &serde_json::json!({"prompt": prompt.prompt, "response": response}),
+        )
+    });
+    write_atomic(&out.join("responses.jsonl"), &jsonl(response_lines))?;
+    write_atomic(
+        &out.join("eval_results_strict.jsonl"),
+        &jsonl(strict.iter().map(PromptResult::to_json_line)),
+    )?;
+    write_atomic(
+        &out.join("eval_results_loose.jsonl"),
+        &jsonl(loose.iter().map(PromptResult::to_json_line)),
+    )?;
+
+    let mut json = serde_json::Map::new();
+    json.insert("data".into(), data.display().to_string().into());
+    match (&args.responses, &args.model) {
+        (Some(path), _) => {
+            json.insert("responses".into(), path.display().to_string().into());
+        }
+        (None, model) => {
+            json.insert("model".into(), model.clone().into());
+            json.insert(
+                "adapter".into(),
+                args.adapter
+                    .as_ref()
+                    .map(|a| a.display().to_string())
+                    .into(),
+            );
+            json.insert("max_new_tokens".into(), args.max_new_tokens.into());
+        }
+    }
+    json.insert("limit".into(), args.limit.into());
+    if let serde_json::Value::Object(fields) = summary.to_json() {
+        json.extend(fields);
+    }
+    let text = serde_json::to_string_pretty(&serde_json::Value::Object(json))? + "\n";
+    write_atomic(&out.join("summary.json"), text.as_bytes())
+}
