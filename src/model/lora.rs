@@ -15,6 +15,55 @@ pub struct LoraAdapter {
     pub scale: f64,
 }
 
+/// Which projections get adapters, and their size. Field names follow PEFT's
+/// `LoraConfig` so `adapter_config.json` maps one to one.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    /// Module names as in Hugging Face (`q_proj`, ..., `down_proj`).
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    /// All attention and MLP projections, rank 16, alpha 32.
+    fn default() -> Self {
+        Self {
+            r: 16,
+            lora_alpha: 32.0,
+            lora_dropout: 0.0,
+            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        self.lora_alpha / self.r as f64
+    }
+
+    /// Whether the projection `model.layers.3.self_attn.q_proj` is targeted.
+    pub fn targets(&self, module_name: &str) -> bool {
+        let last = module_name.rsplit('.').next().unwrap_or(module_name);
+        self.target_modules.iter().any(|t| t == last)
+    }
+
+    /// A fresh adapter initialised as PEFT does by default: A from Kaiming-uniform with
+    /// a = √5 (bound 1/√in), B zero, so the adapted model starts equal to the base.
+    pub fn init_adapter(&self, out: usize, inp: usize, rng: &mut impl rand::Rng, device: &candle_core::Device) -> Result<LoraAdapter> {
+        let bound = 1.0 / (inp as f32).sqrt();
+        let a: Vec<f32> = (0..self.r * inp).map(|_| rng.random_range(-bound..bound)).collect();
+        Ok(LoraAdapter {
+            a: Var::from_tensor(&Tensor::from_vec(a, (self.r, inp), device)?)?,
+            b: Var::zeros((out, self.r), DType::F32, device)?,
+            scale: self.scale(),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
     weight: Tensor,
