@@ -1,0 +1,184 @@
+//! The result of running one verification function on one input, and its JSON form
+//! `{"verdict": "pass"|"fail"|"error", "error": kind-or-null, "message": str-or-null}`.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a call produced no boolean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The source does not compile.
+    Compile,
+    /// The source runs but defines no callable `evaluate`.
+    MissingEvaluate,
+    /// An exception escaped `evaluate` (or the function's top-level code).
+    Runtime,
+    /// The wall-clock deadline (or the CPU-time backstop) passed.
+    Timeout,
+    /// The address-space limit was hit (`MemoryError`).
+    Memory,
+    /// The Python guard refused an import, builtin or attribute.
+    Forbidden,
+    /// `evaluate` returned something other than `True` or `False`.
+    BadReturn,
+    /// The worker process died during the call.
+    Crashed,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::Compile,
+        ErrorKind::MissingEvaluate,
+        ErrorKind::Runtime,
+        ErrorKind::Timeout,
+        ErrorKind::Memory,
+        ErrorKind::Forbidden,
+        ErrorKind::BadReturn,
+        ErrorKind::Crashed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Compile => "compile",
+            ErrorKind::MissingEvaluate => "missing_evaluate",
+            ErrorKind::Runtime => "runtime",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Memory => "memory",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::BadReturn => "bad_return",
+            ErrorKind::Crashed => "crashed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Error(ErrorKind),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    /// A short explanation; present for errors only.
+    pub message: Option<String>,
+}
+
+impl Verdict {
+    pub fn pass() -> Self {
+        Verdict {
+            outcome: Outcome::Pass,
+            message: None,
+        }
+    }
+
+    pub fn fail() -> Self {
+        Verdict {
+            outcome: Outcome::Fail,
+            message: None,
+        }
+    }
+
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Verdict {
+            outcome: Outcome::Error(kind),
+            message: Some(message.into()),
+        }
+    }
+
+    pub fn is_pass(&self) -> bool {
+        self.outcome == Outcome::Pass
+    }
+
+    /// The error kind, if this is an error verdict.
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        match self.outcome {
+            Outcome::Error(kind) => Some(kind),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum VerdictName {
+    Pass,
+    Fail,
+    Error,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VerdictJson {
+    verdict: VerdictName,
+    error: Option<ErrorKind>,
+    message: Option<String>,
+}
+
+impl Serialize for Verdict {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (verdict, error) = match self.outcome {
+            Outcome::Pass => (VerdictName::Pass, None),
+            Outcome::Fail => (VerdictName::Fail, None),
+            Outcome::Error(kind) => (VerdictName::Error, Some(kind)),
+        };
+        VerdictJson {
+            verdict,
+            error,
+            message: self.message.clone(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Verdict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let json = VerdictJson::deserialize(deserializer)?;
+        let outcome = match (json.verdict, json.error) {
+            (VerdictName::Pass, None) => Outcome::Pass,
+            (VerdictName::Fail, None) => Outcome::Fail,
+            (VerdictName::Error, Some(kind)) => Outcome::Error(kind),
+            (VerdictName::Error, None) => {
+                return Err(serde::de::Error::custom(
+                    "an error verdict needs an `error` kind",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(serde::de::Error::custom(
+                    "only error verdicts carry an `error` kind",
+                ))
+            }
+        };
+        Ok(Verdict {
+            outcome,
+            message: json.message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_form_matches_the_issue() {
+        let text = serde_json::to_string(&Verdict::error(ErrorKind::BadReturn, "str")).unwrap();
+        assert_eq!(
+            text,
+            r#"{"verdict":"error","error":"bad_return","message":"str"}"#
+        );
+        let pass = serde_json::to_string(&Verdict::pass()).unwrap();
+        assert_eq!(pass, r#"{"verdict":"pass","error":null,"message":null}"#);
+        for kind in ErrorKind::ALL {
+            let verdict = Verdict::error(kind, "m");
+            let back: Verdict =
+                serde_json::from_str(&serde_json::to_string(&verdict).unwrap()).unwrap();
+            assert_eq!(back, verdict);
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        assert!(serde_json::from_str::<Verdict>(
+            r#"{"verdict":"error","error":null,"message":null}"#
+        )
+        .is_err());
+    }
+}
