@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -15,6 +15,9 @@ pub struct ModelArgs {
     /// Where to run: auto picks the GPU when built with --features cuda and one is present.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
     pub device: String,
+    /// A LoRA adapter folder (PEFT layout) to apply to the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -36,7 +39,10 @@ impl ModelArgs {
 
     pub fn load(&self) -> Result<Model> {
         let started = std::time::Instant::now();
-        let model = Model::load(&self.model, &self.load_options()?)?;
+        let mut model = Model::load(&self.model, &self.load_options()?)?;
+        if let Some(dir) = &self.adapter {
+            crate::export::peft::load_adapter(&mut model.decoder, dir)?;
+        }
         tracing::info!(
             "loaded {} ({:?}, {} layers) in {:.1}s",
             self.model,

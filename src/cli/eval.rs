@@ -68,7 +68,10 @@ pub fn run(args: Args) -> Result<()> {
 /// Generates one response per prompt with the local engine: greedy, the model's chat
 /// template, one user turn per prompt.
 fn generate_responses(args: &IfevalArgs, model: &str, prompts: &[String]) -> Result<Vec<String>> {
-    let model = Model::load(model, &LoadOptions::auto()?)?;
+    let mut model = Model::load(model, &LoadOptions::auto()?)?;
+    if let Some(dir) = &args.adapter {
+        crate::export::peft::load_adapter(&mut model.decoder, dir)?;
+    }
     let params = SamplingParams {
         max_new_tokens: args.max_new_tokens,
         ..SamplingParams::default()

@@ -4,6 +4,7 @@
 mod bench;
 mod common;
 mod eval;
+mod export;
 mod generate;
 mod logprobs;
 mod verify;
@@ -33,6 +34,8 @@ enum Command {
     Verify(verify::Args),
     /// Score a model or a file of responses on a benchmark (IFEval).
     Eval(eval::Args),
+    /// Write a merged Hugging Face model folder or a PEFT adapter folder.
+    Export(export::Args),
 }
 
 /// Runs the CLI and returns the process exit code. Errors print as one line.
@@ -52,6 +55,7 @@ pub fn main() -> i32 {
         Command::Bench(args) => bench::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(()) => 0,

@@ -181,6 +181,23 @@ impl Decoder {
         out
     }
 
+    /// Read-only twin of `linear_layers_mut`, in the same order.
+    pub fn linear_layers(&self) -> Vec<(String, &LoraLinear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (a, m) = (&layer.self_attn, &layer.mlp);
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &m.down_proj));
+        }
+        out
+    }
+
     fn lm_head_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
