@@ -23,7 +23,17 @@ fn fake_cache(home: &std::path::Path) {
 
 fn generate(home: &std::path::Path, model: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_autoif"))
-        .args(["generate", "--device", "cpu", "--model", model, "--prompt", "hi", "--max-new-tokens", "3"])
+        .args([
+            "generate",
+            "--device",
+            "cpu",
+            "--model",
+            model,
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "3",
+        ])
         .env("HF_HOME", home)
         .env("HF_HUB_OFFLINE", "1")
         .env_remove("HF_HUB_CACHE")
@@ -36,7 +46,11 @@ fn cached_hub_model_loads_offline() {
     let home = tempfile::tempdir().unwrap();
     fake_cache(home.path());
     let out = generate(home.path(), "autoif-test/tiny-qwen2");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["prompt_index"], 0);
 }
@@ -48,6 +62,9 @@ fn uncached_hub_model_offline_is_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("autoif-test/absent: not (completely) in the Hugging Face cache"), "{stderr}");
+    assert!(
+        stderr.contains("autoif-test/absent: not (completely) in the Hugging Face cache"),
+        "{stderr}"
+    );
     assert!(stderr.contains("HF_HUB_OFFLINE"), "{stderr}");
 }

@@ -8,11 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Subcommand};
 
 use super::common::write_atomic;
-use crate::generate::{Backend, EngineOptions, LocalEngine, Prompt as GenPrompt, Request, SamplingParams};
-use crate::model::{LoadOptions, Model};
 use crate::eval::ifeval::{
     evaluate, load_input_data, load_responses, Prompt, PromptResult, Summary,
 };
+use crate::generate::{
+    Backend, EngineOptions, LocalEngine, Prompt as GenPrompt, Request, SamplingParams,
+};
+use crate::model::{LoadOptions, Model};
 
 #[derive(clap::Args)]
 pub struct Args {

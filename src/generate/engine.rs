@@ -161,7 +161,10 @@ impl<'m> LocalEngine<'m> {
                     continue;
                 }
                 let Some(next) = queue.front() else { break };
-                let leader = leaders.iter().find(|(r, _)| *r == next.request).map(|&(_, s)| s);
+                let leader = leaders
+                    .iter()
+                    .find(|(r, _)| *r == next.request)
+                    .map(|&(_, s)| s);
                 if admitted_any && leader.is_none() && next.pending.len() > budget {
                     break;
                 }

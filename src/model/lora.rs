@@ -33,9 +33,17 @@ impl Default for LoraConfig {
             r: 16,
             lora_alpha: 32.0,
             lora_dropout: 0.0,
-            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-                .map(String::from)
-                .to_vec(),
+            target_modules: [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -53,9 +61,17 @@ impl LoraConfig {
 
     /// A fresh adapter initialised as PEFT does by default: A from Kaiming-uniform with
     /// a = √5 (bound 1/√in), B zero, so the adapted model starts equal to the base.
-    pub fn init_adapter(&self, out: usize, inp: usize, rng: &mut impl rand::Rng, device: &candle_core::Device) -> Result<LoraAdapter> {
+    pub fn init_adapter(
+        &self,
+        out: usize,
+        inp: usize,
+        rng: &mut impl rand::Rng,
+        device: &candle_core::Device,
+    ) -> Result<LoraAdapter> {
         let bound = 1.0 / (inp as f32).sqrt();
-        let a: Vec<f32> = (0..self.r * inp).map(|_| rng.random_range(-bound..bound)).collect();
+        let a: Vec<f32> = (0..self.r * inp)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
         Ok(LoraAdapter {
             a: Var::from_tensor(&Tensor::from_vec(a, (self.r, inp), device)?)?,
             b: Var::zeros((out, self.r), DType::F32, device)?,
