@@ -1,10 +1,13 @@
 //! `autoif generate`: prompts in, completions out as JSON lines.
 
 use super::common::{read_jsonl, write_jsonl, ModelArgs};
-use crate::generate::{Backend, EngineOptions, LocalEngine, Prompt, Request, SamplingParams};
+use crate::generate::openai::{ChatFormat, Endpoint, OpenAiBackend, OpenAiConfig};
+use crate::generate::{
+    Backend, Completion, EngineOptions, LocalEngine, Prompt, Request, SamplingParams,
+};
 use crate::model::chat_template::Message;
 use anyhow::{bail, Context, Result};
-use clap::Args as ClapArgs;
+use clap::{Args as ClapArgs, ValueEnum};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +55,46 @@ pub struct Args {
     /// Write JSON lines here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Where completions come from: the local engine, or an OpenAI-compatible server
+    /// (vLLM, SGLang, llama.cpp) where --model is the served model's name.
+    #[arg(long, value_enum, default_value_t = BackendKind::Local)]
+    pub backend: BackendKind,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Local,
+    Openai,
+}
+
+/// How to reach an OpenAI-compatible server (`--backend openai`).
+#[derive(ClapArgs, Debug)]
+pub struct ServerArgs {
+    /// The server's API root, e.g. http://127.0.0.1:8000/v1.
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Environment variable holding the API key (none is sent when it is unset).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
+    /// Use /v1/chat/completions (the server applies its chat template) instead of
+    /// /v1/completions with prompts rendered by our copy of the model's template.
+    #[arg(long)]
+    pub chat_completions: bool,
+    /// Tokenizer and chat template of the served model: a hub id, a folder or a .gguf
+    /// file. Default: --model when it is a local path.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// HTTP requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub max_concurrency: usize,
+    /// Seconds one HTTP request may take.
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout: f64,
+    /// Retries of a request after a 429, a 5xx, a timeout or a connection error.
+    #[arg(long, default_value_t = 8)]
+    pub max_retries: u32,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -81,15 +124,17 @@ pub fn run(args: Args) -> Result<()> {
             params: params.clone(),
         })
         .collect();
-    let model = args.model.load()?;
-    let mut engine = LocalEngine::new(
-        &model,
-        EngineOptions {
-            max_batch: args.batch,
-            ..EngineOptions::default()
-        },
+    let started = std::time::Instant::now();
+    let completions = match args.backend {
+        BackendKind::Local => generate_local(&args, &requests)?,
+        BackendKind::Openai => generate_remote(&args, &requests)?,
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "{} samples in {seconds:.2}s ({:.2} samples/s)",
+        completions.len(),
+        completions.len() as f64 / seconds
     );
-    let completions = engine.generate(&requests)?;
     let lines: Vec<_> = completions
         .iter()
         .map(|c| {
@@ -103,6 +148,55 @@ pub fn run(args: Args) -> Result<()> {
         })
         .collect();
     write_jsonl(args.out.as_deref(), &lines)
+}
+
+fn generate_local(args: &Args, requests: &[Request]) -> Result<Vec<Completion>> {
+    let model = args.model.load()?;
+    let mut engine = LocalEngine::new(
+        &model,
+        EngineOptions {
+            max_batch: args.batch,
+            ..EngineOptions::default()
+        },
+    );
+    engine.generate(requests)
+}
+
+fn generate_remote(args: &Args, requests: &[Request]) -> Result<Vec<Completion>> {
+    let server = &args.server;
+    let base_url = server
+        .base_url
+        .clone()
+        .context("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")?;
+    let tokenizer = server
+        .tokenizer
+        .clone()
+        .or_else(|| Some(args.model.model.clone()).filter(|m| std::path::Path::new(m).exists()));
+    let format = tokenizer.as_deref().map(ChatFormat::load).transpose()?;
+    let config = OpenAiConfig {
+        base_url,
+        model: args.model.model.clone(),
+        api_key_env: server.api_key_env.clone(),
+        endpoint: if server.chat_completions {
+            Endpoint::Chat
+        } else {
+            Endpoint::Completions
+        },
+        max_concurrency: server.max_concurrency,
+        timeout_secs: server.timeout,
+        max_retries: server.max_retries,
+        ..OpenAiConfig::default()
+    };
+    let mut backend = OpenAiBackend::new(config, format)?.with_progress(true);
+    let completions = backend.generate(requests)?;
+    let stats = backend.stats();
+    tracing::info!(
+        "{} HTTP requests ({} retries), {} completion tokens by the server's count",
+        stats.http_requests,
+        stats.retries,
+        stats.completion_tokens
+    );
+    Ok(completions)
 }
 
 enum PromptInput {

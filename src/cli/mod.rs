@@ -24,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Sample completions for prompts (text or JSON lines) with the local engine.
+    /// Sample completions for prompts (text or JSON lines) with the local engine or an
+    /// OpenAI-compatible server.
     Generate(generate::Args),
     /// Per-token log-probabilities of given (prompt, completion) pairs.
     Logprobs(logprobs::Args),

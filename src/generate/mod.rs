@@ -2,6 +2,7 @@
 //! `Backend` trait the pipeline stages call, and the local batched engine.
 
 pub mod engine;
+pub mod openai;
 pub mod sampler;
 pub mod stop;
 
