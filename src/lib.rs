@@ -4,8 +4,10 @@
 //! LoRA-ready decoder, `generate` samples from it, and the CLI in `cli` drives both.
 
 pub mod cli;
+pub mod config;
 pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod model;
+pub mod pipeline;
 pub mod verify;

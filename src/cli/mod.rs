@@ -7,6 +7,8 @@ mod eval;
 mod export;
 mod generate;
 mod logprobs;
+mod run;
+mod stage;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,10 @@ enum Command {
     Eval(eval::Args),
     /// Write a merged Hugging Face model folder or a PEFT adapter folder.
     Export(export::Args),
+    /// Run the AutoIF data synthesis stages into a run folder (new or resumed).
+    Run(run::Args),
+    /// Run one synthesis stage of an existing run folder.
+    Stage(stage::Args),
 }
 
 /// Runs the CLI and returns the process exit code. Errors print as one line.
@@ -57,6 +63,8 @@ pub fn main() -> i32 {
         Command::Verify(args) => verify::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Export(args) => export::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Stage(args) => stage::run(args),
     };
     match result {
         Ok(()) => 0,

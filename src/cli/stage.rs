@@ -1,0 +1,40 @@
+//! `autoif stage NAME --run DIR`: runs one synthesis stage of a run folder. A finished
+//! stage is recomputed (and the later stages reset); an interrupted one resumes.
+
+use super::run::execute;
+use crate::pipeline::run_dir::{RunDir, StageState};
+use crate::pipeline::Stage;
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use std::path::PathBuf;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// augment, funcs, crossval, backtranslate, queries, responses, score or datasets.
+    pub name: String,
+    /// The run folder (created by `autoif run`).
+    #[arg(long)]
+    pub run: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let stage = Stage::from_name(&args.name)?;
+    let run = RunDir::open(&args.run)?;
+    let manifest = run.manifest()?;
+    let state = manifest
+        .stages
+        .iter()
+        .find(|s| s.name == stage.name())
+        .map(|s| s.state)
+        .with_context(|| {
+            format!(
+                "{}: no stage {} in this run",
+                args.run.display(),
+                stage.name()
+            )
+        })?;
+    if state == StageState::Done {
+        run.reset_from(stage.name())?;
+    }
+    execute(run, manifest.config, &[stage])
+}

@@ -1,0 +1,206 @@
+//! Stage `augment`: self-instruct. K prompts show the seed instructions (in an order
+//! shuffled per round) and ask for new ones; `- ` lines are parsed, normalised, and
+//! near-duplicates of earlier instructions or of the seeds are dropped.
+//!
+//! Output `augment/instructions.jsonl`: `{id, instruction, origin, round}` (origin
+//! `seed` or `augment`); `augment/rejected.jsonl`: `{round, text, reason}`.
+
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::funnel::FunnelRow;
+use super::parse::parse_instruction_list;
+use super::prompts::fill;
+use super::run_dir::{short_id, unit_seed};
+use super::Pipeline;
+
+pub const STAGE: &str = "augment";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instruction {
+    pub id: String,
+    pub instruction: String,
+    pub origin: String,
+    pub round: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RoundOutput {
+    round: usize,
+    text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rejected {
+    pub round: usize,
+    pub text: String,
+    pub reason: String,
+}
+
+/// Seed instructions: one per non-empty line.
+pub fn read_seeds(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the seed instructions", path.display()))?;
+    let seeds: Vec<String> = text
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if seeds.is_empty() {
+        bail!("{}: no seed instructions", path.display());
+    }
+    Ok(seeds)
+}
+
+pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
+    let cfg = p.config.synthesis.augment.clone();
+    let seeds = read_seeds(&p.config.synthesis.seeds)?;
+    let template = p.config.synthesis.prompts.augment.clone();
+    let run_seed = p.config.seed;
+    let rounds: Vec<usize> = (0..cfg.rounds).collect();
+    let chunk = p.config.synthesis.chunk;
+    let run = p.run.clone();
+    let outputs: Vec<RoundOutput> = run.chunked(
+        STAGE,
+        &rounds,
+        chunk,
+        |r| r.to_string(),
+        |units| {
+            let prompts: Vec<(String, String)> = units
+                .iter()
+                .map(|&round| {
+                    let mut order = seeds.clone();
+                    let mut rng = ChaCha8Rng::seed_from_u64(unit_seed(
+                        run_seed,
+                        "augment-order",
+                        &round.to_string(),
+                    ));
+                    order.shuffle(&mut rng);
+                    let lines: Vec<String> = order.iter().map(|s| format!("- {s}")).collect();
+                    let prompt = fill(
+                        &template,
+                        &[
+                            ("count", &cfg.per_round.to_string()),
+                            ("seed_instructions", &lines.join("\n")),
+                        ],
+                    );
+                    (round.to_string(), prompt)
+                })
+                .collect();
+            let texts = p.generate(STAGE, &prompts, 1, &cfg.sampling)?;
+            Ok(units
+                .iter()
+                .zip(texts)
+                .map(|(&round, mut t)| RoundOutput {
+                    round,
+                    text: t.remove(0),
+                })
+                .collect())
+        },
+    )?;
+    let (kept, rejected, rows) = select(&seeds, &outputs, &cfg);
+    p.run.write_records(STAGE, "instructions.jsonl", &kept)?;
+    p.run.write_records(STAGE, "rejected.jsonl", &rejected)?;
+    if kept.is_empty() {
+        super::warn_empty(STAGE, "no instructions left after augmentation");
+    }
+    Ok(rows)
+}
+
+/// Lower-case words: the key for duplicate detection.
+fn words(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect()
+}
+
+fn jaccard(a: &BTreeSet<String>, b: &BTreeSet<String>) -> f64 {
+    let inter = a.intersection(b).count();
+    let union = a.len() + b.len() - inter;
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+fn select(
+    seeds: &[String],
+    outputs: &[RoundOutput],
+    cfg: &crate::config::AugmentConfig,
+) -> (Vec<Instruction>, Vec<Rejected>, Vec<FunnelRow>) {
+    let mut rounds_row = FunnelRow::new(STAGE, "rounds");
+    let mut row = FunnelRow::new(STAGE, "instructions");
+    let seed_words: Vec<BTreeSet<String>> = seeds.iter().map(|s| words(s)).collect();
+    let mut kept: Vec<Instruction> = Vec::new();
+    let mut kept_words: Vec<BTreeSet<String>> = Vec::new();
+    if cfg.include_seeds {
+        for (seed, w) in seeds.iter().zip(&seed_words) {
+            kept.push(Instruction {
+                id: short_id("i", seed),
+                instruction: seed.clone(),
+                origin: "seed".to_string(),
+                round: None,
+            });
+            kept_words.push(w.clone());
+        }
+    }
+    let mut rejected = Vec::new();
+    for output in outputs {
+        let candidates = parse_instruction_list(&output.text);
+        if candidates.is_empty() {
+            rounds_row.drop("no_list_lines");
+        } else {
+            rounds_row.keep();
+        }
+        for text in candidates {
+            let w = words(&text);
+            let reason = if text.chars().count() < cfg.min_chars {
+                Some("too_short")
+            } else if text.chars().count() > cfg.max_chars {
+                Some("too_long")
+            } else if seeds.iter().any(|s| s.eq_ignore_ascii_case(&text)) {
+                Some("copies_seed")
+            } else if seed_words
+                .iter()
+                .any(|s| jaccard(s, &w) >= cfg.max_similarity)
+            {
+                Some("near_seed")
+            } else if kept_words
+                .iter()
+                .any(|k| jaccard(k, &w) >= cfg.max_similarity)
+            {
+                Some("near_duplicate")
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => {
+                    row.drop(reason);
+                    rejected.push(Rejected {
+                        round: output.round,
+                        text,
+                        reason: reason.to_string(),
+                    });
+                }
+                None => {
+                    row.keep();
+                    kept.push(Instruction {
+                        id: short_id("i", &text),
+                        instruction: text,
+                        origin: "augment".to_string(),
+                        round: Some(output.round),
+                    });
+                    kept_words.push(w);
+                }
+            }
+        }
+    }
+    (kept, rejected, vec![rounds_row, row])
+}

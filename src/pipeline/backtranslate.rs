@@ -1,0 +1,125 @@
+//! Stage `backtranslate`: the model turns each instruction's kept functions back into
+//! instructions; a consistency check drops an instruction whose back-translations all
+//! drift from the original. The paper uses an NLI model and drops *contradiction*; the
+//! default here is the embedded MiniLM sentence embedder (offline): keep when the best
+//! back-translation's cosine similarity reaches `min_similarity`.
+//!
+//! Output `backtranslate/instructions.jsonl`: the crossval record plus
+//! `back_instructions` and `similarity`; `backtranslate/rejected.jsonl`.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::crossval::{self, Validated};
+use super::funnel::FunnelRow;
+use super::parse::parse_back_translation;
+use super::prompts::fill;
+use super::similarity::{cosine, Embedder};
+use super::Pipeline;
+use crate::config::ConsistencyChecker;
+
+pub const STAGE: &str = "backtranslate";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checked {
+    #[serde(flatten)]
+    pub validated: Validated,
+    pub back_instructions: Vec<String>,
+    /// Best cosine similarity to the original (absent without a checker).
+    pub similarity: Option<f32>,
+    pub reason: Option<String>,
+}
+
+pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
+    let instructions: Vec<Validated> = p.run.read_records(crossval::STAGE, "instructions.jsonl")?;
+    let cfg = p.config.synthesis.backtranslate.clone();
+    let template = p.config.synthesis.prompts.backtranslate.clone();
+    let embedder = match cfg.checker {
+        ConsistencyChecker::Minilm => Some(Embedder::load(&cfg.embedder)?),
+        ConsistencyChecker::None => None,
+    };
+    let run = p.run.clone();
+    let checked: Vec<Checked> = run.chunked(
+        STAGE,
+        &instructions,
+        p.config.synthesis.chunk,
+        |i| i.id.clone(),
+        |units| {
+            let prompts: Vec<(String, String)> = units
+                .iter()
+                .map(|v| {
+                    let shown: Vec<(&str, f64)> = v
+                        .funcs
+                        .iter()
+                        .take(cfg.max_funcs)
+                        .map(|f| (f.source.as_str(), f.accuracy))
+                        .collect();
+                    let funcs = serde_json::to_string(&shown).expect("strings and numbers");
+                    (v.id.clone(), fill(&template, &[("funcs", &funcs)]))
+                })
+                .collect();
+            let texts = p.generate(STAGE, &prompts, 1, &cfg.sampling)?;
+            units
+                .iter()
+                .zip(texts)
+                .map(|(v, t)| check(v, &t[0], embedder.as_ref(), cfg.min_similarity))
+                .collect()
+        },
+    )?;
+    let mut row = FunnelRow::new(STAGE, "instructions");
+    for c in &checked {
+        match &c.reason {
+            None => row.keep(),
+            Some(r) => row.drop(r),
+        }
+    }
+    let (kept, rejected): (Vec<&Checked>, Vec<&Checked>) =
+        checked.iter().partition(|c| c.reason.is_none());
+    p.run.write_records(STAGE, "instructions.jsonl", &kept)?;
+    p.run.write_records(STAGE, "rejected.jsonl", &rejected)?;
+    if kept.is_empty() {
+        super::warn_empty(STAGE, "no instruction passed the back-translation check");
+    }
+    Ok(vec![row])
+}
+
+/// Decides one instruction from its back-translation text.
+pub fn check(
+    v: &Validated,
+    text: &str,
+    embedder: Option<&Embedder>,
+    min_similarity: f32,
+) -> Result<Checked> {
+    let back = match parse_back_translation(text) {
+        Ok(back) => back,
+        Err(reason) => {
+            return Ok(Checked {
+                validated: v.clone(),
+                back_instructions: Vec::new(),
+                similarity: None,
+                reason: Some(reason.to_string()),
+            })
+        }
+    };
+    let similarity = match embedder {
+        None => None,
+        Some(e) => {
+            let mut texts = vec![v.instruction.clone()];
+            texts.extend(back.iter().cloned());
+            let vectors = e.embed(&texts)?;
+            vectors[1..]
+                .iter()
+                .map(|b| cosine(&vectors[0], b))
+                .fold(None, |best: Option<f32>, s| {
+                    Some(best.map_or(s, |b| b.max(s)))
+                })
+        }
+    };
+    let consistent = similarity.is_none_or(|s| s >= min_similarity);
+    Ok(Checked {
+        validated: v.clone(),
+        back_instructions: back,
+        similarity,
+        reason: (!consistent).then(|| "inconsistent".to_string()),
+    })
+}

@@ -1,0 +1,233 @@
+//! Stage `datasets`: SFT records and offline DPO pairs, written for LLaMA-Factory and
+//! TRL.
+//!
+//! * SFT: every scored, kept response; the prompt is the paper's assembly of query
+//!   and instruction (`sft_prompt`).
+//! * DPO, query level: per (query, instruction) pair, chosen = responses with pass rate
+//!   ≥ `chosen_min_pass_rate`, rejected = pass rate 0; the paper's sampling rule
+//!   (`mine_pairs`); instruction level: the same rule over the kept test cases of each
+//!   instruction (case inputs as responses to the bare instruction).
+//!
+//! Files: `datasets/llamafactory/{autoif_sft.json, autoif_dpo.json,
+//! dataset_info.json}` (alpaca SFT; alpaca preference records with `chosen`/`rejected`)
+//! and `datasets/trl/{sft.jsonl, dpo.jsonl}` (conversational `messages`;
+//! `prompt`/`chosen`/`rejected` message lists).
+
+use anyhow::Result;
+use rand::seq::IndexedRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::backtranslate::{self, Checked};
+use super::funnel::FunnelRow;
+use super::responses::{self, ResponseRecord};
+use super::run_dir::{unit_seed, write_atomic};
+use super::score::{self, ScoredResponse};
+use super::Pipeline;
+
+pub const STAGE: &str = "datasets";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferencePair {
+    /// `query` or `instruction`.
+    pub level: String,
+    /// The pair or instruction id the pair comes from.
+    pub source_id: String,
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+}
+
+fn capitalise(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The paper's training prompt: query then instruction, first letters upper-cased,
+/// joined by a space when the query has '?' or '.', by ". " otherwise.
+pub fn sft_prompt(query: &str, instruction: &str) -> String {
+    let query = capitalise(query);
+    let instruction = capitalise(instruction);
+    if query.contains('?') || query.contains('.') {
+        format!("{query} {instruction}.")
+    } else {
+        format!("{query}. {instruction}.")
+    }
+}
+
+/// The paper's DPO sampling rule over (text, pass rate) candidates: positives have a
+/// rate ≥ `chosen_min`, negatives 0; when either side has two or more, up to
+/// `per_side` of each are drawn, otherwise up to one; every positive × negative
+/// combination is a pair. Draws use `seed`.
+pub fn mine_pairs(
+    candidates: &[(String, f64)],
+    chosen_min: f64,
+    per_side: usize,
+    seed: u64,
+) -> Vec<(String, String)> {
+    let mut positives: Vec<&String> = Vec::new();
+    let mut negatives: Vec<&String> = Vec::new();
+    for (text, rate) in candidates {
+        if *rate >= chosen_min && !positives.contains(&text) {
+            positives.push(text);
+        } else if *rate == 0.0 && !negatives.contains(&text) {
+            negatives.push(text);
+        }
+    }
+    let take = if positives.len() >= 2 || negatives.len() >= 2 {
+        per_side
+    } else {
+        1
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let chosen: Vec<&&String> = positives.choose_multiple(&mut rng, take).collect();
+    let rejected: Vec<&&String> = negatives.choose_multiple(&mut rng, take).collect();
+    let mut pairs = Vec::new();
+    for c in &chosen {
+        for r in &rejected {
+            pairs.push((c.to_string(), r.to_string()));
+        }
+    }
+    pairs
+}
+
+pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
+    let cfg = p.config.synthesis.datasets.clone();
+    let seed = p.config.seed;
+    let scored: Vec<ScoredResponse> = p.run.read_records(score::STAGE, "kept.jsonl")?;
+    let all: Vec<ResponseRecord> = p.run.read_records(responses::STAGE, "all.jsonl")?;
+    let instructions: Vec<Checked> = p
+        .run
+        .read_records(backtranslate::STAGE, "instructions.jsonl")?;
+
+    let mut sft_row = FunnelRow::new(STAGE, "sft_records");
+    let sft: Vec<(String, String)> = scored
+        .iter()
+        .map(|s| {
+            sft_row.keep();
+            (
+                sft_prompt(&s.response.query, &s.response.instruction),
+                s.response.response.clone(),
+            )
+        })
+        .collect();
+
+    let mut prompts_row = FunnelRow::new(STAGE, "dpo_prompts");
+    let mut pairs: Vec<PreferencePair> = Vec::new();
+    let mut mine = |level: &str, source_id: &str, prompt: String, candidates: &[(String, f64)]| {
+        let mined = mine_pairs(
+            candidates,
+            cfg.chosen_min_pass_rate,
+            cfg.per_side,
+            unit_seed(seed, STAGE, &format!("{level}/{source_id}")),
+        );
+        if mined.is_empty() {
+            let has_positive = candidates
+                .iter()
+                .any(|(_, r)| *r >= cfg.chosen_min_pass_rate);
+            prompts_row.drop(if has_positive {
+                "no_rejected"
+            } else {
+                "no_chosen"
+            });
+        } else {
+            prompts_row.keep();
+        }
+        for (chosen, rejected) in mined {
+            pairs.push(PreferencePair {
+                level: level.to_string(),
+                source_id: source_id.to_string(),
+                prompt: prompt.clone(),
+                chosen,
+                rejected,
+            });
+        }
+    };
+    for ins in &instructions {
+        let v = &ins.validated;
+        let candidates: Vec<(String, f64)> = v
+            .cases
+            .iter()
+            .map(|c| (c.input.clone(), c.pass_rate))
+            .collect();
+        mine(
+            "instruction",
+            &v.id,
+            capitalise(&v.instruction),
+            &candidates,
+        );
+    }
+    let mut order: Vec<&str> = Vec::new();
+    for r in &all {
+        if !order.contains(&r.pair_id.as_str()) {
+            order.push(&r.pair_id);
+        }
+    }
+    for pair_id in order {
+        let group: Vec<&ResponseRecord> = all.iter().filter(|r| r.pair_id == pair_id).collect();
+        let candidates: Vec<(String, f64)> = group
+            .iter()
+            .map(|r| (r.response.clone(), r.pass_rate))
+            .collect();
+        let prompt = sft_prompt(&group[0].query, &group[0].instruction);
+        mine("query", pair_id, prompt, &candidates);
+    }
+    let mut pairs_row = FunnelRow::new(STAGE, "dpo_pairs");
+    pairs.iter().for_each(|_| pairs_row.keep());
+    write_files(p, &sft, &pairs)?;
+    Ok(vec![sft_row, prompts_row, pairs_row])
+}
+
+fn write_files(p: &Pipeline, sft: &[(String, String)], pairs: &[PreferencePair]) -> Result<()> {
+    let lf = p.run.stage_dir(STAGE).join("llamafactory");
+    let alpaca: Vec<_> = sft
+        .iter()
+        .map(|(prompt, response)| json!({"instruction": prompt, "input": "", "output": response, "history": []}))
+        .collect();
+    let preference: Vec<_> = pairs
+        .iter()
+        .map(|x| json!({"instruction": x.prompt, "input": "", "chosen": x.chosen, "rejected": x.rejected}))
+        .collect();
+    let info = json!({
+        "autoif_sft": {"file_name": "autoif_sft.json"},
+        "autoif_dpo": {"file_name": "autoif_dpo.json", "ranking": true,
+            "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}}
+    });
+    write_atomic(
+        &lf.join("autoif_sft.json"),
+        &serde_json::to_vec_pretty(&alpaca)?,
+    )?;
+    write_atomic(
+        &lf.join("autoif_dpo.json"),
+        &serde_json::to_vec_pretty(&preference)?,
+    )?;
+    write_atomic(
+        &lf.join("dataset_info.json"),
+        &serde_json::to_vec_pretty(&info)?,
+    )?;
+    let user = |text: &str| json!([{"role": "user", "content": text}]);
+    let assistant = |text: &str| json!([{"role": "assistant", "content": text}]);
+    let trl_sft: Vec<_> = sft
+        .iter()
+        .map(|(prompt, response)| {
+            json!({"messages": [
+            {"role": "user", "content": prompt}, {"role": "assistant", "content": response}]})
+        })
+        .collect();
+    let trl_dpo: Vec<_> = pairs
+        .iter()
+        .map(|x| {
+            json!({"prompt": user(&x.prompt), "chosen": assistant(&x.chosen),
+            "rejected": assistant(&x.rejected), "level": x.level, "source_id": x.source_id})
+        })
+        .collect();
+    p.run.write_records(STAGE, "trl/sft.jsonl", &trl_sft)?;
+    p.run.write_records(STAGE, "trl/dpo.jsonl", &trl_dpo)?;
+    p.run.write_records(STAGE, "pairs.jsonl", pairs)?;
+    Ok(())
+}

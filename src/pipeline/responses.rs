@@ -1,0 +1,126 @@
+//! Stage `responses`: K responses per (query, instruction) with the paper's prompt,
+//! rejection sampling by execution. Every response gets its pass rate over the
+//! instruction's functions (the released script's: mean of the boolean results, calls
+//! that raise left out); a response is kept when the rate is above
+//! `keep_pass_rate_above` (released script: > 0). All rates feed query-level DPO.
+//!
+//! Output `responses/all.jsonl` and `responses/kept.jsonl`: `{id, pair_id,
+//! instruction_id, instruction, query, response, pass_rate, reason}`.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::funnel::FunnelRow;
+use super::prompts::fill;
+use super::queries::{self, QueryPair};
+use super::{pass_rate, Execute, Pipeline};
+use crate::verify::{Job, Verdict};
+
+pub const STAGE: &str = "responses";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseRecord {
+    pub id: String,
+    pub pair_id: String,
+    pub instruction_id: String,
+    pub instruction: String,
+    pub query: String,
+    pub response: String,
+    pub pass_rate: f64,
+    /// Why it is not kept; none when kept.
+    pub reason: Option<String>,
+}
+
+pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
+    let pairs: Vec<QueryPair> = p.run.read_records(queries::STAGE, "pairs.jsonl")?;
+    let cfg = p.config.synthesis.responses.clone();
+    let template = p.config.synthesis.prompts.response.clone();
+    let run = p.run.clone();
+    let records: Vec<ResponseRecord> = run.chunked(
+        STAGE,
+        &pairs,
+        p.config.synthesis.chunk,
+        |pair| pair.id.clone(),
+        |units| {
+            let prompts: Vec<(String, String)> = units
+                .iter()
+                .map(|pair| {
+                    let prompt = fill(
+                        &template,
+                        &[("instruction", &pair.instruction), ("query", &pair.query)],
+                    );
+                    (pair.id.clone(), prompt)
+                })
+                .collect();
+            let texts = p.generate(STAGE, &prompts, cfg.samples, &cfg.sampling)?;
+            let sampled: Vec<(QueryPair, Vec<String>)> = units.iter().cloned().zip(texts).collect();
+            judge_responses(&sampled, cfg.keep_pass_rate_above, &mut |jobs| {
+                p.execute(jobs)
+            })
+        },
+    )?;
+    let mut row = FunnelRow::new(STAGE, "responses");
+    for r in &records {
+        match &r.reason {
+            None => row.keep(),
+            Some(reason) => row.drop(reason),
+        }
+    }
+    let kept: Vec<&ResponseRecord> = records.iter().filter(|r| r.reason.is_none()).collect();
+    p.run.write_records(STAGE, "all.jsonl", &records)?;
+    p.run.write_records(STAGE, "kept.jsonl", &kept)?;
+    if kept.is_empty() {
+        super::warn_empty(STAGE, "no response passed its verification functions");
+    }
+    Ok(vec![row])
+}
+
+/// Runs each pair's functions on its responses and decides each response.
+pub fn judge_responses(
+    sampled: &[(QueryPair, Vec<String>)],
+    keep_above: f64,
+    execute: &mut Execute,
+) -> Result<Vec<ResponseRecord>> {
+    let mut jobs = Vec::new();
+    for (pair, responses) in sampled {
+        for func in &pair.funcs {
+            jobs.push(Job {
+                func: func.clone(),
+                inputs: responses.clone(),
+            });
+        }
+    }
+    let verdicts = if jobs.is_empty() {
+        Vec::new()
+    } else {
+        execute(&jobs)?
+    };
+    let mut next_job = 0;
+    let mut records = Vec::new();
+    for (pair, responses) in sampled {
+        let per_func = &verdicts[next_job..next_job + pair.funcs.len()];
+        next_job += pair.funcs.len();
+        for (k, response) in responses.iter().enumerate() {
+            let vs: Vec<&Verdict> = per_func.iter().map(|v| &v[k]).collect();
+            let rate = pass_rate(&vs);
+            let reason = if response.trim().is_empty() {
+                Some("empty_response")
+            } else if rate <= keep_above {
+                Some("low_pass_rate")
+            } else {
+                None
+            };
+            records.push(ResponseRecord {
+                id: format!("{}-s{k}", pair.id),
+                pair_id: pair.id.clone(),
+                instruction_id: pair.instruction_id.clone(),
+                instruction: pair.instruction.clone(),
+                query: pair.query.clone(),
+                response: response.clone(),
+                pass_rate: rate,
+                reason: reason.map(String::from),
+            });
+        }
+    }
+    Ok(records)
+}

@@ -1,0 +1,90 @@
+//! Stage `score`: the model judges each kept response's relevance to its query, 0–10,
+//! with the paper's prompt; the score is parsed from `Score: N` (see `parse_score`) and
+//! a response is kept when it is above `keep_score_above` (released script: > 8).
+//!
+//! Output `score/kept.jsonl` and `score/all.jsonl`: the response record plus `score`,
+//! `judgement` and `score_reason`.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::funnel::FunnelRow;
+use super::parse::parse_score;
+use super::prompts::fill;
+use super::responses::{self, ResponseRecord};
+use super::Pipeline;
+
+pub const STAGE: &str = "score";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredResponse {
+    #[serde(flatten)]
+    pub response: ResponseRecord,
+    pub score: Option<f64>,
+    pub judgement: String,
+    pub score_reason: Option<String>,
+}
+
+pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
+    let kept: Vec<ResponseRecord> = p.run.read_records(responses::STAGE, "kept.jsonl")?;
+    let cfg = p.config.synthesis.score.clone();
+    let template = p.config.synthesis.prompts.score.clone();
+    let run = p.run.clone();
+    let scored: Vec<ScoredResponse> = run.chunked(
+        STAGE,
+        &kept,
+        p.config.synthesis.chunk,
+        |r| r.id.clone(),
+        |units| {
+            let prompts: Vec<(String, String)> = units
+                .iter()
+                .map(|r| {
+                    let prompt = fill(
+                        &template,
+                        &[
+                            ("instruction", &r.instruction),
+                            ("query", &r.query),
+                            ("response", &r.response),
+                        ],
+                    );
+                    (r.id.clone(), prompt)
+                })
+                .collect();
+            let texts = p.generate(STAGE, &prompts, 1, &cfg.sampling)?;
+            Ok(units
+                .iter()
+                .zip(texts)
+                .map(|(r, mut t)| judge(r.clone(), t.remove(0), cfg.keep_score_above))
+                .collect())
+        },
+    )?;
+    let mut row = FunnelRow::new(STAGE, "responses");
+    for s in &scored {
+        match &s.score_reason {
+            None => row.keep(),
+            Some(reason) => row.drop(reason),
+        }
+    }
+    let kept: Vec<&ScoredResponse> = scored.iter().filter(|s| s.score_reason.is_none()).collect();
+    p.run.write_records(STAGE, "all.jsonl", &scored)?;
+    p.run.write_records(STAGE, "kept.jsonl", &kept)?;
+    if kept.is_empty() {
+        super::warn_empty(STAGE, "no response passed quality scoring");
+    }
+    Ok(vec![row])
+}
+
+/// Decides one response from the judge's text.
+pub fn judge(response: ResponseRecord, judgement: String, keep_above: f64) -> ScoredResponse {
+    let (score, reason) = match parse_score(&judgement) {
+        Ok(s) if s > keep_above => (Some(s), None),
+        Ok(s) => (Some(s), Some("low_score".to_string())),
+        Err(reason) => (None, Some(reason.to_string())),
+    };
+    ScoredResponse {
+        response,
+        score,
+        judgement,
+        score_reason: reason,
+    }
+}
