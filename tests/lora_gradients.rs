@@ -7,6 +7,8 @@ use autoif::model::logprobs::completion_logprobs;
 use autoif::model::lora::LoraAdapter;
 use autoif::model::{LoadOptions, Model};
 use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 fn model_with_adapters() -> (Model, Vec<(String, LoraAdapter)>) {
     let mut model = Model::load(
@@ -14,14 +16,21 @@ fn model_with_adapters() -> (Model, Vec<(String, LoraAdapter)>) {
         &LoadOptions::cpu(),
     )
     .unwrap();
+    // Seeded, so the finite-difference comparison sees the same weights on every run.
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut random = |rows: usize, cols: usize| {
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.random_range(-0.2f32..0.2))
+            .collect();
+        Var::from_tensor(&Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap()).unwrap()
+    };
     let mut adapters = Vec::new();
-    for (i, (name, layer)) in model.decoder.linear_layers_mut().into_iter().enumerate() {
+    for (name, layer) in model.decoder.linear_layers_mut() {
         let (out, inp) = layer.shape();
-        let seed_scale = 0.1 + 0.001 * i as f32;
         // B non-zero (unlike PEFT's init) so that A receives a gradient as well.
         let adapter = LoraAdapter {
-            a: Var::randn(0f32, seed_scale, (4, inp), &Device::Cpu).unwrap(),
-            b: Var::randn(0f32, seed_scale, (out, 4), &Device::Cpu).unwrap(),
+            a: random(4, inp),
+            b: random(out, 4),
             scale: 2.0,
         };
         layer.set_adapter(Some(adapter.clone())).unwrap();
@@ -113,9 +122,10 @@ fn gradients_match_finite_differences() {
                 };
                 let numeric = (bumped(eps) - bumped(-eps)) / (2.0 * eps as f64);
                 let a = analytic[coord] as f64;
-                let err = (a - numeric).abs() / a.abs().max(numeric.abs()).max(1e-2);
+                // f32 losses: central differences carry ~1e-4 of rounding noise.
+                let tolerance = 1e-3 + 2e-2 * numeric.abs();
                 assert!(
-                    err < 2e-2,
+                    (a - numeric).abs() <= tolerance,
                     "{name} coord {coord}: analytic {a} vs numeric {numeric}"
                 );
                 checked += 1;
