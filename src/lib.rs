@@ -10,4 +10,5 @@ pub mod export;
 pub mod generate;
 pub mod model;
 pub mod pipeline;
+pub mod train;
 pub mod verify;

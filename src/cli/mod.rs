@@ -9,6 +9,7 @@ mod generate;
 mod logprobs;
 mod run;
 mod stage;
+mod train;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -37,12 +38,14 @@ enum Command {
     Verify(verify::Args),
     /// Score a model or a file of responses on a benchmark (IFEval).
     Eval(eval::Args),
-    /// Write a merged Hugging Face model folder or a PEFT adapter folder.
-    Export(export::Args),
     /// Run the AutoIF data synthesis stages into a run folder (new or resumed).
     Run(run::Args),
     /// Run one synthesis stage of an existing run folder.
     Stage(stage::Args),
+    /// Write a merged Hugging Face model folder or a PEFT adapter folder.
+    Export(export::Args),
+    /// Train a LoRA adapter in this process (SFT or DPO).
+    Train(train::Args),
 }
 
 /// Runs the CLI and returns the process exit code. Errors print as one line.
@@ -62,9 +65,10 @@ pub fn main() -> i32 {
         Command::Bench(args) => bench::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Eval(args) => eval::run(args),
-        Command::Export(args) => export::run(args),
         Command::Run(args) => run::run(args),
         Command::Stage(args) => stage::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(()) => 0,

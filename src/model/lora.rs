@@ -138,7 +138,8 @@ impl LoraLinear {
         if let Some(ad) = self.adapter.take() {
             let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?;
             let merged = (self.weight.to_dtype(DType::F32)? + delta)?;
-            self.weight = merged.to_dtype(self.weight.dtype())?;
+            // Detached: the merged weight is a constant, not a function of the old adapter.
+            self.weight = merged.to_dtype(self.weight.dtype())?.detach();
         }
         Ok(())
     }
@@ -158,8 +159,9 @@ impl LoraLinear {
         if adapters {
             if let Some(ad) = &self.adapter {
                 let xa = x2.to_dtype(ad.a.dtype())?;
-                let low = xa.matmul(&ad.a.as_tensor().t()?)?;
-                let up = (low.matmul(&ad.b.as_tensor().t()?)? * ad.scale)?;
+                // Scaled at rank r, the narrow end, rather than on the [rows, out] output.
+                let low = (xa.matmul(&ad.a.as_tensor().t()?)? * ad.scale)?;
+                let up = low.matmul(&ad.b.as_tensor().t()?)?;
                 let up = up.to_dtype(y.dtype())?;
                 y = (y + up)?;
             }
@@ -174,11 +176,72 @@ impl LoraLinear {
 /// 2–3× faster as `(W · xᵀ)ᵀ`, which keeps the large weight as the packed-friendly
 /// left operand; long sequences (prefill, training) use the direct form.
 pub fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if x.track_op() && x.device().is_cpu() {
+        let op = FrozenProjection {
+            weight: weight.clone(),
+        };
+        return Ok(x.contiguous()?.apply_op1(op)?);
+    }
+    project_untracked(x, weight)
+}
+
+fn project_untracked(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     const FEW_ROWS: usize = 128;
     if x.dim(0)? <= FEW_ROWS {
         Ok(weight.matmul(&x.t()?)?.t()?.contiguous()?)
     } else {
         Ok(x.matmul(&weight.t()?)?)
+    }
+}
+
+/// `x · Wᵀ` for a base weight that is never trained, with a backward pass that returns
+/// only the gradient of `x`. candle's matmul backward would also compute a weight gradient
+/// (a third of a training step's matmul work) and hold it until the pass ends (a second
+/// copy of every weight).
+struct FrozenProjection {
+    weight: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenProjection {
+    fn name(&self) -> &'static str {
+        "frozen-projection"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::{CpuStorage, Device, Storage};
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("frozen projection needs a contiguous input".into())
+        })?;
+        let dims = layout.shape().dims2()?;
+        let x = match storage {
+            CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
+            CpuStorage::BF16(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
+            CpuStorage::F16(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
+            _ => candle_core::bail!("frozen projection: unsupported input dtype"),
+        };
+        let y = project_untracked(&x, &self.weight)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            .contiguous()?;
+        let shape = y.shape().clone();
+        let (y_storage, y_layout) = y.storage_and_layout();
+        let (s, e) = y_layout
+            .contiguous_offsets()
+            .expect("contiguous() gives contiguous offsets");
+        let out = match &*y_storage {
+            Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(v[s..e].to_vec()),
+            Storage::Cpu(CpuStorage::BF16(v)) => CpuStorage::BF16(v[s..e].to_vec()),
+            Storage::Cpu(CpuStorage::F16(v)) => CpuStorage::F16(v[s..e].to_vec()),
+            _ => candle_core::bail!("frozen projection: unexpected output storage"),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight.to_dtype(grad.dtype())?)?))
     }
 }
 

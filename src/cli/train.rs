@@ -1,0 +1,266 @@
+//! `autoif train sft|dpo`: LoRA training on a data file, in this process.
+
+use super::common::ModelArgs;
+use crate::model::lora::LoraConfig;
+use crate::model::Model;
+use crate::train::data::{
+    parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, DataFormat,
+};
+use crate::train::dpo::merge_adapters;
+use crate::train::optim::ScheduleKind;
+use crate::train::{train, DpoConfig, DpoLossType, Job, RunOptions, SftConfig, TrainingArgs};
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: TrainCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Supervised fine-tuning of a LoRA adapter on response tokens.
+    Sft(SftArgs),
+    /// Offline DPO of a LoRA adapter on chosen/rejected pairs; the reference is the model
+    /// (with --adapter merged in) with adapters off.
+    Dpo(DpoArgs),
+}
+
+/// Options both algorithms take; unset ones use the algorithm's defaults.
+#[derive(ClapArgs, Debug)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Training data: JSON Lines or a JSON array of records.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Record layout (auto: detected per record from its keys).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: DataFormat,
+    /// Output folder: metrics.jsonl, checkpoint-N/, the final adapter (PEFT layout).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Peak learning rate (SFT 2e-4, DPO 5e-5).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Decay after warm-up (SFT linear, DPO cosine).
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup_ratio: f64,
+    /// Sequences (SFT) or pairs (DPO) per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Sequences are cut to this many tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+    /// Run micro-batches in pieces of at most this many padded tokens (same update, bounded
+    /// activation memory; 0: no limit).
+    #[arg(long, default_value_t = 512)]
+    pub max_batch_tokens: usize,
+    /// Clip the global gradient norm (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 16)]
+    pub lora_r: usize,
+    #[arg(long, default_value_t = 32.0)]
+    pub lora_alpha: f64,
+    /// Projections to adapt (comma-separated Hugging Face module names).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub lora_targets: Vec<String>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Write a checkpoint every N optimizer steps (0: only the final adapter).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: usize,
+    /// Continue from a checkpoint-N folder of a run with the same data and settings.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    fn training_args(&self, defaults: TrainingArgs) -> TrainingArgs {
+        let mut adamw = defaults.adamw;
+        adamw.weight_decay = self.weight_decay;
+        TrainingArgs {
+            epochs: self.epochs.unwrap_or(defaults.epochs),
+            lr: self.lr.unwrap_or(defaults.lr),
+            schedule: self.schedule.unwrap_or(defaults.schedule),
+            warmup_ratio: self.warmup_ratio,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_len: self.max_len,
+            max_batch_tokens: self.max_batch_tokens,
+            max_grad_norm: self.max_grad_norm,
+            adamw,
+            seed: self.seed,
+            save_every: self.save_every,
+            lora: LoraConfig {
+                r: self.lora_r,
+                lora_alpha: self.lora_alpha,
+                lora_dropout: 0.0,
+                target_modules: self.lora_targets.clone(),
+            },
+        }
+    }
+
+    /// The model with `--adapter` (if any) merged into its weights: training adds a new
+    /// adapter on top, and for DPO the reference (adapters off) is then the SFT model.
+    fn load_model(&self) -> Result<Model> {
+        let mut model = self.model.load()?;
+        merge_adapters(&mut model.decoder)?;
+        Ok(model)
+    }
+
+    fn run_options(&self) -> RunOptions {
+        RunOptions {
+            out: self.out.clone(),
+            resume: self.resume.clone(),
+            stop_after: None,
+            base_model: self.model.model.clone(),
+            progress: true,
+        }
+    }
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct SftArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct DpoArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Strength of the KL constraint (paper: 0.3).
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    #[arg(long, value_enum, default_value = "sigmoid")]
+    pub loss_type: DpoLossType,
+    /// Probability that a preference label is flipped (conservative DPO); sigmoid only.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        TrainCommand::Sft(a) => run_sft(a),
+        TrainCommand::Dpo(a) => run_dpo(a),
+    }
+}
+
+fn report_dropped(path: &Path, dropped: usize, kept: usize, max_len: usize) -> Result<()> {
+    if kept == 0 {
+        bail!(
+            "{}: no record has a response token within --max-len {max_len}",
+            path.display()
+        );
+    }
+    if dropped > 0 {
+        eprintln!(
+            "{}: skipped {dropped} records with no response token within --max-len {max_len}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_sft(args: SftArgs) -> Result<()> {
+    let c = &args.common;
+    let records = read_records(&c.data)?;
+    let conversations = parse_sft(&records, c.format, &c.data)?;
+    let config = SftConfig {
+        args: c.training_args(SftConfig::default().args),
+    };
+    let mut model = c.load_model()?;
+    let (examples, dropped) = tokenize_sft(&model, &conversations, config.args.max_len)
+        .with_context(|| format!("{}", c.data.display()))?;
+    report_dropped(&c.data, dropped, examples.len(), config.args.max_len)?;
+    reset_peak_rss();
+    let summary = train(
+        &mut model.decoder,
+        &Job::Sft {
+            examples: &examples,
+            config: &config,
+        },
+        &c.run_options(),
+    )?;
+    print_summary(&summary, &c.out);
+    Ok(())
+}
+
+fn run_dpo(args: DpoArgs) -> Result<()> {
+    let c = &args.common;
+    if args.beta.is_nan() || args.beta <= 0.0 {
+        bail!("--beta must be positive");
+    }
+    if !(0.0..0.5).contains(&args.label_smoothing) {
+        bail!("--label-smoothing must be in [0, 0.5)");
+    }
+    let records = read_records(&c.data)?;
+    let pairs = parse_preferences(&records, c.format, &c.data)?;
+    let config = DpoConfig {
+        args: c.training_args(DpoConfig::default().args),
+        beta: args.beta,
+        loss_type: args.loss_type,
+        label_smoothing: args.label_smoothing,
+    };
+    let mut model = c.load_model()?;
+    let (tokenized, dropped) = tokenize_preferences(&model, &pairs, config.args.max_len)
+        .with_context(|| format!("{}", c.data.display()))?;
+    report_dropped(&c.data, dropped, tokenized.len(), config.args.max_len)?;
+    reset_peak_rss();
+    let summary = train(
+        &mut model.decoder,
+        &Job::Dpo {
+            pairs: &tokenized,
+            config: &config,
+        },
+        &c.run_options(),
+    )?;
+    print_summary(&summary, &c.out);
+    Ok(())
+}
+
+fn print_summary(summary: &crate::train::RunSummary, out: &Path) {
+    let losses = summary.losses();
+    if let (Some(first), Some(last)) = (losses.first(), losses.last()) {
+        eprintln!(
+            "trained {} steps: loss {first:.4} → {last:.4}; adapter and metrics.jsonl in {}",
+            summary.total_steps,
+            out.display()
+        );
+    }
+    if let Some(kib) = peak_rss_kib() {
+        eprintln!(
+            "peak resident memory while training: {} MiB (VmHWM {kib} kB)",
+            kib / 1024
+        );
+    }
+}
+
+/// Restarts the peak-RSS count (Linux), so the summary reports training, not the
+/// transient peak of loading (dequantizing a GGUF, say).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident set size from /proc (Linux only).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,237 @@
+//! The training loop on the tiny Llama fixture: overfitting a handful of examples drives
+//! the SFT loss near zero and DPO accuracy to 1; an interrupted run resumed from its
+//! checkpoint reproduces the uninterrupted run's later losses exactly.
+
+mod common;
+
+use autoif::export::peft::load_adapter;
+use autoif::model::chat_template::Message;
+use autoif::model::lora::LoraConfig;
+use autoif::model::{LoadOptions, Model};
+use autoif::train::data::{tokenize_preferences, tokenize_sft, Conversation, PreferencePair};
+use autoif::train::optim::ScheduleKind;
+use autoif::train::{train, DpoConfig, Job, RunOptions, SftConfig, TrainingArgs};
+use std::path::Path;
+
+fn tiny() -> Model {
+    Model::load(
+        common::fixture("tiny-llama").to_str().unwrap(),
+        &LoadOptions::cpu(),
+    )
+    .unwrap()
+}
+
+fn conversations() -> Vec<Conversation> {
+    [
+        ("Say hello.", "HELLO THERE"),
+        ("Name a colour.", "blue"),
+        ("Add two and two.", "four"),
+        ("Write a word.", "fox"),
+        ("What is next after one?", "two"),
+        ("Give a fruit.", "apple"),
+    ]
+    .iter()
+    .map(|(q, a)| Conversation {
+        messages: vec![Message::new("user", *q), Message::new("assistant", *a)],
+    })
+    .collect()
+}
+
+fn pairs() -> Vec<PreferencePair> {
+    [
+        ("Answer in capitals.", "YES", "yes"),
+        ("Answer briefly.", "ok", "the answer is ok"),
+        ("Name an animal.", "fox", "the"),
+        ("Count to two.", "1 2", "2 1"),
+    ]
+    .iter()
+    .map(|(q, c, r)| PreferencePair {
+        prompt: vec![Message::new("user", *q)],
+        chosen: c.to_string(),
+        rejected: r.to_string(),
+    })
+    .collect()
+}
+
+fn args(lr: f64, epochs: usize, batch_size: usize) -> TrainingArgs {
+    TrainingArgs {
+        epochs,
+        lr,
+        schedule: ScheduleKind::Constant,
+        warmup_ratio: 0.0,
+        batch_size,
+        lora: LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            ..LoraConfig::default()
+        },
+        ..TrainingArgs::default()
+    }
+}
+
+fn options(out: &Path) -> RunOptions {
+    RunOptions {
+        out: out.to_path_buf(),
+        resume: None,
+        stop_after: None,
+        base_model: "tiny-llama".into(),
+        progress: false,
+    }
+}
+
+#[test]
+fn sft_overfits_a_handful_of_examples() {
+    let mut model = tiny();
+    let (examples, _) = tokenize_sft(&model, &conversations()[..4], 128).unwrap();
+    let config = SftConfig {
+        args: args(1e-2, 60, 4),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let summary = train(
+        &mut model.decoder,
+        &Job::Sft {
+            examples: &examples,
+            config: &config,
+        },
+        &options(out.path()),
+    )
+    .unwrap();
+    let losses = summary.losses();
+    eprintln!(
+        "SFT loss {:.4} → {:.4} over {} steps",
+        losses[0],
+        losses[losses.len() - 1],
+        losses.len()
+    );
+    assert_eq!(losses.len(), 60);
+    assert!(
+        losses[0] > 4.0,
+        "a random model starts near ln(320): {}",
+        losses[0]
+    );
+    assert!(*losses.last().unwrap() < 0.05, "{losses:?}");
+    // metrics.jsonl holds one line per step, and the final adapter loads back.
+    let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 60);
+    let mut fresh = tiny();
+    let config = load_adapter(&mut fresh.decoder, out.path()).unwrap();
+    assert_eq!(config.r, 8);
+}
+
+#[test]
+fn dpo_reaches_full_accuracy() {
+    let mut model = tiny();
+    let (tokenized, _) = tokenize_preferences(&model, &pairs(), 128).unwrap();
+    let config = DpoConfig {
+        args: args(1e-2, 30, 4),
+        ..DpoConfig::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let summary = train(
+        &mut model.decoder,
+        &Job::Dpo {
+            pairs: &tokenized,
+            config: &config,
+        },
+        &options(out.path()),
+    )
+    .unwrap();
+    let first = &summary.metrics[0];
+    let last = summary.metrics.last().unwrap();
+    eprintln!("DPO first {first}\nDPO last {last}");
+    // Adapters start with B = 0, so the policy equals the reference: loss ln 2.
+    assert!((first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-4);
+    assert_eq!(last["rewards/accuracies"].as_f64().unwrap(), 1.0);
+    assert!(last["loss"].as_f64().unwrap() < 0.1, "{last}");
+    assert!(last["rewards/margins"].as_f64().unwrap() > 2.0);
+}
+
+/// SFT with accumulation over 8 examples: 4 batches of 2, 2 per step, 3 epochs = 6 steps.
+fn resume_job_args() -> SftConfig {
+    SftConfig {
+        args: TrainingArgs {
+            epochs: 3,
+            lr: 5e-3,
+            schedule: ScheduleKind::Cosine,
+            warmup_ratio: 0.2,
+            batch_size: 2,
+            grad_accum: 2,
+            save_every: 2,
+            ..TrainingArgs::default()
+        },
+    }
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_losses_exactly() {
+    let model = tiny();
+    let mut convs = conversations();
+    convs.extend(conversations()[..2].iter().map(|c| {
+        let mut c = c.clone();
+        c.messages[1].content.push_str(" again");
+        c
+    }));
+    let (examples, _) = tokenize_sft(&model, &convs, 128).unwrap();
+    drop(model);
+    let config = resume_job_args();
+    let job = Job::Sft {
+        examples: &examples,
+        config: &config,
+    };
+
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = train(&mut tiny().decoder, &job, &options(full_dir.path())).unwrap();
+    assert_eq!(full.total_steps, 6);
+
+    // Interrupted after step 3: the latest checkpoint is step 2.
+    let dir = tempfile::tempdir().unwrap();
+    let interrupted = RunOptions {
+        stop_after: Some(3),
+        ..options(dir.path())
+    };
+    let first_part = train(&mut tiny().decoder, &job, &interrupted).unwrap();
+    assert_eq!(first_part.metrics.len(), 3);
+    let resumed = RunOptions {
+        resume: Some(dir.path().join("checkpoint-2")),
+        ..options(dir.path())
+    };
+    let second_part = train(&mut tiny().decoder, &job, &resumed).unwrap();
+    let full_losses = full.losses();
+    assert_eq!(
+        second_part.losses(),
+        full_losses[2..].to_vec(),
+        "resumed losses differ"
+    );
+    assert_eq!(first_part.losses(), full_losses[..3].to_vec());
+    eprintln!("losses {full_losses:?} reproduced from step 3 on");
+
+    // metrics.jsonl reads as one uninterrupted run.
+    let steps: Vec<u64> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+    // The final adapters are bit-identical.
+    let a = std::fs::read(full_dir.path().join("adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(dir.path().join("adapter_model.safetensors")).unwrap();
+    assert!(a == b, "final adapters differ");
+
+    // A checkpoint refuses to continue another configuration.
+    let mut other = resume_job_args();
+    other.args.seed = 7;
+    let err = train(
+        &mut tiny().decoder,
+        &Job::Sft {
+            examples: &examples,
+            config: &other,
+        },
+        &resumed,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("settings differ"), "{err:#}");
+}
