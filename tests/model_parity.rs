@@ -212,3 +212,62 @@ fn llama_batch_matches_transformers() {
 fn qwen2_batch_matches_transformers() {
     batch_of_different_lengths("tiny-qwen2");
 }
+
+/// Off the CPU-f32 fast path (GPU, half precision) the KV cache keeps tensors and
+/// attention runs as tensor ops: the same checks through that path, in f32 on the CPU.
+#[test]
+fn tensor_cache_path_matches_transformers() {
+    let model = load("tiny-qwen2");
+    let reference = load_reference("tiny-qwen2");
+    let ids = ids(&reference["prefill.ids"]);
+    let mut cache = cache_for(&model, 2).with_tensor_storage();
+    assert!(!cache.is_host());
+    cache.allocate(0, ids.len()).unwrap();
+    cache.allocate(1, ids.len()).unwrap();
+    // Prefill all but the last token in slot 0, then decode the last token there while
+    // slot 1 prefills the whole sequence in the same packed step.
+    let n = ids.len() - 1;
+    let positions: Vec<u32> = (0..n as u32).collect();
+    let seg = [Segment {
+        slot: 0,
+        start: 0,
+        len: n,
+    }];
+    model
+        .decoder
+        .forward_packed(&u32s(&ids[..n]), &u32s(&positions), &seg, &mut cache, true)
+        .unwrap();
+    let mut tokens = vec![ids[n]];
+    tokens.extend_from_slice(&ids);
+    let mut positions = vec![n as u32];
+    positions.extend(0..ids.len() as u32);
+    let segs = [
+        Segment {
+            slot: 0,
+            start: 0,
+            len: 1,
+        },
+        Segment {
+            slot: 1,
+            start: 1,
+            len: ids.len(),
+        },
+    ];
+    let hidden = model
+        .decoder
+        .forward_packed(&u32s(&tokens), &u32s(&positions), &segs, &mut cache, true)
+        .unwrap();
+    let logits = model.decoder.logits(&hidden).unwrap();
+    let d_decode = max_abs_diff(
+        &logits.narrow(0, 0, 1).unwrap(),
+        &reference["decode.logits"].narrow(0, n, 1).unwrap(),
+    );
+    let d_prefill = max_abs_diff(
+        &logits.narrow(0, 1, ids.len()).unwrap(),
+        &reference["prefill.logits"],
+    );
+    assert!(
+        d_decode <= TOLERANCE && d_prefill <= TOLERANCE,
+        "decode {d_decode}, prefill {d_prefill}"
+    );
+}

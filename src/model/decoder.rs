@@ -288,74 +288,17 @@ impl Decoder {
         adapters: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let n = tokens.dim(0)?;
         let mut x = self.embed_tokens.index_select(tokens, 0)?;
         let cos = self.cos.index_select(positions, 0)?;
         let sin = self.sin.index_select(positions, 0)?;
-        let group = c.num_attention_heads / c.num_key_value_heads;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps, Ops::Fused)?;
             let a = &layer.self_attn;
-            // [1, heads, n, d]: rope sees the packed tokens as one sequence whose rows
-            // carry their own positions through the gathered cos/sin.
-            let heads = |proj: &LoraLinear, nh: usize| -> Result<Tensor> {
-                Ok(proj
-                    .forward(&h, adapters)?
-                    .reshape((n, nh, c.head_dim))?
-                    .transpose(0, 1)?
-                    .contiguous()?
-                    .unsqueeze(0)?)
+            let attn = if cache.is_host() {
+                self.packed_attention_host(li, a, &h, &cos, &sin, segments, cache, adapters)?
+            } else {
+                self.packed_attention_tensors(li, a, &h, &cos, &sin, segments, cache, adapters)?
             };
-            let q = rope(
-                &heads(&a.q_proj, c.num_attention_heads)?,
-                &cos,
-                &sin,
-                Ops::Fused,
-            )?
-            .squeeze(0)?;
-            let k = rope(
-                &heads(&a.k_proj, c.num_key_value_heads)?,
-                &cos,
-                &sin,
-                Ops::Fused,
-            )?
-            .squeeze(0)?;
-            let v = heads(&a.v_proj, c.num_key_value_heads)?.squeeze(0)?;
-            let mut outs = Vec::with_capacity(segments.len());
-            for seg in segments {
-                let past = cache.slot(seg.slot).map(|s| s.len()).unwrap_or(0);
-                let (keys, values) = cache.append(
-                    seg.slot,
-                    li,
-                    &k.narrow(1, seg.start, seg.len)?,
-                    &v.narrow(1, seg.start, seg.len)?,
-                )?;
-                let total = past + seg.len;
-                // Query heads that share a KV head are stacked as rows: [kv, group*len, d].
-                let q_s = q.narrow(1, seg.start, seg.len)?.contiguous()?.reshape((
-                    c.num_key_value_heads,
-                    group * seg.len,
-                    c.head_dim,
-                ))?;
-                let mut scores = (q_s.matmul(&keys.t()?)? * scale)?;
-                if seg.len > 1 {
-                    let mask = causal_mask(seg.len, past, self.dtype, &self.device)?;
-                    scores = scores
-                        .reshape((c.num_key_value_heads, group, seg.len, total))?
-                        .broadcast_add(&mask)?
-                        .reshape((c.num_key_value_heads, group * seg.len, total))?;
-                }
-                let probs =
-                    softmax(&scores.to_dtype(DType::F32)?, Ops::Fused)?.to_dtype(self.dtype)?;
-                let out = probs
-                    .matmul(&values)?
-                    .reshape((c.num_attention_heads, seg.len, c.head_dim))?
-                    .transpose(0, 1)?
-                    .reshape((seg.len, c.num_attention_heads * c.head_dim))?;
-                outs.push(out);
-            }
-            let attn = Tensor::cat(&outs, 0)?;
             x = (x + a.o_proj.forward(&attn, adapters)?)?;
             let h = rms_norm(
                 &x,
@@ -369,6 +312,123 @@ impl Decoder {
             cache.advance(seg.slot, seg.len);
         }
         rms_norm(&x, &self.norm, c.rms_norm_eps, Ops::Fused)
+    }
+
+    /// Packed attention over host KV buffers: q/k/v stay `[rows, heads, head_dim]`
+    /// (rope in that layout), and the cache computes every row's attention in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn packed_attention_host(
+        &self,
+        layer: usize,
+        a: &Attention,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        segments: &[Segment],
+        cache: &mut KvCache,
+        adapters: bool,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let n = h.dim(0)?;
+        let rows = |proj: &LoraLinear, nh: usize, rotate: bool| -> Result<Vec<f32>> {
+            let x = proj.forward(h, adapters)?.reshape((1, n, nh, c.head_dim))?;
+            let x = if rotate {
+                candle_nn::rotary_emb::rope_thd(&x, cos, sin)?
+            } else {
+                x
+            };
+            Ok(x.flatten_all()?.to_vec1::<f32>()?)
+        };
+        let q = rows(&a.q_proj, c.num_attention_heads, true)?;
+        let k = rows(&a.k_proj, c.num_key_value_heads, true)?;
+        let v = rows(&a.v_proj, c.num_key_value_heads, false)?;
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let out = cache.attend_host(layer, segments, &q, &k, &v, c.num_attention_heads, scale)?;
+        Ok(Tensor::from_vec(
+            out,
+            (n, c.num_attention_heads * c.head_dim),
+            &self.device,
+        )?)
+    }
+
+    /// Packed attention over tensor KV buffers (GPU, or half precision): one chain of
+    /// tensor ops per sequence.
+    #[allow(clippy::too_many_arguments)]
+    fn packed_attention_tensors(
+        &self,
+        li: usize,
+        a: &Attention,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        segments: &[Segment],
+        cache: &mut KvCache,
+        adapters: bool,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let n = h.dim(0)?;
+        let group = c.num_attention_heads / c.num_key_value_heads;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let (cos, sin) = (cos.clone(), sin.clone());
+        // [1, heads, n, d]: rope sees the packed tokens as one sequence whose rows
+        // carry their own positions through the gathered cos/sin.
+        let heads = |proj: &LoraLinear, nh: usize| -> Result<Tensor> {
+            Ok(proj
+                .forward(h, adapters)?
+                .reshape((n, nh, c.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?)
+        };
+        let q = rope(
+            &heads(&a.q_proj, c.num_attention_heads)?,
+            &cos,
+            &sin,
+            Ops::Fused,
+        )?
+        .squeeze(0)?;
+        let k = rope(
+            &heads(&a.k_proj, c.num_key_value_heads)?,
+            &cos,
+            &sin,
+            Ops::Fused,
+        )?
+        .squeeze(0)?;
+        let v = heads(&a.v_proj, c.num_key_value_heads)?.squeeze(0)?;
+        let mut outs = Vec::with_capacity(segments.len());
+        for seg in segments {
+            let past = cache.slot(seg.slot).map(|s| s.len()).unwrap_or(0);
+            let (keys, values) = cache.append(
+                seg.slot,
+                li,
+                &k.narrow(1, seg.start, seg.len)?,
+                &v.narrow(1, seg.start, seg.len)?,
+            )?;
+            let total = past + seg.len;
+            // Query heads that share a KV head are stacked as rows: [kv, group*len, d].
+            let q_s = q.narrow(1, seg.start, seg.len)?.contiguous()?.reshape((
+                c.num_key_value_heads,
+                group * seg.len,
+                c.head_dim,
+            ))?;
+            let mut scores = (q_s.matmul(&keys.t()?)? * scale)?;
+            if seg.len > 1 {
+                let mask = causal_mask(seg.len, past, self.dtype, &self.device)?;
+                scores = scores
+                    .reshape((c.num_key_value_heads, group, seg.len, total))?
+                    .broadcast_add(&mask)?
+                    .reshape((c.num_key_value_heads, group * seg.len, total))?;
+            }
+            let probs = softmax(&scores.to_dtype(DType::F32)?, Ops::Fused)?.to_dtype(self.dtype)?;
+            let out = probs
+                .matmul(&values)?
+                .reshape((c.num_attention_heads, seg.len, c.head_dim))?
+                .transpose(0, 1)?
+                .reshape((seg.len, c.num_attention_heads * c.head_dim))?;
+            outs.push(out);
+        }
+        let attn = Tensor::cat(&outs, 0)?;
+        Ok(attn)
     }
 
     /// Scaled dot-product attention for `[b, heads, t, d]` queries against `[b, kv_heads,

@@ -1,14 +1,29 @@
-//! Per-sequence key/value cache for the inference path. Each batch slot owns
-//! preallocated `[kv_heads, capacity, head_dim]` buffers per layer, sized when a request
-//! is admitted (prompt + max new tokens), so decoding never reallocates and each
-//! sequence keeps its own length and positions.
+//! Per-sequence key/value cache for the inference path. Each batch slot owns buffers for
+//! every layer, sized when a request is admitted (prompt + max new tokens), so decoding
+//! never reallocates and each sequence keeps its own length and positions.
+//!
+//! Two storages: on the CPU in f32 the buffers are plain host memory and attention runs
+//! directly over them (`attend_host`, one pass over every sequence in the batch — a
+//! per-sequence chain of small tensor ops costs more in dispatch than in arithmetic);
+//! elsewhere they are `[kv_heads, capacity, head_dim]` tensors and the decoder attends
+//! with tensor ops.
 
+use super::decoder::Segment;
+use super::dot::dot;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+enum Buffers {
+    /// Per layer: keys and values as `[positions, kv_heads, head_dim]`, row-major; the
+    /// vectors grow by whole positions up to their reserved capacity.
+    Host(Vec<(Vec<f32>, Vec<f32>)>),
+    /// Per layer: keys and values as `[kv_heads, capacity, head_dim]` tensors.
+    Device(Vec<(Tensor, Tensor)>),
+}
 
 pub struct SlotCache {
-    /// (keys, values) per layer.
-    layers: Vec<(Tensor, Tensor)>,
+    buffers: Buffers,
     len: usize,
     capacity: usize,
 }
@@ -34,6 +49,7 @@ pub struct KvCache {
     head_dim: usize,
     dtype: DType,
     device: Device,
+    host: bool,
 }
 
 impl KvCache {
@@ -52,26 +68,57 @@ impl KvCache {
             head_dim,
             dtype,
             device: device.clone(),
+            host: device.is_cpu() && dtype == DType::F32,
         }
+    }
+
+    /// Keeps tensor buffers even where host buffers would be used, so the path the GPU
+    /// takes can be checked on the CPU in f32.
+    pub fn with_tensor_storage(mut self) -> Self {
+        self.host = false;
+        self
     }
 
     pub fn num_slots(&self) -> usize {
         self.slots.len()
     }
 
+    /// Whether attention runs over host buffers (`attend_host`) rather than tensors
+    /// (`append`).
+    pub fn is_host(&self) -> bool {
+        self.host
+    }
+
     /// Gives `slot` fresh buffers for `capacity` positions, dropping what it held.
     pub fn allocate(&mut self, slot: usize, capacity: usize) -> Result<()> {
-        let shape = (self.kv_heads, capacity, self.head_dim);
-        let layers = (0..self.layers)
-            .map(|_| {
-                Ok((
-                    Tensor::zeros(shape, self.dtype, &self.device)?,
-                    Tensor::zeros(shape, self.dtype, &self.device)?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let buffers = if self.is_host() {
+            // Reserved, not zeroed: the pages are touched only as positions are written.
+            let row = self.kv_heads * self.head_dim;
+            Buffers::Host(
+                (0..self.layers)
+                    .map(|_| {
+                        (
+                            Vec::with_capacity(capacity * row),
+                            Vec::with_capacity(capacity * row),
+                        )
+                    })
+                    .collect(),
+            )
+        } else {
+            let shape = (self.kv_heads, capacity, self.head_dim);
+            Buffers::Device(
+                (0..self.layers)
+                    .map(|_| {
+                        Ok((
+                            Tensor::zeros(shape, self.dtype, &self.device)?,
+                            Tensor::zeros(shape, self.dtype, &self.device)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        };
         self.slots[slot] = Some(SlotCache {
-            layers,
+            buffers,
             len: 0,
             capacity,
         });
@@ -86,9 +133,16 @@ impl KvCache {
         self.slots.get(slot).and_then(Option::as_ref)
     }
 
-    /// Writes `k`, `v` (`[kv_heads, n, head_dim]`) of `layer` after the slot's current
-    /// length and returns all keys and values so far. The slot's length advances only
-    /// through `advance`, once every layer has been written.
+    fn slot_mut(&mut self, slot: usize) -> Result<&mut SlotCache> {
+        match self.slots.get_mut(slot).and_then(Option::as_mut) {
+            Some(cache) => Ok(cache),
+            None => bail!("KV cache slot {slot} is not allocated"),
+        }
+    }
+
+    /// Tensor storage: writes `k`, `v` (`[kv_heads, n, head_dim]`) of `layer` after the
+    /// slot's current length and returns all keys and values so far. The slot's length
+    /// advances only through `advance`, once every layer has been written.
     pub fn append(
         &mut self,
         slot: usize,
@@ -96,9 +150,7 @@ impl KvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let Some(cache) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
-            bail!("KV cache slot {slot} is not allocated");
-        };
+        let cache = self.slot_mut(slot)?;
         let n = k.dim(1)?;
         let end = cache.len + n;
         if end > cache.capacity {
@@ -107,26 +159,135 @@ impl KvCache {
                 cache.capacity
             );
         }
-        let (kc, vc) = &cache.layers[layer];
+        let Buffers::Device(layers) = &cache.buffers else {
+            bail!("KV cache slot {slot} keeps host buffers; use attend_host");
+        };
+        let (kc, vc) = &layers[layer];
         kc.slice_set(&k.contiguous()?, 1, cache.len)?;
         vc.slice_set(&v.contiguous()?, 1, cache.len)?;
         Ok((kc.narrow(1, 0, end)?, vc.narrow(1, 0, end)?))
     }
 
+    /// Host storage: appends each segment's keys and values of `layer` to its slot and
+    /// returns causal attention for every packed row. `q` is `[rows, heads, head_dim]`,
+    /// `k` and `v` are `[rows, kv_heads, head_dim]` (row-major); the result is `[rows,
+    /// heads * head_dim]`. Query head `h` reads KV head `h / (heads / kv_heads)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_host(
+        &mut self,
+        layer: usize,
+        segments: &[Segment],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        scale: f32,
+    ) -> Result<Vec<f32>> {
+        let (kvh, d) = (self.kv_heads, self.head_dim);
+        let row = kvh * d;
+        for seg in segments {
+            let cache = self.slot_mut(seg.slot)?;
+            if cache.len + seg.len > cache.capacity {
+                bail!(
+                    "KV cache slot {} is full ({} positions)",
+                    seg.slot,
+                    cache.capacity
+                );
+            }
+            let Buffers::Host(layers) = &mut cache.buffers else {
+                bail!("KV cache slot {} keeps tensors; use append", seg.slot);
+            };
+            let (kc, vc) = &mut layers[layer];
+            kc.extend_from_slice(&k[seg.start * row..(seg.start + seg.len) * row]);
+            vc.extend_from_slice(&v[seg.start * row..(seg.start + seg.len) * row]);
+        }
+        let rows = q.len() / (heads * d);
+        // Which segment, and which position in it, each packed row is.
+        let mut owner = Vec::with_capacity(rows);
+        for (si, seg) in segments.iter().enumerate() {
+            owner.extend((0..seg.len).map(|t| (si, t)));
+        }
+        let group = heads / kvh;
+        let slots = &self.slots;
+        let mut out = vec![0f32; rows * heads * d];
+        out.par_chunks_mut(heads * d)
+            .zip(owner.par_iter())
+            .enumerate()
+            .for_each(|(r, (out_row, &(si, t)))| {
+                let seg = &segments[si];
+                let cache = slots[seg.slot].as_ref().expect("slot checked above");
+                let Buffers::Host(layers) = &cache.buffers else {
+                    unreachable!("slot checked above")
+                };
+                let (kc, vc) = &layers[layer];
+                // Sees every cached position up to and including its own.
+                let visible = cache.len + t + 1;
+                let mut scores = vec![0f32; visible];
+                for h in 0..heads {
+                    let kv = h / group;
+                    let qh = &q[(r * heads + h) * d..][..d];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        let kj = &kc[j * row + kv * d..][..d];
+                        *s = dot(qh, kj) * scale;
+                        max = max.max(*s);
+                    }
+                    let mut total = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        total += *s;
+                    }
+                    let oh = &mut out_row[h * d..(h + 1) * d];
+                    for (j, &p) in scores.iter().enumerate() {
+                        let vj = &vc[j * row + kv * d..][..d];
+                        let w = p / total;
+                        for (o, &x) in oh.iter_mut().zip(vj) {
+                            *o += w * x;
+                        }
+                    }
+                }
+            });
+        Ok(out)
+    }
+
     /// Makes `to` hold the first `len` positions of `from` (samples of one prompt share
     /// its prefill).
     pub fn copy_prefix(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
+        let row = self.kv_heads * self.head_dim;
         let (Some(Some(src)), Some(Some(dst))) = (self.slots.get(from), self.slots.get(to)) else {
             bail!("KV cache slots {from} and {to} must both be allocated");
         };
         if len > src.len || len > dst.capacity {
             bail!("cannot copy {len} positions from slot {from} to slot {to}");
         }
-        for ((sk, sv), (dk, dv)) in src.layers.iter().zip(&dst.layers) {
-            dk.slice_set(&sk.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
-            dv.slice_set(&sv.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
-        }
-        self.slots[to].as_mut().unwrap().len = len;
+        let copied = match &src.buffers {
+            Buffers::Host(layers) => Buffers::Host(
+                layers
+                    .iter()
+                    .map(|(k, v)| {
+                        let mut kc = Vec::with_capacity(dst.capacity * row);
+                        let mut vc = Vec::with_capacity(dst.capacity * row);
+                        kc.extend_from_slice(&k[..len * row]);
+                        vc.extend_from_slice(&v[..len * row]);
+                        (kc, vc)
+                    })
+                    .collect(),
+            ),
+            Buffers::Device(layers) => {
+                let Buffers::Device(dst_layers) = &dst.buffers else {
+                    bail!("KV cache slots {from} and {to} use different storages");
+                };
+                for ((sk, sv), (dk, dv)) in layers.iter().zip(dst_layers) {
+                    dk.slice_set(&sk.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+                    dv.slice_set(&sv.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+                }
+                self.slots[to].as_mut().unwrap().len = len;
+                return Ok(());
+            }
+        };
+        let dst = self.slots[to].as_mut().unwrap();
+        dst.buffers = copied;
+        dst.len = len;
         Ok(())
     }
 

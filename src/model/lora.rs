@@ -2,8 +2,10 @@
 //! (alpha / r) · x Aᵀ Bᵀ`) that each forward call can switch off. With the adapter off the
 //! layer is the base model, which is how DPO gets its reference model for free.
 
+use super::dot::dot;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, Var};
+use rayon::prelude::*;
 
 /// A trainable low-rank update. `a` is `[r, in]`, `b` is `[out, r]`; both stay in f32
 /// whatever the base weights' dtype.
@@ -187,11 +189,58 @@ pub fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 
 fn project_untracked(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     const FEW_ROWS: usize = 128;
+    if let Some(y) = project_streaming(x, weight)? {
+        return Ok(y);
+    }
     if x.dim(0)? <= FEW_ROWS {
         Ok(weight.matmul(&x.t()?)?.t()?.contiguous()?)
     } else {
         Ok(x.matmul(&weight.t()?)?)
     }
+}
+
+/// Decoding one to a few sequences on the CPU: reads each weight row once and takes its
+/// dot product with every input row. gemm packs the whole weight first, which for a
+/// handful of rows costs several times the arithmetic (the 49k-row LM head most of all).
+/// `None` when the case does not apply.
+fn project_streaming(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+    const MAX_ROWS: usize = 4;
+    let rows = x.dim(0)?;
+    if rows > MAX_ROWS
+        || !x.device().is_cpu()
+        || x.dtype() != DType::F32
+        || weight.dtype() != DType::F32
+        || !weight.is_contiguous()
+    {
+        return Ok(None);
+    }
+    let (out, inp) = weight.dims2()?;
+    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let (storage, layout) = weight.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)) = &*storage else {
+        return Ok(None);
+    };
+    let w = &w[layout.start_offset()..layout.start_offset() + out * inp];
+    // y_t[o][r] = W[o] · x[r], in parallel over blocks of weight rows.
+    let mut y_t = vec![0f32; out * rows];
+    y_t.par_chunks_mut(64 * rows)
+        .enumerate()
+        .for_each(|(block, chunk)| {
+            for (i, y) in chunk.chunks_mut(rows).enumerate() {
+                let o = block * 64 + i;
+                let w_row = &w[o * inp..(o + 1) * inp];
+                for (r, y) in y.iter_mut().enumerate() {
+                    *y = dot(w_row, &xs[r * inp..(r + 1) * inp]);
+                }
+            }
+        });
+    drop(storage);
+    let y = Tensor::from_vec(y_t, (out, rows), x.device())?;
+    Ok(Some(if rows == 1 {
+        y.reshape((1, out))?
+    } else {
+        y.t()?.contiguous()?
+    }))
 }
 
 /// `x · Wᵀ` for a base weight that is never trained, with a backward pass that returns

@@ -4,6 +4,7 @@
 pub mod chat_template;
 pub mod config;
 pub mod decoder;
+mod dot;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod lora;
