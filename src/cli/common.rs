@@ -1,5 +1,6 @@
 //! Options and helpers several subcommands share.
 
+use crate::atomic_file::write_atomic;
 use crate::model::{LoadOptions, Model, DEFAULT_MODEL};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -85,20 +86,5 @@ pub fn write_jsonl(path: Option<&Path>, lines: &[serde_json::Value]) -> Result<(
         None => std::io::stdout().write_all(&buf)?,
         Some(path) => write_atomic(path, &buf)?,
     }
-    Ok(())
-}
-
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    }
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }

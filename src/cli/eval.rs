@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Subcommand};
 
-use super::common::write_atomic;
+use crate::atomic_file::write_atomic;
 use crate::eval::ifeval::{
     evaluate, load_input_data, load_responses, Prompt, PromptResult, Summary,
 };

@@ -2,6 +2,7 @@
 //! files go through a temporary name renamed into place, whole folders through a staging
 //! folder renamed into place.
 
+use crate::atomic_file::write_atomically;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use std::io::Write;
@@ -109,20 +110,6 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     write_atomically(path, |tmp| Ok(std::fs::write(tmp, &text)?))
-}
-
-/// Runs `write` on a temporary path beside `path`, then renames it into place; the
-/// temporary file is removed when `write` fails.
-pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-    if let Err(err) = write(&tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err.context(format!("{}: cannot write", path.display())));
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
 }
 
 /// A folder filled under a temporary name beside its destination and renamed into place

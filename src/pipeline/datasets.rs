@@ -23,9 +23,10 @@ use serde_json::json;
 use super::backtranslate::{self, Checked};
 use super::funnel::FunnelRow;
 use super::responses::{self, ResponseRecord};
-use super::run_dir::{unit_seed, write_atomic};
+use super::run_dir::unit_seed;
 use super::score::{self, ScoredResponse};
 use super::Pipeline;
+use crate::atomic_file::write_atomic;
 
 pub const STAGE: &str = "datasets";
 

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 use super::funnel::FunnelRow;
+use crate::atomic_file::write_atomic;
 use crate::config::RunConfig;
 
 pub const MANIFEST: &str = "manifest.json";
@@ -279,21 +280,6 @@ fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
                 .with_context(|| format!("{}:{}: not a valid record", path.display(), i + 1))
         })
         .collect()
-}
-
-/// Writes `bytes` to `path` through a temporary file renamed into place, so the file is
-/// complete or absent whenever the process dies.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    }
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
 }
 
 /// A 64-bit seed for one unit of work: a function of the run seed, the stage and the
