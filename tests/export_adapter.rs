@@ -2,6 +2,7 @@
 //! PEFT's layout, and malformed folders fail with one line naming the file while leaving
 //! the model untouched.
 
+mod common;
 mod export_support;
 
 use autoif::export::{load_adapter, save_adapter};

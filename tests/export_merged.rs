@@ -4,6 +4,7 @@
 //! torch + transformers + peft is present, `scripts/check-export.py` confirms transformers
 //! and peft compute the same log-probabilities.
 
+mod common;
 mod export_support;
 
 use autoif::export::merged::merged_tensors;

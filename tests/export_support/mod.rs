@@ -7,29 +7,12 @@ use autoif::model::{LoadOptions, Model};
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// The embedded SmolLM2 GGUF, or None with a visible SKIP line.
-pub fn smollm2(test: &str) -> Option<PathBuf> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIP {test}: {} missing; run scripts/fetch-models.sh",
-            path.display()
-        );
-        None
-    }
-}
+// Not every test file that includes this module uses all three.
+#[allow(unused_imports)]
+pub use crate::common::{fixture, max_abs_diff, smollm2};
 
 pub fn load(spec: &Path) -> Model {
     Model::load(spec.to_str().unwrap(), &LoadOptions::cpu()).unwrap()
@@ -81,18 +64,6 @@ pub fn sample_ids(vocab: usize) -> Tensor {
 pub fn logits(model: &Model, ids: &Tensor, adapters: bool) -> Tensor {
     let hidden = model.decoder.forward(ids, adapters).unwrap();
     model.decoder.logits(&hidden).unwrap()
-}
-
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 pub fn autoif() -> Command {
