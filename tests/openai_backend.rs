@@ -683,3 +683,109 @@ fn cli_without_a_base_url_says_so_in_one_line() {
         "error: --backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)"
     );
 }
+
+/// The synthesis stages with the llama.cpp server as the supervision model (`[supervisor]
+/// kind = "openai"`): every stage runs and its funnel is recorded. SmolLM2-135M rarely
+/// writes parseable verification functions, so later stages may see no data; what this
+/// shows is the stage code running unchanged through the remote backend.
+#[test]
+fn synthesis_stages_run_through_the_llama_cpp_server() {
+    let Some((python, model)) =
+        LlamaServer::python("synthesis_stages_run_through_the_llama_cpp_server")
+    else {
+        return;
+    };
+    let _turn = LLAMA_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let server = LlamaServer::start(&python, &model, free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            seed = 3
+            [model]
+            device = "cpu"
+            [supervisor]
+            kind = "openai"
+            model = "smollm2"
+            base_url = "{}"
+            max_concurrency = 2
+            [synthesis]
+            seeds = "tests/fixtures/pipeline/tiny_seeds.txt"
+            queries_file = "data/queries.jsonl"
+            [synthesis.augment]
+            rounds = 1
+            per_round = 3
+            sampling = {{ temperature = 0.7, top_p = 0.95, max_new_tokens = 48 }}
+            [synthesis.funcs]
+            samples = 1
+            sampling = {{ temperature = 0.7, top_p = 0.95, max_new_tokens = 96 }}
+            [synthesis.crossval]
+            min_funcs = 1
+            min_cases = 1
+            [synthesis.backtranslate]
+            sampling = {{ temperature = 0.0, top_p = 1.0, max_new_tokens = 32 }}
+            [synthesis.queries]
+            per_instruction = 1
+            [synthesis.responses]
+            samples = 2
+            sampling = {{ temperature = 0.8, top_p = 0.95, max_new_tokens = 32 }}
+            [synthesis.score]
+            sampling = {{ temperature = 0.0, top_p = 1.0, max_new_tokens = 24 }}
+            "#,
+            server.base_url()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let result = Command::new(env!("CARGO_BIN_EXE_autoif"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let manifest = autoif::pipeline::run_dir::RunDir::open(&out)
+        .unwrap()
+        .manifest()
+        .unwrap();
+    let names: Vec<&str> = manifest.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "augment",
+            "funcs",
+            "crossval",
+            "backtranslate",
+            "queries",
+            "responses",
+            "score",
+            "datasets"
+        ]
+    );
+    for stage in &manifest.stages {
+        assert_eq!(
+            stage.state,
+            autoif::pipeline::run_dir::StageState::Done,
+            "{}",
+            stage.name
+        );
+        assert!(!stage.funnel.is_empty(), "{}: no funnel rows", stage.name);
+    }
+    // Generation really went to the server: the functions stage asked it about every
+    // instruction that augmentation produced (seeds included).
+    let funcs_in = manifest.stages[1]
+        .funnel
+        .iter()
+        .map(|r| r.input)
+        .max()
+        .unwrap();
+    assert!(funcs_in >= 3, "funcs saw {funcs_in} inputs");
+}
