@@ -369,7 +369,6 @@ impl Decoder {
         let n = h.dim(0)?;
         let group = c.num_attention_heads / c.num_key_value_heads;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let (cos, sin) = (cos.clone(), sin.clone());
         // [1, heads, n, d]: rope sees the packed tokens as one sequence whose rows
         // carry their own positions through the gathered cos/sin.
         let heads = |proj: &LoraLinear, nh: usize| -> Result<Tensor> {
@@ -382,15 +381,15 @@ impl Decoder {
         };
         let q = rope(
             &heads(&a.q_proj, c.num_attention_heads)?,
-            &cos,
-            &sin,
+            cos,
+            sin,
             Ops::Fused,
         )?
         .squeeze(0)?;
         let k = rope(
             &heads(&a.k_proj, c.num_key_value_heads)?,
-            &cos,
-            &sin,
+            cos,
+            sin,
             Ops::Fused,
         )?
         .squeeze(0)?;
