@@ -1,4 +1,5 @@
-//! `autoif train sft|dpo`: LoRA training on a data file, in this process.
+//! `autoif train sft|dpo|online-dpo`: LoRA training in this process, on a data file or
+//! (online DPO) on prompts with verification functions.
 
 use super::common::ModelArgs;
 use crate::model::lora::LoraConfig;
@@ -7,11 +8,17 @@ use crate::train::data::{
     parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, DataFormat,
 };
 use crate::train::dpo::merge_adapters;
+use crate::train::online_dpo::read_verified_prompts;
 use crate::train::optim::ScheduleKind;
-use crate::train::{train, DpoConfig, DpoLossType, Job, RunOptions, SftConfig, TrainingArgs};
+use crate::train::{
+    run_online_dpo, train, DpoConfig, DpoLossType, Job, OnlineDpoConfig, OnlineOptions, RunOptions,
+    SftConfig, TrainingArgs,
+};
+use crate::verify::{Sandbox, SandboxOptions};
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -26,9 +33,12 @@ pub enum TrainCommand {
     /// Offline DPO of a LoRA adapter on chosen/rejected pairs; the reference is the model
     /// (with --adapter merged in) with adapters off.
     Dpo(DpoArgs),
+    /// Iterative online DPO: sample from the live weights, grade the samples with their
+    /// verification functions in the sandbox, train on chosen/rejected pairs.
+    OnlineDpo(OnlineDpoArgs),
 }
 
-/// Options both algorithms take; unset ones use the algorithm's defaults.
+/// A data file, the model and where the run goes (SFT and offline DPO).
 #[derive(ClapArgs, Debug)]
 pub struct CommonArgs {
     #[command(flatten)]
@@ -42,6 +52,16 @@ pub struct CommonArgs {
     /// Output folder: metrics.jsonl, checkpoint-N/, the final adapter (PEFT layout).
     #[arg(long)]
     pub out: PathBuf,
+    /// Continue from a checkpoint-N folder of a run with the same data and settings.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: TrainingFlags,
+}
+
+/// Hyper-parameters every algorithm takes; unset ones use the algorithm's defaults.
+#[derive(ClapArgs, Debug)]
+pub struct TrainingFlags {
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Peak learning rate (SFT 2e-4, DPO 5e-5).
@@ -85,12 +105,9 @@ pub struct CommonArgs {
     /// Write a checkpoint every N optimizer steps (0: only the final adapter).
     #[arg(long, default_value_t = 0)]
     pub save_every: usize,
-    /// Continue from a checkpoint-N folder of a run with the same data and settings.
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
 }
 
-impl CommonArgs {
+impl TrainingFlags {
     fn training_args(&self, defaults: TrainingArgs) -> TrainingArgs {
         let mut adamw = defaults.adamw;
         adamw.weight_decay = self.weight_decay;
@@ -115,15 +132,17 @@ impl CommonArgs {
             },
         }
     }
+}
 
-    /// The model with `--adapter` (if any) merged into its weights: training adds a new
-    /// adapter on top, and for DPO the reference (adapters off) is then the SFT model.
-    fn load_model(&self) -> Result<Model> {
-        let mut model = self.model.load()?;
-        merge_adapters(&mut model.decoder)?;
-        Ok(model)
-    }
+/// The model with `--adapter` (if any) merged into its weights: training adds a new
+/// adapter on top, and for DPO the reference (adapters off) is then the SFT model.
+fn load_merged(model: &ModelArgs) -> Result<Model> {
+    let mut model = model.load()?;
+    merge_adapters(&mut model.decoder)?;
+    Ok(model)
+}
 
+impl CommonArgs {
     fn run_options(&self) -> RunOptions {
         RunOptions {
             out: self.out.clone(),
@@ -145,6 +164,13 @@ pub struct SftArgs {
 pub struct DpoArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub dpo: DpoFlags,
+}
+
+/// The DPO loss settings (offline and online).
+#[derive(ClapArgs, Debug)]
+pub struct DpoFlags {
     /// Strength of the KL constraint (paper: 0.3).
     #[arg(long, default_value_t = 0.1)]
     pub beta: f64,
@@ -155,10 +181,66 @@ pub struct DpoArgs {
     pub label_smoothing: f64,
 }
 
+impl DpoFlags {
+    fn config(&self, flags: &TrainingFlags, defaults: DpoConfig) -> Result<DpoConfig> {
+        if self.beta.is_nan() || self.beta <= 0.0 {
+            bail!("--beta must be positive");
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            bail!("--label-smoothing must be in [0, 0.5)");
+        }
+        Ok(DpoConfig {
+            args: flags.training_args(defaults.args),
+            beta: self.beta,
+            loss_type: self.loss_type,
+            label_smoothing: self.label_smoothing,
+        })
+    }
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct OnlineDpoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompts with their verification functions: JSON Lines of {"prompt", "funcs"}, or a
+    /// run's queries/pairs.jsonl.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Output folder: iterations.jsonl and iter-N/ (samples, pairs, adapter, metrics).
+    /// Rerunning into the same folder continues after the last finished iteration.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    pub iterations: usize,
+    /// Responses sampled per prompt.
+    #[arg(long, default_value_t = 4)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Prompts drawn per iteration (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub prompts_per_iteration: usize,
+    /// Sequences decoded together while sampling.
+    #[arg(long, default_value_t = 16)]
+    pub generation_batch: usize,
+    /// Sandbox deadline of one verification call.
+    #[arg(long, default_value_t = 5000)]
+    pub exec_timeout_ms: u64,
+    #[command(flatten)]
+    pub flags: TrainingFlags,
+    #[command(flatten)]
+    pub dpo: DpoFlags,
+}
+
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         TrainCommand::Sft(a) => run_sft(a),
         TrainCommand::Dpo(a) => run_dpo(a),
+        TrainCommand::OnlineDpo(a) => run_online(a),
     }
 }
 
@@ -183,9 +265,9 @@ fn run_sft(args: SftArgs) -> Result<()> {
     let records = read_records(&c.data)?;
     let conversations = parse_sft(&records, c.format, &c.data)?;
     let config = SftConfig {
-        args: c.training_args(SftConfig::default().args),
+        args: c.flags.training_args(SftConfig::default().args),
     };
-    let mut model = c.load_model()?;
+    let mut model = load_merged(&c.model)?;
     let (examples, dropped) = tokenize_sft(&model, &conversations, config.args.max_len)
         .with_context(|| format!("{}", c.data.display()))?;
     report_dropped(&c.data, dropped, examples.len(), config.args.max_len)?;
@@ -204,21 +286,10 @@ fn run_sft(args: SftArgs) -> Result<()> {
 
 fn run_dpo(args: DpoArgs) -> Result<()> {
     let c = &args.common;
-    if args.beta.is_nan() || args.beta <= 0.0 {
-        bail!("--beta must be positive");
-    }
-    if !(0.0..0.5).contains(&args.label_smoothing) {
-        bail!("--label-smoothing must be in [0, 0.5)");
-    }
     let records = read_records(&c.data)?;
     let pairs = parse_preferences(&records, c.format, &c.data)?;
-    let config = DpoConfig {
-        args: c.training_args(DpoConfig::default().args),
-        beta: args.beta,
-        loss_type: args.loss_type,
-        label_smoothing: args.label_smoothing,
-    };
-    let mut model = c.load_model()?;
+    let config = args.dpo.config(&c.flags, DpoConfig::default())?;
+    let mut model = load_merged(&c.model)?;
     let (tokenized, dropped) = tokenize_preferences(&model, &pairs, config.args.max_len)
         .with_context(|| format!("{}", c.data.display()))?;
     report_dropped(&c.data, dropped, tokenized.len(), config.args.max_len)?;
@@ -232,6 +303,50 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         &c.run_options(),
     )?;
     print_summary(&summary, &c.out);
+    Ok(())
+}
+
+fn run_online(args: OnlineDpoArgs) -> Result<()> {
+    let prompts = read_verified_prompts(&args.prompts)?;
+    let config = OnlineDpoConfig {
+        dpo: args
+            .dpo
+            .config(&args.flags, OnlineDpoConfig::default().dpo)?,
+        iterations: args.iterations,
+        samples: args.samples,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        max_new_tokens: args.max_new_tokens,
+        prompts_per_iteration: args.prompts_per_iteration,
+        batch: args.generation_batch,
+        ..OnlineDpoConfig::default()
+    };
+    let mut model = load_merged(&args.model)?;
+    let sandbox = Sandbox::new(SandboxOptions {
+        timeout: Duration::from_millis(args.exec_timeout_ms),
+        ..SandboxOptions::default()
+    })?;
+    let reports = run_online_dpo(
+        &mut model,
+        &prompts,
+        &config,
+        &mut |jobs| sandbox.run(jobs),
+        &OnlineOptions {
+            out: args.out.clone(),
+            base_model: args.model.model.clone(),
+            progress: true,
+            stop_after: None,
+        },
+    )?;
+    if let (Some(first), Some(last)) = (reports.first(), reports.last()) {
+        eprintln!(
+            "{} iterations: mean pass rate {:.3} → {:.3}; iterations.jsonl and iter-N/ in {}",
+            reports.len(),
+            first.mean_pass_rate,
+            last.mean_pass_rate,
+            args.out.display()
+        );
+    }
     Ok(())
 }
 

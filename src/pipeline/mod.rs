@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::{RunConfig, Sampling};
 use crate::generate::{Backend, Prompt, Request, SamplingParams};
-use crate::verify::{Job, Outcome, Sandbox, SandboxOptions, Verdict};
+pub use crate::verify::{pass_rate, Execute};
+use crate::verify::{Job, Sandbox, SandboxOptions, Verdict};
 use funnel::FunnelRow;
 use run_dir::{unit_seed, RunDir};
 
@@ -178,27 +179,6 @@ impl<'a> Pipeline<'a> {
             })?);
         }
         self.sandbox.as_ref().expect("just started").run(jobs)
-    }
-}
-
-/// Runs sandbox jobs: the sandbox itself, or a test's stand-in.
-pub type Execute<'e> = dyn FnMut(&[Job]) -> Result<Vec<Vec<Verdict>>> + 'e;
-
-/// The released scripts' pass rate of one response: the mean of the boolean results,
-/// ignoring calls that raised (0 when every call raised).
-pub fn pass_rate(verdicts: &[&Verdict]) -> f64 {
-    let results: Vec<f64> = verdicts
-        .iter()
-        .filter_map(|v| match v.outcome {
-            Outcome::Pass => Some(1.0),
-            Outcome::Fail => Some(0.0),
-            Outcome::Error(_) => None,
-        })
-        .collect();
-    if results.is_empty() {
-        0.0
-    } else {
-        results.iter().sum::<f64>() / results.len() as f64
     }
 }
 

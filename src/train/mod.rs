@@ -1,17 +1,20 @@
-//! Training on the live weights: LoRA SFT and offline DPO, with the optimizer, data
-//! loading and the checkpointed loop they share.
+//! Training on the live weights: LoRA SFT, offline DPO and online DPO, with the
+//! optimizer, data loading and the checkpointed loop they share.
 //!
 //! * `data` — SFT and preference records (LLaMA-Factory, TRL) into token ids and masks;
 //! * `optim` — AdamW, clipping, accumulation, schedules;
 //! * `sft`, `dpo` — the losses and each algorithm's config;
+//! * `online_dpo` — sample from the live weights, grade in the sandbox, DPO on the pairs;
 //! * `trainer` — the loop, metrics, checkpoints, resume.
 
 pub mod data;
 pub mod dpo;
+pub mod online_dpo;
 pub mod optim;
 pub mod sft;
 pub mod trainer;
 
 pub use dpo::{DpoConfig, DpoLossType};
+pub use online_dpo::{run_online_dpo, OnlineDpoConfig, OnlineOptions, VerifiedPrompt};
 pub use sft::SftConfig;
 pub use trainer::{train, Job, RunOptions, RunSummary, TrainingArgs};

@@ -156,6 +156,27 @@ impl<'de> Deserialize<'de> for Verdict {
     }
 }
 
+/// Runs sandbox jobs: the sandbox itself, or a test's stand-in.
+pub type Execute<'e> = dyn FnMut(&[super::Job]) -> anyhow::Result<Vec<Vec<Verdict>>> + 'e;
+
+/// The released scripts' pass rate of one response: the mean of the boolean results,
+/// ignoring calls that raised (0 when every call raised).
+pub fn pass_rate(verdicts: &[&Verdict]) -> f64 {
+    let results: Vec<f64> = verdicts
+        .iter()
+        .filter_map(|v| match v.outcome {
+            Outcome::Pass => Some(1.0),
+            Outcome::Fail => Some(0.0),
+            Outcome::Error(_) => None,
+        })
+        .collect();
+    if results.is_empty() {
+        0.0
+    } else {
+        results.iter().sum::<f64>() / results.len() as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

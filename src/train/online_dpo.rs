@@ -1,0 +1,479 @@
+//! Online DPO with verification rewards (the paper's on-policy stage). Each iteration:
+//!
+//! 1. fold the adapters trained so far into the weights, so the policy that samples is
+//!    also the DPO reference of this iteration (no second model in memory);
+//! 2. sample K responses per prompt at temperature 0.8 with the engine on those weights;
+//! 3. run each prompt's verification functions on the responses in the sandbox; a
+//!    response's reward is its pass rate;
+//! 4. pair chosen (pass rate ≥ 0.5) with rejected (pass rate 0) by the paper's rule;
+//! 5. train a fresh adapter with DPO on the pairs.
+//!
+//! Every iteration writes `iter-N/` (samples with pass rates, pairs, the adapter and its
+//! `metrics.jsonl`) and then one line of `iterations.jsonl`. A rerun into the same folder
+//! replays the finished iterations' adapters and goes on with the next one; sampling is
+//! seeded per (iteration, prompt), so a redone iteration samples the same texts.
+
+use super::data::{tokenize_preferences, PreferencePair};
+use super::dpo::{merge_adapters, DpoConfig};
+use super::trainer::{train, Job, RunOptions};
+use crate::atomic_file::write_atomic;
+use crate::export::peft::load_adapter;
+use crate::generate::{Backend, EngineOptions, LocalEngine, Prompt, Request, SamplingParams};
+use crate::model::chat_template::Message;
+use crate::model::Model;
+use crate::pipeline::datasets::mine_pairs;
+use crate::pipeline::run_dir::unit_seed;
+use crate::verify::{pass_rate, Execute, Job as SandboxJob, Verdict};
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Online DPO settings (TRL's `OnlineDPOConfig` role).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineDpoConfig {
+    /// How each iteration trains on its pairs.
+    pub dpo: DpoConfig,
+    pub iterations: usize,
+    /// Responses sampled per prompt (K).
+    pub samples: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+    /// Chosen side: pass rate at or above this; rejected: pass rate 0.
+    pub chosen_min_pass_rate: f64,
+    /// Responses drawn per side when a side has two or more (the paper's rule).
+    pub per_side: usize,
+    /// Prompts drawn (seeded, without replacement) per iteration; 0: all of them.
+    pub prompts_per_iteration: usize,
+    /// Sequences the engine decodes together.
+    pub batch: usize,
+}
+
+impl Default for OnlineDpoConfig {
+    /// One epoch over each iteration's fresh pairs (they are on-policy only once);
+    /// temperature 0.8 as the paper.
+    fn default() -> Self {
+        let mut dpo = DpoConfig::default();
+        dpo.args.epochs = 1;
+        Self {
+            dpo,
+            iterations: 2,
+            samples: 4,
+            temperature: 0.8,
+            top_p: 1.0,
+            max_new_tokens: 512,
+            chosen_min_pass_rate: 0.5,
+            per_side: 2,
+            prompts_per_iteration: 0,
+            batch: 16,
+        }
+    }
+}
+
+/// A prompt with the verification functions of its instruction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifiedPrompt {
+    pub id: String,
+    pub prompt: String,
+    pub funcs: Vec<String>,
+}
+
+/// What one iteration did (a line of `iterations.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IterationReport {
+    pub iteration: usize,
+    pub prompts: usize,
+    pub samples: usize,
+    /// Mean pass rate of the sampled responses: the policy's reward before this
+    /// iteration's update.
+    pub mean_pass_rate: f64,
+    /// Share of responses at or above the chosen threshold.
+    pub chosen_share: f64,
+    pub pairs: usize,
+    /// Means over the iteration's optimizer steps; absent when no pair was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(rename = "rewards/accuracies", skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(rename = "rewards/margins", skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
+    pub seconds: f64,
+}
+
+/// Where the run goes and how it reports.
+#[derive(Debug, Clone)]
+pub struct OnlineOptions {
+    pub out: PathBuf,
+    /// Recorded as `base_model_name_or_path` in each iteration's adapter config.
+    pub base_model: String,
+    pub progress: bool,
+    /// Stop after this many iterations as if interrupted (tests of resume).
+    pub stop_after: Option<usize>,
+}
+
+const ITERATIONS_FILE: &str = "iterations.jsonl";
+
+/// Runs the iterations not yet recorded in `options.out`. On return the last iteration's
+/// adapter is attached (not merged), like after `train`.
+pub fn run_online_dpo(
+    model: &mut Model,
+    prompts: &[VerifiedPrompt],
+    config: &OnlineDpoConfig,
+    execute: &mut Execute,
+    options: &OnlineOptions,
+) -> Result<Vec<IterationReport>> {
+    validate(config, prompts)?;
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("{}: cannot create folder", options.out.display()))?;
+    let mut reports = read_iterations(&options.out)?;
+    if reports.len() > config.iterations {
+        bail!(
+            "{}: records {} iterations, more than the {} asked for",
+            options.out.join(ITERATIONS_FILE).display(),
+            reports.len(),
+            config.iterations
+        );
+    }
+    // Replay the finished iterations: each adapter was trained on the weights with the
+    // earlier ones merged.
+    for report in &reports {
+        merge_adapters(&mut model.decoder)?;
+        if report.pairs > 0 {
+            load_adapter(
+                &mut model.decoder,
+                &iteration_dir(options, report.iteration),
+            )?;
+        }
+    }
+    let last = options
+        .stop_after
+        .map_or(config.iterations, |s| s.min(config.iterations));
+    for iteration in reports.len() + 1..=last {
+        let report = run_iteration(model, prompts, config, execute, options, iteration)?;
+        if options.progress {
+            eprintln!(
+                "online DPO iteration {iteration}/{}: mean pass rate {:.3}, {} pairs{}",
+                config.iterations,
+                report.mean_pass_rate,
+                report.pairs,
+                report
+                    .loss
+                    .map(|l| format!(", loss {l:.4}"))
+                    .unwrap_or_default()
+            );
+        }
+        reports.push(report);
+        write_iterations(&options.out, &reports)?;
+    }
+    Ok(reports)
+}
+
+fn validate(config: &OnlineDpoConfig, prompts: &[VerifiedPrompt]) -> Result<()> {
+    if config.samples < 2 {
+        bail!("online DPO needs at least 2 samples per prompt to form pairs");
+    }
+    if config.iterations == 0 || config.batch == 0 {
+        bail!("online DPO iterations and batch must be at least 1");
+    }
+    if prompts.is_empty() {
+        bail!("online DPO has no prompts");
+    }
+    if let Some(p) = prompts.iter().find(|p| p.funcs.is_empty()) {
+        bail!("online DPO prompt {} has no verification function", p.id);
+    }
+    Ok(())
+}
+
+fn iteration_dir(options: &OnlineOptions, iteration: usize) -> PathBuf {
+    options.out.join(format!("iter-{iteration}"))
+}
+
+/// The prompts of one iteration: all, or a seeded draw without replacement.
+fn select_prompts<'p>(
+    prompts: &'p [VerifiedPrompt],
+    config: &OnlineDpoConfig,
+    iteration: usize,
+) -> Vec<&'p VerifiedPrompt> {
+    let mut chosen: Vec<&VerifiedPrompt> = prompts.iter().collect();
+    let n = config.prompts_per_iteration;
+    if n > 0 && n < prompts.len() {
+        let key = format!("select-{iteration}");
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(unit_seed(config.dpo.args.seed, "online_dpo", &key));
+        chosen.shuffle(&mut rng);
+        chosen.truncate(n);
+    }
+    chosen
+}
+
+#[derive(Serialize)]
+struct SampleRecord<'a> {
+    prompt_id: &'a str,
+    sample: usize,
+    response: &'a str,
+    pass_rate: f64,
+}
+
+fn run_iteration(
+    model: &mut Model,
+    prompts: &[VerifiedPrompt],
+    config: &OnlineDpoConfig,
+    execute: &mut Execute,
+    options: &OnlineOptions,
+    iteration: usize,
+) -> Result<IterationReport> {
+    let started = Instant::now();
+    let dir = iteration_dir(options, iteration);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    merge_adapters(&mut model.decoder)?;
+    let selected = select_prompts(prompts, config, iteration);
+    let stage = format!("online_dpo-{iteration}");
+    let seed = config.dpo.args.seed;
+
+    let responses = sample(model, &selected, config, seed, &stage, options.progress)?;
+    let rates = score(&selected, &responses, execute)?;
+
+    let mut samples = Vec::new();
+    let mut pairs = Vec::new();
+    for ((p, texts), rates) in selected.iter().zip(&responses).zip(&rates) {
+        let candidates: Vec<(String, f64)> = texts
+            .iter()
+            .zip(rates)
+            .filter(|(t, _)| !t.trim().is_empty())
+            .map(|(t, &r)| (t.clone(), r))
+            .collect();
+        for (k, (t, &r)) in texts.iter().zip(rates).enumerate() {
+            samples.push(SampleRecord {
+                prompt_id: &p.id,
+                sample: k,
+                response: t,
+                pass_rate: r,
+            });
+        }
+        let mined = mine_pairs(
+            &candidates,
+            config.chosen_min_pass_rate,
+            config.per_side,
+            unit_seed(seed, &stage, &p.id),
+        );
+        pairs.extend(mined.into_iter().map(|(chosen, rejected)| PreferencePair {
+            prompt: vec![Message::new("user", p.prompt.clone())],
+            chosen,
+            rejected,
+        }));
+    }
+    write_jsonl(&dir.join("samples.jsonl"), &samples)?;
+    let pair_lines: Vec<Value> = pairs
+        .iter()
+        .map(|p| json!({"prompt": p.prompt[0].content, "chosen": p.chosen, "rejected": p.rejected}))
+        .collect();
+    write_jsonl(&dir.join("pairs.jsonl"), &pair_lines)?;
+
+    let all_rates: Vec<f64> = rates.iter().flatten().copied().collect();
+    let mut report = IterationReport {
+        iteration,
+        prompts: selected.len(),
+        samples: all_rates.len(),
+        mean_pass_rate: mean(&all_rates),
+        chosen_share: all_rates
+            .iter()
+            .filter(|&&r| r >= config.chosen_min_pass_rate)
+            .count() as f64
+            / all_rates.len().max(1) as f64,
+        pairs: 0,
+        loss: None,
+        accuracy: None,
+        margin: None,
+        seconds: 0.0,
+    };
+    let (tokenized, _) = tokenize_preferences(model, &pairs, config.dpo.args.max_len)?;
+    if !tokenized.is_empty() {
+        let mut dpo = config.dpo.clone();
+        // A fresh adapter per iteration, initialised differently each time.
+        dpo.args.seed = seed.wrapping_add(iteration as u64);
+        let summary = train(
+            &mut model.decoder,
+            &Job::Dpo {
+                pairs: &tokenized,
+                config: &dpo,
+            },
+            &RunOptions {
+                out: dir.clone(),
+                resume: None,
+                stop_after: None,
+                base_model: options.base_model.clone(),
+                progress: options.progress,
+            },
+        )?;
+        let metric = |key: &str| -> Option<f64> {
+            let values: Vec<f64> = summary
+                .metrics
+                .iter()
+                .filter_map(|m| m[key].as_f64())
+                .collect();
+            (!values.is_empty()).then(|| mean(&values))
+        };
+        report.pairs = tokenized.len();
+        report.loss = metric("loss");
+        report.accuracy = metric("rewards/accuracies");
+        report.margin = metric("rewards/margins");
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// K responses per prompt from the live weights, seeded per (iteration, prompt).
+fn sample(
+    model: &Model,
+    prompts: &[&VerifiedPrompt],
+    config: &OnlineDpoConfig,
+    seed: u64,
+    stage: &str,
+    progress: bool,
+) -> Result<Vec<Vec<String>>> {
+    let requests: Vec<Request> = prompts
+        .iter()
+        .map(|p| Request {
+            prompt: Prompt::user(p.prompt.clone()),
+            n: config.samples,
+            params: SamplingParams {
+                temperature: config.temperature,
+                top_p: config.top_p,
+                max_new_tokens: config.max_new_tokens,
+                seed: unit_seed(seed, stage, &p.id),
+                ..SamplingParams::default()
+            },
+        })
+        .collect();
+    let mut engine = LocalEngine::new(
+        model,
+        EngineOptions {
+            max_batch: config.batch,
+            adapters: true,
+            progress,
+            ..EngineOptions::default()
+        },
+    );
+    let mut out = vec![vec![String::new(); config.samples]; prompts.len()];
+    for c in engine.generate(&requests)? {
+        out[c.request_index][c.sample_index] = c.text;
+    }
+    Ok(out)
+}
+
+/// Pass rate of every response over its prompt's functions.
+fn score(
+    prompts: &[&VerifiedPrompt],
+    responses: &[Vec<String>],
+    execute: &mut Execute,
+) -> Result<Vec<Vec<f64>>> {
+    let jobs: Vec<SandboxJob> = prompts
+        .iter()
+        .zip(responses)
+        .flat_map(|(p, texts)| {
+            p.funcs.iter().map(move |f| SandboxJob {
+                func: f.clone(),
+                inputs: texts.clone(),
+            })
+        })
+        .collect();
+    let verdicts = execute(&jobs)?;
+    let mut next = 0;
+    let mut rates = Vec::with_capacity(prompts.len());
+    for (p, texts) in prompts.iter().zip(responses) {
+        let per_func = &verdicts[next..next + p.funcs.len()];
+        next += p.funcs.len();
+        rates.push(
+            (0..texts.len())
+                .map(|k| pass_rate(&per_func.iter().map(|v| &v[k]).collect::<Vec<&Verdict>>()))
+                .collect(),
+        );
+    }
+    Ok(rates)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+fn read_iterations(out: &Path) -> Result<Vec<IterationReport>> {
+    let path = out.join(ITERATIONS_FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| {
+                format!(
+                    "{}: line {} is not an iteration record",
+                    path.display(),
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}
+
+fn write_iterations(out: &Path, reports: &[IterationReport]) -> Result<()> {
+    write_jsonl(&out.join(ITERATIONS_FILE), reports)
+}
+
+/// Reads prompts with their functions: JSON Lines (or a JSON array) of
+/// `{"prompt", "funcs"}` records, or the pipeline's `queries/pairs.jsonl`
+/// (`{"id", "instruction", "query", "funcs"}`, assembled into the paper's training
+/// prompt). `funcs` holds sources or `{"source": ...}` objects.
+pub fn read_verified_prompts(path: &Path) -> Result<Vec<VerifiedPrompt>> {
+    let records = super::data::read_records(path)?;
+    let mut out = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let bad = |what: &str| anyhow::anyhow!("{}: record {}: {what}", path.display(), i + 1);
+        let prompt = match (
+            r["prompt"].as_str(),
+            r["query"].as_str(),
+            r["instruction"].as_str(),
+        ) {
+            (Some(p), _, _) => p.to_string(),
+            (None, Some(q), Some(ins)) => crate::pipeline::datasets::sft_prompt(q, ins),
+            _ => return Err(bad("needs `prompt`, or `query` and `instruction`")),
+        };
+        let funcs = r["funcs"]
+            .as_array()
+            .ok_or_else(|| bad("needs a `funcs` list"))?
+            .iter()
+            .map(|f| {
+                f.as_str()
+                    .or_else(|| f["source"].as_str())
+                    .map(String::from)
+            })
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(|| bad("`funcs` holds something other than sources"))?;
+        if funcs.is_empty() {
+            return Err(bad("`funcs` is empty"));
+        }
+        let id = r["id"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| format!("p{}", i + 1));
+        out.push(VerifiedPrompt { id, prompt, funcs });
+    }
+    Ok(out)
+}
