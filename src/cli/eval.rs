@@ -4,16 +4,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{ArgGroup, Subcommand};
 
-use crate::atomic_file::write_atomic;
-use crate::eval::ifeval::{
-    evaluate, load_input_data, load_responses, Prompt, PromptResult, Summary,
-};
-use crate::generate::{
-    Backend, EngineOptions, LocalEngine, Prompt as GenPrompt, Request, SamplingParams,
-};
+use crate::eval::ifeval::results::{generate_responses, write_results};
+use crate::eval::ifeval::scoring::Evaluation;
+use crate::eval::ifeval::{evaluate, load_input_data, load_responses, Prompt, Summary};
 use crate::model::{LoadOptions, Model};
 
 #[derive(clap::Args)]
@@ -67,31 +63,13 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// Generates one response per prompt with the local engine: greedy, the model's chat
-/// template, one user turn per prompt.
-fn generate_responses(args: &IfevalArgs, model: &str, prompts: &[String]) -> Result<Vec<String>> {
+/// Generates the responses with `model` (and its adapter).
+fn generate_with(args: &IfevalArgs, model: &str, prompts: &[Prompt]) -> Result<Vec<String>> {
     let mut model = Model::load(model, &LoadOptions::auto()?)?;
     if let Some(dir) = &args.adapter {
         crate::export::peft::load_adapter(&mut model.decoder, dir)?;
     }
-    let params = SamplingParams {
-        max_new_tokens: args.max_new_tokens,
-        ..SamplingParams::default()
-    };
-    let requests: Vec<Request> = prompts
-        .iter()
-        .map(|p| Request {
-            prompt: GenPrompt::user(p.as_str()),
-            n: 1,
-            params: params.clone(),
-        })
-        .collect();
-    let options = EngineOptions {
-        max_batch: args.batch,
-        ..EngineOptions::default()
-    };
-    let completions = LocalEngine::new(&model, options).generate(&requests)?;
-    Ok(completions.into_iter().map(|c| c.text).collect())
+    generate_responses(&model, prompts, args.max_new_tokens, args.batch)
 }
 
 fn run_ifeval(args: IfevalArgs) -> Result<()> {
@@ -121,8 +99,7 @@ fn run_ifeval(args: IfevalArgs) -> Result<()> {
         (None, Some(model)) => {
             let mut prompts = prompts;
             prompts.truncate(limit);
-            let texts: Vec<String> = prompts.iter().map(|p| p.prompt.clone()).collect();
-            let responses = generate_responses(&args, model, &texts)?;
+            let responses = generate_with(&args, model, &prompts)?;
             if responses.len() != prompts.len() {
                 bail!(
                     "generation returned {} responses for {} prompts",
@@ -145,15 +122,7 @@ fn run_ifeval(args: IfevalArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    write_outputs(
-        &args,
-        data,
-        &prompts,
-        &responses,
-        &evaluation.strict,
-        &evaluation.loose,
-        &summary,
-    )?;
+    write_outputs(&args, data, &prompts, &responses, &evaluation, &summary)?;
     print!("{}", summary.table());
     println!("\nwrote {}", args.out.display());
     Ok(())
@@ -212,41 +181,15 @@ fn match_responses(
     Ok((matched, responses))
 }
 
-fn jsonl(lines: impl Iterator<Item = String>) -> Vec<u8> {
-    lines
-        .flat_map(|line| [line, "\n".to_string()])
-        .collect::<String>()
-        .into_bytes()
-}
-
-/// Writes the four output files, each atomically.
+/// Writes the evaluator's files with what was scored and how.
 fn write_outputs(
     args: &IfevalArgs,
     data: &Path,
     prompts: &[Prompt],
     responses: &[String],
-    strict: &[PromptResult],
-    loose: &[PromptResult],
+    evaluation: &Evaluation,
     summary: &Summary,
 ) -> Result<()> {
-    let out = &args.out;
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
-    let response_lines = prompts.iter().zip(responses).map(|(prompt, response)| {
-        crate::eval::ifeval::pyjson::dumps(
-            &serde_json::json!({"prompt": prompt.prompt, "response": response}),
-        )
-    });
-    write_atomic(&out.join("responses.jsonl"), &jsonl(response_lines))?;
-    write_atomic(
-        &out.join("eval_results_strict.jsonl"),
-        &jsonl(strict.iter().map(PromptResult::to_json_line)),
-    )?;
-    write_atomic(
-        &out.join("eval_results_loose.jsonl"),
-        &jsonl(loose.iter().map(PromptResult::to_json_line)),
-    )?;
-
     let mut json = serde_json::Map::new();
     json.insert("data".into(), data.display().to_string().into());
     match (&args.responses, &args.model) {
@@ -266,9 +209,5 @@ fn write_outputs(
         }
     }
     json.insert("limit".into(), args.limit.into());
-    if let serde_json::Value::Object(fields) = summary.to_json() {
-        json.extend(fields);
-    }
-    let text = serde_json::to_string_pretty(&serde_json::Value::Object(json))? + "\n";
-    write_atomic(&out.join("summary.json"), text.as_bytes())
+    write_results(&args.out, prompts, responses, evaluation, summary, json)
 }

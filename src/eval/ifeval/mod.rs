@@ -7,6 +7,7 @@
 //!   of its group (`punctuation`, `length`, `format`, `keywords`, `case`, `startend`,
 //!   `combination`, `content`, `language`);
 //! * [`scoring`] runs the strict and loose evaluations and summarises them;
+//! * [`results`] generates a model's responses and writes the evaluator's output files;
 //! * [`pystr`], [`pyjson`], [`punkt`], [`word_tokenize`] and [`langdetect`] reproduce the
 //!   Python behaviour the checkers rely on: `str` methods, `json.loads`, NLTK's Punkt
 //!   sentence splitter and word tokenizer, and `langdetect` with seed 0.
@@ -34,6 +35,7 @@ mod punctuation;
 pub mod punkt;
 pub mod pyjson;
 pub mod pystr;
+pub mod results;
 pub mod scoring;
 mod startend;
 pub mod word_tokenize;
