@@ -11,5 +11,6 @@ pub mod export;
 pub mod generate;
 pub mod model;
 pub mod pipeline;
+pub mod report;
 pub mod train;
 pub mod verify;
