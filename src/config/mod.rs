@@ -1,7 +1,10 @@
 //! Run configuration for `autoif run` and `autoif stage`: TOML with `[model]` (the model
 //! that is trained), `[supervisor]` (the model that writes the data; the trained model
-//! itself for self-alignment) and `[synthesis]` (the data stages). Every key has a
-//! default; unknown keys are errors so a typo never silently falls back to a default.
+//! itself for self-alignment), `[phases]` (which parts of the loop run), `[synthesis]`
+//! (the data stages), `[ifeval]`, and one section per training algorithm (`[sft]`,
+//! `[dpo]`, `[online_dpo]`, each the algorithm's own config struct). Every key has a
+//! default; a file only names what it changes. Unknown keys are errors so a typo never
+//! silently falls back to a default.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -9,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::DEFAULT_MODEL;
 use crate::pipeline::prompts::PromptTemplates;
+use crate::train::{DpoConfig, OnlineDpoConfig, SftConfig};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -17,7 +21,64 @@ pub struct RunConfig {
     pub seed: u64,
     pub model: ModelSection,
     pub supervisor: SupervisorSection,
+    pub phases: Phases,
     pub synthesis: SynthesisConfig,
+    pub ifeval: IfevalConfig,
+    pub sft: SftConfig,
+    pub dpo: DpoConfig,
+    pub online_dpo: OnlineDpoConfig,
+}
+
+/// The parts of the whole loop, in the order they run; each can be switched off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Phases {
+    pub ifeval_before: bool,
+    pub synthesis: bool,
+    pub sft: bool,
+    pub dpo: bool,
+    pub online_dpo: bool,
+    pub ifeval_after: bool,
+    pub export: bool,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Self {
+            ifeval_before: true,
+            synthesis: true,
+            sft: true,
+            dpo: true,
+            online_dpo: true,
+            ifeval_after: true,
+            export: true,
+        }
+    }
+}
+
+/// IFEval before and after training: the same prompts, greedy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IfevalConfig {
+    /// The prompts (google-research's input_data.jsonl).
+    pub data: PathBuf,
+    /// Score the first N prompts; 0: all 541.
+    pub limit: usize,
+    /// lm-evaluation-harness's IFEval task allows 1280.
+    pub max_new_tokens: usize,
+    /// Prompts decoded together.
+    pub batch: usize,
+}
+
+impl Default for IfevalConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::from("data/ifeval/input_data.jsonl"),
+            limit: 0,
+            max_new_tokens: 1280,
+            batch: 32,
+        }
+    }
 }
 
 /// The model being improved.
@@ -113,6 +174,11 @@ pub struct SynthesisConfig {
     pub seeds: PathBuf,
     /// User queries: JSONL/JSON (see `queries.field`), ShareGPT or `messages` layouts.
     pub queries_file: PathBuf,
+    /// Instructions that already have verified functions (records of crossval's
+    /// `instructions.jsonl`: `{id, instruction, funcs: [{source, accuracy}], cases}`).
+    /// When set, the augment, funcs, crossval and backtranslate stages do not run and
+    /// these instructions go straight to the queries stage.
+    pub verified_instructions: Option<PathBuf>,
     /// Units of work per resumable part file.
     pub chunk: usize,
     pub augment: AugmentConfig,
@@ -133,6 +199,7 @@ impl Default for SynthesisConfig {
         Self {
             seeds: PathBuf::from("data/seed_instructions.txt"),
             queries_file: PathBuf::from("data/queries.jsonl"),
+            verified_instructions: None,
             chunk: 8,
             augment: AugmentConfig::default(),
             funcs: FuncsConfig::default(),
@@ -310,6 +377,9 @@ impl Default for ResponsesConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoreConfig {
+    /// Off: every response that passed its functions goes on unscored (for a supervisor
+    /// too small to judge relevance; a 135M model's scores are noise).
+    pub enabled: bool,
     /// Keep a response whose mean score is above this (the released script: > 8).
     pub keep_score_above: f64,
     pub sampling: Sampling,
@@ -318,6 +388,7 @@ pub struct ScoreConfig {
 impl Default for ScoreConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             keep_score_above: 8.0,
             sampling: Sampling::new(0.0, 384),
         }
@@ -356,8 +427,13 @@ impl RunConfig {
         Self::from_table(table).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
+    /// The config a table describes: the table laid over the defaults, so a partial
+    /// section keeps its own algorithm's defaults (`[dpo.args] epochs = 1` leaves DPO's
+    /// learning rate, not the generic one).
     pub fn from_table(table: toml::Table) -> Result<Self> {
-        let config: RunConfig = toml::Value::Table(table)
+        let mut merged = toml::Table::try_from(RunConfig::default()).expect("defaults serialize");
+        overlay(&mut merged, table);
+        let config: RunConfig = toml::Value::Table(merged)
             .try_into()
             .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", one_line(&e.to_string())))?;
         config.validate()?;
@@ -398,6 +474,18 @@ impl RunConfig {
             SupervisorKind::SelfModel => &self.model.path,
             SupervisorKind::Local | SupervisorKind::OpenAi => {
                 self.supervisor.model.as_deref().unwrap_or(&self.model.path)
+            }
+        }
+    }
+}
+
+/// Writes `top` over `base`, recursing into tables both have.
+fn overlay(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => overlay(b, t),
+            (_, value) => {
+                base.insert(key, value);
             }
         }
     }

@@ -20,6 +20,7 @@ pub struct LoraAdapter {
 /// Which projections get adapters, and their size. Field names follow PEFT's
 /// `LoraConfig` so `adapter_config.json` maps one to one.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoraConfig {
     pub r: usize,
     pub lora_alpha: f64,

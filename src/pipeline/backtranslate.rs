@@ -14,6 +14,7 @@ use super::crossval::{self, Validated};
 use super::funnel::FunnelRow;
 use super::parse::parse_back_translation;
 use super::prompts::fill;
+use super::run_dir::read_lines;
 use super::similarity::{cosine, Embedder};
 use super::Pipeline;
 use crate::config::ConsistencyChecker;
@@ -28,6 +29,24 @@ pub struct Checked {
     /// Best cosine similarity to the original (absent without a checker).
     pub similarity: Option<f32>,
     pub reason: Option<String>,
+}
+
+/// The instructions that go on to the queries stage: this stage's kept ones, or the
+/// configured file of already verified instructions (the stages up to here then do not
+/// run).
+pub fn kept_instructions(p: &Pipeline) -> Result<Vec<Checked>> {
+    match &p.config.synthesis.verified_instructions {
+        Some(path) => Ok(read_lines::<Validated>(path)?
+            .into_iter()
+            .map(|validated| Checked {
+                validated,
+                back_instructions: Vec::new(),
+                similarity: None,
+                reason: None,
+            })
+            .collect()),
+        None => p.run.read_records(STAGE, "instructions.jsonl"),
+    }
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {

@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::backtranslate::{self, Checked};
+use super::backtranslate;
 use super::funnel::FunnelRow;
 use super::responses::{self, ResponseRecord};
 use super::run_dir::unit_seed;
@@ -102,9 +102,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     let seed = p.config.seed;
     let scored: Vec<ScoredResponse> = p.run.read_records(score::STAGE, "kept.jsonl")?;
     let all: Vec<ResponseRecord> = p.run.read_records(responses::STAGE, "all.jsonl")?;
-    let instructions: Vec<Checked> = p
-        .run
-        .read_records(backtranslate::STAGE, "instructions.jsonl")?;
+    let instructions = backtranslate::kept_instructions(p)?;
 
     let mut sft_row = FunnelRow::new(STAGE, "sft_records");
     let sft: Vec<(String, String)> = scored

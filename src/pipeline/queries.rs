@@ -20,7 +20,7 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::path::Path;
 
-use super::backtranslate::{self, Checked};
+use super::backtranslate;
 use super::funnel::FunnelRow;
 use super::run_dir::{short_id, unit_seed};
 use super::Pipeline;
@@ -176,9 +176,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
             cfg.max_chars
         );
     }
-    let instructions: Vec<Checked> = p
-        .run
-        .read_records(backtranslate::STAGE, "instructions.jsonl")?;
+    let instructions = backtranslate::kept_instructions(p)?;
     let mut pairs = Vec::new();
     let mut pairs_row = FunnelRow::new(STAGE, "pairs");
     for ins in &instructions {

@@ -269,7 +269,8 @@ impl RunDir {
     }
 }
 
-fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+/// Reads a JSON Lines file of records, naming the file and line of a bad one.
+pub fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     text.lines()

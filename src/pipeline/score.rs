@@ -1,6 +1,7 @@
 //! Stage `score`: the model judges each kept response's relevance to its query, 0–10,
 //! with the paper's prompt; the score is parsed from `Score: N` (see `parse_score`) and
-//! a response is kept when it is above `keep_score_above` (released script: > 8).
+//! a response is kept when it is above `keep_score_above` (released script: > 8). With
+//! `enabled = false` every response passes through unscored.
 //!
 //! Output `score/kept.jsonl` and `score/all.jsonl`: the response record plus `score`,
 //! `judgement` and `score_reason`.
@@ -36,6 +37,9 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         p.config.synthesis.chunk,
         |r| r.id.clone(),
         |units| {
+            if !cfg.enabled {
+                return Ok(units.iter().map(|r| unscored(r.clone())).collect());
+            }
             let prompts: Vec<(String, String)> = units
                 .iter()
                 .map(|r| {
@@ -72,6 +76,16 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         super::warn_empty(STAGE, "no response passed quality scoring");
     }
     Ok(vec![row])
+}
+
+/// A response kept without a judgement (scoring switched off).
+fn unscored(response: ResponseRecord) -> ScoredResponse {
+    ScoredResponse {
+        response,
+        score: None,
+        judgement: String::new(),
+        score_reason: None,
+    }
 }
 
 /// Decides one response from the judge's text.

@@ -24,6 +24,7 @@ pub enum DpoLossType {
 
 /// DPO settings (TRL's `DPOConfig` role).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DpoConfig {
     pub args: TrainingArgs,
     pub beta: f64,

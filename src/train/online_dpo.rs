@@ -35,6 +35,7 @@ use std::time::Instant;
 
 /// Online DPO settings (TRL's `OnlineDPOConfig` role).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OnlineDpoConfig {
     /// How each iteration trains on its pairs.
     pub dpo: DpoConfig,

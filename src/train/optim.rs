@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor, Var};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
     pub beta1: f64,
     pub beta2: f64,

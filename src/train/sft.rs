@@ -9,6 +9,7 @@ use candle_core::{Tensor, D};
 
 /// SFT settings (TRL's `SFTConfig` role).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SftConfig {
     pub args: TrainingArgs,
 }

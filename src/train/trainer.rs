@@ -29,6 +29,7 @@ use std::time::Instant;
 
 /// Settings every algorithm shares (transformers' `TrainingArguments` role).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainingArgs {
     pub epochs: usize,
     /// Peak learning rate.
