@@ -711,6 +711,13 @@ fn synthesis_stages_run_through_the_llama_cpp_server() {
             model = "smollm2"
             base_url = "{}"
             max_concurrency = 2
+            [phases]
+            ifeval_before = false
+            sft = false
+            dpo = false
+            online_dpo = false
+            ifeval_after = false
+            export = false
             [synthesis]
             seeds = "tests/fixtures/pipeline/tiny_seeds.txt"
             queries_file = "data/queries.jsonl"

@@ -43,6 +43,13 @@ seed = 11
 device = "cpu"
 [supervisor]
 batch = 8
+[phases]
+ifeval_before = false
+sft = false
+dpo = false
+online_dpo = false
+ifeval_after = false
+export = false
 [synthesis]
 seeds = "tests/fixtures/pipeline/tiny_seeds.txt"
 queries_file = "data/queries.jsonl"

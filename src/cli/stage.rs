@@ -1,9 +1,10 @@
 //! `autoif stage NAME --run DIR`: runs one synthesis stage of a run folder. A finished
-//! stage is recomputed (and the later stages reset); an interrupted one resumes.
+//! stage is recomputed (and the later stages and phases reset); an interrupted one
+//! resumes.
 
-use super::run::execute;
 use crate::pipeline::run_dir::{RunDir, StageState};
 use crate::pipeline::Stage;
+use crate::run::{execute, Phase};
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
@@ -36,5 +37,5 @@ pub fn run(args: Args) -> Result<()> {
     if state == StageState::Done {
         run.reset_from(stage.name())?;
     }
-    execute(run, manifest.config, &[stage])
+    execute(run, &[Phase::Synthesis(stage)])
 }

@@ -412,7 +412,8 @@ fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-fn read_iterations(out: &Path) -> Result<Vec<IterationReport>> {
+/// The iteration records of an online DPO folder (none when it has not started).
+pub fn read_iterations(out: &Path) -> Result<Vec<IterationReport>> {
     let path = out.join(ITERATIONS_FILE);
     if !path.exists() {
         return Ok(Vec::new());

@@ -1,0 +1,520 @@
+//! The whole loop behind `autoif run`: IFEval before → the synthesis stages → SFT →
+//! offline DPO → online DPO → IFEval after → export, in one run folder, on one copy of
+//! the weights.
+//!
+//! Every phase is a manifest entry like a synthesis stage (`pending`/`running`/`done`,
+//! seconds, funnel rows), so `--resume` runs what is not done. The weights are not
+//! saved between phases: the adapters are (`sft/`, `dpo/`, `online_dpo/iter-N/`), and a
+//! resumed run rebuilds the trained weights by replaying them onto the base in order
+//! (`restore_trained_weights`). A training phase with `save_every` set continues from
+//! its latest checkpoint. After every phase `summary.json` and `report.html` are
+//! rewritten, so an interrupted run still shows what it did.
+
+pub mod summary;
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::{RunConfig, SupervisorKind};
+use crate::eval::ifeval::results::{generate_responses, write_results};
+use crate::eval::ifeval::{evaluate, load_input_data, Summary};
+use crate::export::{load_adapter, save_merged};
+use crate::generate::openai::{Endpoint, OpenAiBackend, OpenAiConfig};
+use crate::generate::{Backend, EngineOptions, LocalEngine};
+use crate::model::{LoadOptions, Model};
+use crate::pipeline::funnel::{table, FunnelRow};
+use crate::pipeline::run_dir::{RunDir, StageState};
+use crate::pipeline::{Pipeline, Stage};
+use crate::train::data::{
+    parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, DataFormat,
+};
+use crate::train::dpo::merge_adapters;
+use crate::train::online_dpo::read_verified_prompts;
+use crate::train::{run_online_dpo, train, Job, OnlineOptions, RunOptions};
+use crate::verify::{Sandbox, SandboxOptions};
+
+/// One step of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    IfevalBefore,
+    Synthesis(Stage),
+    Sft,
+    Dpo,
+    OnlineDpo,
+    IfevalAfter,
+    Export,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::IfevalBefore => "ifeval_before",
+            Phase::Synthesis(stage) => stage.name(),
+            Phase::Sft => "sft",
+            Phase::Dpo => "dpo",
+            Phase::OnlineDpo => "online_dpo",
+            Phase::IfevalAfter => "ifeval_after",
+            Phase::Export => "export",
+        }
+    }
+
+    /// Every phase in loop order.
+    pub fn all() -> Vec<Phase> {
+        let mut all = vec![Phase::IfevalBefore];
+        all.extend(Stage::ALL.map(Phase::Synthesis));
+        all.extend([
+            Phase::Sft,
+            Phase::Dpo,
+            Phase::OnlineDpo,
+            Phase::IfevalAfter,
+            Phase::Export,
+        ]);
+        all
+    }
+
+    pub fn from_name(name: &str) -> Result<Phase> {
+        Phase::all()
+            .into_iter()
+            .find(|p| p.name() == name)
+            .with_context(|| format!("unknown phase `{name}` in the run manifest"))
+    }
+
+    /// The phases `config` switches on, in order. Verified instructions replace the
+    /// stages that write and check functions.
+    pub fn plan(config: &RunConfig) -> Vec<Phase> {
+        let on = &config.phases;
+        let imported = config.synthesis.verified_instructions.is_some();
+        Phase::all()
+            .into_iter()
+            .filter(|p| match p {
+                Phase::IfevalBefore => on.ifeval_before,
+                Phase::Synthesis(s) => {
+                    on.synthesis
+                        && !(imported
+                            && matches!(
+                                s,
+                                Stage::Augment
+                                    | Stage::Funcs
+                                    | Stage::Crossval
+                                    | Stage::Backtranslate
+                            ))
+                }
+                Phase::Sft => on.sft,
+                Phase::Dpo => on.dpo,
+                Phase::OnlineDpo => on.online_dpo,
+                Phase::IfevalAfter => on.ifeval_after,
+                Phase::Export => on.export,
+            })
+            .collect()
+    }
+}
+
+/// The loop's state: the run folder, its config, and the trained model once loaded.
+struct Loop {
+    run: RunDir,
+    config: RunConfig,
+    model: Option<Model>,
+}
+
+/// The phases of `run` that are not done, in order.
+pub fn pending(run: &RunDir) -> Result<Vec<Phase>> {
+    run.manifest()?
+        .stages
+        .iter()
+        .filter(|s| s.state != StageState::Done)
+        .map(|s| Phase::from_name(&s.name))
+        .collect()
+}
+
+/// Runs `phases` of `run` in order, then prints the funnel and the summary.
+pub fn execute(run: RunDir, phases: &[Phase]) -> Result<()> {
+    let config = run.manifest()?.config;
+    let mut state = Loop {
+        run,
+        config,
+        model: None,
+    };
+    let mut i = 0;
+    while i < phases.len() {
+        // Consecutive synthesis stages share one pipeline (and one supervisor).
+        let stages: Vec<Stage> = phases[i..]
+            .iter()
+            .map_while(|p| match p {
+                Phase::Synthesis(s) => Some(*s),
+                _ => None,
+            })
+            .collect();
+        if !stages.is_empty() {
+            state.synthesis(&stages)?;
+            i += stages.len();
+        } else {
+            let phase = phases[i];
+            eprintln!("phase {}", phase.name());
+            let started = Instant::now();
+            state.run.mark_running(phase.name())?;
+            let rows = state
+                .phase(phase)
+                .with_context(|| format!("phase {}", phase.name()))?;
+            state
+                .run
+                .mark_done(phase.name(), rows, started.elapsed().as_secs_f64())?;
+            i += 1;
+        }
+        state.write_summary()?;
+    }
+    let rows: Vec<FunnelRow> = state
+        .run
+        .manifest()?
+        .stages
+        .into_iter()
+        .flat_map(|s| s.funnel)
+        .collect();
+    eprint!("{}", table(&rows));
+    eprint!("{}", summary::Summary::read(state.root())?.text());
+    eprintln!(
+        "run folder: {} (summary.json, report.html)",
+        state.root().display()
+    );
+    Ok(())
+}
+
+impl Loop {
+    fn root(&self) -> &Path {
+        self.run.root()
+    }
+
+    /// The trained model, loaded on first use with the adapters of the finished training
+    /// phases replayed.
+    fn model(&mut self) -> Result<&mut Model> {
+        if self.model.is_none() {
+            let options = match self.config.model.device.as_str() {
+                "cpu" => LoadOptions::cpu(),
+                _ => LoadOptions::auto()?,
+            };
+            let mut model = Model::load(&self.config.model.path, &options)?;
+            restore_trained_weights(&mut model, &self.run)?;
+            self.model = Some(model);
+        }
+        Ok(self.model.as_mut().expect("just loaded"))
+    }
+
+    fn write_summary(&self) -> Result<()> {
+        summary::Summary::collect(&self.run)?.write(self.root())?;
+        crate::report::write_report(self.root())?;
+        Ok(())
+    }
+
+    fn phase(&mut self, phase: Phase) -> Result<Vec<FunnelRow>> {
+        match phase {
+            Phase::IfevalBefore | Phase::IfevalAfter => self.ifeval(phase.name()),
+            Phase::Sft => self.sft(),
+            Phase::Dpo => self.dpo(),
+            Phase::OnlineDpo => self.online_dpo(),
+            Phase::Export => self.export(),
+            Phase::Synthesis(_) => unreachable!("synthesis stages run in a pipeline"),
+        }
+    }
+
+    /// The synthesis stages with the configured supervisor: the trained model itself,
+    /// other local weights, or an OpenAI-compatible server.
+    fn synthesis(&mut self, stages: &[Stage]) -> Result<()> {
+        let config = self.config.clone();
+        let run = self.run.clone();
+        let generates = stages.iter().any(|s| s.generates());
+        let mut remote = None;
+        let mut other_model = None;
+        if generates {
+            match config.supervisor.kind {
+                SupervisorKind::OpenAi => remote = Some(remote_backend(&config)?),
+                SupervisorKind::Local => {
+                    other_model = Some(Model::load(
+                        config.supervisor_model(),
+                        &LoadOptions::auto()?,
+                    )?)
+                }
+                SupervisorKind::SelfModel => {
+                    self.model()?;
+                }
+            }
+        }
+        let supervisor: Option<&Model> = other_model.as_ref().or(self.model.as_ref());
+        let mut engine = match (&remote, generates) {
+            (None, true) => supervisor.map(|m| {
+                LocalEngine::new(
+                    m,
+                    EngineOptions {
+                        max_batch: config.supervisor.batch,
+                        ..EngineOptions::default()
+                    },
+                )
+            }),
+            _ => None,
+        };
+        let backend: Option<&mut dyn Backend> = match (&mut remote, &mut engine) {
+            (Some(r), _) => Some(r),
+            (None, Some(e)) => Some(e),
+            (None, None) => None,
+        };
+        let mut pipeline = Pipeline::new(run, config, backend);
+        for &stage in stages {
+            eprintln!("stage {}", stage.name());
+            pipeline.run_stage(stage)?;
+        }
+        Ok(())
+    }
+
+    fn ifeval(&mut self, name: &str) -> Result<Vec<FunnelRow>> {
+        let cfg = self.config.ifeval.clone();
+        let mut prompts = load_input_data(&cfg.data)?;
+        if cfg.limit > 0 {
+            prompts.truncate(cfg.limit);
+        }
+        let model = self.model()?;
+        let responses = generate_responses(model, &prompts, cfg.max_new_tokens, cfg.batch)?;
+        let texts: Vec<&str> = responses.iter().map(String::as_str).collect();
+        let evaluation = evaluate(&prompts, &texts);
+        let summary = Summary::new(&evaluation);
+        let mut meta = serde_json::Map::new();
+        meta.insert("data".into(), cfg.data.display().to_string().into());
+        meta.insert("limit".into(), cfg.limit.into());
+        meta.insert("max_new_tokens".into(), cfg.max_new_tokens.into());
+        write_results(
+            &self.root().join(name),
+            &prompts,
+            &responses,
+            &evaluation,
+            &summary,
+            meta,
+        )?;
+        eprint!("{}", summary.table());
+        Ok(Vec::new())
+    }
+
+    fn sft(&mut self) -> Result<Vec<FunnelRow>> {
+        let path = self.root().join("datasets/trl/sft.jsonl");
+        let config = self.config.sft.clone();
+        let out = self.root().join("sft");
+        let base = self.config.model.path.clone();
+        let conversations = parse_sft(&read_records(&path)?, DataFormat::Auto, &path)?;
+        let model = self.model()?;
+        let (examples, dropped) = tokenize_sft(model, &conversations, config.args.max_len)
+            .with_context(|| path.display().to_string())?;
+        let row = data_row("sft", "examples", examples.len(), dropped);
+        if examples.is_empty() {
+            eprintln!("warning: phase sft: no training example; the model is not changed");
+            return Ok(vec![row]);
+        }
+        train(
+            &mut model.decoder,
+            &Job::Sft {
+                examples: &examples,
+                config: &config,
+            },
+            &run_options(&out, base)?,
+        )?;
+        Ok(vec![row])
+    }
+
+    fn dpo(&mut self) -> Result<Vec<FunnelRow>> {
+        let path = self.root().join("datasets/trl/dpo.jsonl");
+        let config = self.config.dpo.clone();
+        let out = self.root().join("dpo");
+        let base = self.config.model.path.clone();
+        let pairs = parse_preferences(&read_records(&path)?, DataFormat::Auto, &path)?;
+        let model = self.model()?;
+        // The SFT adapter goes into the weights: the reference is the SFT model.
+        merge_adapters(&mut model.decoder)?;
+        let (tokenized, dropped) = tokenize_preferences(model, &pairs, config.args.max_len)
+            .with_context(|| path.display().to_string())?;
+        let row = data_row("dpo", "pairs", tokenized.len(), dropped);
+        if tokenized.is_empty() {
+            eprintln!("warning: phase dpo: no preference pair; the model is not changed");
+            return Ok(vec![row]);
+        }
+        train(
+            &mut model.decoder,
+            &Job::Dpo {
+                pairs: &tokenized,
+                config: &config,
+            },
+            &run_options(&out, base)?,
+        )?;
+        Ok(vec![row])
+    }
+
+    fn online_dpo(&mut self) -> Result<Vec<FunnelRow>> {
+        let path = self.root().join("queries/pairs.jsonl");
+        let prompts = read_verified_prompts(&path)?;
+        let mut row = FunnelRow::new("online_dpo", "prompts");
+        if prompts.is_empty() {
+            eprintln!("warning: phase online_dpo: no prompt with functions; skipped");
+            return Ok(vec![row]);
+        }
+        let config = self.config.online_dpo.clone();
+        let options = OnlineOptions {
+            out: self.root().join("online_dpo"),
+            base_model: self.config.model.path.clone(),
+            progress: true,
+            stop_after: None,
+        };
+        let sandbox = Sandbox::new(SandboxOptions {
+            timeout: Duration::from_millis(self.config.synthesis.exec_timeout_ms),
+            ..SandboxOptions::default()
+        })?;
+        let model = self.model()?;
+        run_online_dpo(
+            model,
+            &prompts,
+            &config,
+            &mut |jobs| sandbox.run(jobs),
+            &options,
+        )?;
+        prompts.iter().for_each(|_| row.keep());
+        Ok(vec![row])
+    }
+
+    /// The merged model (every trained adapter folded in) as a Hugging Face folder; the
+    /// adapters and data sets stay where their phases wrote them (`summary.json` lists
+    /// them).
+    fn export(&mut self) -> Result<Vec<FunnelRow>> {
+        let dir = self.root().join("export/merged");
+        // A folder left by an export that was interrupted before it was recorded.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("{}: cannot replace", dir.display()))?;
+        }
+        let model = self.model()?;
+        save_merged(model, &dir, model.decoder.dtype())?;
+        eprintln!("wrote {}", dir.display());
+        Ok(Vec::new())
+    }
+}
+
+/// Rebuilds the trained weights of a resumed run: each finished training phase's
+/// adapter, merged before the next one is applied (as the phases themselves did).
+fn restore_trained_weights(model: &mut Model, run: &RunDir) -> Result<()> {
+    let manifest = run.manifest()?;
+    let done = |name: &str| {
+        manifest
+            .stages
+            .iter()
+            .any(|s| s.name == name && s.state == StageState::Done)
+    };
+    let mut adapters: Vec<PathBuf> = Vec::new();
+    for phase in [Phase::Sft, Phase::Dpo] {
+        let dir = run.root().join(phase.name());
+        if done(phase.name()) && dir.join(crate::export::peft::WEIGHTS_FILE).is_file() {
+            adapters.push(dir);
+        }
+    }
+    if done(Phase::OnlineDpo.name()) {
+        let dir = run.root().join(Phase::OnlineDpo.name());
+        for report in crate::train::online_dpo::read_iterations(&dir)? {
+            if report.pairs > 0 {
+                adapters.push(dir.join(format!("iter-{}", report.iteration)));
+            }
+        }
+    }
+    for dir in adapters {
+        merge_adapters(&mut model.decoder)?;
+        load_adapter(&mut model.decoder, &dir)?;
+    }
+    Ok(())
+}
+
+/// Where a training phase writes, continuing from its latest checkpoint if it has one.
+fn run_options(out: &Path, base_model: String) -> Result<RunOptions> {
+    Ok(RunOptions {
+        out: out.to_path_buf(),
+        resume: latest_checkpoint(out)?,
+        stop_after: None,
+        base_model,
+        progress: true,
+    })
+}
+
+/// The `checkpoint-N` folder with the largest N that holds a complete checkpoint.
+fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
+    if !out.is_dir() {
+        return Ok(None);
+    }
+    let mut best: Option<(usize, PathBuf)> = None;
+    for entry in std::fs::read_dir(out).with_context(|| format!("{}", out.display()))? {
+        let path = entry?.path();
+        let step = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("checkpoint-"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if let Some(step) = step {
+            if path.join("trainer_state.json").is_file() && best.as_ref().is_none_or(|b| step > b.0)
+            {
+                best = Some((step, path));
+            }
+        }
+    }
+    Ok(best.map(|(_, p)| p))
+}
+
+/// A funnel row for a training phase's data: examples kept, and those dropped because
+/// no response token fit within `max_len`.
+fn data_row(stage: &str, unit: &str, kept: usize, dropped: usize) -> FunnelRow {
+    let mut row = FunnelRow::new(stage, unit);
+    (0..kept).for_each(|_| row.keep());
+    (0..dropped).for_each(|_| row.drop("no_response_token_within_max_len"));
+    row
+}
+
+/// The OpenAI-compatible supervisor: chat completions, so the server applies the
+/// served model's own chat template.
+fn remote_backend(config: &RunConfig) -> Result<OpenAiBackend> {
+    let sup = &config.supervisor;
+    let openai = OpenAiConfig {
+        base_url: sup.base_url.clone().unwrap_or_default(),
+        model: config.supervisor_model().to_string(),
+        api_key_env: sup.api_key_env.clone(),
+        endpoint: Endpoint::Chat,
+        max_concurrency: sup.max_concurrency,
+        ..OpenAiConfig::default()
+    };
+    Ok(OpenAiBackend::new(openai, None)?.with_progress(true))
+}
+
+/// Checks what a new run needs before anything is written.
+pub fn check_inputs(config: &RunConfig) -> Result<()> {
+    let plan = Phase::plan(config);
+    if plan.is_empty() {
+        bail!("every phase is switched off in [phases]");
+    }
+    let synth = &config.synthesis;
+    let needs = |p: Phase| plan.contains(&p);
+    if needs(Phase::Synthesis(Stage::Augment)) {
+        crate::pipeline::augment::read_seeds(&synth.seeds)?;
+    }
+    if let Some(path) = &synth.verified_instructions {
+        let records: Vec<crate::pipeline::crossval::Validated> =
+            crate::pipeline::run_dir::read_lines(path)?;
+        if records.is_empty() {
+            bail!("{}: no verified instruction", path.display());
+        }
+    }
+    if needs(Phase::Synthesis(Stage::Queries)) {
+        let texts =
+            crate::pipeline::queries::read_queries(&synth.queries_file, &synth.queries.field)?;
+        let (kept, _, _) = crate::pipeline::queries::filter_queries(texts, &synth.queries);
+        if kept.is_empty() {
+            bail!(
+                "{}: no query passes the length filter",
+                synth.queries_file.display()
+            );
+        }
+    }
+    if needs(Phase::IfevalBefore) || needs(Phase::IfevalAfter) {
+        load_input_data(&config.ifeval.data)?;
+    }
+    if needs(Phase::OnlineDpo) && config.online_dpo.samples < 2 {
+        bail!("online_dpo.samples must be at least 2 to form pairs");
+    }
+    Ok(())
+}
