@@ -3,7 +3,6 @@
 use crate::atomic_file::write_atomic;
 use crate::model::{LoadOptions, Model, DEFAULT_MODEL};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,19 +22,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load_options(&self) -> Result<LoadOptions> {
-        Ok(match self.device.as_str() {
-            "cpu" => LoadOptions::cpu(),
-            "cuda" => {
-                let device = Device::new_cuda(0).context(
-                    "no CUDA device (build with --features cuda on a machine with a GPU)",
-                )?;
-                LoadOptions {
-                    device,
-                    dtype: DType::BF16,
-                }
-            }
-            _ => LoadOptions::auto()?,
-        })
+        LoadOptions::for_device(&self.device)
     }
 
     pub fn load(&self) -> Result<Model> {

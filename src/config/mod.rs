@@ -458,6 +458,12 @@ impl RunConfig {
                 bail!("{name} must be at least 1");
             }
         }
+        if !["auto", "cpu", "cuda"].contains(&self.model.device.as_str()) {
+            bail!(
+                "model.device = {:?}: expected \"auto\", \"cpu\" or \"cuda\"",
+                self.model.device
+            );
+        }
         let sup = &self.supervisor;
         if sup.kind != SupervisorKind::SelfModel && sup.model.is_none() {
             bail!("supervisor.kind = \"local\" or \"openai\" needs supervisor.model");

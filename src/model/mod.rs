@@ -56,6 +56,23 @@ impl LoadOptions {
             dtype: DType::F32,
         }
     }
+
+    /// `auto`, `cpu` or `cuda` (bf16 on the GPU; an error when there is none).
+    pub fn for_device(name: &str) -> Result<Self> {
+        Ok(match name {
+            "cpu" => Self::cpu(),
+            "cuda" => Self {
+                device: Device::new_cuda(0).map_err(|e| {
+                    anyhow::anyhow!(
+                        "no CUDA device (build with --features cuda on a machine with a GPU): {e}"
+                    )
+                })?,
+                dtype: DType::BF16,
+            },
+            "auto" => Self::auto()?,
+            other => anyhow::bail!("unknown device `{other}` (auto, cpu or cuda)"),
+        })
+    }
 }
 
 /// Everything needed to run a model: decoder weights, tokenizer, chat template.

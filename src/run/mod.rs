@@ -188,10 +188,7 @@ impl Loop {
     /// phases replayed.
     fn model(&mut self) -> Result<&mut Model> {
         if self.model.is_none() {
-            let options = match self.config.model.device.as_str() {
-                "cpu" => LoadOptions::cpu(),
-                _ => LoadOptions::auto()?,
-            };
+            let options = LoadOptions::for_device(&self.config.model.device)?;
             let mut model = Model::load(&self.config.model.path, &options)?;
             restore_trained_weights(&mut model, &self.run)?;
             self.model = Some(model);
@@ -230,7 +227,7 @@ impl Loop {
                 SupervisorKind::Local => {
                     other_model = Some(Model::load(
                         config.supervisor_model(),
-                        &LoadOptions::auto()?,
+                        &LoadOptions::for_device(&config.model.device)?,
                     )?)
                 }
                 SupervisorKind::SelfModel => {
