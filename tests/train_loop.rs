@@ -119,6 +119,37 @@ fn sft_overfits_a_handful_of_examples() {
 }
 
 #[test]
+fn max_steps_ends_training_early_with_the_schedule_over_those_steps() {
+    let mut model = tiny();
+    let (examples, _) = tokenize_sft(&model, &conversations()[..4], 128).unwrap();
+    let mut args = args(1e-3, 5, 1);
+    args.max_steps = 3;
+    args.schedule = ScheduleKind::Linear;
+    let config = SftConfig { args };
+    let out = tempfile::tempdir().unwrap();
+    let summary = train(
+        &mut model.decoder,
+        &Job::Sft {
+            examples: &examples,
+            config: &config,
+        },
+        &options(out.path()),
+    )
+    .unwrap();
+    assert_eq!(summary.total_steps, 3, "5 epochs of 4 steps, capped at 3");
+    let lrs: Vec<f64> = summary
+        .metrics
+        .iter()
+        .map(|m| m["lr"].as_f64().unwrap())
+        .collect();
+    // Linear decay to 0 at step 3 (no warm-up): 1e-3, 2/3 of it, 1/3 of it.
+    for (lr, expected) in lrs.iter().zip([1e-3, 2e-3 / 3.0, 1e-3 / 3.0]) {
+        assert!((lr - expected).abs() < 1e-12, "{lrs:?}");
+    }
+    assert!(out.path().join("adapter_model.safetensors").is_file());
+}
+
+#[test]
 fn dpo_reaches_full_accuracy() {
     let mut model = tiny();
     let (tokenized, _) = tokenize_preferences(&model, &pairs(), 128).unwrap();

@@ -64,6 +64,9 @@ pub struct CommonArgs {
 pub struct TrainingFlags {
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Stop after this many optimizer steps (0: run every epoch).
+    #[arg(long, default_value_t = 0)]
+    pub max_steps: usize,
     /// Peak learning rate (SFT 2e-4, DPO 5e-5).
     #[arg(long)]
     pub lr: Option<f64>,
@@ -113,6 +116,7 @@ impl TrainingFlags {
         adamw.weight_decay = self.weight_decay;
         TrainingArgs {
             epochs: self.epochs.unwrap_or(defaults.epochs),
+            max_steps: self.max_steps,
             lr: self.lr.unwrap_or(defaults.lr),
             schedule: self.schedule.unwrap_or(defaults.schedule),
             warmup_ratio: self.warmup_ratio,

@@ -32,6 +32,10 @@ use std::time::Instant;
 #[serde(deny_unknown_fields)]
 pub struct TrainingArgs {
     pub epochs: usize,
+    /// Stop after this many optimizer steps even if the epochs are not done (the
+    /// schedule decays over these steps); 0: no limit.
+    #[serde(default)]
+    pub max_steps: usize,
     /// Peak learning rate.
     pub lr: f64,
     pub schedule: ScheduleKind,
@@ -60,6 +64,7 @@ impl Default for TrainingArgs {
     fn default() -> Self {
         Self {
             epochs: 3,
+            max_steps: 0,
             lr: 2e-4,
             schedule: ScheduleKind::Linear,
             warmup_ratio: 0.1,
@@ -257,7 +262,10 @@ pub fn train(decoder: &mut Decoder, job: &Job, options: &RunOptions) -> Result<R
     }
     let batches = length_grouped_batches(&lengths, args.batch_size);
     let steps_per_epoch = batches.len().div_ceil(args.grad_accum);
-    let total_steps = steps_per_epoch * args.epochs;
+    let total_steps = match args.max_steps {
+        0 => steps_per_epoch * args.epochs,
+        cap => cap.min(steps_per_epoch * args.epochs),
+    };
     let schedule = LrSchedule {
         peak: args.lr,
         warmup_steps: (args.warmup_ratio * total_steps as f64).ceil() as usize,
