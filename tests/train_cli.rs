@@ -1,5 +1,5 @@
-//! `autoif train sft|dpo` end to end: bad data fails with one line naming the file and
-//! record; SFT then DPO on its adapter (merged, so DPO starts at loss ln 2: the reference
+//! `autoif train sft|dpo|online-dpo` end to end: bad data fails with one line naming the
+//! file and record; SFT then DPO on its adapter (merged, so DPO starts at loss ln 2: the reference
 //! is the SFT model); DPO's peak resident memory stays within 1.2× of SFT's on the same
 //! sequences (no second model).
 
@@ -80,6 +80,32 @@ fn bad_records_fail_with_one_line_naming_the_file() {
         stderr.contains("bad.jsonl: record 1: a preference record needs `chosen` and `rejected`"),
         "{stderr}"
     );
+
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"hi\", \"funcs\": [\"def evaluate(r):\\n    return True\"]}\n{\"prompt\": \"no functions\"}\n",
+    )
+    .unwrap();
+    let (ok, stderr) = autoif(&[
+        "train",
+        "online-dpo",
+        "--model",
+        &tiny(),
+        "--device",
+        "cpu",
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("prompts.jsonl: record 2: needs a `funcs` list"),
+        "{stderr}"
+    );
+    assert!(!out.join("iterations.jsonl").exists());
 }
 
 #[test]
