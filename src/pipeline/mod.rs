@@ -8,6 +8,7 @@ pub mod crossval;
 pub mod datasets;
 pub mod funcs;
 pub mod funnel;
+pub mod nli;
 pub mod parse;
 pub mod prompts;
 pub mod queries;
