@@ -172,7 +172,9 @@ impl Default for Sampling {
 pub struct SynthesisConfig {
     /// Seed instructions, one per line.
     pub seeds: PathBuf,
-    /// User queries: JSONL/JSON (see `queries.field`), ShareGPT or `messages` layouts.
+    /// User queries: JSONL/JSON (see `queries.field`), ShareGPT or `messages` layouts;
+    /// a local file or `hf://datasets/OWNER/NAME[/PATH]` (a `.json`/`.jsonl` file of a
+    /// Hugging Face dataset, through the hub cache).
     pub queries_file: PathBuf,
     /// Instructions that already have verified functions (records of crossval's
     /// `instructions.jsonl`: `{id, instruction, funcs: [{source, accuracy}], cases}`).
@@ -299,6 +301,9 @@ impl Default for CrossvalConfig {
 pub enum ConsistencyChecker {
     /// Cosine similarity of MiniLM sentence embeddings.
     Minilm,
+    /// The supervision model judges each back-translation against the original
+    /// (prompt `judge`): consistent, neutral or contradiction.
+    Judge,
     /// Keep every instruction (back-translations are still recorded).
     None,
 }
@@ -315,6 +320,8 @@ pub struct BacktranslateConfig {
     /// Kept functions shown to the model (the released script shows up to 3).
     pub max_funcs: usize,
     pub sampling: Sampling,
+    /// The `judge` checker's answers: greedy, and short since one word is asked for.
+    pub judge_sampling: Sampling,
 }
 
 impl Default for BacktranslateConfig {
@@ -325,6 +332,7 @@ impl Default for BacktranslateConfig {
             min_similarity: 0.45,
             max_funcs: 3,
             sampling: Sampling::new(0.0, 256),
+            judge_sampling: Sampling::new(0.0, 64),
         }
     }
 }

@@ -2,22 +2,26 @@
 //! instructions; a consistency check drops an instruction whose back-translations all
 //! drift from the original. The paper uses an NLI model and drops *contradiction*; the
 //! default here is the embedded MiniLM sentence embedder (offline): keep when the best
-//! back-translation's cosine similarity reaches `min_similarity`.
+//! back-translation's cosine similarity reaches `min_similarity`. The `judge` checker
+//! asks the supervision model instead, once per distinct back-translation (at most
+//! `max_funcs`), and keeps the instruction unless its best verdict is *contradiction*
+//! (`inconsistent`) or no answer names a verdict (`unparsed_judgement`).
 //!
 //! Output `backtranslate/instructions.jsonl`: the crossval record plus
-//! `back_instructions` and `similarity`; `backtranslate/rejected.jsonl`.
+//! `back_instructions`, `similarity` and, with the judge, `judgements`;
+//! `backtranslate/rejected.jsonl`.
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::crossval::{self, Validated};
 use super::funnel::FunnelRow;
-use super::parse::parse_back_translation;
+use super::parse::{parse_back_translation, parse_judgement, JudgeLabel};
 use super::prompts::fill;
 use super::run_dir::read_lines;
 use super::similarity::{cosine, Embedder};
 use super::Pipeline;
-use crate::config::ConsistencyChecker;
+use crate::config::{BacktranslateConfig, ConsistencyChecker};
 
 pub const STAGE: &str = "backtranslate";
 
@@ -28,7 +32,19 @@ pub struct Checked {
     pub back_instructions: Vec<String>,
     /// Best cosine similarity to the original (absent without a checker).
     pub similarity: Option<f32>,
+    /// The `judge` checker's answers, one per judged back-translation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judgements: Option<Vec<Judgement>>,
     pub reason: Option<String>,
+}
+
+/// One back-translation as the judge saw it: what it wrote and the verdict read from
+/// that (absent when none could be read).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judgement {
+    pub back_instruction: String,
+    pub label: Option<JudgeLabel>,
+    pub text: String,
 }
 
 /// The instructions that go on to the queries stage: this stage's kept ones, or the
@@ -42,6 +58,7 @@ pub fn kept_instructions(p: &Pipeline) -> Result<Vec<Checked>> {
                 validated,
                 back_instructions: Vec::new(),
                 similarity: None,
+                judgements: None,
                 reason: None,
             })
             .collect()),
@@ -55,7 +72,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     let template = p.config.synthesis.prompts.backtranslate.clone();
     let embedder = match cfg.checker {
         ConsistencyChecker::Minilm => Some(Embedder::load(&cfg.embedder)?),
-        ConsistencyChecker::None => None,
+        ConsistencyChecker::Judge | ConsistencyChecker::None => None,
     };
     let run = p.run.clone();
     let checked: Vec<Checked> = run.chunked(
@@ -78,11 +95,17 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                 })
                 .collect();
             let texts = p.generate(STAGE, &prompts, 1, &cfg.sampling)?;
-            units
-                .iter()
-                .zip(texts)
-                .map(|(v, t)| check(v, &t[0], embedder.as_ref(), cfg.min_similarity))
-                .collect()
+            match cfg.checker {
+                ConsistencyChecker::Minilm | ConsistencyChecker::None => units
+                    .iter()
+                    .zip(texts)
+                    .map(|(v, t)| check(v, &t[0], embedder.as_ref(), cfg.min_similarity))
+                    .collect(),
+                ConsistencyChecker::Judge => {
+                    let back: Vec<&str> = texts.iter().map(|t| t[0].as_str()).collect();
+                    judge_chunk(p, &cfg, units, &back)
+                }
+            }
         },
     )?;
     let mut row = FunnelRow::new(STAGE, "instructions");
@@ -102,6 +125,90 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     Ok(vec![row])
 }
 
+/// The `judge` checker over one chunk: one greedy request per (instruction, distinct
+/// back-translation), all in one batch, each seeded by its own key.
+fn judge_chunk(
+    p: &mut Pipeline,
+    cfg: &BacktranslateConfig,
+    units: &[Validated],
+    back_texts: &[&str],
+) -> Result<Vec<Checked>> {
+    let template = p.config.synthesis.prompts.judge.clone();
+    let parsed: Vec<Result<Vec<String>, &'static str>> = back_texts
+        .iter()
+        .map(|t| parse_back_translation(t))
+        .collect();
+    let mut prompts = Vec::new();
+    let mut judged: Vec<Vec<String>> = Vec::with_capacity(units.len());
+    for (v, back) in units.iter().zip(&parsed) {
+        let mut distinct: Vec<String> = Vec::new();
+        for b in back.iter().flatten() {
+            if distinct.len() < cfg.max_funcs && !distinct.contains(b) {
+                prompts.push((
+                    format!("{}/judge{}", v.id, distinct.len()),
+                    fill(
+                        &template,
+                        &[("instruction", &v.instruction), ("back_instruction", b)],
+                    ),
+                ));
+                distinct.push(b.clone());
+            }
+        }
+        judged.push(distinct);
+    }
+    let answers = if prompts.is_empty() {
+        Vec::new()
+    } else {
+        p.generate(STAGE, &prompts, 1, &cfg.judge_sampling)?
+    };
+    let mut answers = answers.into_iter().map(|mut t| t.remove(0));
+    Ok(units
+        .iter()
+        .zip(parsed)
+        .zip(judged)
+        .map(|((v, back), judged)| {
+            let back = match back {
+                Ok(back) => back,
+                Err(reason) => return rejected_unparsed(v, reason),
+            };
+            let judgements: Vec<Judgement> = judged
+                .into_iter()
+                .map(|back_instruction| {
+                    let text = answers.next().expect("one answer per judge prompt");
+                    Judgement {
+                        back_instruction,
+                        label: parse_judgement(&text).ok(),
+                        text,
+                    }
+                })
+                .collect();
+            let reason = match judgements.iter().filter_map(|j| j.label).max() {
+                None => Some("unparsed_judgement"),
+                Some(JudgeLabel::Contradiction) => Some("inconsistent"),
+                Some(JudgeLabel::Neutral | JudgeLabel::Consistent) => None,
+            };
+            Checked {
+                validated: v.clone(),
+                back_instructions: back,
+                similarity: None,
+                judgements: Some(judgements),
+                reason: reason.map(str::to_string),
+            }
+        })
+        .collect())
+}
+
+/// An instruction whose back-translation text could not be read.
+fn rejected_unparsed(v: &Validated, reason: &str) -> Checked {
+    Checked {
+        validated: v.clone(),
+        back_instructions: Vec::new(),
+        similarity: None,
+        judgements: None,
+        reason: Some(reason.to_string()),
+    }
+}
+
 /// Decides one instruction from its back-translation text.
 pub fn check(
     v: &Validated,
@@ -111,14 +218,7 @@ pub fn check(
 ) -> Result<Checked> {
     let back = match parse_back_translation(text) {
         Ok(back) => back,
-        Err(reason) => {
-            return Ok(Checked {
-                validated: v.clone(),
-                back_instructions: Vec::new(),
-                similarity: None,
-                reason: Some(reason.to_string()),
-            })
-        }
+        Err(reason) => return Ok(rejected_unparsed(v, reason)),
     };
     let similarity = match embedder {
         None => None,
@@ -139,6 +239,7 @@ pub fn check(
         validated: v.clone(),
         back_instructions: back,
         similarity,
+        judgements: None,
         reason: (!consistent).then(|| "inconsistent".to_string()),
     })
 }

@@ -4,6 +4,7 @@
 //! that the stages count.
 
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::OnceLock;
 
@@ -286,6 +287,45 @@ pub fn parse_score(text: &str) -> Result<f64, &'static str> {
     Ok(score)
 }
 
+/// A judge's verdict on whether a back-translation asks for what the original asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeLabel {
+    // Declared from worst to best, so the best of several verdicts is their maximum.
+    Contradiction,
+    Neutral,
+    Consistent,
+}
+
+/// The judge's one-word answer, found in whatever it wrote around it: case, punctuation,
+/// markdown and surrounding sentences are ignored, the last of `consistent`, `neutral`,
+/// `contradiction` wins (a closing answer follows any reasoning), and neither an echo of
+/// the option list (`consistent, neutral or contradiction`) nor a negated word
+/// (`not consistent`, `no contradiction`) counts.
+pub fn parse_judgement(text: &str) -> Result<JudgeLabel, &'static str> {
+    static OPTIONS: OnceLock<Regex> = OnceLock::new();
+    static LABEL: OnceLock<Regex> = OnceLock::new();
+    let options = OPTIONS.get_or_init(|| {
+        Regex::new(r"(?i)\bconsistent\W+neutral\W+(?:or\W+)?contradiction\b").unwrap()
+    });
+    let text = options.replace_all(text, " ");
+    let re = LABEL.get_or_init(|| {
+        Regex::new(
+            r"(?i)\b(?:(not|no|isn['’]t)\s+(?:an?\s+)?)?(consistent|neutral|contradiction)\b",
+        )
+        .unwrap()
+    });
+    re.captures_iter(&text)
+        .filter(|c| c.get(1).is_none())
+        .last()
+        .map(|c| match c[2].to_ascii_lowercase().as_str() {
+            "consistent" => JudgeLabel::Consistent,
+            "neutral" => JudgeLabel::Neutral,
+            _ => JudgeLabel::Contradiction,
+        })
+        .ok_or("unparsed_judgement")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +396,46 @@ mod tests {
             parse_back_translation("Write fewer than ten words.").unwrap(),
             vec!["Write fewer than ten words."]
         );
+    }
+
+    #[test]
+    fn judgements() {
+        use JudgeLabel::*;
+        let cases = [
+            ("consistent", Ok(Consistent)),
+            ("Contradiction.", Ok(Contradiction)),
+            ("**Neutral**", Ok(Neutral)),
+            ("`CONSISTENT`", Ok(Consistent)),
+            ("Answer: contradiction\n", Ok(Contradiction)),
+            (
+                "Instruction B asks for lowercase letters only, which is the same as A.\n\nConsistent",
+                Ok(Consistent),
+            ),
+            // The model echoes the options first; its answer comes last.
+            (
+                "Answer with one word: consistent, neutral or contradiction.\nNeutral",
+                Ok(Neutral),
+            ),
+            (
+                "B requires uppercase while A requires lowercase, so the answer is: **contradiction**.",
+                Ok(Contradiction),
+            ),
+            ("There is no contradiction here, so: consistent", Ok(Consistent)),
+            ("B is not consistent with A. Contradiction", Ok(Contradiction)),
+            ("Neutral. B isn’t a contradiction of A.", Ok(Neutral)),
+            // Words that only contain a label do not count.
+            ("The instructions are inconsistent.", Err("unparsed_judgement")),
+            ("Consistently formatted, but I cannot tell.", Err("unparsed_judgement")),
+            ("Instruction A: Answer in French.", Err("unparsed_judgement")),
+            (
+                "Answer with one word: consistent, neutral or contradiction.",
+                Err("unparsed_judgement"),
+            ),
+            ("", Err("unparsed_judgement")),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_judgement(text), want, "{text:?}");
+        }
+        assert!(Consistent > Neutral && Neutral > Contradiction);
     }
 }

@@ -14,6 +14,9 @@ pub struct PromptTemplates {
     pub funcs: String,
     /// `{funcs}`: JSON list of [source, accuracy] pairs.
     pub backtranslate: String,
+    /// `{instruction}` (the original), `{back_instruction}` (one back-translation); used
+    /// by the `judge` consistency checker.
+    pub judge: String,
     /// `{instruction}`, `{query}`.
     pub response: String,
     /// `{instruction}`, `{query}`, `{response}`.
@@ -26,6 +29,7 @@ impl Default for PromptTemplates {
             augment: AUGMENT.to_string(),
             funcs: FUNCS.to_string(),
             backtranslate: BACKTRANSLATE.to_string(),
+            judge: JUDGE.to_string(),
             response: RESPONSE.to_string(),
             score: SCORE.to_string(),
         }
@@ -61,6 +65,15 @@ Please response with a single JSON includes the evaluation function in the key `
 Here is an example of output JSON format: {\"func\": JSON_STR(use only \\n instead of \n), \"cases\": [{\"input\": str, \"output\": str}]}.";
 
 const BACKTRANSLATE: &str = "You are an expert in converting the Python eval function code into the corresponding instruction text. I will provide the eval function code. Please strictly follow the code to convert it into the corresponding instruction text. Here's an example: \n\n[[\"def evaluate(response):\\n    return 'e' not in response.lower()\", 1.0], [\"def evaluate(response):\\n    words = response.split()\\n    for word in words:\\n        if 'e' in word.lower():\\n            return False\\n    return True\", 1.0], [\"def evaluate(response):\\n    return all('e' not in word.lower() for word in response.split())\", 1.0]] \n\n[\"Answer without using any words that contain the letter 'E'.\",\"Answer with words that do not contain the letter 'E'.\",\"Answer with words that do not contain the letter 'E'.\"] Please convert the following eval function into instructions stored in a list: \n\n{funcs}";
+
+// Our own wording: the paper judges consistency with an NLI model and has no prompt. The
+// three labels are NLI's, with "contradiction" covering a back-translation that asks for
+// something else, since that is what a drifted verification function produces.
+const JUDGE: &str = "You check whether two instructions about the format of a response ask for the same thing.
+Instruction A: {instruction}
+Instruction B: {back_instruction}
+Answer `consistent` if B asks for the same thing as A, `neutral` if B asks for part of A or adds details that do not conflict with A, and `contradiction` if B asks for something different from A or conflicts with it.
+Answer with one word: consistent, neutral or contradiction.";
 
 const RESPONSE: &str = "Please answer the query strictly following the instruction.
 [instruction] {instruction}

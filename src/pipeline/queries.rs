@@ -8,6 +8,10 @@
 //! `instruction`, `question` or `text`, or the first user turn of ShareGPT
 //! `conversations` or of `messages`.
 //!
+//! `hf://datasets/OWNER/NAME[/PATH]` names a `.json`/`.jsonl` file of a Hugging Face
+//! dataset, resolved through the hub cache (`HF_HOME`; with `HF_HUB_OFFLINE` set only
+//! the cache is used). Without a path the dataset must have exactly one such data file.
+//!
 //! Output `queries/pairs.jsonl`: `{id, instruction_id, query_id, instruction, query,
 //! funcs}`; `queries/rejected.jsonl`: `{query, reason}`.
 
@@ -18,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::backtranslate;
 use super::funnel::FunnelRow;
@@ -45,10 +49,15 @@ struct Rejected {
     reason: String,
 }
 
-/// Reads the query texts of a file (see the module docs for the layouts).
+/// Reads the query texts of a file or a hub dataset file (see the module docs for the
+/// layouts).
 pub fn read_queries(path: &Path, field: &str) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read the query file", path.display()))?;
+    let (path, name) = match path.to_str().and_then(|s| s.strip_prefix(HF_DATASETS)) {
+        Some(rest) => hub_dataset_file(rest)?,
+        None => (path.to_path_buf(), path.display().to_string()),
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{name}: cannot read the query file"))?;
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let records: Vec<Value> = match extension {
         "jsonl" => text
@@ -56,16 +65,15 @@ pub fn read_queries(path: &Path, field: &str) -> Result<Vec<String>> {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))
+                serde_json::from_str(l).with_context(|| format!("{name}:{}: not valid JSON", i + 1))
             })
             .collect::<Result<_>>()?,
-        "json" => match serde_json::from_str(&text)
-            .with_context(|| format!("{}: not valid JSON", path.display()))?
-        {
-            Value::Array(items) => items,
-            _ => bail!("{}: expected a JSON array of records", path.display()),
-        },
+        "json" => {
+            match serde_json::from_str(&text).with_context(|| format!("{name}: not valid JSON"))? {
+                Value::Array(items) => items,
+                _ => bail!("{name}: expected a JSON array of records"),
+            }
+        }
         _ => text
             .lines()
             .filter(|l| !l.trim().is_empty())
@@ -73,7 +81,7 @@ pub fn read_queries(path: &Path, field: &str) -> Result<Vec<String>> {
             .collect(),
     };
     if records.is_empty() {
-        bail!("{}: no queries", path.display());
+        bail!("{name}: no queries");
     }
     records
         .iter()
@@ -81,8 +89,7 @@ pub fn read_queries(path: &Path, field: &str) -> Result<Vec<String>> {
         .map(|(i, r)| {
             query_text(r, field).with_context(|| {
                 format!(
-                    "{} record {}: no query text{}",
-                    path.display(),
+                    "{name} record {}: no query text{}",
                     i + 1,
                     if field.is_empty() {
                         String::new()
@@ -93,6 +100,141 @@ pub fn read_queries(path: &Path, field: &str) -> Result<Vec<String>> {
             })
         })
         .collect()
+}
+
+const HF_DATASETS: &str = "hf://datasets/";
+
+/// Dataset files that describe the data rather than hold it.
+const METADATA_FILES: [&str; 4] = [
+    "dataset_info.json",
+    "dataset_infos.json",
+    "dataset_dict.json",
+    "state.json",
+];
+
+/// The local copy of `OWNER/NAME[/PATH]` of a hub dataset (cached, or downloaded into
+/// the cache unless offline) and the `hf://` name errors give it.
+fn hub_dataset_file(spec: &str) -> Result<(PathBuf, String)> {
+    let mut parts = spec.splitn(3, '/');
+    let (owner, name) = match (parts.next(), parts.next()) {
+        (Some(o), Some(n)) if !o.is_empty() && !n.is_empty() => (o, n),
+        _ => bail!("{HF_DATASETS}{spec}: expected {HF_DATASETS}OWNER/NAME[/PATH/IN/REPO]"),
+    };
+    let id = format!("{owner}/{name}");
+    let dataset = format!("{HF_DATASETS}{id}");
+    let cache = hf_hub::Cache::from_env();
+    let repo = hf_hub::Repo::new(id.clone(), hf_hub::RepoType::Dataset);
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0");
+    let file = match parts.next().filter(|f| !f.is_empty()) {
+        Some(file) => {
+            if !is_data_file(file) {
+                bail!("{dataset}: {file}: only .json and .jsonl files can be read");
+            }
+            file.to_string()
+        }
+        None => {
+            let files = if offline {
+                cached_files(&cache, &repo).with_context(|| {
+                    format!(
+                        "{dataset}: not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set",
+                        cache.path().display()
+                    )
+                })?
+            } else {
+                hub_api()?
+                    .repo(repo.clone())
+                    .info()
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{dataset}: cannot list the dataset's files on the hub ({e}); \
+                             set HF_HUB_OFFLINE=1 to use the cache"
+                        )
+                    })?
+                    .siblings
+                    .into_iter()
+                    .map(|s| s.rfilename)
+                    .collect()
+            };
+            single_data_file(&dataset, &files)?
+        }
+    };
+    let shown = format!("{dataset}/{file}");
+    if let Some(path) = cache.repo(repo.clone()).get(&file) {
+        return Ok((path, shown));
+    }
+    if offline {
+        bail!(
+            "{dataset}: {file} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set",
+            cache.path().display()
+        );
+    }
+    let path = hub_api()?
+        .repo(repo)
+        .get(&file)
+        .map_err(|e| anyhow::anyhow!("{dataset}: cannot download {file} from the hub ({e})"))?;
+    Ok((path, shown))
+}
+
+fn hub_api() -> Result<hf_hub::api::sync::Api> {
+    hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .context("cannot set up the Hugging Face hub client")
+}
+
+fn is_data_file(file: &str) -> bool {
+    let base = file.rsplit('/').next().unwrap_or(file);
+    (file.ends_with(".jsonl") || file.ends_with(".json"))
+        && !METADATA_FILES.contains(&base)
+        && !file.split('/').any(|part| part.starts_with('.'))
+}
+
+/// The one data file among a dataset's files, or an error listing the candidates.
+fn single_data_file(dataset: &str, files: &[String]) -> Result<String> {
+    let data: Vec<&String> = files.iter().filter(|f| is_data_file(f)).collect();
+    match data.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => bail!(
+            "{dataset}: no .json or .jsonl data file in the dataset (files: {})",
+            if files.is_empty() {
+                "none".to_string()
+            } else {
+                files.join(", ")
+            }
+        ),
+        many => bail!(
+            "{dataset}: {} data files, name one as {dataset}/PATH: {}",
+            many.len(),
+            many.iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The files of the cached snapshot that `refs/main` points to, as repo paths.
+fn cached_files(cache: &hf_hub::Cache, repo: &hf_hub::Repo) -> Result<Vec<String>> {
+    let root = cache.path().join(repo.folder_name());
+    let commit = std::fs::read_to_string(root.join("refs").join(repo.revision()))?;
+    let snapshot = root.join("snapshots").join(commit.trim());
+    let mut files = Vec::new();
+    let mut folders = vec![snapshot.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            // `is_dir`/`is_file` follow the snapshot's symlinks into `blobs/`.
+            let path = entry?.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.is_file() {
+                let relative = path.strip_prefix(&snapshot).expect("under the snapshot");
+                let parts: Vec<_> = relative.iter().map(|p| p.to_string_lossy()).collect();
+                files.push(parts.join("/"));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 fn query_text(record: &Value, field: &str) -> Option<String> {
@@ -202,4 +344,29 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     p.run.write_records(STAGE, "pairs.jsonl", &pairs)?;
     p.run.write_records(STAGE, "rejected.jsonl", &rejected)?;
     Ok(vec![queries_row, pairs_row])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_files_of_a_dataset() {
+        assert!(is_data_file("data/train.jsonl"));
+        assert!(is_data_file("queries.json"));
+        assert!(!is_data_file("data/train.parquet"));
+        assert!(!is_data_file("train.jsonl.gz"));
+        assert!(!is_data_file("dataset_infos.json"));
+        assert!(!is_data_file(".cache/x.json"));
+        let files = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            single_data_file("d", &files(&["README.md", "dataset_info.json", "q.jsonl"])).unwrap(),
+            "q.jsonl"
+        );
+        let err = single_data_file("d", &files(&["README.md", "train.parquet"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "d: no .json or .jsonl data file in the dataset (files: README.md, train.parquet)"
+        );
+    }
 }
