@@ -304,6 +304,10 @@ pub enum ConsistencyChecker {
     /// The supervision model judges each back-translation against the original
     /// (prompt `judge`): consistent, neutral or contradiction.
     Judge,
+    /// An NLI sequence-classification model (`nli_model`, BERT or DeBERTa-v2/v3): drop
+    /// when every back-translation is classified as contradicting the original (the
+    /// paper's filter).
+    Nli,
     /// Keep every instruction (back-translations are still recorded).
     None,
 }
@@ -314,6 +318,10 @@ pub struct BacktranslateConfig {
     pub checker: ConsistencyChecker,
     /// The sentence-embedding model folder (BERT, safetensors, tokenizer.json).
     pub embedder: PathBuf,
+    /// The NLI classifier folder for `checker = "nli"` (config.json with `id2label`,
+    /// model.safetensors, tokenizer.json), e.g. a local copy of
+    /// MoritzLaurer/mDeBERTa-v3-base-xnli-multilingual-nli-2mil7.
+    pub nli_model: Option<PathBuf>,
     /// Keep an instruction when its best back-translation reaches this cosine
     /// similarity (docs/pipeline.md says how it was chosen).
     pub min_similarity: f32,
@@ -329,6 +337,7 @@ impl Default for BacktranslateConfig {
         Self {
             checker: ConsistencyChecker::Minilm,
             embedder: PathBuf::from("models/all-MiniLM-L6-v2"),
+            nli_model: None,
             min_similarity: 0.45,
             max_funcs: 3,
             sampling: Sampling::new(0.0, 256),
@@ -465,6 +474,12 @@ impl RunConfig {
             if value == 0 {
                 bail!("{name} must be at least 1");
             }
+        }
+        let bt = &s.backtranslate;
+        if bt.checker == ConsistencyChecker::Nli && bt.nli_model.is_none() {
+            bail!(
+                "synthesis.backtranslate.checker = \"nli\" needs synthesis.backtranslate.nli_model"
+            );
         }
         if !["auto", "cpu", "cuda"].contains(&self.model.device.as_str()) {
             bail!(

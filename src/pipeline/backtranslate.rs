@@ -5,7 +5,9 @@
 //! back-translation's cosine similarity reaches `min_similarity`. The `judge` checker
 //! asks the supervision model instead, once per distinct back-translation (at most
 //! `max_funcs`), and keeps the instruction unless its best verdict is *contradiction*
-//! (`inconsistent`) or no answer names a verdict (`unparsed_judgement`).
+//! (`inconsistent`) or no answer names a verdict (`unparsed_judgement`). The `nli`
+//! checker classifies (instruction, back-translation) pairs with an NLI model and drops
+//! the instruction when every back-translation contradicts it.
 //!
 //! Output `backtranslate/instructions.jsonl`: the crossval record plus
 //! `back_instructions`, `similarity` and, with the judge, `judgements`;
@@ -16,12 +18,14 @@ use serde::{Deserialize, Serialize};
 
 use super::crossval::{self, Validated};
 use super::funnel::FunnelRow;
+use super::nli::NliClassifier;
 use super::parse::{parse_back_translation, parse_judgement, JudgeLabel};
 use super::prompts::fill;
 use super::run_dir::read_lines;
 use super::similarity::{cosine, Embedder};
 use super::Pipeline;
 use crate::config::{BacktranslateConfig, ConsistencyChecker};
+use candle_core::Device;
 
 pub const STAGE: &str = "backtranslate";
 
@@ -72,7 +76,11 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     let template = p.config.synthesis.prompts.backtranslate.clone();
     let embedder = match cfg.checker {
         ConsistencyChecker::Minilm => Some(Embedder::load(&cfg.embedder)?),
-        ConsistencyChecker::Judge | ConsistencyChecker::None => None,
+        ConsistencyChecker::Judge | ConsistencyChecker::Nli | ConsistencyChecker::None => None,
+    };
+    let classifier = match (&cfg.checker, &cfg.nli_model) {
+        (ConsistencyChecker::Nli, Some(dir)) => Some(NliClassifier::load(dir, &Device::Cpu)?),
+        _ => None,
     };
     let run = p.run.clone();
     let checked: Vec<Checked> = run.chunked(
@@ -104,6 +112,14 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                 ConsistencyChecker::Judge => {
                     let back: Vec<&str> = texts.iter().map(|t| t[0].as_str()).collect();
                     judge_chunk(p, &cfg, units, &back)
+                }
+                ConsistencyChecker::Nli => {
+                    let classifier = classifier.as_ref().expect("loaded for the nli checker");
+                    units
+                        .iter()
+                        .zip(texts)
+                        .map(|(v, t)| nli_check(v, &t[0], classifier, cfg.max_funcs))
+                        .collect()
                 }
             }
         },
@@ -196,6 +212,65 @@ fn judge_chunk(
             }
         })
         .collect())
+}
+
+/// The `nli` checker for one instruction: premise = the instruction, hypothesis = each
+/// distinct back-translation (at most `max_funcs`); dropped when all contradict. The
+/// verdicts are recorded as judgements (entailment counts as consistent).
+fn nli_check(
+    v: &Validated,
+    text: &str,
+    classifier: &NliClassifier,
+    max_funcs: usize,
+) -> Result<Checked> {
+    let back = match parse_back_translation(text) {
+        Ok(back) => back,
+        Err(reason) => return Ok(rejected_unparsed(v, reason)),
+    };
+    let mut distinct: Vec<&str> = Vec::new();
+    for b in &back {
+        if distinct.len() < max_funcs && !distinct.contains(&b.as_str()) {
+            distinct.push(b);
+        }
+    }
+    let pairs: Vec<(&str, &str)> = distinct
+        .iter()
+        .map(|b| (v.instruction.as_str(), *b))
+        .collect();
+    let predictions = classifier.predict(&pairs)?;
+    let judgements: Vec<Judgement> = distinct
+        .iter()
+        .zip(&predictions)
+        .map(|(b, prediction)| {
+            let label = if classifier.contradicts(prediction) {
+                JudgeLabel::Contradiction
+            } else if prediction.label.eq_ignore_ascii_case("entailment") {
+                JudgeLabel::Consistent
+            } else {
+                JudgeLabel::Neutral
+            };
+            let probabilities: Vec<String> = prediction
+                .probabilities
+                .iter()
+                .map(|(l, p)| format!("{l} {p:.3}"))
+                .collect();
+            Judgement {
+                back_instruction: b.to_string(),
+                label: Some(label),
+                text: probabilities.join(", "),
+            }
+        })
+        .collect();
+    let all_contradict = judgements
+        .iter()
+        .all(|j| j.label == Some(JudgeLabel::Contradiction));
+    Ok(Checked {
+        validated: v.clone(),
+        back_instructions: back,
+        similarity: None,
+        judgements: Some(judgements),
+        reason: all_contradict.then(|| "inconsistent".to_string()),
+    })
 }
 
 /// An instruction whose back-translation text could not be read.
