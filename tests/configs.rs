@@ -39,11 +39,10 @@ fn quickstart_runs_the_whole_loop_from_verified_instructions() {
         ]
     );
     // A partial training section keeps its algorithm's own defaults.
-    assert_eq!(
-        config.dpo.args.lr,
-        autoif::train::DpoConfig::default().args.lr
-    );
-    assert_eq!(config.dpo.args.epochs, 1);
+    let dpo_defaults = autoif::train::DpoConfig::default();
+    assert_eq!(config.dpo.args.schedule, dpo_defaults.args.schedule);
+    assert_eq!(config.dpo.beta, dpo_defaults.beta);
+    assert_eq!(config.dpo.args.max_steps, 6);
 }
 
 #[test]
