@@ -2,6 +2,7 @@
 //! points and resumed ends with exactly the artifacts of an uninterrupted run, and bad
 //! input gives one clear error line without leaving a broken run folder.
 
+mod common;
 mod pipeline_support;
 
 use autoif::pipeline::run_dir::{RunDir, StageState};
@@ -10,7 +11,6 @@ use pipeline_support::{config, python_available};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -193,30 +193,6 @@ fn artifacts(root: &Path) -> BTreeMap<String, String> {
     files
 }
 
-/// Starts `autoif run`, waits until `marker` exists, and kills it with SIGKILL.
-fn kill_when(args: &[&str], marker: &Path) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autoif"))
-        .args(args)
-        .current_dir(ROOT)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !marker.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "autoif ended ({status}) before {} appeared",
-                marker.display()
-            );
-        }
-        assert!(started.elapsed() < Duration::from_secs(300), "timed out");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 #[test]
 fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     if !Path::new(ROOT).join(autoif::model::DEFAULT_MODEL).exists() {
@@ -240,15 +216,15 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     let killed = dir.path().join("killed");
     let k = killed.to_str().unwrap();
     // Mid-augment (after its first part), mid-funcs, and right after funcs finished.
-    kill_when(
+    common::kill_autoif_when(
         &["run", "--config", cfg, "--out", k],
         &killed.join("augment/parts/00000.jsonl"),
     );
-    kill_when(
+    common::kill_autoif_when(
         &["run", "--resume", k],
         &killed.join("funcs/parts/00001.jsonl"),
     );
-    kill_when(&["run", "--resume", k], &killed.join("funcs/answers.jsonl"));
+    common::kill_autoif_when(&["run", "--resume", k], &killed.join("funcs/answers.jsonl"));
     let out = autoif(&["run", "--resume", k]);
     assert!(
         out.status.success(),

@@ -9,8 +9,7 @@ mod common;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -83,30 +82,6 @@ max_new_tokens = 24
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
-}
-
-/// Starts `autoif` with `args`, waits until `marker` exists, and kills it with SIGKILL.
-fn kill_when(args: &[&str], marker: &Path) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autoif"))
-        .args(args)
-        .current_dir(ROOT)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !marker.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "autoif ended ({status}) before {} appeared",
-                marker.display()
-            );
-        }
-        assert!(started.elapsed() < Duration::from_secs(600), "timed out");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]
@@ -196,7 +171,7 @@ fn whole_loop_writes_summary_report_and_a_loadable_model_and_resumes() {
     // Killed once SFT is done, then resumed: same evaluation, same merged weights.
     let killed = dir.path().join("killed");
     let k = killed.to_str().unwrap();
-    kill_when(
+    common::kill_autoif_when(
         &["run", "--config", config, "--out", k],
         &killed.join("sft/adapter_model.safetensors"),
     );

@@ -3,7 +3,9 @@
 
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -50,4 +52,29 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Starts `autoif` with `args` in the crate root, waits until `marker` exists, and kills
+/// it with SIGKILL (an interruption at that point, for resume tests).
+pub fn kill_autoif_when(args: &[&str], marker: &Path) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autoif"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !marker.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "autoif ended ({status}) before {} appeared",
+                marker.display()
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
