@@ -11,11 +11,16 @@
 //!   positions and KV-cache slot, and candle's fused kernels are used.
 //! * `forward` — training and scoring. A right-padded `[batch, seq]` batch through ops
 //!   that all have a backward pass (candle's fused rms_norm / softmax_last_dim / rope do
-//!   not, and would silently cut the gradient to the LoRA weights).
+//!   not, and would silently cut the gradient to the LoRA weights). On the CPU in f32 the
+//!   norms, the SwiGLU product and the whole attention block are this crate's fused ops
+//!   with backward passes (`train_ops`, `causal_attention`); elsewhere, compositions of
+//!   candle ops.
 
+use super::causal_attention::CausalAttention;
 use super::config::{ModelConfig, RopeScaling};
 use super::kv_cache::KvCache;
 use super::lora::{project, LoraLinear};
+use super::train_ops;
 use super::weights::Weights;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -226,13 +231,13 @@ impl Decoder {
             );
         }
         let c = &self.config;
+        // [b·t, hidden] throughout: in candle every reshape is a graph node whose backward
+        // pass costs a full-size zeroed buffer and an add.
         let mut x = self
             .embed_tokens
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, t, c.hidden_size))?;
+            .index_select(&input_ids.flatten_all()?, 0)?;
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
-        let mask = causal_mask(t, 0, self.dtype, &self.device)?;
         for layer in &self.layers {
             let h = rms_norm(
                 &x,
@@ -241,29 +246,13 @@ impl Decoder {
                 Ops::Differentiable,
             )?;
             let a = &layer.self_attn;
-            let heads = |proj: &LoraLinear, n: usize| -> Result<Tensor> {
-                Ok(proj
-                    .forward(&h, adapters)?
-                    .reshape((b, t, n, c.head_dim))?
-                    .transpose(1, 2)?)
-            };
-            let q = rope(
-                &heads(&a.q_proj, c.num_attention_heads)?,
-                &cos,
-                &sin,
-                Ops::Differentiable,
+            let attn = self.causal_attention(
+                &a.q_proj.forward(&h, adapters)?,
+                &a.k_proj.forward(&h, adapters)?,
+                &a.v_proj.forward(&h, adapters)?,
+                (b, t),
+                (&cos, &sin),
             )?;
-            let k = rope(
-                &heads(&a.k_proj, c.num_key_value_heads)?,
-                &cos,
-                &sin,
-                Ops::Differentiable,
-            )?;
-            let v = heads(&a.v_proj, c.num_key_value_heads)?;
-            let attn = self.attention(&q, &k, &v, Some(&mask), Ops::Differentiable)?; // [b, heads, t, d]
-            let attn = attn
-                .transpose(1, 2)?
-                .reshape((b, t, c.num_attention_heads * c.head_dim))?;
             x = (x + a.o_proj.forward(&attn, adapters)?)?;
             let h = rms_norm(
                 &x,
@@ -271,9 +260,10 @@ impl Decoder {
                 c.rms_norm_eps,
                 Ops::Differentiable,
             )?;
-            x = (x + mlp(&layer.mlp, &h, adapters)?)?;
+            x = (x + differentiable_mlp(&layer.mlp, &h, adapters)?)?;
         }
-        rms_norm(&x, &self.norm, c.rms_norm_eps, Ops::Differentiable)
+        let x = rms_norm(&x, &self.norm, c.rms_norm_eps, Ops::Differentiable)?;
+        Ok(x.reshape((b, t, c.hidden_size))?)
     }
 
     /// Inference forward over packed tokens `[n]` (u32) with their absolute `positions`
@@ -430,32 +420,52 @@ impl Decoder {
         Ok(attn)
     }
 
-    /// Scaled dot-product attention for `[b, heads, t, d]` queries against `[b, kv_heads,
-    /// s, d]` keys/values with an additive mask `[t, s]`; returns `[b, heads, t, d]`.
-    fn attention(
+    /// Differentiable causal attention with rotary positions over `b` sequences of `t`
+    /// tokens from position 0: `q` `[b·t, heads·d]`, `k`/`v` `[b·t, kv_heads·d]` as the
+    /// projections give them; returns `[b·t, heads·d]`.
+    fn causal_attention(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        mask: Option<&Tensor>,
-        ops: Ops,
+        (b, t): (usize, usize),
+        (cos, sin): (&Tensor, &Tensor),
     ) -> Result<Tensor> {
         let c = &self.config;
-        let (b, nh, t, d) = q.dims4()?;
-        let s = k.dim(2)?;
-        let kvh = c.num_key_value_heads;
+        let (nh, kvh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        if train_ops::fused_applies(q) && cos.dtype() == DType::F32 {
+            let op = CausalAttention {
+                batch: b,
+                seq: t,
+                heads: nh,
+                kv_heads: kvh,
+                head_dim: d,
+                cos: cos.clone(),
+                sin: sin.clone(),
+            };
+            return Ok(op.apply(q, k, v)?);
+        }
+        let heads = |x: &Tensor, n: usize| x.reshape((b, t, n, d))?.transpose(1, 2);
+        let q = rope(&heads(q, nh)?, cos, sin, Ops::Differentiable)?;
+        let k = rope(&heads(k, kvh)?, cos, sin, Ops::Differentiable)?;
+        let v = heads(v, kvh)?;
         let group = nh / kvh;
+        // Query heads that share a KV head are stacked as rows: [b, kv, group*t, d].
         let q = q.contiguous()?.reshape((b, kvh, group * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let mut scores = (q.matmul(&k.contiguous()?.transpose(2, 3)?)? * scale)?;
-        if let Some(m) = mask {
-            scores = scores
-                .reshape((b, kvh, group, t, s))?
-                .broadcast_add(m)?
-                .reshape((b, kvh, group * t, s))?;
-        }
-        let probs = softmax(&scores.to_dtype(DType::F32)?, ops)?.to_dtype(q.dtype())?;
-        Ok(probs.matmul(&v.contiguous()?)?.reshape((b, nh, t, d))?)
+        let scores = (q.matmul(&k.contiguous()?.transpose(2, 3)?)? * scale)?;
+        let mask = causal_mask(t, 0, self.dtype, &self.device)?;
+        let masked = scores
+            .reshape((b, kvh, group, t, t))?
+            .broadcast_add(&mask)?
+            .reshape((b, kvh, group * t, t))?;
+        let probs =
+            softmax(&masked.to_dtype(DType::F32)?, Ops::Differentiable)?.to_dtype(q.dtype())?;
+        Ok(probs
+            .matmul(&v.contiguous()?)?
+            .reshape((b, nh, t, d))?
+            .transpose(1, 2)?
+            .reshape((b * t, nh * d))?)
     }
 }
 
@@ -463,6 +473,19 @@ fn mlp(m: &Mlp, x: &Tensor, adapters: bool) -> Result<Tensor> {
     let gate = candle_nn::ops::silu(&m.gate_proj.forward(x, adapters)?)?;
     let up = m.up_proj.forward(x, adapters)?;
     m.down_proj.forward(&(gate * up)?, adapters)
+}
+
+/// `mlp` for the differentiable path: on the CPU in f32 the gate's SiLU and the product
+/// are one fused op with a backward pass.
+fn differentiable_mlp(m: &Mlp, x: &Tensor, adapters: bool) -> Result<Tensor> {
+    let gate = m.gate_proj.forward(x, adapters)?;
+    let up = m.up_proj.forward(x, adapters)?;
+    let hidden = if train_ops::fused_applies(&gate) {
+        train_ops::swiglu(&gate, &up)?
+    } else {
+        (candle_nn::ops::silu(&gate)? * up)?
+    };
+    m.down_proj.forward(&hidden, adapters)
 }
 
 /// Additive mask `[t, past + t]`: query `i` sees keys `0..=past + i`.
@@ -485,6 +508,13 @@ fn causal_mask(t: usize, past: usize, dtype: DType, device: &Device) -> Result<T
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, ops: Ops) -> Result<Tensor> {
     match ops {
         Ops::Fused => Ok(candle_nn::ops::rms_norm(x, weight, eps as f32)?),
+        Ops::Differentiable
+            if train_ops::fused_applies(x)
+                && weight.dtype() == DType::F32
+                && !weight.track_op() =>
+        {
+            Ok(train_ops::rms_norm(x, weight, eps)?)
+        }
         Ops::Differentiable => {
             let dtype = x.dtype();
             let x = x.to_dtype(DType::F32)?;

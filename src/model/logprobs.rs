@@ -2,6 +2,7 @@
 //! forward path (so DPO can use the same code with gradients).
 
 use super::decoder::Decoder;
+use super::train_ops;
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 
@@ -9,6 +10,10 @@ use candle_core::{Tensor, D};
 /// positions that predict `targets` `[n]` (u32). Returns `[n]` in f32.
 pub fn target_logprobs(decoder: &Decoder, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = decoder.logits(hidden)?;
+    if train_ops::fused_applies(&logits) {
+        let both = train_ops::target_logprob_and_lse(&logits, targets)?;
+        return Ok(both.narrow(1, 0, 1)?.squeeze(1)?);
+    }
     let max = logits.max_keepdim(D::Minus1)?;
     let shifted = logits.broadcast_sub(&max)?;
     let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;

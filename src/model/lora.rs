@@ -154,7 +154,33 @@ impl LoraLinear {
             .last()
             .expect("linear input has at least one dimension");
         let rows = x.elem_count() / inp;
-        let x2 = x.reshape((rows, inp))?;
+        // A reshape is a graph node (and a gradient buffer) even when it changes nothing.
+        let x2 = if dims.len() == 2 {
+            x.clone()
+        } else {
+            x.reshape((rows, inp))?
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        if let Some(ad) = self.adapter.as_ref().filter(|_| adapters) {
+            if AdaptedProjection::applies(&x2, &self.weight) {
+                let op = AdaptedProjection {
+                    weight: self.weight.clone(),
+                    scale: ad.scale,
+                };
+                let mut y = x2
+                    .contiguous()?
+                    .apply_op3(ad.a.as_tensor(), ad.b.as_tensor(), op)?;
+                if let Some(b) = &self.bias {
+                    y = y.broadcast_add(b)?;
+                }
+                return Ok(if out_dims.len() == 2 {
+                    y
+                } else {
+                    y.reshape(out_dims)?
+                });
+            }
+        }
         let mut y = project(&x2, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -169,8 +195,6 @@ impl LoraLinear {
                 y = (y + up)?;
             }
         }
-        let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
         Ok(y.reshape(out_dims)?)
     }
 }
@@ -188,8 +212,10 @@ pub fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     project_untracked(x, weight)
 }
 
+/// Up to this many rows, `x · Wᵀ` runs as `(W · xᵀ)ᵀ` (see `project`).
+const FEW_ROWS: usize = 128;
+
 fn project_untracked(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    const FEW_ROWS: usize = 128;
     if let Some(y) = project_streaming(x, weight)? {
         return Ok(y);
     }
@@ -262,11 +288,28 @@ impl candle_core::CustomOp1 for FrozenProjection {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::{CpuStorage, Device, Storage};
+        use candle_core::{CpuStorage, Device, Shape, Storage};
         let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
             candle_core::Error::Msg("frozen projection needs a contiguous input".into())
         })?;
         let dims = layout.shape().dims2()?;
+        // f32 straight into the output buffer: the LM head's output is the [tokens, vocab]
+        // logits, which the general path below copies twice.
+        if let (CpuStorage::F32(v), true) = (storage, self.weight.is_contiguous()) {
+            let (w_storage, w_layout) = self.weight.storage_and_layout();
+            if let Storage::Cpu(w_cpu @ CpuStorage::F32(_)) = &*w_storage {
+                let w = f32_slice(w_cpu, w_layout, "the weight")?;
+                let ((rows, inp), (out, w_in)) = (dims, self.weight.dims2()?);
+                if inp != w_in {
+                    candle_core::bail!(
+                        "frozen projection: input {dims:?} for weight [{out}, {w_in}]"
+                    );
+                }
+                let mut y = vec![0f32; rows * out];
+                gemm_rhs_transposed(&mut y, &v[start..end], w, (rows, out, inp), false, 1.0);
+                return Ok((CpuStorage::F32(y), Shape::from((rows, out))));
+            }
+        }
         let x = match storage {
             CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
             CpuStorage::BF16(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
@@ -292,6 +335,155 @@ impl candle_core::CustomOp1 for FrozenProjection {
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad.matmul(&self.weight.to_dtype(grad.dtype())?)?))
+    }
+}
+
+/// `x · Wᵀ + scale · (x · Aᵀ) · Bᵀ` for `x` `[rows, in]` with a frozen base weight `W`
+/// and an adapter (`A` `[r, in]`, `B` `[out, r]`) in one op, for training on the CPU in
+/// f32. Built from separate candle ops the layer is six graph nodes, and the backward pass
+/// allocates, zeroes and adds a gradient buffer for each; here the adapter's product is
+/// accumulated straight into the base output and the backward pass gives the three
+/// gradients at once (none for `W`, as `FrozenProjection`).
+struct AdaptedProjection {
+    weight: Tensor,
+    scale: f64,
+}
+
+impl AdaptedProjection {
+    /// Long inputs (training, prefill) on the CPU in f32; decoding's few rows keep the
+    /// kernels `project` picks for them.
+    fn applies(x: &Tensor, weight: &Tensor) -> bool {
+        x.dim(0).is_ok_and(|rows| rows > FEW_ROWS)
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && weight.dtype() == DType::F32
+            && weight.is_contiguous()
+    }
+}
+
+/// `dst [m, n] = alpha · dst + beta · lhs [m, k] · rhs [k, n]` over row-major slices,
+/// with `rhs` given transposed (`[n, k]` row-major), as weights are stored.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rhs_transposed(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs_t: &[f32],
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    beta: f32,
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs_t.len() >= n * k);
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // Safety: the three buffers hold the m×n, m×k and n×k matrices the strides describe
+    // (checked above), and `dst` does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs_t.as_ptr(),
+            k as isize,
+            1,
+            if accumulate { 1.0 } else { 0.0 },
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+fn f32_slice<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(v) = storage else {
+        candle_core::bail!("projection: {what} is not f32");
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("projection: {what} is not contiguous")))?;
+    Ok(&v[start..end])
+}
+
+impl candle_core::CustomOp3 for AdaptedProjection {
+    fn name(&self) -> &'static str {
+        "adapted-projection"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &candle_core::CpuStorage,
+        x_layout: &candle_core::Layout,
+        a_storage: &candle_core::CpuStorage,
+        a_layout: &candle_core::Layout,
+        b_storage: &candle_core::CpuStorage,
+        b_layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (rows, inp) = x_layout.shape().dims2()?;
+        let (r, a_in) = a_layout.shape().dims2()?;
+        let (out, b_r) = b_layout.shape().dims2()?;
+        let (w_out, w_in) = self.weight.dims2()?;
+        if a_in != inp || b_r != r || w_out != out || w_in != inp {
+            candle_core::bail!(
+                "adapted projection: x {:?}, A {:?}, B {:?}, W {:?} do not fit",
+                x_layout.shape(),
+                a_layout.shape(),
+                b_layout.shape(),
+                self.weight.shape()
+            );
+        }
+        let x = f32_slice(x_storage, x_layout, "the input")?;
+        let a = f32_slice(a_storage, a_layout, "A")?;
+        let b = f32_slice(b_storage, b_layout, "B")?;
+        let (w_storage, w_layout) = self.weight.storage_and_layout();
+        let candle_core::Storage::Cpu(w_cpu) = &*w_storage else {
+            candle_core::bail!("adapted projection: the weight is not on the CPU");
+        };
+        let w = f32_slice(w_cpu, w_layout, "the weight")?;
+        let mut y = vec![0f32; rows * out];
+        gemm_rhs_transposed(&mut y, x, w, (rows, out, inp), false, 1.0);
+        // Scaled at rank r, the narrow end, as the unfused path does.
+        let mut low = vec![0f32; rows * r];
+        gemm_rhs_transposed(&mut low, x, a, (rows, r, inp), false, self.scale as f32);
+        gemm_rhs_transposed(&mut y, &low, b, (rows, out, r), true, 1.0);
+        Ok((
+            candle_core::CpuStorage::F32(y),
+            candle_core::Shape::from((rows, out)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, a, b) = (x.detach(), a.detach(), b.detach());
+        let grad = grad.contiguous()?;
+        // d/d(low), with low = scale · x Aᵀ: [rows, r].
+        let grad_low = grad.matmul(&b)?;
+        let dx = (grad.matmul(&self.weight)? + (grad_low.matmul(&a)? * self.scale)?)?;
+        let da = (grad_low.t()?.matmul(&x)? * self.scale)?;
+        let low = (x.matmul(&a.t()?)? * self.scale)?;
+        let db = grad.t()?.matmul(&low)?;
+        Ok((Some(dx), Some(da), Some(db)))
     }
 }
 

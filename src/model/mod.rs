@@ -2,6 +2,7 @@
 //! the one LoRA-ready decoder for the Llama and Qwen2 families.
 
 pub mod chat_template;
+pub mod causal_attention;
 pub mod config;
 pub mod decoder;
 mod dot;
@@ -10,6 +11,7 @@ pub mod logprobs;
 pub mod lora;
 pub mod source;
 pub mod tokenizer;
+pub mod train_ops;
 pub mod weights;
 
 use anyhow::{Context, Result};

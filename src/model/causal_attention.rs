@@ -1,0 +1,311 @@
+//! Causal self-attention with rotary positions as one CPU op with a backward pass, for
+//! the differentiable (training) forward path.
+//!
+//! As candle ops the block is about fifteen graph nodes per layer (head reshapes and
+//! transposes, rope, the `[heads, t, t]` scores and probabilities, the merge of the heads),
+//! and candle's backward pass allocates, zeroes and adds a full-size gradient for every
+//! node. Here the op takes the projections' outputs as they are (`[b·t, heads·d]`) and
+//! returns the merged heads in the same layout; per (sequence, head) it rotates q and k,
+//! computes `softmax(scale · q kᵀ + causal mask) v` with gemm, and the backward pass
+//! recomputes the probabilities (a quarter of the forward work) instead of keeping
+//! `[heads, t, t]` per layer alive.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Causal attention over `b` right-padded sequences of `t` tokens that start at position
+/// 0. `q` is `[b·t, heads·d]`, `k` and `v` `[b·t, kv_heads·d]` (f32, CPU), `cos`/`sin`
+/// `[t, d/2]`. Query head `h` uses KV head `h / (heads / kv_heads)`. Returns
+/// `[b·t, heads·d]`.
+pub struct CausalAttention {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl CausalAttention {
+    pub fn apply(self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let rows = self.batch * self.seq;
+        let (d, half) = (self.head_dim, self.head_dim / 2);
+        if q.dims() != [rows, self.heads * d]
+            || k.dims() != [rows, self.kv_heads * d]
+            || v.dims() != [rows, self.kv_heads * d]
+            || self.cos.dims() != [self.seq, half]
+            || self.sin.dims() != [self.seq, half]
+            || !d.is_multiple_of(2)
+            || self.kv_heads == 0
+            || !self.heads.is_multiple_of(self.kv_heads)
+        {
+            candle_core::bail!(
+                "causal-attention: q {:?}, k {:?}, v {:?}, tables {:?} for {} × {} tokens",
+                q.shape(),
+                k.shape(),
+                v.shape(),
+                self.cos.shape(),
+                self.batch,
+                self.seq
+            );
+        }
+        let (cos, sin) = (self.cos.contiguous()?, self.sin.contiguous()?);
+        let op = CausalAttention { cos, sin, ..self };
+        q.contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    }
+
+    fn tables(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((
+            self.cos.flatten_all()?.to_vec1::<f32>()?,
+            self.sin.flatten_all()?.to_vec1::<f32>()?,
+        ))
+    }
+
+    /// Rows `[t, d]` of head `head` of sequence `seq` in a `[b·t, width·d]` matrix,
+    /// rotated to their positions when `tables` is given.
+    fn gather(
+        &self,
+        data: &[f32],
+        width: usize,
+        seq: usize,
+        head: usize,
+        tables: Option<(&[f32], &[f32])>,
+    ) -> Vec<f32> {
+        let (t, d) = (self.seq, self.head_dim);
+        let mut out = vec![0f32; t * d];
+        for (pos, row) in out.chunks_mut(d).enumerate() {
+            let start = ((seq * t + pos) * width + head) * d;
+            row.copy_from_slice(&data[start..start + d]);
+            if let Some((cos, sin)) = tables {
+                rotate(row, &cos[pos * d / 2..], &sin[pos * d / 2..], 1.0);
+            }
+        }
+        out
+    }
+
+    /// Writes (or adds) `rows` `[t, d]` back as head `head` of sequence `seq`, undoing
+    /// the rotation when `tables` is given (the gradient of a rotation is its inverse).
+    #[allow(clippy::too_many_arguments)]
+    fn scatter(
+        &self,
+        rows: &mut [f32],
+        out: &mut [f32],
+        width: usize,
+        seq: usize,
+        head: usize,
+        tables: Option<(&[f32], &[f32])>,
+    ) {
+        let (t, d) = (self.seq, self.head_dim);
+        for (pos, row) in rows.chunks_mut(d).enumerate() {
+            if let Some((cos, sin)) = tables {
+                rotate(row, &cos[pos * d / 2..], &sin[pos * d / 2..], -1.0);
+            }
+            let start = ((seq * t + pos) * width + head) * d;
+            for (o, r) in out[start..start + d].iter_mut().zip(row.iter()) {
+                *o += *r;
+            }
+        }
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+
+    /// Causal softmax of `scale · q kᵀ` for one head: `[t, t]`, zero above the diagonal.
+    fn probabilities(&self, q: &[f32], k: &[f32]) -> Vec<f32> {
+        let (t, d) = (self.seq, self.head_dim);
+        let mut p = vec![0f32; t * t];
+        // p = scale · q kᵀ: kᵀ is k read with its strides swapped.
+        gemm(&mut p, (t, t, d), q, (d, 1), k, (1, d), self.scale(), false);
+        for (i, row) in p.chunks_mut(t).enumerate() {
+            let (seen, masked) = row.split_at_mut(i + 1);
+            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for x in seen.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            seen.iter_mut().for_each(|x| *x *= inv);
+            masked.fill(0.0);
+        }
+        p
+    }
+
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+}
+
+/// Hugging Face's two-halves rotation of one `[d]` row; `sign` −1 rotates back.
+fn rotate(row: &mut [f32], cos: &[f32], sin: &[f32], sign: f32) {
+    let half = row.len() / 2;
+    let (x1, x2) = row.split_at_mut(half);
+    for i in 0..half {
+        let (a, b, s) = (x1[i], x2[i], sign * sin[i]);
+        x1[i] = a * cos[i] - b * s;
+        x2[i] = b * cos[i] + a * s;
+    }
+}
+
+/// `dst [m, n] (+)= beta · lhs [m, k] · rhs [k, n]`, each operand given by its (row,
+/// column) strides; `dst` is row-major. Single-threaded: callers run one per task.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+    accumulate: bool,
+) {
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(m > 0 && n > 0 && k > 0 && dst.len() >= m * n);
+    assert!(lhs.len() > last(lhs_rs, lhs_cs, m, k) && rhs.len() > last(rhs_rs, rhs_cs, k, n));
+    // Safety: the asserts keep every index the strides reach inside the slices, and
+    // `dst` is a distinct mutable slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = storage else {
+        candle_core::bail!("causal-attention: needs f32 inputs");
+    };
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg("causal-attention: needs contiguous inputs".into())
+    })?;
+    Ok(&v[start..end])
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
+        let (cos, sin) = self.tables()?;
+        let tables = Some((cos.as_slice(), sin.as_slice()));
+        let (t, d) = (self.seq, self.head_dim);
+        let heads: Vec<Vec<f32>> = (0..self.batch * self.heads)
+            .into_par_iter()
+            .map(|task| {
+                let (seq, head) = (task / self.heads, task % self.heads);
+                let kv = head / self.group();
+                let qh = self.gather(q, self.heads, seq, head, tables);
+                let kh = self.gather(k, self.kv_heads, seq, kv, tables);
+                let vh = self.gather(v, self.kv_heads, seq, kv, None);
+                let p = self.probabilities(&qh, &kh);
+                let mut out = vec![0f32; t * d];
+                gemm(&mut out, (t, d, t), &p, (t, 1), &vh, (d, 1), 1.0, false);
+                out
+            })
+            .collect();
+        let mut out = vec![0f32; l1.shape().elem_count()];
+        for (task, mut rows) in heads.into_iter().enumerate() {
+            let (seq, head) = (task / self.heads, task % self.heads);
+            self.scatter(&mut rows, &mut out, self.heads, seq, head, None);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let data = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
+        let (qd, kd, vd, gd) = (data(q)?, data(k)?, data(v)?, data(grad)?);
+        let (cos, sin) = self.tables()?;
+        let tables = Some((cos.as_slice(), sin.as_slice()));
+        let (t, d) = (self.seq, self.head_dim);
+        let scale = self.scale();
+        // Per (sequence, query head): the gradients of its rotated q, k and v rows.
+        let parts: Vec<[Vec<f32>; 3]> = (0..self.batch * self.heads)
+            .into_par_iter()
+            .map(|task| {
+                let (seq, head) = (task / self.heads, task % self.heads);
+                let kv = head / self.group();
+                let qh = self.gather(&qd, self.heads, seq, head, tables);
+                let kh = self.gather(&kd, self.kv_heads, seq, kv, tables);
+                let vh = self.gather(&vd, self.kv_heads, seq, kv, None);
+                let gh = self.gather(&gd, self.heads, seq, head, None);
+                let p = self.probabilities(&qh, &kh);
+                // dv = pᵀ g; dp = g vᵀ.
+                let mut dv = vec![0f32; t * d];
+                gemm(&mut dv, (t, d, t), &p, (1, t), &gh, (d, 1), 1.0, false);
+                let mut ds = vec![0f32; t * t];
+                gemm(&mut ds, (t, t, d), &gh, (d, 1), &vh, (1, d), 1.0, false);
+                // ds = scale · p ∘ (dp − Σ dp∘p) on the visible keys; zero elsewhere.
+                for (i, (ds, p)) in ds.chunks_mut(t).zip(p.chunks(t)).enumerate() {
+                    let (seen, masked) = ds.split_at_mut(i + 1);
+                    let dot: f32 = seen.iter().zip(p).map(|(g, p)| g * p).sum();
+                    for (g, p) in seen.iter_mut().zip(p) {
+                        *g = scale * p * (*g - dot);
+                    }
+                    masked.fill(0.0);
+                }
+                // dq = ds k; dk = dsᵀ q.
+                let mut dq = vec![0f32; t * d];
+                gemm(&mut dq, (t, d, t), &ds, (t, 1), &kh, (d, 1), 1.0, false);
+                let mut dk = vec![0f32; t * d];
+                gemm(&mut dk, (t, d, t), &ds, (1, t), &qh, (d, 1), 1.0, false);
+                [dq, dk, dv]
+            })
+            .collect();
+        let mut dq = vec![0f32; qd.len()];
+        let mut dk = vec![0f32; kd.len()];
+        let mut dv = vec![0f32; vd.len()];
+        for (task, [mut q_rows, mut k_rows, mut v_rows]) in parts.into_iter().enumerate() {
+            let (seq, head) = (task / self.heads, task % self.heads);
+            let kv = head / self.group();
+            self.scatter(&mut q_rows, &mut dq, self.heads, seq, head, tables);
+            // Query heads sharing a KV head add up their gradients.
+            self.scatter(&mut k_rows, &mut dk, self.kv_heads, seq, kv, tables);
+            self.scatter(&mut v_rows, &mut dv, self.kv_heads, seq, kv, None);
+        }
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}

@@ -1,0 +1,355 @@
+//! Fused CPU kernels, with backward passes, for the differentiable (training) forward path.
+//!
+//! Built from candle's generic ops, a log-softmax is a chain of about ten full-size passes
+//! (each allocating its output) and its backward as many again; over the `[tokens,
+//! 49152]` logits that chain costs as much as the LM head's matmul. RMS norm and SwiGLU
+//! are shorter chains, but run twice per layer. Each op here makes one or two passes, row
+//! by row in parallel, and its backward is a second op of the same kind. They take f32
+//! CPU tensors; callers keep the plain candle composition for other devices and dtypes.
+//! (Attention has its own op, `causal_attention`.)
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows handed to one rayon task: enough work to amortise scheduling.
+const MIN_ROWS_PER_TASK: usize = 8;
+
+fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = storage else {
+        candle_core::bail!("{op}: needs f32, got {:?}", storage.dtype());
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: needs a contiguous input")))?;
+    Ok(&v[start..end])
+}
+
+fn u32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [u32]> {
+    let CpuStorage::U32(v) = storage else {
+        candle_core::bail!("{op}: needs u32 targets, got {:?}", storage.dtype());
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: needs contiguous targets")))?;
+    Ok(&v[start..end])
+}
+
+/// Whether the fused kernels apply to `t`.
+pub fn fused_applies(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
+// ---------------------------------------------------------------------------------------
+// Target log-probabilities
+
+/// `[n, 2]`: for each row of `logits` `[n, vocab]` (f32, CPU), the log-probability of its
+/// target (`targets` `[n]`, u32) and the row's log-sum-exp. Exposing the log-sum-exp lets
+/// the backward pass use it instead of recomputing it, and makes it usable as a value.
+pub fn target_logprob_and_lse(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits
+        .contiguous()?
+        .apply_op2(&targets.contiguous()?, TargetLogprob)
+}
+
+struct TargetLogprob;
+
+fn check_target(target: u32, vocab: usize) -> Result<usize> {
+    let t = target as usize;
+    if t >= vocab {
+        candle_core::bail!("target-logprob: target {t} outside the vocabulary of {vocab}");
+    }
+    Ok(t)
+}
+
+impl CustomOp2 for TargetLogprob {
+    fn name(&self) -> &'static str {
+        "target-logprob"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, vocab) = l1.shape().dims2()?;
+        let logits = f32_data(s1, l1, self.name())?;
+        let targets = u32_data(s2, l2, self.name())?;
+        if targets.len() != n {
+            candle_core::bail!("target-logprob: {} targets for {n} rows", targets.len());
+        }
+        let mut out = vec![0f32; n * 2];
+        out.par_chunks_mut(2)
+            .zip(logits.par_chunks(vocab))
+            .zip(targets.par_iter())
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .try_for_each(|((out, row), &target)| -> Result<()> {
+                let t = check_target(target, vocab)?;
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                // Summed in f64: 49k terms in one f32 accumulator lose ~1e-5 of the total.
+                let sum: f64 = row.iter().map(|&x| (x - max).exp() as f64).sum();
+                let lse = max + sum.ln() as f32;
+                out[0] = row[t] - lse;
+                out[1] = lse;
+                Ok(())
+            })?;
+        Ok((CpuStorage::F32(out), Shape::from((n, 2))))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // Per row: (upstream grad of the log-prob, upstream grad of the lse, the lse).
+        let coefs = Tensor::cat(&[grad_res, &res.narrow(1, 1, 1)?], 1)?.contiguous()?;
+        let grad = logits.apply_op3_no_bwd(&targets.contiguous()?, &coefs, &TargetLogprobGrad)?;
+        Ok((Some(grad), None))
+    }
+}
+
+/// d/dlogits of `g_lp · logp[target] + g_lse · lse` = `softmax · (g_lse − g_lp)` plus
+/// `g_lp` at the target.
+struct TargetLogprobGrad;
+
+impl CustomOp3 for TargetLogprobGrad {
+    fn name(&self) -> &'static str {
+        "target-logprob-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, vocab) = l1.shape().dims2()?;
+        let logits = f32_data(s1, l1, self.name())?;
+        let targets = u32_data(s2, l2, self.name())?;
+        let coefs = f32_data(s3, l3, self.name())?;
+        let mut grad = vec![0f32; n * vocab];
+        grad.par_chunks_mut(vocab)
+            .zip(logits.par_chunks(vocab))
+            .zip(targets.par_iter().zip(coefs.par_chunks(3)))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .try_for_each(|((grad, row), (&target, c))| -> Result<()> {
+                let (g_lp, g_lse, lse) = (c[0], c[1], c[2]);
+                let w = g_lse - g_lp;
+                for (g, &x) in grad.iter_mut().zip(row) {
+                    *g = (x - lse).exp() * w;
+                }
+                grad[check_target(target, vocab)?] += g_lp;
+                Ok(())
+            })?;
+        Ok((CpuStorage::F32(grad), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// RMS norm
+
+/// `x / sqrt(mean(x²) + eps) · weight` over the last dimension of `x` (f32, CPU), with
+/// a backward pass to `x` only: `weight` must be a constant (the caller checks).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// `sqrt(mean(x²) + eps)` of one row, accumulated in f64 as the mean is of squares.
+    fn root_mean_square(&self, row: &[f32]) -> f32 {
+        let sum_sq: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        ((sum_sq / row.len() as f64) as f32 + self.eps).sqrt()
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1, self.name())?;
+        let w = f32_data(s2, l2, self.name())?;
+        let h = w.len();
+        if h == 0 || !x.len().is_multiple_of(h) {
+            candle_core::bail!("rms-norm: weight of {h} for input {:?}", l1.shape());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(h)
+            .zip(x.par_chunks(h))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(y, x)| {
+                let rms = self.root_mean_square(x);
+                for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                    *y = x / rms * w;
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = RmsNormGrad {
+            norm: RmsNorm { eps: self.eps },
+        };
+        let dx = x.apply_op3_no_bwd(weight, &grad.contiguous()?, &op)?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// With `r = sqrt(mean(x²) + eps)` and `u = g · w`: `dx = u / r − x · Σ(u·x) / (h · r³)`.
+struct RmsNormGrad {
+    norm: RmsNorm,
+}
+
+impl CustomOp3 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "rms-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1, self.name())?;
+        let w = f32_data(s2, l2, self.name())?;
+        let g = f32_data(s3, l3, self.name())?;
+        let h = w.len();
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(h)
+            .zip(x.par_chunks(h).zip(g.par_chunks(h)))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(dx, (x, g))| {
+                let r = self.norm.root_mean_square(x);
+                let ux: f32 = g.iter().zip(w).zip(x).map(|((g, w), x)| g * w * x).sum();
+                let c = ux / (h as f32 * r * r * r);
+                for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+                    *dx = g * w / r - x * c;
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SwiGLU
+
+/// `silu(gate) · up` (f32, CPU, same shapes), with gradients to both.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.shape() != up.shape() {
+        candle_core::bail!("swiglu: gate {:?} and up {:?}", gate.shape(), up.shape());
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+struct SwiGlu;
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// Elements handed to one rayon task.
+const MIN_ELEMS_PER_TASK: usize = 4096;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gate = f32_data(s1, l1, self.name())?;
+        let up = f32_data(s2, l2, self.name())?;
+        let mut y = vec![0f32; gate.len()];
+        y.par_iter_mut()
+            .zip(gate.par_iter().zip(up.par_iter()))
+            .with_min_len(MIN_ELEMS_PER_TASK)
+            .for_each(|(y, (&g, &u))| *y = g * sigmoid(g) * u);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // One pass writes both gradients, stacked on a new leading dimension.
+        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &SwiGluGrad)?;
+        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+    }
+}
+
+/// `[2, ...]`: d/dgate = `g · up · σ(gate) · (1 + gate · (1 − σ(gate)))`, d/dup =
+/// `g · silu(gate)`.
+struct SwiGluGrad;
+
+impl CustomOp3 for SwiGluGrad {
+    fn name(&self) -> &'static str {
+        "swiglu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gate = f32_data(s1, l1, self.name())?;
+        let up = f32_data(s2, l2, self.name())?;
+        let grad = f32_data(s3, l3, self.name())?;
+        let n = gate.len();
+        let mut out = vec![0f32; 2 * n];
+        let (d_gate, d_up) = out.split_at_mut(n);
+        d_gate
+            .par_iter_mut()
+            .zip(d_up.par_iter_mut())
+            .zip(gate.par_iter().zip(up.par_iter()).zip(grad.par_iter()))
+            .with_min_len(MIN_ELEMS_PER_TASK)
+            .for_each(|((dg, du), ((&x, &u), &g))| {
+                let s = sigmoid(x);
+                *dg = g * u * s * (1.0 + x * (1.0 - s));
+                *du = g * x * s;
+            });
+        let mut dims = vec![2];
+        dims.extend_from_slice(l1.shape().dims());
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
