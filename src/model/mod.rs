@@ -1,8 +1,8 @@
 //! Models: configuration, weights (safetensors or GGUF), tokenizer, chat template, and
 //! the one LoRA-ready decoder for the Llama and Qwen2 families.
 
-pub mod chat_template;
 pub mod causal_attention;
+pub mod chat_template;
 pub mod config;
 pub mod decoder;
 mod dot;
