@@ -175,7 +175,20 @@ fn artifacts(root: &Path) -> BTreeMap<String, String> {
                 .to_string_lossy()
                 .to_string();
             let text = std::fs::read_to_string(&path).unwrap();
-            let text = if name == "manifest.json" {
+            if name == "report.html" {
+                // Rendered from summary.json plus the report date.
+                continue;
+            }
+            let text = if name == "summary.json" {
+                // Without wall times and with the run folder's own path made neutral.
+                let mut summary: serde_json::Value =
+                    serde_json::from_str(&text.replace(&*root.to_string_lossy(), "RUN")).unwrap();
+                for phase in summary["phases"].as_array_mut().unwrap() {
+                    phase["seconds"] = serde_json::Value::Null;
+                }
+                summary["created_at"] = serde_json::Value::Null;
+                summary.to_string()
+            } else if name == "manifest.json" {
                 let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
                 let funnels: Vec<_> = manifest["stages"]
                     .as_array()
