@@ -292,6 +292,13 @@ fn remote_supervisor_fills_every_stage() {
             kind = "openai"
             model = "big-teacher"
             base_url = "http://127.0.0.1:{}/v1"
+            [phases]
+            ifeval_before = false
+            sft = false
+            dpo = false
+            online_dpo = false
+            ifeval_after = false
+            export = false
             [synthesis]
             seeds = "tests/fixtures/pipeline/tiny_seeds.txt"
             queries_file = "data/queries.jsonl"
