@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::funnel::FunnelRow;
 use super::prompts::fill;
 use super::queries::{self, QueryPair};
-use super::{pass_rate, Execute, Pipeline};
-use crate::verify::{Job, Verdict};
+use super::{Execute, Pipeline};
+use crate::verify::pass_rates;
 
 pub const STAGE: &str = "responses";
 
@@ -81,28 +81,14 @@ pub fn judge_responses(
     keep_above: f64,
     execute: &mut Execute,
 ) -> Result<Vec<ResponseRecord>> {
-    let mut jobs = Vec::new();
-    for (pair, responses) in sampled {
-        for func in &pair.funcs {
-            jobs.push(Job {
-                func: func.clone(),
-                inputs: responses.clone(),
-            });
-        }
-    }
-    let verdicts = if jobs.is_empty() {
-        Vec::new()
-    } else {
-        execute(&jobs)?
-    };
-    let mut next_job = 0;
+    let groups: Vec<(&[String], &[String])> = sampled
+        .iter()
+        .map(|(pair, responses)| (pair.funcs.as_slice(), responses.as_slice()))
+        .collect();
+    let rates = pass_rates(&groups, execute)?;
     let mut records = Vec::new();
-    for (pair, responses) in sampled {
-        let per_func = &verdicts[next_job..next_job + pair.funcs.len()];
-        next_job += pair.funcs.len();
-        for (k, response) in responses.iter().enumerate() {
-            let vs: Vec<&Verdict> = per_func.iter().map(|v| &v[k]).collect();
-            let rate = pass_rate(&vs);
+    for ((pair, responses), rates) in sampled.iter().zip(rates) {
+        for (k, (response, rate)) in responses.iter().zip(rates).enumerate() {
             let reason = if response.trim().is_empty() {
                 Some("empty_response")
             } else if rate <= keep_above {

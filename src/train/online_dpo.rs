@@ -23,7 +23,7 @@ use crate::model::chat_template::Message;
 use crate::model::Model;
 use crate::pipeline::datasets::mine_pairs;
 use crate::pipeline::run_dir::unit_seed;
-use crate::verify::{pass_rate, Execute, Job as SandboxJob, Verdict};
+use crate::verify::{pass_rates, Execute};
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -374,29 +374,12 @@ fn score(
     responses: &[Vec<String>],
     execute: &mut Execute,
 ) -> Result<Vec<Vec<f64>>> {
-    let jobs: Vec<SandboxJob> = prompts
+    let groups: Vec<(&[String], &[String])> = prompts
         .iter()
         .zip(responses)
-        .flat_map(|(p, texts)| {
-            p.funcs.iter().map(move |f| SandboxJob {
-                func: f.clone(),
-                inputs: texts.clone(),
-            })
-        })
+        .map(|(p, texts)| (p.funcs.as_slice(), texts.as_slice()))
         .collect();
-    let verdicts = execute(&jobs)?;
-    let mut next = 0;
-    let mut rates = Vec::with_capacity(prompts.len());
-    for (p, texts) in prompts.iter().zip(responses) {
-        let per_func = &verdicts[next..next + p.funcs.len()];
-        next += p.funcs.len();
-        rates.push(
-            (0..texts.len())
-                .map(|k| pass_rate(&per_func.iter().map(|v| &v[k]).collect::<Vec<&Verdict>>()))
-                .collect(),
-        );
-    }
-    Ok(rates)
+    pass_rates(&groups, execute)
 }
 
 fn mean(v: &[f64]) -> f64 {

@@ -22,7 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 pub use confine::Layers;
-pub use verdict::{pass_rate, ErrorKind, Execute, Outcome, Verdict};
+pub use verdict::{pass_rate, pass_rates, ErrorKind, Execute, Outcome, Verdict};
 
 use confine::Limits;
 use worker::{BatchOutcome, Spawner, Worker, WorkerSetup};

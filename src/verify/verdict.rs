@@ -177,6 +177,41 @@ pub fn pass_rate(verdicts: &[&Verdict]) -> f64 {
     }
 }
 
+/// Every response's pass rate over its group's functions: one sandbox job per
+/// (group, function) with all of that group's responses as inputs. `groups` holds
+/// (functions, responses) pairs; the result has one rate per response, in order.
+pub fn pass_rates(
+    groups: &[(&[String], &[String])],
+    execute: &mut Execute,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let jobs: Vec<super::Job> = groups
+        .iter()
+        .flat_map(|(funcs, responses)| {
+            funcs.iter().map(move |f| super::Job {
+                func: f.clone(),
+                inputs: responses.to_vec(),
+            })
+        })
+        .collect();
+    let verdicts = if jobs.is_empty() {
+        Vec::new()
+    } else {
+        execute(&jobs)?
+    };
+    let mut next = 0;
+    let mut rates = Vec::with_capacity(groups.len());
+    for (funcs, responses) in groups {
+        let per_func = &verdicts[next..next + funcs.len()];
+        next += funcs.len();
+        rates.push(
+            (0..responses.len())
+                .map(|k| pass_rate(&per_func.iter().map(|v| &v[k]).collect::<Vec<_>>()))
+                .collect(),
+        );
+    }
+    Ok(rates)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
