@@ -177,8 +177,7 @@ fn causal_attention_matches_rope_masked_softmax_attention() {
         let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
         let out = if fused {
             CausalAttention {
-                batch: b,
-                seq: t,
+                segments: (0..b).map(|i| (i * t, t)).collect(),
                 heads,
                 kv_heads,
                 head_dim: d,

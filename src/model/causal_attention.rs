@@ -4,7 +4,7 @@
 //! As candle ops the block is about fifteen graph nodes per layer (head reshapes and
 //! transposes, rope, the `[heads, t, t]` scores and probabilities, the merge of the heads),
 //! and candle's backward pass allocates, zeroes and adds a full-size gradient for every
-//! node. Here the op takes the projections' outputs as they are (`[b·t, heads·d]`) and
+//! node. Here the op takes the projections' outputs as they are (`[rows, heads·d]`) and
 //! returns the merged heads in the same layout; per (sequence, head) it rotates q and k,
 //! computes `softmax(scale · q kᵀ + causal mask) v` with gemm, and the backward pass
 //! recomputes the probabilities (a quarter of the forward work) instead of keeping
@@ -13,13 +13,15 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Causal attention over `b` right-padded sequences of `t` tokens that start at position
-/// 0. `q` is `[b·t, heads·d]`, `k` and `v` `[b·t, kv_heads·d]` (f32, CPU), `cos`/`sin`
-/// `[t, d/2]`. Query head `h` uses KV head `h / (heads / kv_heads)`. Returns
-/// `[b·t, heads·d]`.
+/// Causal attention over sequences laid one after another in the rows of the
+/// projections: `segments` holds each sequence's `(first row, length)`, and every sequence
+/// starts at position 0 and sees only its own rows. A right-padded batch of `b × t` is
+/// the segments `(i·t, t)`; packed examples are segments of their own lengths, with no
+/// padding at all. `q` is `[rows, heads·d]`, `k` and `v` `[rows, kv_heads·d]` (f32, CPU),
+/// `cos`/`sin` `[≥ longest, d/2]`. Query head `h` uses KV head `h / (heads / kv_heads)`.
+/// Returns `[rows, heads·d]`; rows outside every segment are zero.
 pub struct CausalAttention {
-    pub batch: usize,
-    pub seq: usize,
+    pub segments: Vec<(usize, usize)>,
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
@@ -29,25 +31,28 @@ pub struct CausalAttention {
 
 impl CausalAttention {
     pub fn apply(self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let rows = self.batch * self.seq;
+        let rows = q.dim(0)?;
         let (d, half) = (self.head_dim, self.head_dim / 2);
+        let longest = self.segments.iter().map(|s| s.1).max().unwrap_or(0);
         if q.dims() != [rows, self.heads * d]
             || k.dims() != [rows, self.kv_heads * d]
             || v.dims() != [rows, self.kv_heads * d]
-            || self.cos.dims() != [self.seq, half]
-            || self.sin.dims() != [self.seq, half]
+            || self.cos.dims().len() != 2
+            || self.cos.dim(0)? < longest
+            || self.cos.dim(1)? != half
+            || self.sin.dims() != self.cos.dims()
             || !d.is_multiple_of(2)
             || self.kv_heads == 0
             || !self.heads.is_multiple_of(self.kv_heads)
+            || self.segments.iter().any(|&(start, len)| start + len > rows)
         {
             candle_core::bail!(
-                "causal-attention: q {:?}, k {:?}, v {:?}, tables {:?} for {} × {} tokens",
+                "causal-attention: q {:?}, k {:?}, v {:?}, tables {:?} for segments {:?}",
                 q.shape(),
                 k.shape(),
                 v.shape(),
                 self.cos.shape(),
-                self.batch,
-                self.seq
+                self.segments
             );
         }
         let (cos, sin) = (self.cos.contiguous()?, self.sin.contiguous()?);
@@ -63,20 +68,20 @@ impl CausalAttention {
         ))
     }
 
-    /// Rows `[t, d]` of head `head` of sequence `seq` in a `[b·t, width·d]` matrix,
-    /// rotated to their positions when `tables` is given.
+    /// Rows `[len, d]` of head `head` of the segment `(first, len)` in a `[rows, width·d]`
+    /// matrix, rotated to their positions when `tables` is given.
     fn gather(
         &self,
         data: &[f32],
         width: usize,
-        seq: usize,
+        (first, len): (usize, usize),
         head: usize,
         tables: Option<(&[f32], &[f32])>,
     ) -> Vec<f32> {
-        let (t, d) = (self.seq, self.head_dim);
-        let mut out = vec![0f32; t * d];
+        let d = self.head_dim;
+        let mut out = vec![0f32; len * d];
         for (pos, row) in out.chunks_mut(d).enumerate() {
-            let start = ((seq * t + pos) * width + head) * d;
+            let start = ((first + pos) * width + head) * d;
             row.copy_from_slice(&data[start..start + d]);
             if let Some((cos, sin)) = tables {
                 rotate(row, &cos[pos * d / 2..], &sin[pos * d / 2..], 1.0);
@@ -85,7 +90,7 @@ impl CausalAttention {
         out
     }
 
-    /// Writes (or adds) `rows` `[t, d]` back as head `head` of sequence `seq`, undoing
+    /// Adds `rows` `[len, d]` back as head `head` of the segment `(first, len)`, undoing
     /// the rotation when `tables` is given (the gradient of a rotation is its inverse).
     #[allow(clippy::too_many_arguments)]
     fn scatter(
@@ -93,16 +98,16 @@ impl CausalAttention {
         rows: &mut [f32],
         out: &mut [f32],
         width: usize,
-        seq: usize,
+        (first, _): (usize, usize),
         head: usize,
         tables: Option<(&[f32], &[f32])>,
     ) {
-        let (t, d) = (self.seq, self.head_dim);
+        let d = self.head_dim;
         for (pos, row) in rows.chunks_mut(d).enumerate() {
             if let Some((cos, sin)) = tables {
                 rotate(row, &cos[pos * d / 2..], &sin[pos * d / 2..], -1.0);
             }
-            let start = ((seq * t + pos) * width + head) * d;
+            let start = ((first + pos) * width + head) * d;
             for (o, r) in out[start..start + d].iter_mut().zip(row.iter()) {
                 *o += *r;
             }
@@ -113,9 +118,10 @@ impl CausalAttention {
         1.0 / (self.head_dim as f32).sqrt()
     }
 
-    /// Causal softmax of `scale · q kᵀ` for one head: `[t, t]`, zero above the diagonal.
-    fn probabilities(&self, q: &[f32], k: &[f32]) -> Vec<f32> {
-        let (t, d) = (self.seq, self.head_dim);
+    /// Causal softmax of `scale · q kᵀ` for one head of `t` tokens: `[t, t]`, zero above
+    /// the diagonal.
+    fn probabilities(&self, q: &[f32], k: &[f32], t: usize) -> Vec<f32> {
+        let d = self.head_dim;
         let mut p = vec![0f32; t * t];
         // p = scale · q kᵀ: kᵀ is k read with its strides swapped.
         gemm(&mut p, (t, t, d), q, (d, 1), k, (1, d), self.scale(), false);
@@ -220,16 +226,16 @@ impl CustomOp3 for CausalAttention {
         let (q, k, v) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
         let (cos, sin) = self.tables()?;
         let tables = Some((cos.as_slice(), sin.as_slice()));
-        let (t, d) = (self.seq, self.head_dim);
-        let heads: Vec<Vec<f32>> = (0..self.batch * self.heads)
+        let d = self.head_dim;
+        let heads: Vec<Vec<f32>> = (0..self.segments.len() * self.heads)
             .into_par_iter()
             .map(|task| {
-                let (seq, head) = (task / self.heads, task % self.heads);
-                let kv = head / self.group();
-                let qh = self.gather(q, self.heads, seq, head, tables);
-                let kh = self.gather(k, self.kv_heads, seq, kv, tables);
-                let vh = self.gather(v, self.kv_heads, seq, kv, None);
-                let p = self.probabilities(&qh, &kh);
+                let (seg, head) = (self.segments[task / self.heads], task % self.heads);
+                let (kv, t) = (head / self.group(), seg.1);
+                let qh = self.gather(q, self.heads, seg, head, tables);
+                let kh = self.gather(k, self.kv_heads, seg, kv, tables);
+                let vh = self.gather(v, self.kv_heads, seg, kv, None);
+                let p = self.probabilities(&qh, &kh, t);
                 let mut out = vec![0f32; t * d];
                 gemm(&mut out, (t, d, t), &p, (t, 1), &vh, (d, 1), 1.0, false);
                 out
@@ -237,8 +243,8 @@ impl CustomOp3 for CausalAttention {
             .collect();
         let mut out = vec![0f32; l1.shape().elem_count()];
         for (task, mut rows) in heads.into_iter().enumerate() {
-            let (seq, head) = (task / self.heads, task % self.heads);
-            self.scatter(&mut rows, &mut out, self.heads, seq, head, None);
+            let (seg, head) = (self.segments[task / self.heads], task % self.heads);
+            self.scatter(&mut rows, &mut out, self.heads, seg, head, None);
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -255,19 +261,19 @@ impl CustomOp3 for CausalAttention {
         let (qd, kd, vd, gd) = (data(q)?, data(k)?, data(v)?, data(grad)?);
         let (cos, sin) = self.tables()?;
         let tables = Some((cos.as_slice(), sin.as_slice()));
-        let (t, d) = (self.seq, self.head_dim);
+        let d = self.head_dim;
         let scale = self.scale();
         // Per (sequence, query head): the gradients of its rotated q, k and v rows.
-        let parts: Vec<[Vec<f32>; 3]> = (0..self.batch * self.heads)
+        let parts: Vec<[Vec<f32>; 3]> = (0..self.segments.len() * self.heads)
             .into_par_iter()
             .map(|task| {
-                let (seq, head) = (task / self.heads, task % self.heads);
-                let kv = head / self.group();
-                let qh = self.gather(&qd, self.heads, seq, head, tables);
-                let kh = self.gather(&kd, self.kv_heads, seq, kv, tables);
-                let vh = self.gather(&vd, self.kv_heads, seq, kv, None);
-                let gh = self.gather(&gd, self.heads, seq, head, None);
-                let p = self.probabilities(&qh, &kh);
+                let (seg, head) = (self.segments[task / self.heads], task % self.heads);
+                let (kv, t) = (head / self.group(), seg.1);
+                let qh = self.gather(&qd, self.heads, seg, head, tables);
+                let kh = self.gather(&kd, self.kv_heads, seg, kv, tables);
+                let vh = self.gather(&vd, self.kv_heads, seg, kv, None);
+                let gh = self.gather(&gd, self.heads, seg, head, None);
+                let p = self.probabilities(&qh, &kh, t);
                 // dv = pᵀ g; dp = g vᵀ.
                 let mut dv = vec![0f32; t * d];
                 gemm(&mut dv, (t, d, t), &p, (1, t), &gh, (d, 1), 1.0, false);
@@ -294,12 +300,12 @@ impl CustomOp3 for CausalAttention {
         let mut dk = vec![0f32; kd.len()];
         let mut dv = vec![0f32; vd.len()];
         for (task, [mut q_rows, mut k_rows, mut v_rows]) in parts.into_iter().enumerate() {
-            let (seq, head) = (task / self.heads, task % self.heads);
+            let (seg, head) = (self.segments[task / self.heads], task % self.heads);
             let kv = head / self.group();
-            self.scatter(&mut q_rows, &mut dq, self.heads, seq, head, tables);
+            self.scatter(&mut q_rows, &mut dq, self.heads, seg, head, tables);
             // Query heads sharing a KV head add up their gradients.
-            self.scatter(&mut k_rows, &mut dk, self.kv_heads, seq, kv, tables);
-            self.scatter(&mut v_rows, &mut dv, self.kv_heads, seq, kv, None);
+            self.scatter(&mut k_rows, &mut dk, self.kv_heads, seg, kv, tables);
+            self.scatter(&mut v_rows, &mut dv, self.kv_heads, seg, kv, None);
         }
         let dev = q.device();
         Ok((

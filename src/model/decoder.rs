@@ -19,7 +19,7 @@
 use super::causal_attention::CausalAttention;
 use super::config::{ModelConfig, RopeScaling};
 use super::kv_cache::KvCache;
-use super::lora::{project, LoraLinear};
+use super::lora::{project, Adapters, LoraLinear};
 use super::train_ops;
 use super::weights::Weights;
 use anyhow::{bail, Result};
@@ -223,22 +223,43 @@ impl Decoder {
     /// hidden]`; positions after a sequence's end hold meaningless values (the causal mask
     /// already keeps padding out of every real position).
     pub fn forward(&self, input_ids: &Tensor, adapters: bool) -> Result<Tensor> {
+        self.forward_with(input_ids, adapters.into())
+    }
+
+    /// `forward` with the adapters in `mode` (training passes LoRA dropout here).
+    pub fn forward_with(&self, input_ids: &Tensor, mode: Adapters) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
-        if t > self.max_positions() {
+        let segments: Vec<(usize, usize)> = (0..b).map(|i| (i * t, t)).collect();
+        let x = self.forward_segments(&input_ids.flatten_all()?, &segments, mode)?;
+        Ok(x.reshape((b, t, self.config.hidden_size))?)
+    }
+
+    /// Differentiable forward over sequences laid one after another in `tokens` `[n]`
+    /// (u32): `segments` holds each one's `(first token, length)`, each starts at position
+    /// 0 and attends only to itself. No padding is needed, so none is computed. Returns
+    /// the final hidden states `[n, hidden]`.
+    pub fn forward_segments(
+        &self,
+        tokens: &Tensor,
+        segments: &[(usize, usize)],
+        mode: Adapters,
+    ) -> Result<Tensor> {
+        let longest = segments.iter().map(|s| s.1).max().unwrap_or(0);
+        if longest > self.max_positions() {
             bail!(
-                "sequence of {t} tokens exceeds the model's {} positions",
+                "sequence of {longest} tokens exceeds the model's {} positions",
                 self.max_positions()
             );
         }
         let c = &self.config;
-        // [b·t, hidden] throughout: in candle every reshape is a graph node whose backward
+        // [n, hidden] throughout: in candle every reshape is a graph node whose backward
         // pass costs a full-size zeroed buffer and an add.
-        let mut x = self
-            .embed_tokens
-            .index_select(&input_ids.flatten_all()?, 0)?;
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
-        for layer in &self.layers {
+        let mut x = self.embed_tokens.index_select(tokens, 0)?;
+        let cos = self.cos.narrow(0, 0, longest)?;
+        let sin = self.sin.narrow(0, 0, longest)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            // Projection k of layer li is dropout site 7·li + k.
+            let site = |k: u64| mode.at_site(7 * li as u64 + k);
             let h = rms_norm(
                 &x,
                 &layer.input_layernorm,
@@ -247,23 +268,22 @@ impl Decoder {
             )?;
             let a = &layer.self_attn;
             let attn = self.causal_attention(
-                &a.q_proj.forward(&h, adapters)?,
-                &a.k_proj.forward(&h, adapters)?,
-                &a.v_proj.forward(&h, adapters)?,
-                (b, t),
+                &a.q_proj.forward_with(&h, site(0))?,
+                &a.k_proj.forward_with(&h, site(1))?,
+                &a.v_proj.forward_with(&h, site(2))?,
+                segments,
                 (&cos, &sin),
             )?;
-            x = (x + a.o_proj.forward(&attn, adapters)?)?;
+            x = (x + a.o_proj.forward_with(&attn, site(3))?)?;
             let h = rms_norm(
                 &x,
                 &layer.post_attention_layernorm,
                 c.rms_norm_eps,
                 Ops::Differentiable,
             )?;
-            x = (x + differentiable_mlp(&layer.mlp, &h, adapters)?)?;
+            x = (x + differentiable_mlp(&layer.mlp, &h, [site(4), site(5), site(6)])?)?;
         }
-        let x = rms_norm(&x, &self.norm, c.rms_norm_eps, Ops::Differentiable)?;
-        Ok(x.reshape((b, t, c.hidden_size))?)
+        rms_norm(&x, &self.norm, c.rms_norm_eps, Ops::Differentiable)
     }
 
     /// Inference forward over packed tokens `[n]` (u32) with their absolute `positions`
@@ -420,10 +440,50 @@ impl Decoder {
         Ok(attn)
     }
 
-    /// Differentiable causal attention with rotary positions over `b` sequences of `t`
-    /// tokens from position 0: `q` `[b·t, heads·d]`, `k`/`v` `[b·t, kv_heads·d]` as the
-    /// projections give them; returns `[b·t, heads·d]`.
+    /// Differentiable causal attention with rotary positions over the sequences
+    /// `segments` (`(first row, length)`, each from position 0): `q` `[rows, heads·d]`,
+    /// `k`/`v` `[rows, kv_heads·d]` as the projections give them; returns `[rows, heads·d]`.
     fn causal_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        segments: &[(usize, usize)],
+        (cos, sin): (&Tensor, &Tensor),
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        if train_ops::fused_applies(q) && cos.dtype() == DType::F32 {
+            let op = CausalAttention {
+                segments: segments.to_vec(),
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+                cos: cos.clone(),
+                sin: sin.clone(),
+            };
+            return Ok(op.apply(q, k, v)?);
+        }
+        // Sequences of one length back to back are one batched product; other layouts
+        // go one sequence at a time.
+        let t = segments.first().map_or(0, |s| s.1);
+        let tiled = segments.iter().enumerate().all(|(i, &s)| s == (i * t, t))
+            && segments.len() * t == q.dim(0)?;
+        if tiled {
+            return self.batched_attention(q, k, v, (segments.len(), t), (cos, sin));
+        }
+        let outs = segments
+            .iter()
+            .map(|&(first, len)| {
+                let rows = |x: &Tensor| x.narrow(0, first, len);
+                self.batched_attention(&rows(q)?, &rows(k)?, &rows(v)?, (1, len), (cos, sin))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+
+    /// The plain candle composition of `causal_attention` over `b` sequences of `t` tokens
+    /// laid back to back (other devices and dtypes).
+    fn batched_attention(
         &self,
         q: &Tensor,
         k: &Tensor,
@@ -433,21 +493,10 @@ impl Decoder {
     ) -> Result<Tensor> {
         let c = &self.config;
         let (nh, kvh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        if train_ops::fused_applies(q) && cos.dtype() == DType::F32 {
-            let op = CausalAttention {
-                batch: b,
-                seq: t,
-                heads: nh,
-                kv_heads: kvh,
-                head_dim: d,
-                cos: cos.clone(),
-                sin: sin.clone(),
-            };
-            return Ok(op.apply(q, k, v)?);
-        }
+        let (cos, sin) = (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?);
         let heads = |x: &Tensor, n: usize| x.reshape((b, t, n, d))?.transpose(1, 2);
-        let q = rope(&heads(q, nh)?, cos, sin, Ops::Differentiable)?;
-        let k = rope(&heads(k, kvh)?, cos, sin, Ops::Differentiable)?;
+        let q = rope(&heads(q, nh)?, &cos, &sin, Ops::Differentiable)?;
+        let k = rope(&heads(k, kvh)?, &cos, &sin, Ops::Differentiable)?;
         let v = heads(v, kvh)?;
         let group = nh / kvh;
         // Query heads that share a KV head are stacked as rows: [b, kv, group*t, d].
@@ -476,16 +525,16 @@ fn mlp(m: &Mlp, x: &Tensor, adapters: bool) -> Result<Tensor> {
 }
 
 /// `mlp` for the differentiable path: on the CPU in f32 the gate's SiLU and the product
-/// are one fused op with a backward pass.
-fn differentiable_mlp(m: &Mlp, x: &Tensor, adapters: bool) -> Result<Tensor> {
-    let gate = m.gate_proj.forward(x, adapters)?;
-    let up = m.up_proj.forward(x, adapters)?;
+/// are one fused op with a backward pass. `modes` are the gate, up and down projections'.
+fn differentiable_mlp(m: &Mlp, x: &Tensor, modes: [Adapters; 3]) -> Result<Tensor> {
+    let gate = m.gate_proj.forward_with(x, modes[0])?;
+    let up = m.up_proj.forward_with(x, modes[1])?;
     let hidden = if train_ops::fused_applies(&gate) {
         train_ops::swiglu(&gate, &up)?
     } else {
         (candle_nn::ops::silu(&gate)? * up)?
     };
-    m.down_proj.forward(&hidden, adapters)
+    m.down_proj.forward_with(&hidden, modes[2])
 }
 
 /// Additive mask `[t, past + t]`: query `i` sees keys `0..=past + i`.

@@ -475,47 +475,76 @@ pub fn length_grouped_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<u
         .collect()
 }
 
-/// A right-padded batch and where its targets are.
+/// Packs items of `tokens[i]` tokens into rows of at most `capacity` (first fit, longest
+/// first; an item larger than a row gets a row of its own) and groups `rows_per_batch`
+/// consecutive rows into a batch of item indices. Deterministic: the trainer shuffles
+/// the batches per epoch.
+pub fn packed_batches(tokens: &[usize], capacity: usize, rows_per_batch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..tokens.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(tokens[i]), i));
+    let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
+    for i in order {
+        match rows
+            .iter_mut()
+            .find(|(used, _)| used + tokens[i] <= capacity)
+        {
+            Some((used, items)) => {
+                *used += tokens[i];
+                items.push(i);
+            }
+            None => rows.push((tokens[i], vec![i])),
+        }
+    }
+    rows.chunks(rows_per_batch.max(1))
+        .map(|chunk| chunk.iter().flat_map(|(_, items)| items.clone()).collect())
+        .collect()
+}
+
+/// Sequences laid back to back with no padding (each attends only to itself, from
+/// position 0), and where their targets are.
 pub struct TokenBatch {
-    /// `[batch, seq]` u32, padded with 0 (the causal mask keeps padding out of real
-    /// positions, and padded positions are never read).
+    /// `[tokens]` u32.
     pub input_ids: Tensor,
-    /// Flat indices into `batch * seq` of the positions that predict each target.
+    /// Each sequence's `(first token, length)` in `input_ids`.
+    pub segments: Vec<(usize, usize)>,
+    /// Indices into `input_ids` of the positions that predict each target.
     pub positions: Tensor,
     /// `[targets]` u32 token ids.
     pub targets: Tensor,
     /// Number of targets of each sequence, in order.
     pub targets_per_sequence: Vec<usize>,
-    /// Real (unpadded) tokens in the batch.
+    /// Tokens in the batch.
     pub tokens: usize,
 }
 
 impl TokenBatch {
     pub fn new(sequences: &[&Tokenized], device: &Device) -> Result<Self> {
-        let width = sequences.iter().map(|s| s.ids.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(sequences.len() * width);
+        let mut ids = Vec::with_capacity(sequences.iter().map(|s| s.ids.len()).sum());
+        let mut segments = Vec::with_capacity(sequences.len());
         let mut positions = Vec::new();
         let mut targets = Vec::new();
         let mut per_seq = Vec::with_capacity(sequences.len());
-        for (row, s) in sequences.iter().enumerate() {
+        for s in sequences {
+            let first = ids.len();
             ids.extend_from_slice(&s.ids);
-            ids.resize((row + 1) * width, 0);
+            segments.push((first, s.ids.len()));
             let before = targets.len();
             for (j, (&id, &label)) in s.ids.iter().zip(&s.labels).enumerate() {
                 if label && j > 0 {
-                    positions.push((row * width + j - 1) as u32);
+                    positions.push((first + j - 1) as u32);
                     targets.push(id);
                 }
             }
             per_seq.push(targets.len() - before);
         }
-        let n = targets.len();
+        let (n, tokens) = (targets.len(), ids.len());
         Ok(Self {
-            input_ids: Tensor::from_vec(ids, (sequences.len(), width), device)?,
+            input_ids: Tensor::from_vec(ids, tokens, device)?,
+            segments,
             positions: Tensor::from_vec(positions, n, device)?,
             targets: Tensor::from_vec(targets, n, device)?,
             targets_per_sequence: per_seq,
-            tokens: sequences.iter().map(|s| s.ids.len()).sum(),
+            tokens,
         })
     }
 
@@ -585,7 +614,19 @@ mod tests {
     }
 
     #[test]
-    fn batches_group_by_length_and_pad_right() -> Result<()> {
+    fn packing_fills_rows_longest_first() {
+        // Rows of 10, longest first: [12] alone, [8, 2], [7, 3], [5, 4, 1]; two per batch.
+        let tokens = [5, 8, 2, 7, 3, 4, 1, 12];
+        assert_eq!(
+            packed_batches(&tokens, 10, 2),
+            vec![vec![7, 1, 2], vec![3, 4, 0, 5, 6]]
+        );
+        let all: usize = packed_batches(&tokens, 10, 1).iter().map(|b| b.len()).sum();
+        assert_eq!(all, tokens.len(), "every item in exactly one row");
+    }
+
+    #[test]
+    fn batches_group_by_length_and_lay_sequences_back_to_back() -> Result<()> {
         assert_eq!(
             length_grouped_batches(&[5, 1, 4, 2], 2),
             vec![vec![1, 3], vec![2, 0]]
@@ -599,10 +640,8 @@ mod tests {
             labels: vec![false, true],
         };
         let batch = TokenBatch::new(&[&a, &b], &Device::Cpu)?;
-        assert_eq!(
-            batch.input_ids.to_vec2::<u32>()?,
-            vec![vec![7, 8, 9], vec![4, 5, 0]]
-        );
+        assert_eq!(batch.input_ids.to_vec1::<u32>()?, vec![7, 8, 9, 4, 5]);
+        assert_eq!(batch.segments, vec![(0, 3), (3, 2)]);
         assert_eq!(batch.positions.to_vec1::<u32>()?, vec![0, 1, 3]);
         assert_eq!(batch.targets.to_vec1::<u32>()?, vec![8, 9, 5]);
         assert_eq!(batch.targets_per_sequence, vec![2, 1]);
