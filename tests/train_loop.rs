@@ -266,3 +266,144 @@ fn resume_reproduces_the_uninterrupted_losses_exactly() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("settings differ"), "{err:#}");
 }
+
+#[test]
+fn lora_dropout_changes_the_trajectory_and_resumes_exactly() {
+    let model = tiny();
+    let (examples, _) = tokenize_sft(&model, &conversations(), 128).unwrap();
+    drop(model);
+    let mut config = resume_job_args();
+    config.args.lora.lora_dropout = 0.3;
+    let job = Job::Sft {
+        examples: &examples,
+        config: &config,
+    };
+    let plain_config = resume_job_args();
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = train(
+        &mut tiny().decoder,
+        &Job::Sft {
+            examples: &examples,
+            config: &plain_config,
+        },
+        &options(plain_dir.path()),
+    )
+    .unwrap()
+    .losses();
+
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = train(&mut tiny().decoder, &job, &options(full_dir.path()))
+        .unwrap()
+        .losses();
+    // B starts at zero and the warm-up's first step has learning rate 0, so the first two
+    // losses cannot see the dropout; every later one does.
+    assert_eq!(full[..2], plain[..2]);
+    assert!(
+        full[2..].iter().zip(&plain[2..]).all(|(a, b)| a != b),
+        "dropout left the losses unchanged: {full:?} vs {plain:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let interrupted = RunOptions {
+        stop_after: Some(3),
+        ..options(dir.path())
+    };
+    train(&mut tiny().decoder, &job, &interrupted).unwrap();
+    let resumed = RunOptions {
+        resume: Some(dir.path().join("checkpoint-2")),
+        ..options(dir.path())
+    };
+    let second = train(&mut tiny().decoder, &job, &resumed).unwrap().losses();
+    assert_eq!(
+        second,
+        full[2..].to_vec(),
+        "dropout masks were not replayed"
+    );
+}
+
+#[test]
+fn dpo_with_precomputed_reference_matches_the_per_step_reference() {
+    let model = tiny();
+    let (tokenized, _) = tokenize_preferences(&model, &pairs(), 128).unwrap();
+    drop(model);
+    let config = DpoConfig {
+        args: args(1e-2, 3, 2),
+        ..DpoConfig::default()
+    };
+    let precomputed = DpoConfig {
+        precompute_ref_log_probs: true,
+        ..config.clone()
+    };
+    let run = |config: &DpoConfig, out: &Path| {
+        train(
+            &mut tiny().decoder,
+            &Job::Dpo {
+                pairs: &tokenized,
+                config,
+            },
+            &options(out),
+        )
+        .unwrap()
+    };
+    let per_step_dir = tempfile::tempdir().unwrap();
+    let per_step = run(&config, per_step_dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let cached = run(&precomputed, dir.path());
+    for (a, b) in per_step.metrics.iter().zip(&cached.metrics) {
+        for key in ["loss", "rewards/margins", "kl"] {
+            let (a, b) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-5, "{key}: {a} per step, {b} precomputed");
+        }
+    }
+    let cache_path = dir.path().join("reference_logps.json");
+    let cache: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cache_path).unwrap()).unwrap();
+    assert_eq!(cache["logps"].as_array().unwrap().len(), pairs().len());
+
+    // A second run into the folder reuses the cache and retraces the run exactly; a cache
+    // made for other weights is recomputed, not trusted.
+    assert_eq!(run(&precomputed, dir.path()).losses(), cached.losses());
+    let mut stale = cache.clone();
+    stale["weights_fingerprint"] = "other weights".into();
+    stale["logps"][0][0] = 123.0.into();
+    std::fs::write(&cache_path, stale.to_string()).unwrap();
+    assert_eq!(run(&precomputed, dir.path()).losses(), cached.losses());
+    let rewritten: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cache_path).unwrap()).unwrap();
+    assert_eq!(
+        rewritten["weights_fingerprint"],
+        cache["weights_fingerprint"]
+    );
+}
+
+#[test]
+fn packing_fills_rows_up_to_max_len_and_keeps_the_loss() {
+    let model = tiny();
+    let (examples, _) = tokenize_sft(&model, &conversations(), 128).unwrap();
+    drop(model);
+    // Rows as long as the six examples together.
+    let total: usize = examples.iter().map(|e| e.ids.len()).sum();
+    let run = |packing: bool, batch_size: usize| {
+        let mut config = SftConfig {
+            args: args(1e-2, 2, batch_size),
+        };
+        config.args.max_len = total;
+        config.args.packing = packing;
+        let out = tempfile::tempdir().unwrap();
+        let job = Job::Sft {
+            examples: &examples,
+            config: &config,
+        };
+        train(&mut tiny().decoder, &job, &options(out.path())).unwrap()
+    };
+    // One row of six examples per step, against a batch of six without packing.
+    let packed = run(true, 1);
+    let unpacked = run(false, 6);
+    assert_eq!(packed.total_steps, 2, "one packed row per epoch");
+    assert_eq!(packed.metrics[0]["tokens"], total);
+    for (a, b) in packed.losses().iter().zip(unpacked.losses()) {
+        assert!((a - b).abs() < 1e-5 * b.abs(), "packed {a}, unpacked {b}");
+    }
+    // Without packing, batch size 1 means six steps per epoch.
+    assert_eq!(run(false, 1).total_steps, 12);
+}

@@ -6,12 +6,13 @@
 mod common;
 
 use autoif::export::peft::load_adapter;
+use autoif::model::lora::Adapters;
 use autoif::model::{LoadOptions, Model};
 use autoif::train::data::{
     parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, DataFormat,
     TokenBatch, Tokenized,
 };
-use autoif::train::dpo::{dpo_loss, DpoConfig, DpoLossType};
+use autoif::train::dpo::{dpo_loss, DpoConfig, DpoLossType, Reference};
 use autoif::train::sft::sft_loss;
 use serde_json::Value;
 
@@ -67,7 +68,7 @@ fn sft_loss_matches_transformers() {
 
     let refs: Vec<&Tokenized> = examples.iter().collect();
     let batch = TokenBatch::new(&refs, model.decoder.device()).unwrap();
-    let (loss, _) = sft_loss(&model.decoder, &batch, batch.target_count()).unwrap();
+    let (loss, _) = sft_loss(&model.decoder, &batch, batch.target_count(), Adapters::On).unwrap();
     let loss = loss.to_scalar::<f32>().unwrap() as f64;
     let want = reference["sft"]["loss"].as_f64().unwrap();
     close("SFT loss", loss, want);
@@ -108,7 +109,15 @@ fn dpo_losses_match_trl_formulas() {
             label_smoothing: want["label_smoothing"].as_f64().unwrap(),
             ..DpoConfig::default()
         };
-        let (loss, stats) = dpo_loss(&model.decoder, &batch, &config, tokenized.len()).unwrap();
+        let (loss, stats) = dpo_loss(
+            &model.decoder,
+            &batch,
+            &config,
+            tokenized.len(),
+            Adapters::On,
+            Reference::Compute,
+        )
+        .unwrap();
         let loss = loss.to_scalar::<f32>().unwrap() as f64;
         close(
             &format!("{variant} loss"),

@@ -83,6 +83,10 @@ pub struct TrainingFlags {
     /// Sequences are cut to this many tokens.
     #[arg(long, default_value_t = 1024)]
     pub max_len: usize,
+    /// Pack examples into rows of up to --max-len tokens and take --batch-size rows per
+    /// micro-batch (each example still attends only to itself).
+    #[arg(long)]
+    pub packing: bool,
     /// Run micro-batches in pieces of at most this many padded tokens (same update, bounded
     /// activation memory; 0: no limit).
     #[arg(long, default_value_t = 512)]
@@ -96,6 +100,9 @@ pub struct TrainingFlags {
     pub lora_r: usize,
     #[arg(long, default_value_t = 32.0)]
     pub lora_alpha: f64,
+    /// Dropout on each adapter's input while training (PEFT's lora_dropout), in [0, 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f64,
     /// Projections to adapt (comma-separated Hugging Face module names).
     #[arg(
         long,
@@ -123,6 +130,7 @@ impl TrainingFlags {
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
             max_len: self.max_len,
+            packing: self.packing,
             max_batch_tokens: self.max_batch_tokens,
             max_grad_norm: self.max_grad_norm,
             adamw,
@@ -131,7 +139,7 @@ impl TrainingFlags {
             lora: LoraConfig {
                 r: self.lora_r,
                 lora_alpha: self.lora_alpha,
-                lora_dropout: 0.0,
+                lora_dropout: self.lora_dropout,
                 target_modules: self.lora_targets.clone(),
             },
         }
@@ -183,6 +191,10 @@ pub struct DpoFlags {
     /// Probability that a preference label is flipped (conservative DPO); sigmoid only.
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
+    /// Score every pair under the reference once before training (cached in the output
+    /// folder) instead of a reference forward pass in every step.
+    #[arg(long)]
+    pub precompute_ref_log_probs: bool,
 }
 
 impl DpoFlags {
@@ -198,6 +210,7 @@ impl DpoFlags {
             beta: self.beta,
             loss_type: self.loss_type,
             label_smoothing: self.label_smoothing,
+            precompute_ref_log_probs: self.precompute_ref_log_probs,
         })
     }
 }

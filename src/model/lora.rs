@@ -83,6 +83,85 @@ impl LoraConfig {
     }
 }
 
+/// How a forward pass treats the LoRA adapters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Adapters {
+    /// The base model: how DPO gets its reference.
+    Off,
+    On,
+    /// Training with PEFT's LoRA dropout: each adapter's input has elements zeroed with
+    /// probability `p` and the rest scaled by `1 / (1 − p)`; the base path sees the input
+    /// unchanged. The masks are a pure function of `seed` and the projection, so a step
+    /// (and a resumed run) replays exactly.
+    Dropout {
+        p: f32,
+        seed: u64,
+    },
+}
+
+impl From<bool> for Adapters {
+    fn from(on: bool) -> Self {
+        if on {
+            Adapters::On
+        } else {
+            Adapters::Off
+        }
+    }
+}
+
+impl Adapters {
+    pub fn enabled(self) -> bool {
+        self != Adapters::Off
+    }
+
+    /// The mode for one projection of the model (`site` numbers them): each projection
+    /// draws its own dropout mask, as each PEFT LoRA layer has its own dropout module.
+    pub fn at_site(self, site: u64) -> Self {
+        match self {
+            Adapters::Dropout { p, seed } => Adapters::Dropout {
+                p,
+                seed: splitmix64(seed ^ splitmix64(site)),
+            },
+            other => other,
+        }
+    }
+}
+
+/// SplitMix64's output function: a well-mixed 64-bit hash of a counter.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// An inverted-dropout mask `[rows, cols]`: 0 with probability `p`, else `1 / (1 − p)`.
+/// Element `i` is decided by a hash of `(seed, i)` alone, so the mask is the same however
+/// the work is split across threads.
+pub fn dropout_mask(
+    (rows, cols): (usize, usize),
+    p: f32,
+    seed: u64,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        bail!("LoRA dropout must be in [0, 1), got {p}");
+    }
+    let keep = 1.0 / (1.0 - p);
+    // Compare 24 random bits with p scaled to the same range.
+    let threshold = (p as f64 * (1u64 << 24) as f64) as u64;
+    let mut mask = vec![0f32; rows * cols];
+    mask.par_chunks_mut(cols.max(1))
+        .enumerate()
+        .for_each(|(row, out)| {
+            for (col, m) in out.iter_mut().enumerate() {
+                let bits = splitmix64(seed ^ ((row * cols + col) as u64)) >> 40;
+                *m = if bits < threshold { 0.0 } else { keep };
+            }
+        });
+    Ok(Tensor::from_vec(mask, (rows, cols), device)?)
+}
+
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
     weight: Tensor,
@@ -149,6 +228,12 @@ impl LoraLinear {
 
     /// `x` is `[..., in]`. The adapter path runs only when `adapters` is true.
     pub fn forward(&self, x: &Tensor, adapters: bool) -> Result<Tensor> {
+        self.forward_with(x, adapters.into())
+    }
+
+    /// `forward` with dropout on the adapter's input when `mode` asks for it.
+    pub fn forward_with(&self, x: &Tensor, mode: Adapters) -> Result<Tensor> {
+        let adapters = mode.enabled();
         let dims = x.dims().to_vec();
         let inp = *dims
             .last()
@@ -162,7 +247,16 @@ impl LoraLinear {
         };
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
-        if let Some(ad) = self.adapter.as_ref().filter(|_| adapters) {
+        let dropout = match mode {
+            Adapters::Dropout { p, seed } if p > 0.0 => Some((p, seed)),
+            _ => None,
+        };
+        // The fused op has no place for a second, masked input: dropout takes the plain path.
+        let fused = self
+            .adapter
+            .as_ref()
+            .filter(|_| adapters && dropout.is_none());
+        if let Some(ad) = fused {
             if AdaptedProjection::applies(&x2, &self.weight) {
                 let op = AdaptedProjection {
                     weight: self.weight.clone(),
@@ -187,7 +281,10 @@ impl LoraLinear {
         }
         if adapters {
             if let Some(ad) = &self.adapter {
-                let xa = x2.to_dtype(ad.a.dtype())?;
+                let mut xa = x2.to_dtype(ad.a.dtype())?;
+                if let Some((p, seed)) = dropout {
+                    xa = (xa * dropout_mask((rows, inp), p, seed, x.device())?)?;
+                }
                 // Scaled at rank r, the narrow end, rather than on the [rows, out] output.
                 let low = (xa.matmul(&ad.a.as_tensor().t()?)? * ad.scale)?;
                 let up = low.matmul(&ad.b.as_tensor().t()?)?;
@@ -314,6 +411,7 @@ impl candle_core::CustomOp1 for FrozenProjection {
             CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
             CpuStorage::BF16(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
             CpuStorage::F16(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
+            CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
             _ => candle_core::bail!("frozen projection: unsupported input dtype"),
         };
         let y = project_untracked(&x, &self.weight)
@@ -328,6 +426,7 @@ impl candle_core::CustomOp1 for FrozenProjection {
             Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(v[s..e].to_vec()),
             Storage::Cpu(CpuStorage::BF16(v)) => CpuStorage::BF16(v[s..e].to_vec()),
             Storage::Cpu(CpuStorage::F16(v)) => CpuStorage::F16(v[s..e].to_vec()),
+            Storage::Cpu(CpuStorage::F64(v)) => CpuStorage::F64(v[s..e].to_vec()),
             _ => candle_core::bail!("frozen projection: unexpected output storage"),
         };
         Ok((out, shape))
@@ -514,6 +613,62 @@ mod tests {
         layer.merge_adapter()?;
         assert!(layer.adapter().is_none());
         assert!(diff(&layer.forward(&x, false)?, &adapted)? < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_mask_keeps_one_minus_p_scaled_up() -> Result<()> {
+        let mask = dropout_mask((300, 100), 0.25, 7, &Device::Cpu)?;
+        let values = mask.flatten_all()?.to_vec1::<f32>()?;
+        let kept = values.iter().filter(|&&v| v != 0.0).count() as f64 / values.len() as f64;
+        assert!((kept - 0.75).abs() < 0.01, "kept {kept}");
+        assert!(values
+            .iter()
+            .all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
+        let again = dropout_mask((300, 100), 0.25, 7, &Device::Cpu)?;
+        assert_eq!(values, again.flatten_all()?.to_vec1::<f32>()?);
+        let other = dropout_mask((300, 100), 0.25, 8, &Device::Cpu)?;
+        assert_ne!(values, other.flatten_all()?.to_vec1::<f32>()?);
+        assert!(dropout_mask((2, 2), 1.0, 0, &Device::Cpu).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_masks_only_the_adapter_input() -> Result<()> {
+        let dev = Device::Cpu;
+        // 200 rows: the fused projection's size class, which dropout must leave.
+        let x = Tensor::randn(0f32, 1.0, (200, 6), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (5, 6), &dev)?;
+        let mut layer = LoraLinear::new(w.clone(), None);
+        let (a, b) = (
+            Var::randn(0f32, 1.0, (3, 6), &dev)?,
+            Var::randn(0f32, 1.0, (5, 3), &dev)?,
+        );
+        layer.set_adapter(Some(LoraAdapter {
+            a: a.clone(),
+            b: b.clone(),
+            scale: 2.0,
+        }))?;
+        let (p, seed) = (0.5, 11);
+        let got = layer.forward_with(&x, Adapters::Dropout { p, seed })?;
+        let masked = (&x * dropout_mask((200, 6), p, seed, &dev)?)?;
+        let want = (x.matmul(&w.t()?)?
+            + (masked
+                .matmul(&a.as_tensor().t()?)?
+                .matmul(&b.as_tensor().t()?)?
+                * 2.0)?)?;
+        let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "{diff}");
+        let none = layer.forward_with(&x, Adapters::Dropout { p: 0.0, seed })?;
+        let on = layer.forward_with(&x, Adapters::On)?;
+        assert_eq!(
+            (none - on)?.abs()?.max_all()?.to_scalar::<f32>()?,
+            0.0,
+            "p = 0 is no dropout"
+        );
+        // Projections draw different masks.
+        let site = |s| Adapters::Dropout { p, seed }.at_site(s);
+        assert_ne!(site(0), site(1));
         Ok(())
     }
 

@@ -1,15 +1,19 @@
 //! Direct preference optimisation: TRL's sigmoid loss with β and label smoothing
 //! (conservative DPO), or IPO. The reference model is the same weights with adapters off,
 //! so it costs no memory; before DPO an SFT adapter is merged into the weights so the
-//! reference is the SFT model.
+//! reference is the SFT model. The reference log-probabilities are computed in every step
+//! or, with `precompute_ref_log_probs`, once before training (a forward pass per step
+//! saved, as TRL's option of the same name).
 
-use super::data::TokenBatch;
+use super::data::{length_grouped_batches, TokenBatch, Tokenized, TokenizedPair};
 use super::optim::ScheduleKind;
 use super::sft::batch_target_logprobs;
-use super::trainer::TrainingArgs;
+use super::trainer::{split_by_tokens, TrainingArgs};
 use crate::model::decoder::Decoder;
-use anyhow::Result;
+use crate::model::lora::Adapters;
+use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
@@ -30,6 +34,10 @@ pub struct DpoConfig {
     pub beta: f64,
     pub loss_type: DpoLossType,
     pub label_smoothing: f64,
+    /// Score every pair under the reference once before training and reuse the sums,
+    /// instead of a reference forward pass in every step.
+    #[serde(default)]
+    pub precompute_ref_log_probs: bool,
 }
 
 impl Default for DpoConfig {
@@ -47,6 +55,7 @@ impl Default for DpoConfig {
             beta: 0.1,
             loss_type: DpoLossType::Sigmoid,
             label_smoothing: 0.0,
+            precompute_ref_log_probs: false,
         }
     }
 }
@@ -84,24 +93,50 @@ fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
     Ok((x.minimum(0f32)? - soft)?)
 }
 
+/// Where a DPO step gets the reference model's log-probabilities.
+#[derive(Debug, Clone, Copy)]
+pub enum Reference<'a> {
+    /// A forward pass now, on the same weights with adapters off.
+    Compute,
+    /// Per-sequence sums computed before training, in the batch's sequence order.
+    Given(&'a [f32]),
+}
+
 /// The DPO loss of a batch whose first half are the chosen sequences and second half the
 /// rejected ones (pair i = rows i and i + pairs), summed over pairs and divided by
-/// `normalizer` (the pairs in the whole optimizer step).
+/// `normalizer` (the pairs in the whole optimizer step). `policy` is how the adapters run
+/// (`On`, or `Dropout` when training with LoRA dropout).
 pub fn dpo_loss(
     decoder: &Decoder,
     batch: &TokenBatch,
     config: &DpoConfig,
     normalizer: usize,
+    policy: Adapters,
+    reference: Reference,
 ) -> Result<(Tensor, DpoStats)> {
     let dev = decoder.device();
     let counts = &batch.targets_per_sequence;
     let pairs = counts.len() / 2;
-    // Reference first: with adapters off nothing is tracked, so its activations are freed
-    // before the policy pass builds its graph.
-    let reference_tokens = batch_target_logprobs(decoder, batch, false)?.detach();
-    let policy_tokens = batch_target_logprobs(decoder, batch, true)?;
+    let mut reference = match reference {
+        // Reference first: with adapters off nothing is tracked, so its activations are
+        // freed before the policy pass builds its graph.
+        Reference::Compute => {
+            let tokens = batch_target_logprobs(decoder, batch, Adapters::Off)?.detach();
+            per_sequence_sums(&tokens, counts, dev)?
+        }
+        Reference::Given(sums) => {
+            if sums.len() != counts.len() {
+                bail!(
+                    "{} reference log-probabilities for {} sequences",
+                    sums.len(),
+                    counts.len()
+                );
+            }
+            Tensor::from_slice(sums, sums.len(), dev)?
+        }
+    };
+    let policy_tokens = batch_target_logprobs(decoder, batch, policy)?;
     let mut policy = per_sequence_sums(&policy_tokens, counts, dev)?;
-    let mut reference = per_sequence_sums(&reference_tokens, counts, dev)?;
     let log_ratio_sum = (&policy - &reference)?.sum_all()?.to_scalar::<f32>()? as f64;
     if config.loss_type == DpoLossType::Ipo {
         let lengths: Vec<f32> = counts.iter().map(|&c| c.max(1) as f32).collect();
@@ -139,6 +174,54 @@ pub fn dpo_loss(
         tokens: batch.target_count(),
     };
     Ok((loss, stats))
+}
+
+/// The reference log-probability sums `[chosen, rejected]` of every pair: the weights with
+/// adapters off, in length-grouped batches within the step's token budget.
+pub fn reference_logps(
+    decoder: &Decoder,
+    pairs: &[TokenizedPair],
+    args: &TrainingArgs,
+    progress: bool,
+) -> Result<Vec<[f32; 2]>> {
+    let tokens: Vec<usize> = pairs
+        .iter()
+        .map(|p| p.chosen.ids.len() + p.rejected.ids.len())
+        .collect();
+    let batches: Vec<Vec<usize>> = length_grouped_batches(&tokens, args.batch_size)
+        .iter()
+        .flat_map(|b| split_by_tokens(b, |i| tokens[i], args.max_batch_tokens))
+        .collect();
+    let bar = if progress {
+        ProgressBar::new(pairs.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("reference log-probs {pos}/{len} pairs [{bar:30}] ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut out = vec![[0f32; 2]; pairs.len()];
+    for batch in batches {
+        let seqs: Vec<&Tokenized> = batch
+            .iter()
+            .map(|&i| &pairs[i].chosen)
+            .chain(batch.iter().map(|&i| &pairs[i].rejected))
+            .collect();
+        let tb = TokenBatch::new(&seqs, decoder.device())?;
+        let tokens = batch_target_logprobs(decoder, &tb, Adapters::Off)?.to_vec1::<f32>()?;
+        let mut offset = 0;
+        for (row, &count) in tb.targets_per_sequence.iter().enumerate() {
+            let sum: f32 = tokens[offset..offset + count].iter().sum();
+            offset += count;
+            let (pair, side) = (batch[row % batch.len()], row / batch.len());
+            out[pair][side] = sum;
+        }
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
 }
 
 /// Folds every adapter into the base weights (the SFT adapter before DPO), so with

@@ -4,8 +4,9 @@ use super::data::TokenBatch;
 use super::trainer::TrainingArgs;
 use crate::model::decoder::Decoder;
 use crate::model::logprobs::target_logprobs;
+use crate::model::lora::Adapters;
 use anyhow::Result;
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 /// SFT settings (TRL's `SFTConfig` role).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -34,20 +35,24 @@ impl Default for SftConfig {
 pub fn batch_target_logprobs(
     decoder: &Decoder,
     batch: &TokenBatch,
-    adapters: bool,
+    adapters: Adapters,
 ) -> Result<Tensor> {
-    let hidden = decoder.forward(&batch.input_ids, adapters)?;
-    let h = hidden.dim(D::Minus1)?;
-    let rows = hidden.reshape((hidden.elem_count() / h, h))?;
-    let picked = rows.index_select(&batch.positions, 0)?;
+    let hidden = decoder.forward_segments(&batch.input_ids, &batch.segments, adapters)?;
+    let picked = hidden.index_select(&batch.positions, 0)?;
     target_logprobs(decoder, &picked, &batch.targets)
 }
 
 /// Summed NLL of the batch's targets divided by `normalizer` (the number of targets in the
 /// whole optimizer step, so accumulated micro-batches weigh each token equally, as
-/// transformers does with `num_items_in_batch`). Returns the loss and the unnormalised sum.
-pub fn sft_loss(decoder: &Decoder, batch: &TokenBatch, normalizer: usize) -> Result<(Tensor, f64)> {
-    let logps = batch_target_logprobs(decoder, batch, true)?;
+/// transformers does with `num_items_in_batch`). `adapters` is `On`, or `Dropout` when
+/// training with LoRA dropout. Returns the loss and the unnormalised sum.
+pub fn sft_loss(
+    decoder: &Decoder,
+    batch: &TokenBatch,
+    normalizer: usize,
+    adapters: Adapters,
+) -> Result<(Tensor, f64)> {
+    let logps = batch_target_logprobs(decoder, batch, adapters)?;
     let nll_sum = logps.sum_all()?.neg()?;
     let value = nll_sum.to_scalar::<f32>()? as f64;
     Ok(((nll_sum / normalizer.max(1) as f64)?, value))

@@ -7,13 +7,13 @@
 //! `(seed, e)`. A checkpoint therefore needs only the adapter, the optimizer moments and
 //! the step to continue bit for bit.
 
-use super::data::{length_grouped_batches, TokenBatch, Tokenized, TokenizedPair};
-use super::dpo::{dpo_loss, DpoConfig, DpoStats};
+use super::data::{length_grouped_batches, packed_batches, TokenBatch, Tokenized, TokenizedPair};
+use super::dpo::{dpo_loss, reference_logps, DpoConfig, DpoStats, Reference};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator, LrSchedule, ScheduleKind};
 use super::sft::sft_loss;
 use crate::export::peft::{load_adapter, save_adapter};
 use crate::model::decoder::Decoder;
-use crate::model::lora::LoraConfig;
+use crate::model::lora::{Adapters, LoraConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -47,6 +47,11 @@ pub struct TrainingArgs {
     pub grad_accum: usize,
     /// Longer sequences are cut to this many tokens.
     pub max_len: usize,
+    /// Pack items into rows of up to `max_len` tokens (each item still attends only to
+    /// itself) and take `batch_size` rows per micro-batch, instead of `batch_size` items:
+    /// steps of many short examples carry as many tokens as steps of long ones.
+    #[serde(default)]
+    pub packing: bool,
     /// A micro-batch is run in pieces of at most this many padded tokens (at least one
     /// sequence or pair each), accumulating gradients: the same update in bounded memory.
     /// 0: no limit.
@@ -71,6 +76,7 @@ impl Default for TrainingArgs {
             batch_size: 4,
             grad_accum: 1,
             max_len: 1024,
+            packing: false,
             max_batch_tokens: 512,
             max_grad_norm: 1.0,
             adamw: AdamWConfig::default(),
@@ -108,12 +114,13 @@ impl Job<'_> {
         }
     }
 
-    fn lengths(&self) -> Vec<usize> {
+    /// Tokens of each item: an SFT sequence, or a pair's two sequences together.
+    fn item_tokens(&self) -> Vec<usize> {
         match self {
             Job::Sft { examples, .. } => examples.iter().map(|e| e.ids.len()).collect(),
             Job::Dpo { pairs, .. } => pairs
                 .iter()
-                .map(|p| p.chosen.ids.len().max(p.rejected.ids.len()))
+                .map(|p| p.chosen.ids.len() + p.rejected.ids.len())
                 .collect(),
         }
     }
@@ -229,8 +236,11 @@ fn validate(args: &TrainingArgs) -> Result<()> {
     if args.lora.r == 0 {
         bail!("LoRA rank must be at least 1");
     }
-    if args.lora.lora_dropout != 0.0 {
-        bail!("LoRA dropout is not implemented; use 0");
+    if !(0.0..1.0).contains(&args.lora.lora_dropout) {
+        bail!(
+            "LoRA dropout must be in [0, 1), got {}",
+            args.lora.lora_dropout
+        );
     }
     Ok(())
 }
@@ -256,11 +266,15 @@ struct StepTotals {
 pub fn train(decoder: &mut Decoder, job: &Job, options: &RunOptions) -> Result<RunSummary> {
     let args = job.args().clone();
     validate(&args)?;
-    let lengths = job.lengths();
-    if lengths.is_empty() {
+    let tokens = job.item_tokens();
+    if tokens.is_empty() {
         bail!("no training examples");
     }
-    let batches = length_grouped_batches(&lengths, args.batch_size);
+    let batches = if args.packing {
+        packed_batches(&tokens, args.max_len, args.batch_size)
+    } else {
+        length_grouped_batches(&tokens, args.batch_size)
+    };
     let steps_per_epoch = batches.len().div_ceil(args.grad_accum);
     let total_steps = match args.max_steps {
         0 => steps_per_epoch * args.epochs,
@@ -298,6 +312,12 @@ pub fn train(decoder: &mut Decoder, job: &Job, options: &RunOptions) -> Result<R
             .with_context(|| format!("{}", path.display()))?;
         start_step = step;
     }
+    let reference = match job {
+        Job::Dpo { pairs, config } if config.precompute_ref_log_probs => Some(
+            cached_reference_logps(decoder, pairs, &args, options, &fingerprint)?,
+        ),
+        _ => None,
+    };
     let mut metrics_file = open_metrics(&options.out, start_step)?;
 
     let bar = if options.progress {
@@ -328,7 +348,17 @@ pub fn train(decoder: &mut Decoder, job: &Job, options: &RunOptions) -> Result<R
             .iter()
             .map(|&b| &batches[b])
             .collect();
-        let totals = run_step(decoder, job, &micro, &vars, &mut accumulator)?;
+        let totals = run_step(
+            decoder,
+            job,
+            &micro,
+            StepContext {
+                step,
+                reference: reference.as_deref(),
+            },
+            &vars,
+            &mut accumulator,
+        )?;
         let mut grads = accumulator.take(&vars)?;
         let grad_norm = clip_grad_norm(&mut grads, args.max_grad_norm)?;
         let lr = schedule.lr(step);
@@ -388,18 +418,45 @@ pub fn train(decoder: &mut Decoder, job: &Job, options: &RunOptions) -> Result<R
     })
 }
 
+/// What a step needs besides its batches.
+struct StepContext<'a> {
+    /// The optimizer step (0-based), which seeds LoRA dropout.
+    step: usize,
+    /// Precomputed reference log-probability sums per DPO pair.
+    reference: Option<&'a [[f32; 2]]>,
+}
+
 /// Forward and backward over one optimizer step's micro-batches; gradients are summed
 /// into `accumulator`.
 fn run_step(
     decoder: &Decoder,
     job: &Job,
     micro: &[&Vec<usize>],
+    context: StepContext,
     vars: &[Var],
     accumulator: &mut GradAccumulator,
 ) -> Result<StepTotals> {
     let device = decoder.device();
-    let max_tokens = job.args().max_batch_tokens;
+    let args = job.args();
+    let max_tokens = args.max_batch_tokens;
+    let item_tokens = job.item_tokens();
+    let tokens = |i: usize| item_tokens[i];
     let mut totals = StepTotals::default();
+    // Piece `i` of step `s` draws its dropout masks from (seed, s, i): a resumed run
+    // replays the same masks.
+    let mut pieces = 0u64;
+    let mut adapters = || {
+        pieces += 1;
+        match args.lora.lora_dropout {
+            0.0 => Adapters::On,
+            p => Adapters::Dropout {
+                p: p as f32,
+                seed: args.seed
+                    ^ (context.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ pieces.wrapping_mul(0xD1B5_4A32_D192_ED03),
+            },
+        }
+    };
     match job {
         Job::Sft { examples, .. } => {
             let normalizer: usize = micro
@@ -407,14 +464,13 @@ fn run_step(
                 .flat_map(|b| b.iter())
                 .map(|&i| examples[i].target_count())
                 .sum();
-            let width = |i: usize| examples[i].ids.len();
             for batch in micro
                 .iter()
-                .flat_map(|b| split_by_tokens(b, width, 1, max_tokens))
+                .flat_map(|b| split_by_tokens(b, tokens, max_tokens))
             {
                 let seqs: Vec<&Tokenized> = batch.iter().map(|&i| &examples[i]).collect();
                 let tb = TokenBatch::new(&seqs, device)?;
-                let (loss, nll_sum) = sft_loss(decoder, &tb, normalizer)?;
+                let (loss, nll_sum) = sft_loss(decoder, &tb, normalizer, adapters())?;
                 accumulator.add(vars, &loss.backward()?)?;
                 totals.loss += nll_sum / normalizer.max(1) as f64;
                 totals.tokens += tb.tokens;
@@ -422,10 +478,9 @@ fn run_step(
         }
         Job::Dpo { pairs, config } => {
             let normalizer: usize = micro.iter().map(|b| b.len()).sum();
-            let width = |i: usize| pairs[i].chosen.ids.len().max(pairs[i].rejected.ids.len());
             for batch in micro
                 .iter()
-                .flat_map(|b| split_by_tokens(b, width, 2, max_tokens))
+                .flat_map(|b| split_by_tokens(b, tokens, max_tokens))
             {
                 let seqs: Vec<&Tokenized> = batch
                     .iter()
@@ -433,7 +488,18 @@ fn run_step(
                     .chain(batch.iter().map(|&i| &pairs[i].rejected))
                     .collect();
                 let tb = TokenBatch::new(&seqs, device)?;
-                let (loss, stats) = dpo_loss(decoder, &tb, config, normalizer)?;
+                let given: Vec<f32>;
+                let reference = match context.reference {
+                    Some(sums) => {
+                        given = (0..2)
+                            .flat_map(|side| batch.iter().map(move |&i| sums[i][side]))
+                            .collect();
+                        Reference::Given(&given)
+                    }
+                    None => Reference::Compute,
+                };
+                let (loss, stats) =
+                    dpo_loss(decoder, &tb, config, normalizer, adapters(), reference)?;
                 accumulator.add(vars, &loss.backward()?)?;
                 totals.loss += stats.losses.iter().sum::<f64>() / normalizer as f64;
                 totals.tokens += tb.tokens;
@@ -444,29 +510,86 @@ fn run_step(
     Ok(totals)
 }
 
-/// Cuts a batch into consecutive pieces whose padded size (items × rows per item × the
-/// widest item) stays within `max_tokens`; an item wider than that goes alone.
-fn split_by_tokens(
+const REFERENCE_FILE: &str = "reference_logps.json";
+
+/// The DPO reference sums of every pair: read from `reference_logps.json` in the output
+/// folder when it was written for the same data and weights (a resumed run), else computed
+/// and written there.
+fn cached_reference_logps(
+    decoder: &Decoder,
+    pairs: &[TokenizedPair],
+    args: &TrainingArgs,
+    options: &RunOptions,
+    data_fingerprint: &str,
+) -> Result<Vec<[f32; 2]>> {
+    let path = options.out.join(REFERENCE_FILE);
+    let weights = weights_fingerprint(decoder)?;
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let cached: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        if cached["data_fingerprint"] == data_fingerprint
+            && cached["weights_fingerprint"] == weights
+        {
+            let logps: Vec<[f32; 2]> = serde_json::from_value(cached["logps"].clone())
+                .with_context(|| format!("{}: malformed `logps`", path.display()))?;
+            if logps.len() == pairs.len() {
+                return Ok(logps);
+            }
+        }
+    }
+    let logps = reference_logps(decoder, pairs, args, options.progress)?;
+    let record = json!({
+        "data_fingerprint": data_fingerprint,
+        "weights_fingerprint": weights,
+        "logps": logps,
+    });
+    crate::atomic_file::write_atomic(&path, serde_json::to_string(&record)?.as_bytes())?;
+    Ok(logps)
+}
+
+/// A hash of the first and last row of every projection weight: tells the weights a
+/// reference cache was computed on (another model, or another merged SFT adapter) apart
+/// without reading every weight.
+fn weights_fingerprint(decoder: &Decoder) -> Result<String> {
+    let mut h = Sha256::new();
+    for (name, layer) in decoder.linear_layers() {
+        let w = layer.weight();
+        let rows = w.dim(0)?;
+        h.update(name.as_bytes());
+        for row in [0, rows - 1] {
+            for v in w
+                .get(row)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?
+            {
+                h.update(v.to_le_bytes());
+            }
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Cuts a batch into consecutive pieces of at most `max_tokens` tokens (`tokens(i)` of
+/// item `i`; batches carry no padding); an item larger than that goes alone. 0: no limit.
+pub(crate) fn split_by_tokens(
     batch: &[usize],
-    width: impl Fn(usize) -> usize,
-    rows_per_item: usize,
+    tokens: impl Fn(usize) -> usize,
     max_tokens: usize,
 ) -> Vec<Vec<usize>> {
     if max_tokens == 0 {
         return vec![batch.to_vec()];
     }
     let mut pieces: Vec<Vec<usize>> = Vec::new();
-    let mut widest = 0;
+    let mut filled = 0;
     for &i in batch {
-        let w = widest.max(width(i));
         match pieces.last_mut() {
-            Some(piece) if (piece.len() + 1) * rows_per_item * w <= max_tokens => {
+            Some(piece) if filled + tokens(i) <= max_tokens => {
                 piece.push(i);
-                widest = w;
+                filled += tokens(i);
             }
             _ => {
                 pieces.push(vec![i]);
-                widest = width(i);
+                filled = tokens(i);
             }
         }
     }
@@ -611,16 +734,16 @@ fn read_checkpoint(dir: &Path, job: &Job, fingerprint: &str, total_steps: usize)
 mod tests {
     #[test]
     fn batches_split_within_the_token_budget() {
-        let widths = [100, 300, 200, 50];
+        let widths = [100, 300, 200, 50, 700];
         let w = |i: usize| widths[i];
         assert_eq!(
-            super::split_by_tokens(&[0, 1, 2, 3], w, 1, 600),
-            vec![vec![0, 1], vec![2, 3]]
+            super::split_by_tokens(&[0, 1, 2, 3], w, 600),
+            vec![vec![0, 1, 2], vec![3]]
         );
         assert_eq!(
-            super::split_by_tokens(&[1, 2], w, 2, 500),
-            vec![vec![1], vec![2]]
+            super::split_by_tokens(&[1, 2, 4, 3], w, 500),
+            vec![vec![1, 2], vec![4], vec![3]]
         );
-        assert_eq!(super::split_by_tokens(&[0, 1], w, 1, 0), vec![vec![0, 1]]);
+        assert_eq!(super::split_by_tokens(&[0, 1], w, 0), vec![vec![0, 1]]);
     }
 }
