@@ -407,3 +407,53 @@ fn packing_fills_rows_up_to_max_len_and_keeps_the_loss() {
     // Without packing, batch size 1 means six steps per epoch.
     assert_eq!(run(false, 1).total_steps, 12);
 }
+
+/// The CUDA layout on the CPU: bf16 base weights through the plain candle ops, f32
+/// adapters and optimizer state.
+#[test]
+fn bf16_base_weights_train_f32_adapters() {
+    let bf16 = LoadOptions {
+        device: candle_core::Device::Cpu,
+        dtype: candle_core::DType::BF16,
+    };
+    let load = || Model::load(common::fixture("tiny-llama").to_str().unwrap(), &bf16).unwrap();
+    let mut model = load();
+    let (examples, _) = tokenize_sft(&model, &conversations()[..4], 128).unwrap();
+    let config = SftConfig {
+        args: args(1e-2, 30, 4),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let job = Job::Sft {
+        examples: &examples,
+        config: &config,
+    };
+    let losses = train(&mut model.decoder, &job, &options(out.path()))
+        .unwrap()
+        .losses();
+    eprintln!("bf16 SFT loss {:.3} → {:.3}", losses[0], losses[29]);
+    assert!(losses[29] < 0.2 * losses[0], "{losses:?}");
+    for (_, layer) in model.decoder.linear_layers() {
+        assert_eq!(layer.weight().dtype(), candle_core::DType::BF16);
+        let adapter = layer.adapter().unwrap();
+        assert_eq!(adapter.a.dtype(), candle_core::DType::F32);
+        assert_eq!(adapter.b.dtype(), candle_core::DType::F32);
+    }
+    let mut fresh = load();
+    let (pairs, _) = tokenize_preferences(&fresh, &pairs(), 128).unwrap();
+    let config = DpoConfig {
+        args: args(1e-2, 10, 4),
+        ..DpoConfig::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let summary = train(
+        &mut fresh.decoder,
+        &Job::Dpo {
+            pairs: &pairs,
+            config: &config,
+        },
+        &options(out.path()),
+    )
+    .unwrap();
+    let last = summary.metrics.last().unwrap();
+    assert_eq!(last["rewards/accuracies"].as_f64().unwrap(), 1.0, "{last}");
+}
