@@ -3,6 +3,7 @@
 
 pub mod causal_attention;
 pub mod chat_template;
+pub mod chunked_logprob;
 pub mod config;
 pub mod decoder;
 mod dot;
