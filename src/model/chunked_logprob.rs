@@ -14,8 +14,8 @@
 //! with the exponential sums in f64; the result is f32 and the gradient has the hidden
 //! states' dtype. On the CPU this file is the implementation (row-parallel with rayon);
 //! with `--features cuda` a CUDA device runs `chunked_logprob_cuda` (cuBLAS for the chunk
-//! products, the kernels in `kernels/chunked_logprob.cu` for the rest), and the tests
-//! compare the two.
+//! products, the kernels in `kernels/chunked_logprob.cu` for the rest), and the hidden
+//! `autoif kernel-check` compares the two on a GPU.
 
 use super::decoder::Decoder;
 use super::dot::dot;
@@ -365,6 +365,19 @@ impl CustomOp3 for ChunkedLogprob {
         Ok((CpuStorage::F32(out), Shape::from((n, 2))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::chunked_logprob_cuda::forward(s1, l1, s2, l2, s3, l3)
+    }
+
     fn bwd(
         &self,
         hidden: &Tensor,
@@ -427,6 +440,19 @@ impl CustomOp3 for ChunkedLogprobGrad {
             ),
         };
         Ok((grad, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::chunked_logprob_cuda::backward(s1, l1, s2, l2, s3, l3, &self.coefs)
     }
 }
 
