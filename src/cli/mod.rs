@@ -7,6 +7,7 @@ mod eval;
 mod export;
 mod generate;
 mod logprobs;
+mod plan;
 mod run;
 mod stage;
 mod train;
@@ -46,6 +47,8 @@ enum Command {
     Export(export::Args),
     /// Train a LoRA adapter in this process (SFT or DPO).
     Train(train::Args),
+    /// Estimate the GPU memory of a training configuration; refuse one that will not fit.
+    Plan(plan::Args),
 }
 
 /// Runs the CLI and returns the process exit code. Errors print as one line.
@@ -69,6 +72,7 @@ pub fn main() -> i32 {
         Command::Stage(args) => stage::run(args),
         Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(args),
+        Command::Plan(args) => plan::run(args),
     };
     match result {
         Ok(()) => 0,
