@@ -6,6 +6,7 @@ mod common;
 mod eval;
 mod export;
 mod generate;
+mod kernel_check;
 mod logprobs;
 mod plan;
 mod run;
@@ -49,6 +50,9 @@ enum Command {
     Train(train::Args),
     /// Estimate the GPU memory of a training configuration; refuse one that will not fit.
     Plan(plan::Args),
+    /// Compare each custom kernel with its CPU twin on random inputs (scripts/gpu-check.sh).
+    #[command(hide = true)]
+    KernelCheck(kernel_check::Args),
 }
 
 /// Runs the CLI and returns the process exit code. Errors print as one line.
@@ -73,6 +77,7 @@ pub fn main() -> i32 {
         Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::KernelCheck(args) => kernel_check::run(args),
     };
     match result {
         Ok(()) => 0,
