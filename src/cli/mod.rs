@@ -6,7 +6,9 @@ mod common;
 mod eval;
 mod export;
 mod generate;
+mod kernel_check;
 mod logprobs;
+mod plan;
 mod run;
 mod stage;
 mod train;
@@ -46,6 +48,11 @@ enum Command {
     Export(export::Args),
     /// Train a LoRA adapter in this process (SFT or DPO).
     Train(train::Args),
+    /// Estimate the GPU memory of a training configuration; refuse one that will not fit.
+    Plan(plan::Args),
+    /// Compare each custom kernel with its CPU twin on random inputs (scripts/gpu-check.sh).
+    #[command(hide = true)]
+    KernelCheck(kernel_check::Args),
 }
 
 /// Runs the CLI and returns the process exit code. Errors print as one line.
@@ -69,6 +76,8 @@ pub fn main() -> i32 {
         Command::Stage(args) => stage::run(args),
         Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::KernelCheck(args) => kernel_check::run(args),
     };
     match result {
         Ok(()) => 0,

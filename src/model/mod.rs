@@ -3,6 +3,9 @@
 
 pub mod causal_attention;
 pub mod chat_template;
+pub mod chunked_logprob;
+#[cfg(feature = "cuda")]
+mod chunked_logprob_cuda;
 pub mod config;
 pub mod decoder;
 mod dot;

@@ -5,10 +5,12 @@
 //! * `optim` — AdamW, clipping, accumulation, schedules;
 //! * `sft`, `dpo` — the losses and each algorithm's config;
 //! * `online_dpo` — sample from the live weights, grade in the sandbox, DPO on the pairs;
-//! * `trainer` — the loop, metrics, checkpoints, resume.
+//! * `trainer` — the loop, metrics, checkpoints, resume;
+//! * `memory_plan` — the GPU memory a configuration needs, checked before loading.
 
 pub mod data;
 pub mod dpo;
+pub mod memory_plan;
 pub mod online_dpo;
 pub mod optim;
 pub mod sft;

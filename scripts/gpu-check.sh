@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The GPU check of issue 9, for a machine with an NVIDIA GPU, no Rust and no network (the
+# device machines this project is lent: driver 580 / CUDA 13.0, PyTorch with its cu13
+# libraries, transformers). It runs the binary that scripts/build-cuda.sh made here and
+# that travels with the working tree:
+#
+#   run(command="scripts/gpu-check.sh", carry=["target-cuda/autoif-cuda.xz"], timeout_s=540)
+#
+# (the compressed binary: the plain one is over the 64 MiB that travels).
+#
+# Steps, a few minutes in all; each has a timeout, together 7.7 minutes at most:
+#  1. the kernels against their CPU twins on random inputs (`autoif kernel-check`), with
+#     the peak memory of unfused vs chunked log-probs at 4096 tokens;
+#  2. a model to run: SmolLM2-135M's GGUF (98 MB) is too large to travel (64 MiB), so
+#     transformers writes a randomly initialised model of Qwen2-0.5B's shape (bf16
+#     safetensors) with the tiny test tokenizer; speeds and memory are those of the
+#     shape, the text is noise;
+#  3. `autoif bench generate` (32 sequences × 128 new tokens);
+#  4. `autoif train sft` for a few steps on generated 512-token records;
+# and prints one table: tokens/s and peak GPU memory (nvidia-smi, sampled every 100 ms)
+# per step. Results also go to $OUT (or /tmp/gpu-check).
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+out="${OUT:-/tmp/gpu-check}"
+work=/tmp/gpu-check-work
+mkdir -p "$out" "$work"
+log="$out/gpu-check.log"
+: >"$log"
+
+say() { echo "$*" | tee -a "$log"; }
+
+bin="${AUTOIF_BIN:-$work/autoif}"
+if [ -z "${AUTOIF_BIN:-}" ] && [ -f target-cuda/autoif-cuda.xz ]; then
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    target-cuda/autoif-cuda.xz "$bin" && chmod +x "$bin"
+fi
+[ -x "$bin" ] || { say "error: no binary (build with scripts/build-cuda.sh, carry target-cuda/autoif-cuda.xz)"; exit 1; }
+
+# The cu13 libraries the binary was linked against, from wherever this machine has them.
+libdirs="$(python3 - <<'EOF'
+import glob, os, site
+roots = site.getsitepackages() + ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
+dirs = set()
+for pattern in ("libcudart.so.13*", "libcublas.so.13*", "libcublasLt.so.13*", "libcurand.so.10*", "libnvrtc.so.13*"):
+    for root in roots:
+        dirs.update(os.path.dirname(f) for f in glob.glob(os.path.join(root, "**", pattern), recursive=True))
+print(":".join(sorted(dirs)))
+EOF
+)"
+export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if ldd "$bin" | grep 'not found' | tee -a "$log"; then
+  say "error: unresolved libraries (searched: $libdirs)"
+  exit 1
+fi
+gpu="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
+say "GPU: $gpu"
+
+# run_step NAME TIMEOUT CMD...: runs CMD with its output in $out/NAME.txt, sampling the
+# GPU's used memory; sets peak_mib and step_rc.
+run_step() {
+  local name=$1 limit=$2
+  shift 2
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$work/$name.mem" 2>/dev/null &
+  local sampler=$!
+  local started=$(date +%s)
+  timeout "$limit" "$@" >"$out/$name.txt" 2>&1
+  step_rc=$?
+  kill "$sampler" 2>/dev/null
+  wait "$sampler" 2>/dev/null
+  peak_mib=$(sort -n "$work/$name.mem" | tail -1)
+  say "== $name: exit $step_rc after $(( $(date +%s) - started )) s, peak ${peak_mib:-?} MiB"
+  tail -20 "$out/$name.txt" | tee -a "$log"
+}
+
+# 1. Kernels against their CPU twins.
+run_step kernels 150 "$bin" kernel-check --device cuda --rows 512 --hidden 1536 --vocab 151936
+kernels_rc=$step_rc
+kernels_line="$(grep -E '^(f32|bf16) ' "$out/kernels.txt" | awk '{printf "%s value %s grad %s %s; ", $1, $2, $3, $NF}')"
+memory_line="$(grep '^peak memory' "$out/kernels.txt")"
+
+# 2. A model of Qwen2-0.5B's shape with random weights.
+model="$work/qwen2-0.5b-random"
+timeout 90 python3 scripts/make-random-qwen2.py "$model" --shape 0.5b --device cuda >>"$log" 2>&1
+[ -f "$model/config.json" ] || { say "error: could not write the random model (see $log)"; exit 1; }
+
+# 3. Generation.
+run_step generate 100 "$bin" bench generate --model "$model" --device cuda --batch 32 --new-tokens 128 --json
+gen_rc=$step_rc gen_peak=$peak_mib
+gen_tps="$(python3 -c 'import json,sys; d=json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1]); print(round(d["decode_tokens_per_s"], 1))' "$out/generate.txt" 2>/dev/null || echo '?')"
+
+# 4. Training steps.
+rm -rf "$work/sft"
+run_step train 120 "$bin" train sft --model "$model" --device cuda --data "$model/sft.jsonl" \
+  --out "$work/sft" --max-steps 4 --batch-size 4 --max-len 512 --max-batch-tokens 0
+train_rc=$step_rc train_peak=$peak_mib
+train_tps="$(python3 -c '
+import json, sys
+steps = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+later = [s["tokens_per_s"] for s in steps[1:]] or [s["tokens_per_s"] for s in steps]
+print(round(sum(later) / len(later), 1) if later else "?")' "$work/sft/metrics.jsonl" 2>/dev/null || echo '?')"
+cp "$work/sft/metrics.jsonl" "$out/train-metrics.jsonl" 2>/dev/null
+
+{
+  echo
+  echo "| $gpu | result |"
+  echo "|---|---|"
+  echo "| kernels vs CPU twin (512 × 1536 × 151936) | exit $kernels_rc: $kernels_line |"
+  echo "| log-prob peak memory | ${memory_line:-not measured} |"
+  echo "| generation, Qwen2-0.5B shape, bf16, 32 × 128 tokens | $gen_tps tokens/s decode, peak $gen_peak MiB (exit $gen_rc) |"
+  echo "| SFT, Qwen2-0.5B shape, LoRA r16, 4 × 512 tokens, steps 2–4 | $train_tps tokens/s, peak $train_peak MiB (exit $train_rc) |"
+} | tee -a "$log"
+[ "$kernels_rc" = 0 ] && [ "$gen_rc" = 0 ] && [ "$train_rc" = 0 ]

@@ -1,0 +1,277 @@
+//! `autoif kernel-check` (hidden): each kernel on `--device` against its CPU twin on the
+//! same random inputs, with timings, as one table. `scripts/gpu-check.sh` runs it on a
+//! GPU machine; on a CPU build it compares the twin with itself and with the unfused
+//! composition, which still exercises the command.
+
+use crate::model::chunked_logprob::chunked_target_logprobs;
+use crate::model::LoadOptions;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use clap::Args as ClapArgs;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    pub device: String,
+    /// Token rows.
+    #[arg(long, default_value_t = 512)]
+    pub rows: usize,
+    /// Hidden size (Qwen2-1.5B's by default).
+    #[arg(long, default_value_t = 1536)]
+    pub hidden: usize,
+    /// Vocabulary (Qwen2's by default).
+    #[arg(long, default_value_t = 151936)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Token rows of the peak-memory comparison, unfused against chunked, in bf16 (0: skip;
+    /// measured from the CUDA memory pool, so GPU only).
+    #[arg(long, default_value_t = 4096)]
+    pub memory_rows: usize,
+}
+
+/// Relative errors above these fail the check (the bounds).
+const F32_BOUND: f64 = 1e-5;
+const BF16_BOUND: f64 = 1e-3;
+
+struct Inputs {
+    hidden: Tensor,
+    head: Tensor,
+    targets: Tensor,
+    upstream: Tensor,
+}
+
+fn random_inputs(args: &Args, dtype: DType, device: &Device) -> Result<Inputs> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+    let mut uniform = |len: usize, scale: f32| -> Vec<f32> {
+        (0..len).map(|_| rng.random_range(-scale..scale)).collect()
+    };
+    let hidden = uniform(args.rows * args.hidden, 1.0);
+    // Logits with a spread of a few units, as a trained head gives.
+    let head = uniform(args.vocab * args.hidden, 4.0 / (args.hidden as f32).sqrt());
+    let upstream = uniform(args.rows, 1.0);
+    let targets: Vec<u32> = (0..args.rows)
+        .map(|_| rng.random_range(0..args.vocab as u32))
+        .collect();
+    let on = |v: Vec<f32>, shape: (usize, usize)| -> Result<Tensor> {
+        Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
+    };
+    Ok(Inputs {
+        hidden: on(hidden, (args.rows, args.hidden))?,
+        head: on(head, (args.vocab, args.hidden))?,
+        targets: Tensor::from_vec(targets, args.rows, device)?,
+        upstream: Tensor::from_vec(upstream, args.rows, device)?,
+    })
+}
+
+/// Value, d(Σ upstream·value)/d hidden (in f32), and seconds for forward and backward.
+fn run_chunked(inputs: &Inputs) -> Result<(Tensor, Tensor, f64, f64)> {
+    let var = Var::from_tensor(&inputs.hidden)?;
+    let started = Instant::now();
+    let value = chunked_target_logprobs(var.as_tensor(), &inputs.head, &inputs.targets)?;
+    let value_host = value.to_device(&Device::Cpu)?;
+    let forward = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let grads = (&value * &inputs.upstream)?.sum_all()?.backward()?;
+    let grad = grads
+        .get(var.as_tensor())
+        .expect("the gradient reaches the hidden states")
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?;
+    let backward = started.elapsed().as_secs_f64();
+    Ok((value_host, grad, forward, backward))
+}
+
+/// The unfused path as `logprobs::target_logprobs` runs it off the CPU: logits in the
+/// inputs' dtype, cast to f32, log-softmax, gather; forward and backward, in seconds.
+fn run_unfused(inputs: &Inputs) -> Result<f64> {
+    let started = Instant::now();
+    let var = Var::from_tensor(&inputs.hidden)?;
+    let logits = var
+        .as_tensor()
+        .matmul(&inputs.head.t()?)?
+        .to_dtype(DType::F32)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let value = log_probs
+        .gather(&inputs.targets.unsqueeze(1)?, 1)?
+        .squeeze(1)?;
+    let grads = (&value * &inputs.upstream)?.sum_all()?.backward()?;
+    grads
+        .get(var.as_tensor())
+        .expect("the gradient reaches the hidden states")
+        .to_device(&Device::Cpu)?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn relative_error(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_dtype(DType::F64)?.flatten_all()?;
+    let b = b.to_dtype(DType::F64)?.flatten_all()?;
+    let diff = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    Ok(diff / norm)
+}
+
+fn to_cpu(inputs: &Inputs) -> Result<Inputs> {
+    Ok(Inputs {
+        hidden: inputs.hidden.to_device(&Device::Cpu)?,
+        head: inputs.head.to_device(&Device::Cpu)?,
+        targets: inputs.targets.to_device(&Device::Cpu)?,
+        upstream: inputs.upstream.to_device(&Device::Cpu)?,
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device = LoadOptions::for_device(&args.device)?.device;
+    println!(
+        "chunked-logprob on {:?}: {} rows × hidden {} × vocab {}",
+        device, args.rows, args.hidden, args.vocab
+    );
+    println!(
+        "{:<6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}  result",
+        "dtype", "value err", "grad err", "fwd s", "bwd s", "twin fwd s", "unfused s"
+    );
+    let mut failed = false;
+    for (dtype, bound) in [(DType::F32, F32_BOUND), (DType::BF16, BF16_BOUND)] {
+        let inputs = random_inputs(&args, dtype, &device)?;
+        if !device.is_cpu() {
+            // The first call loads the PTX and sets up cuBLAS; time the second.
+            run_chunked(&inputs)?;
+        }
+        let (value, grad, fwd, bwd) = run_chunked(&inputs)?;
+        let cpu = to_cpu(&inputs)?;
+        let (twin_value, twin_grad, twin_fwd, _) = run_chunked(&cpu)?;
+        let unfused = run_unfused(&inputs)?;
+        let value_err = relative_error(&value, &twin_value)?;
+        let grad_err = relative_error(&grad, &twin_grad)?;
+        let ok = value_err <= bound && grad_err <= bound;
+        failed |= !ok;
+        println!(
+            "{:<6} {:>12.3e} {:>12.3e} {:>10.4} {:>10.4} {:>10.3} {:>10.4}  {}",
+            format!("{dtype:?}").to_lowercase(),
+            value_err,
+            grad_err,
+            fwd,
+            bwd,
+            twin_fwd,
+            unfused,
+            if ok { "ok" } else { "FAIL" }
+        );
+    }
+    if args.memory_rows > 0 {
+        compare_peak_memory(&args, &device)?;
+    }
+    if failed {
+        bail!("a kernel differs from its CPU twin beyond the bound (f32 {F32_BOUND:e}, bf16 {BF16_BOUND:e})");
+    }
+    Ok(())
+}
+
+/// Peak memory above the inputs of one forward + backward, unfused and chunked, in bf16.
+fn compare_peak_memory(args: &Args, device: &Device) -> Result<()> {
+    let sized = Args {
+        rows: args.memory_rows,
+        device: args.device.clone(),
+        ..*args
+    };
+    let inputs = random_inputs(&sized, DType::BF16, device)?;
+    let mut peaks = Vec::new();
+    for path in ["unfused", "chunked"] {
+        let Some(base) = pool_peak::reset(device) else {
+            println!("peak memory: not measured (no CUDA memory pool on {device:?})");
+            return Ok(());
+        };
+        if path == "unfused" {
+            run_unfused(&inputs)?;
+        } else {
+            run_chunked(&inputs)?;
+        }
+        let peak = pool_peak::read(device).unwrap_or(0).saturating_sub(base);
+        peaks.push(peak);
+    }
+    println!(
+        "peak memory of forward + backward at {} tokens × vocab {} (bf16): unfused {} MiB, chunked {} MiB ({:.1}× smaller)",
+        sized.rows,
+        sized.vocab,
+        peaks[0] >> 20,
+        peaks[1] >> 20,
+        peaks[0] as f64 / peaks[1].max(1) as f64
+    );
+    Ok(())
+}
+
+/// The high-water mark of the device's default memory pool, which candle's allocations
+/// come from (cudarc allocates stream-ordered when the device supports pools).
+#[cfg(feature = "cuda")]
+mod pool_peak {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    use candle_core::Device;
+
+    fn default_pool(device: &Device) -> Option<sys::CUmemoryPool> {
+        let Device::Cuda(dev) = device else {
+            return None;
+        };
+        let stream = dev.cuda_stream();
+        let ctx = stream.context();
+        if !ctx.has_async_alloc() {
+            return None;
+        }
+        ctx.bind_to_thread().ok()?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+            .result()
+            .ok()?;
+        Some(pool)
+    }
+
+    fn attribute(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute) -> Option<u64> {
+        let mut value: u64 = 0;
+        unsafe { sys::cuMemPoolGetAttribute(pool, attr, &mut value as *mut u64 as *mut _) }
+            .result()
+            .ok()?;
+        Some(value)
+    }
+
+    /// Restarts the high-water mark; returns the bytes in use now.
+    pub fn reset(device: &Device) -> Option<u64> {
+        device.synchronize().ok()?;
+        let pool = default_pool(device)?;
+        let mut zero: u64 = 0;
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                &mut zero as *mut u64 as *mut _,
+            )
+        }
+        .result()
+        .ok()?;
+        attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+        )
+    }
+
+    /// The most bytes in use since `reset`.
+    pub fn read(device: &Device) -> Option<u64> {
+        device.synchronize().ok()?;
+        attribute(
+            default_pool(device)?,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+        )
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod pool_peak {
+    use candle_core::Device;
+
+    pub fn reset(_: &Device) -> Option<u64> {
+        None
+    }
+
+    pub fn read(_: &Device) -> Option<u64> {
+        None
+    }
+}

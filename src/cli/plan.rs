@@ -1,0 +1,81 @@
+//! `autoif plan`: the GPU memory a training configuration needs, from the model's config
+//! alone, and a refusal (non-zero exit) when it exceeds `--gpu-memory`.
+
+use crate::model::DEFAULT_MODEL;
+use crate::train::memory_plan::{self, Algorithm, LogprobHead, TrainShape};
+use anyhow::Result;
+use candle_core::DType;
+use clap::Args as ClapArgs;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// A local Hugging Face folder (or its config.json), a .gguf file, or a hub id already
+    /// in the Hugging Face cache. Only the configuration is read.
+    #[arg(long, env = "AUTOIF_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Sequences per micro-batch (sft) or pairs (dpo).
+    #[arg(long)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long)]
+    pub seq_len: usize,
+    #[arg(long, value_enum, default_value = "sft")]
+    pub algo: Algorithm,
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// Projections with LoRA adapters (comma-separated Hugging Face module names).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub lora_targets: Vec<String>,
+    /// Weight dtype on the GPU.
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16", "f32"])]
+    pub dtype: String,
+    /// Plan for the unfused log-prob head (full `[tokens, vocab]` logits) instead of the
+    /// chunked one.
+    #[arg(long)]
+    pub unfused_logprob: bool,
+    /// Sequences decoded at once when generating (default: --batch).
+    #[arg(long)]
+    pub gen_batch: Option<usize>,
+    /// Refuse (exit 1) when the plan exceeds this much GPU memory, e.g. 80GiB.
+    #[arg(long)]
+    pub gpu_memory: Option<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let dtype = match args.dtype.as_str() {
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        _ => DType::F32,
+    };
+    let gpu_bytes = args
+        .gpu_memory
+        .as_deref()
+        .map(memory_plan::parse_bytes)
+        .transpose()?;
+    let shape = TrainShape {
+        dtype,
+        lora_rank: args.rank,
+        lora_targets: args.lora_targets,
+        batch: args.batch,
+        seq_len: args.seq_len,
+        algorithm: args.algo,
+        logprob_head: if args.unfused_logprob {
+            LogprobHead::Unfused
+        } else {
+            LogprobHead::Chunked
+        },
+        gen_batch: args.gen_batch.unwrap_or(args.batch),
+    };
+    let config = memory_plan::config_only(&args.model)?;
+    let plan = memory_plan::plan(&config, &shape)?;
+    print!("{}", plan.table());
+    if let Some(bytes) = gpu_bytes {
+        plan.check_fits(bytes)?;
+        println!("fits in {}", args.gpu_memory.unwrap_or_default());
+    }
+    Ok(())
+}

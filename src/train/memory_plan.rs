@@ -1,0 +1,561 @@
+//! GPU memory budget of a training or generation configuration, from the model's
+//! hyper-parameters alone (nothing is loaded), and the refusal of one that will not fit.
+//!
+//! The estimate follows the code as it is, not an ideal implementation. candle's autograd
+//! keeps every intermediate tensor of the tracked forward pass alive until `backward`
+//! (each graph node holds its inputs), so "activations" below are the outputs of every op
+//! of `Decoder::forward`'s GPU path (compositions of candle ops: the fused training ops
+//! are CPU-only), counted op by op in `layer_activations`. Sizes are upper bounds in one
+//! respect: every position of every sequence is counted as a scored target token.
+//!
+//! Peak = weights + LoRA state + max(training step, generation) + overhead, where
+//! * training step = activations of the tracked pass (all layers, kept) + the log-prob
+//!   head's kept tensors + the backward working set (one layer's activations again, as
+//!   gradients, plus the head's transient gradient buffers). DPO's reference pass runs
+//!   untracked before the policy pass and frees as it goes, so it never sets the peak;
+//! * generation = the KV cache of `gen_batch` sequences of `seq_len` tokens;
+//! * overhead = 1 GiB (CUDA context, cuBLAS workspace) + 10% of the rest for allocator
+//!   slack.
+
+use crate::model::chunked_logprob::logits_chunk_rows;
+use crate::model::config::ModelConfig;
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file;
+use candle_core::DType;
+use std::path::Path;
+
+const GIB: f64 = (1u64 << 30) as f64;
+const FIXED_OVERHEAD: u64 = 1 << 30;
+const SLACK_PERCENT: u64 = 10;
+/// Bytes per trainable f32 parameter under AdamW: value, gradient, first and second moment.
+const ADAMW_BYTES_PER_PARAM: u64 = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Algorithm {
+    Sft,
+    /// Each batch element is a pair: chosen and rejected sequences share the pass.
+    Dpo,
+}
+
+/// How the per-token log-probabilities are computed from the final hidden states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogprobHead {
+    /// `Decoder::logits` then log-softmax and gather: `[tokens, vocab]` logits kept.
+    Unfused,
+    /// `chunked_logprob`: one vocabulary chunk at a time.
+    Chunked,
+}
+
+/// The shape of a training job, as far as memory goes.
+#[derive(Debug, Clone)]
+pub struct TrainShape {
+    pub dtype: DType,
+    pub lora_rank: usize,
+    /// Hugging Face module names (`q_proj`, …, `down_proj`).
+    pub lora_targets: Vec<String>,
+    /// Sequences per micro-batch (SFT) or pairs (DPO).
+    pub batch: usize,
+    pub seq_len: usize,
+    pub algorithm: Algorithm,
+    pub logprob_head: LogprobHead,
+    /// Sequences decoded at once when generating (online DPO, IFEval, responses).
+    pub gen_batch: usize,
+}
+
+/// One line of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub name: &'static str,
+    pub bytes: u64,
+    pub how: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPlan {
+    pub items: Vec<Item>,
+    pub total: u64,
+}
+
+impl MemoryPlan {
+    pub fn item(&self, name: &str) -> u64 {
+        self.items
+            .iter()
+            .find(|i| i.name == name)
+            .map_or(0, |i| i.bytes)
+    }
+
+    /// The plan as an aligned text table, GiB with two decimals.
+    pub fn table(&self) -> String {
+        let mut out = format!("{:<28} {:>10}  {}\n", "item", "GiB", "how");
+        for item in &self.items {
+            out += &format!(
+                "{:<28} {:>10.2}  {}\n",
+                item.name,
+                item.bytes as f64 / GIB,
+                item.how
+            );
+        }
+        out += &format!("{:<28} {:>10.2}\n", "total (peak)", self.total as f64 / GIB);
+        out
+    }
+
+    /// One-line refusal when the peak exceeds `gpu_bytes`.
+    pub fn check_fits(&self, gpu_bytes: u64) -> Result<()> {
+        if self.total > gpu_bytes {
+            let largest = self
+                .items
+                .iter()
+                .max_by_key(|i| i.bytes)
+                .expect("a plan has items");
+            bail!(
+                "this configuration needs about {:.1} GiB of GPU memory but {:.1} GiB is available (largest item: {}, {:.1} GiB); lower --batch or --seq-len",
+                self.total as f64 / GIB,
+                gpu_bytes as f64 / GIB,
+                largest.name,
+                largest.bytes as f64 / GIB
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Parses `80GiB`, `80GB`, `81559MiB`, `1.5TiB` or a plain byte count.
+pub fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .with_context(|| format!("`{text}` is not a memory size (like 80GiB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => bail!("`{text}`: unknown unit `{other}` (use GiB, GB, MiB, …)"),
+    };
+    Ok((value * scale as f64) as u64)
+}
+
+/// The model's hyper-parameters without its weights: `config.json` of a folder (or the
+/// file itself), a `.gguf` file's metadata, or a hub id already in the Hugging Face cache.
+pub fn config_only(spec: &str) -> Result<ModelConfig> {
+    let path = Path::new(spec);
+    if spec.ends_with(".gguf") {
+        let mut file = std::fs::File::open(path).with_context(|| format!("{spec}: cannot open"))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| anyhow::anyhow!("{spec}: not a valid GGUF file ({e})"))?;
+        return ModelConfig::from_gguf(&content).with_context(|| spec.to_string());
+    }
+    if path.is_dir() {
+        return ModelConfig::from_hf_file(&path.join("config.json"));
+    }
+    if path.is_file() {
+        return ModelConfig::from_hf_file(path);
+    }
+    let cache = hf_hub::Cache::from_env();
+    match cache.model(spec.to_string()).get("config.json") {
+        Some(config) => ModelConfig::from_hf_file(&config),
+        None => bail!(
+            "{spec}: no such file or folder, and no config.json for it in the Hugging Face cache"
+        ),
+    }
+}
+
+/// (input, output) features of a projection, by its Hugging Face name.
+fn projection_dims(c: &ModelConfig, module: &str) -> (usize, usize) {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let (q, kv) = (
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
+    match module {
+        "q_proj" => (h, q),
+        "k_proj" | "v_proj" => (h, kv),
+        "o_proj" => (q, h),
+        "gate_proj" | "up_proj" => (h, i),
+        "down_proj" => (i, h),
+        other => unreachable!("projection {other}"),
+    }
+}
+
+const PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+fn has_bias(c: &ModelConfig, module: &str) -> bool {
+    c.attention_bias && matches!(module, "q_proj" | "k_proj" | "v_proj")
+}
+
+/// Parameters of the model: embeddings, every layer's projections (and q/k/v biases),
+/// norms, and an untied LM head.
+pub fn parameter_count(c: &ModelConfig) -> u64 {
+    let per_layer: usize = PROJECTIONS
+        .iter()
+        .map(|m| {
+            let (i, o) = projection_dims(c, m);
+            i * o + if has_bias(c, m) { o } else { 0 }
+        })
+        .sum::<usize>()
+        + 2 * c.hidden_size;
+    let embed = c.vocab_size * c.hidden_size;
+    let head = if c.tie_word_embeddings { 0 } else { embed };
+    (c.num_hidden_layers * per_layer + embed + head + c.hidden_size) as u64
+}
+
+/// Trainable LoRA parameters: `r · (in + out)` per targeted projection per layer.
+pub fn lora_parameter_count(c: &ModelConfig, rank: usize, targets: &[String]) -> Result<u64> {
+    let mut per_layer = 0;
+    for t in targets {
+        if !PROJECTIONS.contains(&t.as_str()) {
+            bail!(
+                "unknown LoRA target `{t}` (expected one of {})",
+                PROJECTIONS.join(", ")
+            );
+        }
+        let (i, o) = projection_dims(c, t);
+        per_layer += rank * (i + o);
+    }
+    Ok((c.num_hidden_layers * per_layer) as u64)
+}
+
+/// Bytes one layer of the tracked GPU forward keeps for backward, for `batch` sequences
+/// of `seq` tokens, op by op as `Decoder::forward` runs them off the CPU (s = dtype bytes;
+/// a cast to the dtype a tensor already has costs nothing in candle):
+/// * each RMS norm: cast to f32, x², x/rms (f32), cast back, × weight;
+/// * each projection: x·Wᵀ (+ bias); with LoRA also x in f32, x·Aᵀ and its scaling
+///   (rank wide, f32), ·Bᵀ (f32), cast, sum;
+/// * rope on q and k: −x₂, cat, x·cos, rot·sin, sum (4.5 copies); v made contiguous;
+/// * attention scores `[batch, heads, seq, seq]`: q·kᵀ, ×scale, +mask (s each), cast to
+///   f32, −max, exp, ÷sum (f32), cast back; then probs·v and its transposed copy;
+/// * MLP: SiLU(gate), × up; two residual sums.
+fn layer_activations(c: &ModelConfig, shape: &TrainShape, sequences: usize) -> u64 {
+    let s = shape.dtype.size_in_bytes() as u64;
+    let cast_to_f32 = if s == 4 { 0 } else { 4 };
+    let cast_back = if s == 4 { 0 } else { s };
+    let t = (sequences * shape.seq_len) as u64;
+    let h = c.hidden_size as u64;
+    let norm = t * h * (cast_to_f32 + 4 + 4 + cast_back + s);
+    let r = shape.lora_rank as u64;
+    let projection = |m: &str| {
+        let (i, o) = projection_dims(c, m);
+        let (i, o) = (i as u64, o as u64);
+        let mut bytes = t * o * s;
+        if has_bias(c, m) {
+            bytes += t * o * s;
+        }
+        if shape.lora_targets.iter().any(|x| x == m) {
+            bytes += t * (i * cast_to_f32 + 2 * r * 4 + o * 4 + o * cast_back + o * s);
+        }
+        bytes
+    };
+    let projections: u64 = PROJECTIONS.iter().map(|m| projection(m)).sum();
+    let (nh, kvh, d) = (
+        c.num_attention_heads as u64,
+        c.num_key_value_heads as u64,
+        c.head_dim as u64,
+    );
+    // 4.5 copies, counted in halves to stay in integers.
+    let rope = t * (nh + kvh) * d * s * 9 / 2;
+    let v_copy = t * kvh * d * s;
+    let scores = sequences as u64
+        * nh
+        * (shape.seq_len as u64).pow(2)
+        * (3 * s + cast_to_f32 + 3 * 4 + cast_back);
+    let attention_out = 2 * t * nh * d * s;
+    let mlp = 2 * t * c.intermediate_size as u64 * s;
+    let residuals = 2 * t * h * s;
+    2 * norm + projections + rope + v_copy + scores + attention_out + mlp + residuals
+}
+
+/// (kept for backward, transient in backward) bytes of the log-prob head over `tokens`
+/// scored positions.
+fn logprob_head_bytes(c: &ModelConfig, shape: &TrainShape, tokens: usize) -> (u64, u64, String) {
+    let s = shape.dtype.size_in_bytes() as u64;
+    let n = tokens as u64;
+    let v = c.vocab_size as u64;
+    let hidden = n * c.hidden_size as u64 * s;
+    match shape.logprob_head {
+        LogprobHead::Unfused => {
+            let cast = if s == 4 { 0 } else { 4 };
+            // logits (s), f32 copy, shifted, exp, log-probs (f32); backward: two f32
+            // [tokens, vocab] gradient buffers alive at once.
+            let kept = hidden + n * v * (s + cast + 12);
+            let transient = n * v * 8;
+            (
+                kept,
+                transient,
+                format!(
+                    "[{n} × {v}] logits: {}+{} B/elem kept, 8 in backward",
+                    s,
+                    cast + 12
+                ),
+            )
+        }
+        LogprobHead::Chunked => {
+            let chunk = logits_chunk_rows(tokens, c.vocab_size) as u64;
+            // Kept: the selected hidden states and [n, 2] f32 results. Backward: one
+            // chunk of f32 logits, its gradient in 4 bytes (f32, or two 16-bit halves),
+            // and the f32 gradient of the hidden states.
+            let kept = hidden + n * 2 * 4;
+            let transient = n * chunk * 8 + n * c.hidden_size as u64 * 4;
+            (
+                kept,
+                transient,
+                format!("chunks of {chunk} vocab rows: [{n} × {chunk}] × 8 B"),
+            )
+        }
+    }
+}
+
+/// The plan for `shape` on model `c`.
+pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
+    let s = shape.dtype.size_in_bytes() as u64;
+    let sequences = match shape.algorithm {
+        Algorithm::Sft => shape.batch,
+        Algorithm::Dpo => 2 * shape.batch,
+    };
+    let params = parameter_count(c);
+    let lora = lora_parameter_count(c, shape.lora_rank, &shape.lora_targets)?;
+    let layer = layer_activations(c, shape, sequences);
+    let tokens = sequences * shape.seq_len;
+    let (head_kept, head_transient, head_how) = logprob_head_bytes(c, shape, tokens);
+    let kv = (shape.gen_batch * shape.seq_len * c.num_hidden_layers) as u64
+        * 2
+        * (c.num_key_value_heads * c.head_dim) as u64
+        * s;
+    let activations = layer * c.num_hidden_layers as u64;
+    let training = activations + head_kept + layer + head_transient;
+    let mut items = vec![
+        Item {
+            name: "weights",
+            bytes: params * s,
+            how: format!("{params} parameters × {s} B"),
+        },
+        Item {
+            name: "LoRA + AdamW state",
+            bytes: lora * ADAMW_BYTES_PER_PARAM,
+            how: format!("{lora} f32 parameters × (value, grad, m, v)"),
+        },
+        Item {
+            name: "activations (kept)",
+            bytes: activations,
+            how: format!(
+                "{} layers × {:.2} GiB ({sequences} sequences × {} tokens)",
+                c.num_hidden_layers,
+                layer as f64 / GIB,
+                shape.seq_len
+            ),
+        },
+        Item {
+            name: "log-prob head (kept)",
+            bytes: head_kept,
+            how: head_how,
+        },
+        Item {
+            name: "backward working set",
+            bytes: layer + head_transient,
+            how: "one layer's gradients + the head's transient buffers".into(),
+        },
+        Item {
+            name: "KV cache (generation)",
+            bytes: kv,
+            how: format!(
+                "{} seqs × {} tokens × {} layers × 2 × {} kv heads × {} dims × {s} B",
+                shape.gen_batch,
+                shape.seq_len,
+                c.num_hidden_layers,
+                c.num_key_value_heads,
+                c.head_dim
+            ),
+        },
+    ];
+    let resident = params * s + lora * ADAMW_BYTES_PER_PARAM;
+    let phases = training.max(kv);
+    let slack = (resident + phases) * SLACK_PERCENT / 100;
+    items.push(Item {
+        name: "overhead",
+        bytes: FIXED_OVERHEAD + slack,
+        how: format!("1 GiB context + {SLACK_PERCENT}% allocator slack"),
+    });
+    Ok(MemoryPlan {
+        total: resident + phases + FIXED_OVERHEAD + slack,
+        items,
+    })
+}
+
+/// For `autoif train` / `autoif run` before anything is loaded: reads `model`'s config,
+/// plans `shape`, and fails with one line when the peak exceeds `gpu_bytes`.
+pub fn ensure_fits(model: &str, shape: &TrainShape, gpu_bytes: u64) -> Result<MemoryPlan> {
+    let config = config_only(model)?;
+    let plan = plan(&config, shape)?;
+    plan.check_fits(gpu_bytes)?;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Qwen2-7B's config.json, the fields the planner reads.
+    const QWEN2_7B: &str = r#"{
+        "architectures": ["Qwen2ForCausalLM"], "vocab_size": 152064, "hidden_size": 3584,
+        "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+        "num_key_value_heads": 4, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "max_position_embeddings": 131072, "tie_word_embeddings": false
+    }"#;
+
+    fn qwen2_7b() -> ModelConfig {
+        ModelConfig::from_hf_json(QWEN2_7B).unwrap()
+    }
+
+    fn all_targets() -> Vec<String> {
+        PROJECTIONS.map(String::from).to_vec()
+    }
+
+    fn shape(batch: usize, seq_len: usize, head: LogprobHead) -> TrainShape {
+        TrainShape {
+            dtype: DType::BF16,
+            lora_rank: 16,
+            lora_targets: all_targets(),
+            batch,
+            seq_len,
+            algorithm: Algorithm::Sft,
+            logprob_head: head,
+            gen_batch: batch,
+        }
+    }
+
+    #[test]
+    fn qwen2_7b_parameter_counts() {
+        let c = qwen2_7b();
+        assert!(c.attention_bias, "Qwen2 has q/k/v biases");
+        // Per layer: q 3584² = 12,845,056 (+3584 bias), k and v 3584·512 = 1,835,008
+        // (+512 each), o 12,845,056, gate/up/down 3584·18944 = 67,895,296 each, two norms
+        // 7168: 233,057,792. × 28 = 6,525,618,176; embeddings and the untied head
+        // 2 × 152064·3584 = 1,089,994,752; final norm 3584 → 7,615,616,512 (Qwen2-7B's
+        // published 7.62B).
+        assert_eq!(parameter_count(&c), 7_615_616_512);
+        // LoRA r=16 on all seven: 16·(3584+3584)·2 + 16·(3584+512)·2 + 16·(3584+18944)·3
+        // = 229,376 + 131,072 + 1,081,344 = 1,441,792 per layer; × 28 = 40,370,176 (what
+        // PEFT prints for this model and adapter).
+        assert_eq!(
+            lora_parameter_count(&c, 16, &all_targets()).unwrap(),
+            40_370_176
+        );
+        let p = plan(&c, &shape(1, 512, LogprobHead::Chunked)).unwrap();
+        assert_eq!(p.item("weights"), 7_615_616_512 * 2);
+        assert_eq!(p.item("LoRA + AdamW state"), 40_370_176 * 16);
+    }
+
+    #[test]
+    fn qwen2_7b_kv_cache() {
+        // 8 sequences × 4096 tokens × 28 layers × 2 (k, v) × 4 kv heads × 128 dims × 2 B
+        // = 1,879,048,192 B = 1.75 GiB.
+        let p = plan(&qwen2_7b(), &shape(8, 4096, LogprobHead::Chunked)).unwrap();
+        assert_eq!(p.item("KV cache (generation)"), 1_879_048_192);
+    }
+
+    #[test]
+    fn qwen2_7b_layer_activations_by_hand() {
+        // One sequence of 1024 tokens in bf16 (s = 2), r = 16 on all seven projections:
+        // t = 1024, h = 3584.
+        // norms: 2 × t·h·(4+4+4+2+2) = 2 × 1024·3584·16 = 117,440,512
+        // q: t·3584·2 (out) + t·3584·2 (bias) + t·(3584·4 + 128 + 3584·4 + 3584·2 + 3584·2)
+        //    = 7,340,032 + 7,340,032 + 1024·43,136 = 58,851,328
+        // k, v: t·512·2 + t·512·2 + t·(3584·4 + 128 + 512·8) = 1024·(2048 + 18,560)
+        //    = 21,102,592 each
+        // o: t·3584·2 + t·(3584·4 + 128 + 3584·8) = 1024·50,304 = 51,511,296
+        // gate, up: t·18944·2 + t·(3584·4 + 128 + 18944·8) = 1024·203,904 = 208,797,696 each
+        // down: t·3584·2 + t·(18944·4 + 128 + 3584·8) = 1024·111,744 = 114,425,856
+        // projections: 58,851,328 + 2·21,102,592 + 51,511,296 + 2·208,797,696 + 114,425,856
+        //    = 684,589,056
+        // rope: t·(28+4)·128·2·4.5 = 37,748,736; v copy: t·512·2 = 1,048,576
+        // scores: 28·1024²·(3·2 + 4 + 12 + 2) = 29,360,128·24 = 704,643,072
+        // attention out: 2·t·3584·2 = 14,680,064; MLP: 2·t·18944·2 = 77,594,624;
+        // residuals: 2·t·3584·2 = 14,680,064
+        // layer: 117,440,512 + 684,589,056 + 37,748,736 + 1,048,576 + 704,643,072
+        //    + 14,680,064 + 77,594,624 + 14,680,064 = 1,652,424,704
+        let c = qwen2_7b();
+        let s = shape(1, 1024, LogprobHead::Chunked);
+        assert_eq!(layer_activations(&c, &s, 1), 1_652_424_704);
+        let p = plan(&c, &s).unwrap();
+        assert_eq!(p.item("activations (kept)"), 28 * 1_652_424_704);
+    }
+
+    #[test]
+    fn chunked_head_needs_far_less_than_the_unfused_one_at_4k_tokens() {
+        // One 4096-token sequence: 4096 × 152064 = 622,854,144 logits.
+        // Unfused, kept: hidden 4096·3584·2 = 29,360,128 + logits × (2 + 4 + 12) B
+        //   = 11,211,374,592 → 11,240,734,720; backward transient × 8 B = 4,982,833,152.
+        // Chunked: chunk = 64 MiB / (4 B · 4096) = 4096 rows; kept: 29,360,128 + 4096·8
+        //   = 29,392,896; transient 4096·4096·8 + 4096·3584·4 = 134,217,728 + 58,720,256
+        //   = 192,937,984.
+        // Logits memory (kept + transient): 16,223,567,872 vs 222,330,880, 72.97× smaller.
+        let c = qwen2_7b();
+        let unfused = shape(1, 4096, LogprobHead::Unfused);
+        let chunked = shape(1, 4096, LogprobHead::Chunked);
+        assert_eq!(
+            logprob_head_bytes(&c, &unfused, 4096).0 + logprob_head_bytes(&c, &unfused, 4096).1,
+            16_223_567_872
+        );
+        let (kept, transient, _) = logprob_head_bytes(&c, &chunked, 4096);
+        assert_eq!((kept, transient), (29_392_896, 192_937_984));
+        let full = plan(&c, &unfused).unwrap();
+        let fused = plan(&c, &chunked).unwrap();
+        let head = |p: &MemoryPlan| {
+            p.item("log-prob head (kept)") + p.item("backward working set")
+                - layer_activations(&c, &chunked, 1)
+        };
+        let ratio = head(&full) as f64 / head(&fused) as f64;
+        assert!(ratio >= 3.0, "only {ratio:.1}× smaller");
+        assert!((ratio - 72.97).abs() < 0.01, "{ratio}");
+    }
+
+    #[test]
+    fn refuses_what_does_not_fit_in_one_line() {
+        let c = qwen2_7b();
+        let small = plan(&c, &shape(1, 512, LogprobHead::Chunked)).unwrap();
+        small.check_fits(parse_bytes("80GiB").unwrap()).unwrap();
+        // Unfused attention keeps [28, 4096, 4096] scores per layer: ~11 GiB × 28 layers.
+        let big = plan(&c, &shape(1, 4096, LogprobHead::Chunked)).unwrap();
+        let err = big
+            .check_fits(parse_bytes("80GiB").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("this configuration needs about"), "{err}");
+        assert!(err.contains("80.0 GiB is available"), "{err}");
+        assert!(err.contains("largest item: activations (kept)"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn memory_sizes_parse() {
+        assert_eq!(parse_bytes("80GiB").unwrap(), 80 << 30);
+        assert_eq!(parse_bytes("81559MiB").unwrap(), 81559 << 20);
+        assert_eq!(parse_bytes("80GB").unwrap(), 80_000_000_000);
+        assert_eq!(parse_bytes("1.5 GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("80 parsecs").is_err());
+    }
+
+    #[test]
+    fn rejects_unknown_lora_targets() {
+        let err = lora_parameter_count(&qwen2_7b(), 8, &["lm_head".into()]).unwrap_err();
+        assert!(err.to_string().contains("unknown LoRA target `lm_head`"));
+    }
+}

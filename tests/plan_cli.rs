@@ -1,0 +1,71 @@
+//! `autoif plan` reads only a model's configuration, prints the plan, and refuses a
+//! configuration over `--gpu-memory` with one line and exit code 1.
+
+use std::process::{Command, Output};
+
+const MODEL: &str = "tests/fixtures/tiny-qwen2";
+
+fn plan(extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_autoif"))
+        .args(["plan", "--model", MODEL, "--batch", "2", "--seq-len", "256"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn prints_the_plan_and_accepts_what_fits() {
+    let out = plan(&["--algo", "dpo", "--gpu-memory", "80GiB"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for item in [
+        "weights",
+        "LoRA + AdamW state",
+        "activations (kept)",
+        "KV cache",
+        "total (peak)",
+    ] {
+        assert!(stdout.contains(item), "no {item} in\n{stdout}");
+    }
+    assert!(stdout.contains("fits in 80GiB"), "{stdout}");
+}
+
+#[test]
+fn refuses_what_does_not_fit_in_one_line() {
+    let out = plan(&["--gpu-memory", "1MiB"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: this configuration needs about"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("0.0 GiB is available"), "{stderr}");
+}
+
+#[test]
+fn bad_sizes_and_missing_models_are_one_line_errors() {
+    let out = plan(&["--gpu-memory", "lots"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`lots` is not a memory size"));
+    let out = Command::new(env!("CARGO_BIN_EXE_autoif"))
+        .args([
+            "plan",
+            "--model",
+            "nowhere/none",
+            "--batch",
+            "1",
+            "--seq-len",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nowhere/none"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
