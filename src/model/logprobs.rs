@@ -9,6 +9,13 @@ use candle_core::{Tensor, D};
 /// Log-probability of each target token: `hidden` `[n, hidden]` are the states at the
 /// positions that predict `targets` `[n]` (u32). Returns `[n]` in f32.
 pub fn target_logprobs(decoder: &Decoder, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    // On a GPU the `[n, vocab]` logits (and their gradient) would dominate memory at long
+    // sequences: the chunked op never materialises them.
+    if hidden.device().is_cuda() {
+        return Ok(super::chunked_logprob::decoder_target_logprobs(
+            decoder, hidden, targets,
+        )?);
+    }
     let logits = decoder.logits(hidden)?;
     if train_ops::fused_applies(&logits) {
         let both = train_ops::target_logprob_and_lse(&logits, targets)?;
