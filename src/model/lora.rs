@@ -29,6 +29,17 @@ pub struct LoraConfig {
     pub target_modules: Vec<String>,
 }
 
+/// Every projection of a decoder layer, by its Hugging Face module name.
+pub const PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
 impl Default for LoraConfig {
     /// All attention and MLP projections, rank 16, alpha 32.
     fn default() -> Self {
@@ -36,17 +47,7 @@ impl Default for LoraConfig {
             r: 16,
             lora_alpha: 32.0,
             lora_dropout: 0.0,
-            target_modules: [
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ]
-            .map(String::from)
-            .to_vec(),
+            target_modules: PROJECTIONS.map(String::from).to_vec(),
         }
     }
 }

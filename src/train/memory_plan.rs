@@ -19,6 +19,7 @@
 
 use crate::model::chunked_logprob::logits_chunk_rows;
 use crate::model::config::ModelConfig;
+use crate::model::lora::PROJECTIONS;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::DType;
@@ -186,15 +187,6 @@ fn projection_dims(c: &ModelConfig, module: &str) -> (usize, usize) {
     }
 }
 
-const PROJECTIONS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 
 fn has_bias(c: &ModelConfig, module: &str) -> bool {
     c.attention_bias && matches!(module, "q_proj" | "k_proj" | "v_proj")
