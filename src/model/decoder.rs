@@ -8,7 +8,9 @@
 //! Two forward paths share these weights:
 //! * `forward_packed` — inference. The tokens of many sequences are packed into one
 //!   `[tokens, hidden]` matrix (prefill and decode mixed), each sequence has its own
-//!   positions and KV-cache slot, and candle's fused kernels are used.
+//!   positions and KV-cache slot, and candle's fused kernels are used. With
+//!   `Precision::Int8` (the engine's default) CPU f32 projections and the LM head run on
+//!   int8 copies of their weights (`quant`).
 //! * `forward` — training and scoring. A right-padded `[batch, seq]` batch through ops
 //!   that all have a backward pass (candle's fused rms_norm / softmax_last_dim / rope do
 //!   not, and would silently cut the gradient to the LoRA weights). On the CPU in f32 the
