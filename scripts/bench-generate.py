@@ -7,9 +7,12 @@ tokens/s = B * N / wall time of the whole generate call (prefill included):
 
   * transformers: PyTorch f32, weights dequantized from the GGUF, torch.set_num_threads(T);
   * autoif: `target/release/autoif bench generate --model M --batch B --new-tokens N --json`
-    with RAYON_NUM_THREADS=T (one JSON object per run on stdout).
+    with RAYON_NUM_THREADS=T (one JSON object per run on stdout): the default path, whose
+    projections run on int8 copies of the weights; with --with-exact also `--exact` (the
+    f32 weights as loaded) as a second column.
 
-Prints a markdown table: batch | transformers tok/s | autoif tok/s | ratio.
+Prints a markdown table: batch | transformers tok/s | autoif tok/s | ratio (and the
+`--exact` run's tok/s and ratio with --with-exact).
 If the release binary is missing, says how to build it and prints the transformers column.
 
   /work/refenv/bin/python scripts/bench-generate.py [--batches 1,8,32,64] [--threads 2]
@@ -83,9 +86,12 @@ class TransformersBench:
         return elapsed
 
 
-def autoif_run(binary: Path, model: Path, batch: int, new_tokens: int, threads: int) -> dict:
+def autoif_run(binary: Path, model: Path, batch: int, new_tokens: int, threads: int,
+               exact: bool = False) -> dict:
     cmd = [str(binary), "bench", "generate", "--model", str(model),
            "--batch", str(batch), "--new-tokens", str(new_tokens), "--json"]
+    if exact:
+        cmd.append("--exact")
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -120,6 +126,8 @@ def main() -> None:
     parser.add_argument("--binary", type=Path, default=ROOT / "target" / "release" / "autoif")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--skip-autoif", action="store_true")
+    parser.add_argument("--with-exact", action="store_true",
+                        help="also run autoif with --exact (f32 weights as loaded)")
     parser.add_argument("--json-out", type=Path, help="also write the raw measurements here")
     args = parser.parse_args()
 
@@ -136,25 +144,41 @@ def main() -> None:
     rows = []
     for batch in args.batches:
         row = {"batch": batch, "new_tokens": args.new_tokens, "load_1min": os.getloadavg()[0],
-               "transformers": None, "autoif": None}
+               "transformers": None, "autoif": None, "autoif_exact": None}
         # Interleaved per batch size so both see the same machine state.
         if hf is not None:
             seconds = hf.generate(batch, args.new_tokens)
             row["transformers"] = {"total_s": seconds, "aggregate_tokens_per_s": batch * args.new_tokens / seconds}
         if run_autoif:
             row["autoif"] = autoif_run(args.binary, args.model, batch, args.new_tokens, args.threads)
+            if args.with_exact:
+                row["autoif_exact"] = autoif_run(args.binary, args.model, batch, args.new_tokens,
+                                                 args.threads, exact=True)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
     print(f"\nSmolLM2-135M-Instruct, {args.new_tokens} new tokens sampled (T=0.8, top-p 0.95), "
           f"{args.threads} threads, aggregate tokens/s:\n")
-    print("| batch | transformers tok/s | autoif tok/s | ratio |")
-    print("|------:|-------------------:|-------------:|------:|")
+    exact_cols = args.with_exact and run_autoif
+    header = "| batch | transformers tok/s | autoif tok/s | ratio |"
+    rule = "|------:|-------------------:|-------------:|------:|"
+    if exact_cols:
+        header += " autoif --exact tok/s | ratio |"
+        rule += "---------------------:|------:|"
+    print(header)
+    print(rule)
+
+    def ratio(ours, theirs):
+        return f"{ours / theirs:.2f}×" if ours and theirs else "—"
+
     for row in rows:
         hf_tps = row["transformers"] and row["transformers"]["aggregate_tokens_per_s"]
         ours = row["autoif"] and row["autoif"]["aggregate_tokens_per_s"]
-        ratio = f"{ours / hf_tps:.2f}×" if hf_tps and ours else "—"
-        print(f"| {row['batch']} | {fmt(hf_tps)} | {fmt(ours)} | {ratio} |")
+        line = f"| {row['batch']} | {fmt(hf_tps)} | {fmt(ours)} | {ratio(ours, hf_tps)} |"
+        if exact_cols:
+            exact = row["autoif_exact"] and row["autoif_exact"]["aggregate_tokens_per_s"]
+            line += f" {fmt(exact)} | {ratio(exact, hf_tps)} |"
+        print(line)
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=1) + "\n")
 

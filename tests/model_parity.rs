@@ -6,6 +6,7 @@ mod common;
 
 use autoif::model::decoder::Segment;
 use autoif::model::kv_cache::KvCache;
+use autoif::model::quant::Precision;
 use autoif::model::{LoadOptions, Model};
 use candle_core::{Device, Tensor};
 use common::{fixture, ids, load_reference, max_abs_diff};
@@ -59,7 +60,14 @@ fn full_prefill(name: &str) {
     }];
     let hidden = model
         .decoder
-        .forward_packed(&u32s(&ids), &u32s(&positions), &seg, &mut cache, true)
+        .forward_packed(
+            &u32s(&ids),
+            &u32s(&positions),
+            &seg,
+            &mut cache,
+            true,
+            Precision::Exact,
+        )
         .unwrap();
     let d = max_abs_diff(&model.decoder.logits(&hidden).unwrap(), expected);
     assert!(d <= TOLERANCE, "{name}: packed prefill max |Δlogit| = {d}");
@@ -82,7 +90,14 @@ fn token_by_token_decode(name: &str) {
         }];
         let hidden = model
             .decoder
-            .forward_packed(&u32s(&[tok]), &u32s(&[pos as u32]), &seg, &mut cache, true)
+            .forward_packed(
+                &u32s(&[tok]),
+                &u32s(&[pos as u32]),
+                &seg,
+                &mut cache,
+                true,
+                Precision::Exact,
+            )
             .unwrap();
         rows.push(model.decoder.logits(&hidden).unwrap());
     }
@@ -126,6 +141,7 @@ fn batch_of_different_lengths(name: &str) {
             &segments,
             &mut cache,
             true,
+            Precision::Exact,
         )
         .unwrap();
     let logits = model.decoder.logits(&hidden).unwrap();
@@ -149,7 +165,14 @@ fn batch_of_different_lengths(name: &str) {
         .collect();
     let hidden = model
         .decoder
-        .forward_packed(&u32s(&last), &u32s(&last_pos), &segments, &mut cache, true)
+        .forward_packed(
+            &u32s(&last),
+            &u32s(&last_pos),
+            &segments,
+            &mut cache,
+            true,
+            Precision::Exact,
+        )
         .unwrap();
     let logits = model.decoder.logits(&hidden).unwrap();
     for (i, s) in seqs.iter().enumerate() {
@@ -235,7 +258,14 @@ fn tensor_cache_path_matches_transformers() {
     }];
     model
         .decoder
-        .forward_packed(&u32s(&ids[..n]), &u32s(&positions), &seg, &mut cache, true)
+        .forward_packed(
+            &u32s(&ids[..n]),
+            &u32s(&positions),
+            &seg,
+            &mut cache,
+            true,
+            Precision::Exact,
+        )
         .unwrap();
     let mut tokens = vec![ids[n]];
     tokens.extend_from_slice(&ids);
@@ -255,7 +285,14 @@ fn tensor_cache_path_matches_transformers() {
     ];
     let hidden = model
         .decoder
-        .forward_packed(&u32s(&tokens), &u32s(&positions), &segs, &mut cache, true)
+        .forward_packed(
+            &u32s(&tokens),
+            &u32s(&positions),
+            &segs,
+            &mut cache,
+            true,
+            Precision::Exact,
+        )
         .unwrap();
     let logits = model.decoder.logits(&hidden).unwrap();
     let d_decode = max_abs_diff(

@@ -30,6 +30,10 @@ pub struct GenerateArgs {
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
+    /// Measure the projections with the weights as loaded instead of their int8 copies
+    /// (see `autoif generate --exact`).
+    #[arg(long)]
+    pub exact: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -51,10 +55,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
             ..SamplingParams::default()
         },
     };
+    let precision = super::generate::precision(args.exact);
     let mut engine = LocalEngine::new(
         &model,
         EngineOptions {
             max_batch: args.batch,
+            precision,
             progress: !args.json,
             ..EngineOptions::default()
         },
@@ -66,6 +72,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let report = json!({
         "batch": args.batch,
         "new_tokens": args.new_tokens,
+        "precision": format!("{precision:?}"),
         "ttft_s": s.first_step_s,
         "decode_tokens_per_s": decode_tokens as f64 / decode_s,
         "aggregate_tokens_per_s": s.generated_tokens as f64 / s.total_s,

@@ -11,6 +11,7 @@ use super::stop::earliest_stop;
 use super::{Backend, Completion, FinishReason, Prompt, Request};
 use crate::model::decoder::Segment;
 use crate::model::kv_cache::KvCache;
+use crate::model::quant::Precision;
 use crate::model::Model;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -28,6 +29,10 @@ pub struct EngineOptions {
     pub max_prefill_tokens: usize,
     /// Run the LoRA adapters (when attached).
     pub adapters: bool,
+    /// The projections' arithmetic: `Int8` (the default) runs CPU f32 weights through
+    /// int8 copies, several times faster and within sampling noise of `Exact`, which
+    /// keeps the loaded weights.
+    pub precision: Precision,
     /// Show a progress bar on stderr.
     pub progress: bool,
 }
@@ -38,6 +43,7 @@ impl Default for EngineOptions {
             max_batch: 32,
             max_prefill_tokens: 4096,
             adapters: true,
+            precision: Precision::default(),
             progress: true,
         }
     }
@@ -223,10 +229,11 @@ impl<'m> LocalEngine<'m> {
                 &segments,
                 &mut cache,
                 self.options.adapters,
+                self.options.precision,
             )?;
             let rows = Tensor::from_vec(last_rows.clone(), last_rows.len(), dev)?;
             let logits = decoder
-                .logits(&hidden.index_select(&rows, 0)?)?
+                .logits_with(&hidden.index_select(&rows, 0)?, self.options.precision)?
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?;
             for &(slot, leader) in &followers {

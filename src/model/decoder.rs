@@ -8,7 +8,9 @@
 //! Two forward paths share these weights:
 //! * `forward_packed` — inference. The tokens of many sequences are packed into one
 //!   `[tokens, hidden]` matrix (prefill and decode mixed), each sequence has its own
-//!   positions and KV-cache slot, and candle's fused kernels are used.
+//!   positions and KV-cache slot, and candle's fused kernels are used. With
+//!   `Precision::Int8` (the engine's default) CPU f32 projections and the LM head run on
+//!   int8 copies of their weights (`quant`).
 //! * `forward` — training and scoring. A right-padded `[batch, seq]` batch through ops
 //!   that all have a backward pass (candle's fused rms_norm / softmax_last_dim / rope do
 //!   not, and would silently cut the gradient to the LoRA weights). On the CPU in f32 the
@@ -20,10 +22,29 @@ use super::causal_attention::CausalAttention;
 use super::config::{ModelConfig, RopeScaling};
 use super::kv_cache::KvCache;
 use super::lora::{project, Adapters, LoraLinear};
+use super::quant::{self, Int8Cache, Precision};
 use super::train_ops;
 use super::weights::Weights;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
+
+/// How the inference path runs each projection.
+#[derive(Debug, Clone, Copy)]
+struct Projections {
+    adapters: bool,
+    precision: Precision,
+}
+
+impl Projections {
+    fn apply(self, proj: &LoraLinear, x: &Tensor) -> Result<Tensor> {
+        Ok(self.apply_all([proj], x)?.pop().expect("one projection"))
+    }
+
+    /// Several projections of the same input (q/k/v, gate/up), computed together.
+    fn apply_all<const N: usize>(self, projs: [&LoraLinear; N], x: &Tensor) -> Result<Vec<Tensor>> {
+        LoraLinear::forward_inference(&projs, x, self.adapters, self.precision)
+    }
+}
 
 /// Which kernels a forward pass may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +89,8 @@ pub struct Decoder {
     pub norm: Tensor,
     /// `None` when tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
+    /// The inference path's int8 copy of the LM head weight, made on first use.
+    lm_head_int8: Int8Cache,
     /// `[max_positions, head_dim / 2]`
     cos: Tensor,
     sin: Tensor,
@@ -144,6 +167,7 @@ impl Decoder {
             layers,
             norm: get("model.norm.weight", &[c.hidden_size])?,
             lm_head,
+            lm_head_int8: Int8Cache::default(),
             cos: cos.to_dtype(dtype)?,
             sin: sin.to_dtype(dtype)?,
             dtype,
@@ -209,10 +233,26 @@ impl Decoder {
 
     /// Logits in f32 for hidden states `[..., hidden]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.logits_with(hidden, Precision::Exact)
+    }
+
+    /// `logits` for the inference path: with `Precision::Int8` the LM head runs on an
+    /// int8 copy of its weight (CPU f32 only).
+    pub fn logits_with(&self, hidden: &Tensor, precision: Precision) -> Result<Tensor> {
         let dims = hidden.dims().to_vec();
         let h = *dims.last().unwrap();
         let flat = hidden.reshape((hidden.elem_count() / h, h))?;
-        let logits = project(&flat, self.lm_head_weight())?.to_dtype(DType::F32)?;
+        let head = self.lm_head_weight();
+        let packed = match precision {
+            Precision::Int8 if flat.dtype() == DType::F32 && flat.device().is_cpu() => {
+                self.lm_head_int8.get(head)?
+            }
+            _ => None,
+        };
+        let logits = match packed {
+            Some(packed) => quant::project(&flat, &[&packed])?.remove(0),
+            None => project(&flat, head)?.to_dtype(DType::F32)?,
+        };
         let mut out = dims;
         *out.last_mut().unwrap() = self.config.vocab_size;
         Ok(logits.reshape(out)?)
@@ -288,7 +328,8 @@ impl Decoder {
 
     /// Inference forward over packed tokens `[n]` (u32) with their absolute `positions`
     /// `[n]` (u32). Each segment's keys and values are appended to its cache slot, which
-    /// then advances. Returns final hidden states `[n, hidden]`.
+    /// then advances. Returns final hidden states `[n, hidden]`. `precision` picks the
+    /// projections' arithmetic (see `quant`).
     pub fn forward_packed(
         &self,
         tokens: &Tensor,
@@ -296,8 +337,13 @@ impl Decoder {
         segments: &[Segment],
         cache: &mut KvCache,
         adapters: bool,
+        precision: Precision,
     ) -> Result<Tensor> {
         let c = &self.config;
+        let proj = Projections {
+            adapters,
+            precision,
+        };
         let mut x = self.embed_tokens.index_select(tokens, 0)?;
         let cos = self.cos.index_select(positions, 0)?;
         let sin = self.sin.index_select(positions, 0)?;
@@ -305,18 +351,18 @@ impl Decoder {
             let h = rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps, Ops::Fused)?;
             let a = &layer.self_attn;
             let attn = if cache.is_host() {
-                self.packed_attention_host(li, a, &h, &cos, &sin, segments, cache, adapters)?
+                self.packed_attention_host(li, a, &h, &cos, &sin, segments, cache, proj)?
             } else {
-                self.packed_attention_tensors(li, a, &h, &cos, &sin, segments, cache, adapters)?
+                self.packed_attention_tensors(li, a, &h, &cos, &sin, segments, cache, proj)?
             };
-            x = (x + a.o_proj.forward(&attn, adapters)?)?;
+            x = (x + proj.apply(&a.o_proj, &attn)?)?;
             let h = rms_norm(
                 &x,
                 &layer.post_attention_layernorm,
                 c.rms_norm_eps,
                 Ops::Fused,
             )?;
-            x = (x + mlp(&layer.mlp, &h, adapters)?)?;
+            x = (x + mlp(&layer.mlp, &h, proj)?)?;
         }
         for seg in segments {
             cache.advance(seg.slot, seg.len);
@@ -336,12 +382,16 @@ impl Decoder {
         sin: &Tensor,
         segments: &[Segment],
         cache: &mut KvCache,
-        adapters: bool,
+        proj: Projections,
     ) -> Result<Tensor> {
         let c = &self.config;
         let n = h.dim(0)?;
-        let rows = |proj: &LoraLinear, nh: usize, rotate: bool| -> Result<Vec<f32>> {
-            let x = proj.forward(h, adapters)?.reshape((1, n, nh, c.head_dim))?;
+        let [q, k, v]: [Tensor; 3] = proj
+            .apply_all([&a.q_proj, &a.k_proj, &a.v_proj], h)?
+            .try_into()
+            .expect("three projections");
+        let rows = |x: Tensor, nh: usize, rotate: bool| -> Result<Vec<f32>> {
+            let x = x.reshape((1, n, nh, c.head_dim))?;
             let x = if rotate {
                 candle_nn::rotary_emb::rope_thd(&x, cos, sin)?
             } else {
@@ -349,9 +399,9 @@ impl Decoder {
             };
             Ok(x.flatten_all()?.to_vec1::<f32>()?)
         };
-        let q = rows(&a.q_proj, c.num_attention_heads, true)?;
-        let k = rows(&a.k_proj, c.num_key_value_heads, true)?;
-        let v = rows(&a.v_proj, c.num_key_value_heads, false)?;
+        let q = rows(q, c.num_attention_heads, true)?;
+        let k = rows(k, c.num_key_value_heads, true)?;
+        let v = rows(v, c.num_key_value_heads, false)?;
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         let out = cache.attend_host(layer, segments, &q, &k, &v, c.num_attention_heads, scale)?;
         Ok(Tensor::from_vec(
@@ -373,7 +423,7 @@ impl Decoder {
         sin: &Tensor,
         segments: &[Segment],
         cache: &mut KvCache,
-        adapters: bool,
+        proj: Projections,
     ) -> Result<Tensor> {
         let c = &self.config;
         let n = h.dim(0)?;
@@ -381,9 +431,9 @@ impl Decoder {
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         // [1, heads, n, d]: rope sees the packed tokens as one sequence whose rows
         // carry their own positions through the gathered cos/sin.
-        let heads = |proj: &LoraLinear, nh: usize| -> Result<Tensor> {
+        let heads = |layer: &LoraLinear, nh: usize| -> Result<Tensor> {
             Ok(proj
-                .forward(h, adapters)?
+                .apply(layer, h)?
                 .reshape((n, nh, c.head_dim))?
                 .transpose(0, 1)?
                 .contiguous()?
@@ -518,10 +568,12 @@ impl Decoder {
     }
 }
 
-fn mlp(m: &Mlp, x: &Tensor, adapters: bool) -> Result<Tensor> {
-    let gate = candle_nn::ops::silu(&m.gate_proj.forward(x, adapters)?)?;
-    let up = m.up_proj.forward(x, adapters)?;
-    m.down_proj.forward(&(gate * up)?, adapters)
+fn mlp(m: &Mlp, x: &Tensor, proj: Projections) -> Result<Tensor> {
+    let [gate, up]: [Tensor; 2] = proj
+        .apply_all([&m.gate_proj, &m.up_proj], x)?
+        .try_into()
+        .expect("two projections");
+    proj.apply(&m.down_proj, &(candle_nn::ops::silu(&gate)? * up)?)
 }
 
 /// `mlp` for the differentiable path: on the CPU in f32 the gate's SiLU and the product

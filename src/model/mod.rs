@@ -12,6 +12,7 @@ mod dot;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod lora;
+pub mod quant;
 pub mod source;
 pub mod tokenizer;
 pub mod train_ops;

@@ -15,10 +15,13 @@ use crate::atomic_file::write_atomic;
 use crate::generate::{
     Backend, EngineOptions, LocalEngine, Prompt as GenPrompt, Request, SamplingParams,
 };
+use crate::model::quant::Precision;
 use crate::model::Model;
 
 /// One greedy response per prompt: the model's chat template, one user turn each,
-/// adapters on when attached.
+/// adapters on when attached, on the loaded weights themselves (`Precision::Exact`): the
+/// evaluation is evidence about the model, and int8 inference picks another token at a
+/// few percent of near-tied greedy steps.
 pub fn generate_responses(
     model: &Model,
     prompts: &[Prompt],
@@ -39,6 +42,7 @@ pub fn generate_responses(
         .collect();
     let options = EngineOptions {
         max_batch: batch,
+        precision: Precision::Exact,
         ..EngineOptions::default()
     };
     let mut texts = vec![String::new(); prompts.len()];
