@@ -187,7 +187,6 @@ fn projection_dims(c: &ModelConfig, module: &str) -> (usize, usize) {
     }
 }
 
-
 fn has_bias(c: &ModelConfig, module: &str) -> bool {
     c.attention_bias && matches!(module, "q_proj" | "k_proj" | "v_proj")
 }
