@@ -293,7 +293,7 @@ impl Loop {
         let config = self.config.sft.clone();
         let out = self.root().join("sft");
         let base = self.config.model.path.clone();
-        let conversations = parse_sft(&read_records(&path)?, DataFormat::Auto, &path)?;
+        let conversations = parse_sft(&dataset_records(&path)?, DataFormat::Auto, &path)?;
         let model = self.model()?;
         let (examples, dropped) = tokenize_sft(model, &conversations, config.args.max_len)
             .with_context(|| path.display().to_string())?;
@@ -318,7 +318,7 @@ impl Loop {
         let config = self.config.dpo.clone();
         let out = self.root().join("dpo");
         let base = self.config.model.path.clone();
-        let pairs = parse_preferences(&read_records(&path)?, DataFormat::Auto, &path)?;
+        let pairs = parse_preferences(&dataset_records(&path)?, DataFormat::Auto, &path)?;
         let model = self.model()?;
         // The SFT adapter goes into the weights: the reference is the SFT model.
         merge_adapters(&mut model.decoder)?;
@@ -514,4 +514,16 @@ pub fn check_inputs(config: &RunConfig) -> Result<()> {
         bail!("online_dpo.samples must be at least 2 to form pairs");
     }
     Ok(())
+}
+
+/// The records of a data set the synthesis wrote: none when no example survived its
+/// filters (an empty file), which the training phases report and pass over rather than
+/// ending the run.
+fn dataset_records(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    read_records(path)
 }
