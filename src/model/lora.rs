@@ -753,6 +753,40 @@ mod tests {
     }
 
     #[test]
+    fn int8_inference_adds_the_bias_after_the_product() -> Result<()> {
+        // Qwen2's q/k/v: the bias is exact, only the product is int8.
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 64), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (40, 64), &dev)?;
+        let bias = Tensor::randn(0f32, 1.0, 40, &dev)?;
+        let with = LoraLinear::new(w.clone(), Some(bias.clone()));
+        let without = LoraLinear::new(w, None);
+        let int8 = |layer: &LoraLinear| -> Result<Tensor> {
+            Ok(LoraLinear::forward_inference(&[layer], &x, true, Precision::Int8)?.remove(0))
+        };
+        let added = (int8(&with)? - int8(&without)?)?;
+        let diff = added
+            .broadcast_sub(&bias)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        let exact = with.forward(&x, true)?;
+        let rel = (int8(&with)? - &exact)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?
+            / exact.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(rel < 0.05, "{rel}");
+        // q, k and v run as one group over one quantized input: the same outputs.
+        let group = LoraLinear::forward_inference(&[&with, &without], &x, true, Precision::Int8)?;
+        for (got, want) in group.iter().zip([int8(&with)?, int8(&without)?]) {
+            assert_eq!((got - want)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        }
+        Ok(())
+    }
+
+    #[test]
     fn refuses_mismatched_adapter() {
         let dev = Device::Cpu;
         let mut layer = LoraLinear::new(Tensor::zeros((4, 3), DType::F32, &dev).unwrap(), None);
