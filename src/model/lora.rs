@@ -252,15 +252,9 @@ impl LoraLinear {
         };
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
-        let dropout = match mode {
-            Adapters::Dropout { p, seed } if p > 0.0 => Some((p, seed)),
-            _ => None,
-        };
+        let dropout = matches!(mode, Adapters::Dropout { p, .. } if p > 0.0);
         // The fused op has no place for a second, masked input: dropout takes the plain path.
-        let fused = self
-            .adapter
-            .as_ref()
-            .filter(|_| adapters && dropout.is_none());
+        let fused = self.adapter.as_ref().filter(|_| adapters && !dropout);
         if let Some(ad) = fused {
             if AdaptedProjection::applies(&x2, &self.weight) {
                 let op = AdaptedProjection {
@@ -280,23 +274,7 @@ impl LoraLinear {
                 });
             }
         }
-        let mut y = project(&x2, &self.weight)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        if adapters {
-            if let Some(ad) = &self.adapter {
-                let mut xa = x2.to_dtype(ad.a.dtype())?;
-                if let Some((p, seed)) = dropout {
-                    xa = (xa * dropout_mask((rows, inp), p, seed, x.device())?)?;
-                }
-                // Scaled at rank r, the narrow end, rather than on the [rows, out] output.
-                let low = (xa.matmul(&ad.a.as_tensor().t()?)? * ad.scale)?;
-                let up = low.matmul(&ad.b.as_tensor().t()?)?;
-                let up = up.to_dtype(y.dtype())?;
-                y = (y + up)?;
-            }
-        }
+        let y = self.add_bias_and_adapter(&x2, project(&x2, &self.weight)?, mode)?;
         Ok(y.reshape(out_dims)?)
     }
 
@@ -320,30 +298,32 @@ impl LoraLinear {
                 return quant::project(x, &weights)?
                     .into_iter()
                     .zip(layers)
-                    .map(|(y, l)| l.add_bias_and_adapter(x, y, adapters))
+                    .map(|(y, l)| l.add_bias_and_adapter(x, y, adapters.into()))
                     .collect();
             }
         }
         layers.iter().map(|l| l.forward(x, adapters)).collect()
     }
 
-    /// `y + b + scale · (x Aᵀ) Bᵀ` for `y = x Wᵀ`, the adapter only when `adapters` (the
-    /// tail of `forward`, for a base product computed elsewhere).
-    fn add_bias_and_adapter(&self, x: &Tensor, mut y: Tensor, adapters: bool) -> Result<Tensor> {
+    /// `y + b + scale · (x Aᵀ) Bᵀ` for `y = x Wᵀ` (`x` `[rows, in]`), the adapter as
+    /// `mode` says, its input masked under dropout: the tail of every projection path.
+    fn add_bias_and_adapter(&self, x: &Tensor, mut y: Tensor, mode: Adapters) -> Result<Tensor> {
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
-        if adapters {
-            if let Some(ad) = &self.adapter {
-                let xa = x.to_dtype(ad.a.dtype())?;
-                // Scaled at rank r, the narrow end, rather than on the [rows, out] output.
-                let low = (xa.matmul(&ad.a.as_tensor().t()?)? * ad.scale)?;
-                let up = low.matmul(&ad.b.as_tensor().t()?)?;
-                let up = up.to_dtype(y.dtype())?;
-                y = (y + up)?;
+        let Some(ad) = self.adapter.as_ref().filter(|_| mode.enabled()) else {
+            return Ok(y);
+        };
+        let mut xa = x.to_dtype(ad.a.dtype())?;
+        if let Adapters::Dropout { p, seed } = mode {
+            if p > 0.0 {
+                xa = (xa * dropout_mask(x.dims2()?, p, seed, x.device())?)?;
             }
         }
-        Ok(y)
+        // Scaled at rank r, the narrow end, rather than on the [rows, out] output.
+        let low = (xa.matmul(&ad.a.as_tensor().t()?)? * ad.scale)?;
+        let up = low.matmul(&ad.b.as_tensor().t()?)?.to_dtype(y.dtype())?;
+        Ok((y + up)?)
     }
 }
 
