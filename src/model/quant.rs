@@ -109,14 +109,7 @@ impl Int8Weight {
             return Ok(None);
         }
         let (out, inp) = weight.dims2()?;
-        let weight = weight.contiguous()?;
-        let (storage, layout) = weight.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        else {
-            bail!("int8 packing: expected a contiguous f32 CPU tensor");
-        };
-        Ok(Some(Self::pack(&v[start..end], out, inp)))
+        with_f32_data(weight, "int8 packing", |w| Some(Self::pack(w, out, inp)))
     }
 
     /// (out features, in features)
@@ -239,15 +232,20 @@ impl Int8Rows {
     /// Quantizes a CPU f32 `[rows, in]` tensor.
     pub fn from_tensor(x: &Tensor) -> Result<Self> {
         let (rows, inp) = x.dims2()?;
-        let x = x.contiguous()?;
-        let (storage, layout) = x.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        else {
-            bail!("int8 activations: expected a contiguous f32 CPU tensor");
-        };
-        Ok(Self::quantize(&v[start..end], rows, inp))
+        with_f32_data(x, "int8 activations", |v| Self::quantize(v, rows, inp))
     }
+}
+
+/// Runs `f` on the values of a CPU f32 tensor, made contiguous first.
+fn with_f32_data<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        bail!("{what}: expected a contiguous f32 CPU tensor");
+    };
+    Ok(f(&v[start..end]))
 }
 
 /// One row's blocks: values, scales and `vpdpbusd` start offsets. On x86-64 with AVX2
