@@ -177,18 +177,16 @@ pub fn dpo_loss(
 }
 
 /// The reference log-probability sums `[chosen, rejected]` of every pair: the weights with
-/// adapters off, in length-grouped batches within the step's token budget.
+/// adapters off, in length-grouped batches within the step's token budget. `tokens[i]` is
+/// pair i's two sequences together.
 pub fn reference_logps(
     decoder: &Decoder,
     pairs: &[TokenizedPair],
+    tokens: &[usize],
     args: &TrainingArgs,
     progress: bool,
 ) -> Result<Vec<[f32; 2]>> {
-    let tokens: Vec<usize> = pairs
-        .iter()
-        .map(|p| p.chosen.ids.len() + p.rejected.ids.len())
-        .collect();
-    let batches: Vec<Vec<usize>> = length_grouped_batches(&tokens, args.batch_size)
+    let batches: Vec<Vec<usize>> = length_grouped_batches(tokens, args.batch_size)
         .iter()
         .flat_map(|b| split_by_tokens(b, |i| tokens[i], args.max_batch_tokens))
         .collect();

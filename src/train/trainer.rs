@@ -314,7 +314,7 @@ pub fn train(decoder: &mut Decoder, job: &Job, options: &RunOptions) -> Result<R
     }
     let reference = match job {
         Job::Dpo { pairs, config } if config.precompute_ref_log_probs => Some(
-            cached_reference_logps(decoder, pairs, &args, options, &fingerprint)?,
+            cached_reference_logps(decoder, pairs, &tokens, &args, options, &fingerprint)?,
         ),
         _ => None,
     };
@@ -354,6 +354,7 @@ pub fn train(decoder: &mut Decoder, job: &Job, options: &RunOptions) -> Result<R
             &micro,
             StepContext {
                 step,
+                item_tokens: &tokens,
                 reference: reference.as_deref(),
             },
             &vars,
@@ -422,6 +423,8 @@ pub fn train(decoder: &mut Decoder, job: &Job, options: &RunOptions) -> Result<R
 struct StepContext<'a> {
     /// The optimizer step (0-based), which seeds LoRA dropout.
     step: usize,
+    /// Tokens of each item (`Job::item_tokens`), for the token budget of a piece.
+    item_tokens: &'a [usize],
     /// Precomputed reference log-probability sums per DPO pair.
     reference: Option<&'a [[f32; 2]]>,
 }
@@ -439,8 +442,7 @@ fn run_step(
     let device = decoder.device();
     let args = job.args();
     let max_tokens = args.max_batch_tokens;
-    let item_tokens = job.item_tokens();
-    let tokens = |i: usize| item_tokens[i];
+    let tokens = |i: usize| context.item_tokens[i];
     let mut totals = StepTotals::default();
     // Piece `i` of step `s` draws its dropout masks from (seed, s, i): a resumed run
     // replays the same masks.
@@ -518,6 +520,7 @@ const REFERENCE_FILE: &str = "reference_logps.json";
 fn cached_reference_logps(
     decoder: &Decoder,
     pairs: &[TokenizedPair],
+    tokens: &[usize],
     args: &TrainingArgs,
     options: &RunOptions,
     data_fingerprint: &str,
@@ -537,7 +540,7 @@ fn cached_reference_logps(
             }
         }
     }
-    let logps = reference_logps(decoder, pairs, args, options.progress)?;
+    let logps = reference_logps(decoder, pairs, tokens, args, options.progress)?;
     let record = json!({
         "data_fingerprint": data_fingerprint,
         "weights_fingerprint": weights,
