@@ -9,8 +9,13 @@
 //! computes `softmax(scale · q kᵀ + causal mask) v` with gemm, and the backward pass
 //! recomputes the probabilities (a quarter of the forward work) instead of keeping
 //! `[heads, t, t]` per layer alive.
+//!
+//! With `--features cuda` the same op runs on the GPU (`causal_attention_cuda`, kernels in
+//! `kernels/causal_attention.cu`); this file's CPU code is what the tests compare the
+//! kernels with. The backward pass is its own op, `AttentionGrad`, whose output holds dq,
+//! dk and dv side by side.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Causal attention over sequences laid one after another in the rows of the
@@ -20,6 +25,7 @@ use rayon::prelude::*;
 /// padding at all. `q` is `[rows, heads·d]`, `k` and `v` `[rows, kv_heads·d]` (f32, CPU),
 /// `cos`/`sin` `[≥ longest, d/2]`. Query head `h` uses KV head `h / (heads / kv_heads)`.
 /// Returns `[rows, heads·d]`; rows outside every segment are zero.
+#[derive(Clone)]
 pub struct CausalAttention {
     pub segments: Vec<(usize, usize)>,
     pub heads: usize,
@@ -29,7 +35,32 @@ pub struct CausalAttention {
     pub sin: Tensor,
 }
 
+/// Head sizes `kernels/causal_attention.cu` is instantiated for (its per-thread vectors
+/// are sized at compile time).
+pub const KERNEL_HEAD_DIMS: [usize; 2] = [64, 128];
+
+/// The backward pass of `CausalAttention` for the output gradient `grad`, applied to the
+/// same (q, k, v): `[rows, (heads + 2·kv_heads)·d]`, dq then dk then dv.
+struct AttentionGrad {
+    attention: CausalAttention,
+    grad: Tensor,
+}
+
 impl CausalAttention {
+    /// Whether the op runs for inputs like `x` with this head size: on the CPU in f32;
+    /// with `--features cuda`, on a CUDA device in f32, bf16 or f16 for the head sizes
+    /// the kernels are built for.
+    pub fn supports(x: &Tensor, head_dim: usize) -> bool {
+        let dtype = x.dtype();
+        if x.device().is_cpu() {
+            return dtype == DType::F32;
+        }
+        cfg!(feature = "cuda")
+            && x.device().is_cuda()
+            && KERNEL_HEAD_DIMS.contains(&head_dim)
+            && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+    }
+
     pub fn apply(self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let rows = q.dim(0)?;
         let (d, half) = (self.head_dim, self.head_dim / 2);
@@ -90,14 +121,15 @@ impl CausalAttention {
         out
     }
 
-    /// Adds `rows` `[len, d]` back as head `head` of the segment `(first, len)`, undoing
-    /// the rotation when `tables` is given (the gradient of a rotation is its inverse).
+    /// Adds `rows` `[len, d]` back as head `head` of the segment `(first, len)` into `out`,
+    /// whose rows are `stride` wide and whose heads start at column `col0`, undoing the
+    /// rotation when `tables` is given (the gradient of a rotation is its inverse).
     #[allow(clippy::too_many_arguments)]
     fn scatter(
         &self,
         rows: &mut [f32],
         out: &mut [f32],
-        width: usize,
+        (stride, col0): (usize, usize),
         (first, _): (usize, usize),
         head: usize,
         tables: Option<(&[f32], &[f32])>,
@@ -107,14 +139,14 @@ impl CausalAttention {
             if let Some((cos, sin)) = tables {
                 rotate(row, &cos[pos * d / 2..], &sin[pos * d / 2..], -1.0);
             }
-            let start = ((first + pos) * width + head) * d;
+            let start = (first + pos) * stride + col0 + head * d;
             for (o, r) in out[start..start + d].iter_mut().zip(row.iter()) {
                 *o += *r;
             }
         }
     }
 
-    fn scale(&self) -> f32 {
+    pub(crate) fn scale(&self) -> f32 {
         1.0 / (self.head_dim as f32).sqrt()
     }
 
@@ -244,9 +276,23 @@ impl CustomOp3 for CausalAttention {
         let mut out = vec![0f32; l1.shape().elem_count()];
         for (task, mut rows) in heads.into_iter().enumerate() {
             let (seg, head) = (self.segments[task / self.heads], task % self.heads);
-            self.scatter(&mut rows, &mut out, self.heads, seg, head, None);
+            let stride = self.heads * d;
+            self.scatter(&mut rows, &mut out, (stride, 0), seg, head, None);
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::causal_attention_cuda::forward(self, (s1, l1), (s2, l2), (s3, l3))
     }
 
     fn bwd(
@@ -257,23 +303,52 @@ impl CustomOp3 for CausalAttention {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let data = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
-        let (qd, kd, vd, gd) = (data(q)?, data(k)?, data(v)?, data(grad)?);
-        let (cos, sin) = self.tables()?;
+        let op = AttentionGrad {
+            attention: self.clone(),
+            grad: grad.contiguous()?,
+        };
+        let all = q.apply_op3_no_bwd(k, v, &op)?;
+        let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        Ok((
+            Some(all.narrow(1, 0, q_width)?),
+            Some(all.narrow(1, q_width, kv_width)?),
+            Some(all.narrow(1, q_width + kv_width, kv_width)?),
+        ))
+    }
+}
+
+impl CustomOp3 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "causal-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = &self.attention;
+        let (qd, kd, vd) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
+        let gd = self.grad.flatten_all()?.to_vec1::<f32>()?;
+        let (cos, sin) = a.tables()?;
         let tables = Some((cos.as_slice(), sin.as_slice()));
-        let d = self.head_dim;
-        let scale = self.scale();
+        let d = a.head_dim;
+        let scale = a.scale();
         // Per (sequence, query head): the gradients of its rotated q, k and v rows.
-        let parts: Vec<[Vec<f32>; 3]> = (0..self.segments.len() * self.heads)
+        let parts: Vec<[Vec<f32>; 3]> = (0..a.segments.len() * a.heads)
             .into_par_iter()
             .map(|task| {
-                let (seg, head) = (self.segments[task / self.heads], task % self.heads);
-                let (kv, t) = (head / self.group(), seg.1);
-                let qh = self.gather(&qd, self.heads, seg, head, tables);
-                let kh = self.gather(&kd, self.kv_heads, seg, kv, tables);
-                let vh = self.gather(&vd, self.kv_heads, seg, kv, None);
-                let gh = self.gather(&gd, self.heads, seg, head, None);
-                let p = self.probabilities(&qh, &kh, t);
+                let (seg, head) = (a.segments[task / a.heads], task % a.heads);
+                let (kv, t) = (head / a.group(), seg.1);
+                let qh = a.gather(qd, a.heads, seg, head, tables);
+                let kh = a.gather(kd, a.kv_heads, seg, kv, tables);
+                let vh = a.gather(vd, a.kv_heads, seg, kv, None);
+                let gh = a.gather(&gd, a.heads, seg, head, None);
+                let p = a.probabilities(&qh, &kh, t);
                 // dv = pᵀ g; dp = g vᵀ.
                 let mut dv = vec![0f32; t * d];
                 gemm(&mut dv, (t, d, t), &p, (1, t), &gh, (d, 1), 1.0, false);
@@ -296,22 +371,33 @@ impl CustomOp3 for CausalAttention {
                 [dq, dk, dv]
             })
             .collect();
-        let mut dq = vec![0f32; qd.len()];
-        let mut dk = vec![0f32; kd.len()];
-        let mut dv = vec![0f32; vd.len()];
+        let rows = l1.shape().dims2()?.0;
+        let (q_width, kv_width) = (a.heads * d, a.kv_heads * d);
+        let stride = q_width + 2 * kv_width;
+        let mut out = vec![0f32; rows * stride];
         for (task, [mut q_rows, mut k_rows, mut v_rows]) in parts.into_iter().enumerate() {
-            let (seg, head) = (self.segments[task / self.heads], task % self.heads);
-            let kv = head / self.group();
-            self.scatter(&mut q_rows, &mut dq, self.heads, seg, head, tables);
+            let (seg, head) = (a.segments[task / a.heads], task % a.heads);
+            let kv = head / a.group();
+            a.scatter(&mut q_rows, &mut out, (stride, 0), seg, head, tables);
             // Query heads sharing a KV head add up their gradients.
-            self.scatter(&mut k_rows, &mut dk, self.kv_heads, seg, kv, tables);
-            self.scatter(&mut v_rows, &mut dv, self.kv_heads, seg, kv, None);
+            a.scatter(&mut k_rows, &mut out, (stride, q_width), seg, kv, tables);
+            let v_cols = (stride, q_width + kv_width);
+            a.scatter(&mut v_rows, &mut out, v_cols, seg, kv, None);
         }
-        let dev = q.device();
-        Ok((
-            Some(Tensor::from_vec(dq, q.shape(), dev)?),
-            Some(Tensor::from_vec(dk, k.shape(), dev)?),
-            Some(Tensor::from_vec(dv, v.shape(), dev)?),
-        ))
+        Ok((CpuStorage::F32(out), Shape::from((rows, stride))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let a = &self.attention;
+        super::causal_attention_cuda::backward(a, (s1, l1), (s2, l2), (s3, l3), &self.grad)
     }
 }

@@ -15,7 +15,8 @@
 //!   that all have a backward pass (candle's fused rms_norm / softmax_last_dim / rope do
 //!   not, and would silently cut the gradient to the LoRA weights). On the CPU in f32 the
 //!   norms, the SwiGLU product and the whole attention block are this crate's fused ops
-//!   with backward passes (`train_ops`, `causal_attention`); elsewhere, compositions of
+//!   with backward passes (`train_ops`, `causal_attention`); with `--features cuda` the
+//!   attention block is the same op on the GPU; everything else is compositions of
 //!   candle ops.
 
 use super::causal_attention::CausalAttention;
@@ -502,14 +503,15 @@ impl Decoder {
         (cos, sin): (&Tensor, &Tensor),
     ) -> Result<Tensor> {
         let c = &self.config;
-        if train_ops::fused_applies(q) && cos.dtype() == DType::F32 {
+        if CausalAttention::supports(q, c.head_dim) {
+            // The op reads f32 tables (the CPU path's already are).
             let op = CausalAttention {
                 segments: segments.to_vec(),
                 heads: c.num_attention_heads,
                 kv_heads: c.num_key_value_heads,
                 head_dim: c.head_dim,
-                cos: cos.clone(),
-                sin: sin.clone(),
+                cos: cos.to_dtype(DType::F32)?,
+                sin: sin.to_dtype(DType::F32)?,
             };
             return Ok(op.apply(q, k, v)?);
         }

@@ -2,6 +2,8 @@
 //! the one LoRA-ready decoder for the Llama and Qwen2 families.
 
 pub mod causal_attention;
+#[cfg(feature = "cuda")]
+mod causal_attention_cuda;
 pub mod chat_template;
 pub mod chunked_logprob;
 #[cfg(feature = "cuda")]

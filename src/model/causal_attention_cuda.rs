@@ -1,0 +1,360 @@
+//! The CUDA side of `causal_attention` (built with `--features cuda`): launches the
+//! kernels of `kernels/causal_attention.cu`. Both directions first convert q, k and v to
+//! f32 in the rotated frame (`attention_load`); the forward writes the attention output
+//! in the inputs' dtype, the backward writes dq, dk and dv side by side in one
+//! `[rows, (heads + 2·kv_heads)·d]` tensor (`AttentionGrad`'s output). Per layer this
+//! keeps no `[heads, t, t]` scores, only `[rows, heads]`-sized statistics and f32 copies
+//! of q, k, v and their gradients while the op runs.
+//!
+//! tests/kernel_host/causal_attention.cpp replays the same launches on the host.
+
+use super::causal_attention::CausalAttention;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
+use half::{bf16, f16};
+use std::sync::Arc;
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/causal_attention.ptx"));
+const MODULE: &str = "autoif_causal_attention";
+/// Threads per block: every kernel is one thread per item of a flat index.
+const BLOCK: u32 = 128;
+
+trait Element: CudaDType + DeviceRepr + ValidAsZeroBits {
+    /// The kernels' name suffix.
+    const NAME: &'static str;
+}
+
+impl Element for f32 {
+    const NAME: &'static str = "f32";
+}
+
+impl Element for bf16 {
+    const NAME: &'static str = "bf16";
+}
+
+impl Element for f16 {
+    const NAME: &'static str = "f16";
+}
+
+fn u32_of(v: usize) -> Result<u32> {
+    u32::try_from(v)
+        .map_err(|_| candle_core::Error::Msg(format!("causal-attention: {v} too large")))
+}
+
+fn contiguous<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout) -> Result<CudaView<'a, T>> {
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg("causal-attention: needs contiguous inputs".into())
+    })?;
+    Ok(slice.slice(start..end))
+}
+
+fn launch_over(items: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (u32_of(items.div_ceil(BLOCK as usize))?, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// What every launch of one op application shares: the device, the shape, each row's
+/// sequence (first row, length; length 0 outside every sequence) and the rope tables.
+struct Launches<'a> {
+    dev: &'a CudaDevice,
+    stream: Arc<CudaStream>,
+    op: &'a CausalAttention,
+    rows: usize,
+    first: CudaSlice<u32>,
+    len: CudaSlice<u32>,
+    cos: CudaView<'a, f32>,
+    sin: CudaView<'a, f32>,
+}
+
+impl Launches<'_> {
+    fn dims(&self) -> Result<[u32; 4]> {
+        let op = self.op;
+        Ok([
+            u32_of(self.rows)?,
+            u32_of(op.heads)?,
+            u32_of(op.kv_heads)?,
+            u32_of(op.head_dim)?,
+        ])
+    }
+
+    fn kernel(&self, name: &str) -> Result<CudaFunction> {
+        Ok(self
+            .dev
+            .get_or_load_custom_func(name, MODULE, PTX)?
+            .into_cuda_function())
+    }
+
+    /// `[rows, heads, d]` f32 copy of `x`, rotated to each row's position if `rotate`.
+    fn load<T: Element>(
+        &self,
+        x: &CudaView<T>,
+        heads: usize,
+        rotate: bool,
+    ) -> Result<CudaSlice<f32>> {
+        let [rows, _, _, d] = self.dims()?;
+        let heads = u32_of(heads)?;
+        let out = self
+            .stream
+            .alloc_zeros::<f32>(self.rows * heads as usize * d as usize)
+            .w()?;
+        let kernel = self.kernel(&format!("attention_load_{}", T::NAME))?;
+        let rotate = u32::from(rotate);
+        let mut launch = self.stream.launch_builder(&kernel);
+        launch.arg(x);
+        launch.arg(&out);
+        launch.arg(&self.first);
+        launch.arg(&self.len);
+        launch.arg(&self.cos);
+        launch.arg(&self.sin);
+        launch.arg(&rows);
+        launch.arg(&heads);
+        launch.arg(&d);
+        launch.arg(&rotate);
+        let items = self.rows * heads as usize * d as usize / 2;
+        unsafe { launch.launch(launch_over(items)?) }.w()?;
+        Ok(out)
+    }
+
+    /// Writes the f32 gradient `g` `[rows, heads, d]` into columns `col0..` of `out`
+    /// `[rows, width]`, rotated back if `rotate`.
+    fn store_grad<T: Element>(
+        &self,
+        g: &CudaSlice<f32>,
+        out: &CudaSlice<T>,
+        (heads, width, col0): (usize, usize, usize),
+        rotate: bool,
+    ) -> Result<()> {
+        let [rows, _, _, d] = self.dims()?;
+        let (heads, width, col0) = (u32_of(heads)?, u32_of(width)?, u32_of(col0)?);
+        let kernel = self.kernel(&format!("attention_store_grad_{}", T::NAME))?;
+        let rotate = u32::from(rotate);
+        let mut launch = self.stream.launch_builder(&kernel);
+        launch.arg(g);
+        launch.arg(out);
+        launch.arg(&self.first);
+        launch.arg(&self.len);
+        launch.arg(&self.cos);
+        launch.arg(&self.sin);
+        launch.arg(&rows);
+        launch.arg(&heads);
+        launch.arg(&d);
+        launch.arg(&width);
+        launch.arg(&col0);
+        launch.arg(&rotate);
+        let items = self.rows * heads as usize * d as usize / 2;
+        unsafe { launch.launch(launch_over(items)?) }.w()?;
+        Ok(())
+    }
+}
+
+/// Runs `f` with the launch context of `op` over `rows` rows on `dev`.
+fn with_launches<R>(
+    dev: &CudaDevice,
+    op: &CausalAttention,
+    rows: usize,
+    f: impl FnOnce(&Launches) -> Result<R>,
+) -> Result<R> {
+    let mut first = vec![0u32; rows];
+    let mut len = vec![0u32; rows];
+    for &(start, n) in &op.segments {
+        first[start..start + n].fill(u32_of(start)?);
+        len[start..start + n].fill(u32_of(n)?);
+    }
+    let stream = dev.cuda_stream();
+    let (first, len) = (stream.clone_htod(&first).w()?, stream.clone_htod(&len).w()?);
+    let (cos, cos_layout) = op.cos.storage_and_layout();
+    let (sin, sin_layout) = op.sin.storage_and_layout();
+    let (Storage::Cuda(cos), Storage::Cuda(sin)) = (&*cos, &*sin) else {
+        candle_core::bail!("causal-attention: the rope tables are not on the GPU");
+    };
+    let launches = Launches {
+        dev,
+        stream: dev.cuda_stream(),
+        op,
+        rows,
+        first,
+        len,
+        cos: contiguous(cos.as_cuda_slice::<f32>()?, cos_layout)?,
+        sin: contiguous(sin.as_cuda_slice::<f32>()?, sin_layout)?,
+    };
+    f(&launches)
+}
+
+fn forward_typed<T: Element>(
+    l: &Launches,
+    (q, k, v): (&CudaStorage, &CudaStorage, &CudaStorage),
+    (l1, l2, l3): (&Layout, &Layout, &Layout),
+) -> Result<CudaSlice<T>> {
+    let op = l.op;
+    let qf = l.load(&contiguous(q.as_cuda_slice::<T>()?, l1)?, op.heads, true)?;
+    let kf = l.load(&contiguous(k.as_cuda_slice::<T>()?, l2)?, op.kv_heads, true)?;
+    let vf = l.load(
+        &contiguous(v.as_cuda_slice::<T>()?, l3)?,
+        op.kv_heads,
+        false,
+    )?;
+    let out = l
+        .stream
+        .alloc_zeros::<T>(l.rows * op.heads * op.head_dim)
+        .w()?;
+    let [rows, heads, kv_heads, d] = l.dims()?;
+    let scale = op.scale();
+    let kernel = l.kernel(&format!("attention_forward_{}_{d}", T::NAME))?;
+    let mut launch = l.stream.launch_builder(&kernel);
+    launch.arg(&qf);
+    launch.arg(&kf);
+    launch.arg(&vf);
+    launch.arg(&out);
+    launch.arg(&l.first);
+    launch.arg(&l.len);
+    launch.arg(&rows);
+    launch.arg(&heads);
+    launch.arg(&kv_heads);
+    launch.arg(&scale);
+    unsafe { launch.launch(launch_over(l.rows * op.heads)?) }.w()?;
+    Ok(out)
+}
+
+fn backward_typed<T: Element>(
+    l: &Launches,
+    (q, k, v): (&CudaStorage, &CudaStorage, &CudaStorage),
+    (l1, l2, l3): (&Layout, &Layout, &Layout),
+    dout: &CudaView<T>,
+) -> Result<CudaSlice<T>> {
+    let op = l.op;
+    let (h, kvh, d) = (op.heads, op.kv_heads, op.head_dim);
+    let qf = l.load(&contiguous(q.as_cuda_slice::<T>()?, l1)?, h, true)?;
+    let kf = l.load(&contiguous(k.as_cuda_slice::<T>()?, l2)?, kvh, true)?;
+    let vf = l.load(&contiguous(v.as_cuda_slice::<T>()?, l3)?, kvh, false)?;
+    let stream = &l.stream;
+    let stats = stream.alloc_zeros::<f32>(l.rows * h * 2).w()?;
+    let dq = stream.alloc_zeros::<f32>(l.rows * h * d).w()?;
+    let dk = stream.alloc_zeros::<f32>(l.rows * kvh * d).w()?;
+    let dv = stream.alloc_zeros::<f32>(l.rows * kvh * d).w()?;
+    let [rows, heads, kv_heads, d_u] = l.dims()?;
+    let scale = op.scale();
+
+    let kernel = l.kernel(&format!("attention_backward_rows_{}_{d_u}", T::NAME))?;
+    let mut launch = l.stream.launch_builder(&kernel);
+    launch.arg(&qf);
+    launch.arg(&kf);
+    launch.arg(&vf);
+    launch.arg(dout);
+    launch.arg(&stats);
+    launch.arg(&dq);
+    launch.arg(&l.first);
+    launch.arg(&l.len);
+    launch.arg(&rows);
+    launch.arg(&heads);
+    launch.arg(&kv_heads);
+    launch.arg(&scale);
+    unsafe { launch.launch(launch_over(l.rows * h)?) }.w()?;
+
+    let kernel = l.kernel(&format!("attention_backward_keys_{}_{d_u}", T::NAME))?;
+    let mut launch = l.stream.launch_builder(&kernel);
+    launch.arg(&qf);
+    launch.arg(&kf);
+    launch.arg(&vf);
+    launch.arg(dout);
+    launch.arg(&stats);
+    launch.arg(&dk);
+    launch.arg(&dv);
+    launch.arg(&l.first);
+    launch.arg(&l.len);
+    launch.arg(&rows);
+    launch.arg(&heads);
+    launch.arg(&kv_heads);
+    launch.arg(&scale);
+    unsafe { launch.launch(launch_over(l.rows * kvh)?) }.w()?;
+
+    let width = (h + 2 * kvh) * d;
+    let out = stream.alloc_zeros::<T>(l.rows * width).w()?;
+    l.store_grad(&dq, &out, (h, width, 0), true)?;
+    l.store_grad(&dk, &out, (kvh, width, h * d), true)?;
+    l.store_grad(&dv, &out, (kvh, width, (h + kvh) * d), false)?;
+    Ok(out)
+}
+
+/// The attention output `[rows, heads·d]` of `op` over (q, k, v) on a CUDA device.
+pub fn forward(
+    op: &CausalAttention,
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    (s3, l3): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device();
+    let rows = l1.shape().dims2()?.0;
+    let inputs = ((s1, s2, s3), (l1, l2, l3));
+    let out = with_launches(dev, op, rows, |l| {
+        Ok(match s1.dtype() {
+            DType::F32 => CudaStorage::wrap_cuda_slice(
+                forward_typed::<f32>(l, inputs.0, inputs.1)?,
+                dev.clone(),
+            ),
+            DType::BF16 => CudaStorage::wrap_cuda_slice(
+                forward_typed::<bf16>(l, inputs.0, inputs.1)?,
+                dev.clone(),
+            ),
+            DType::F16 => CudaStorage::wrap_cuda_slice(
+                forward_typed::<f16>(l, inputs.0, inputs.1)?,
+                dev.clone(),
+            ),
+            other => candle_core::bail!("causal-attention: unsupported dtype {other:?}"),
+        })
+    })?;
+    Ok((out, Shape::from((rows, op.heads * op.head_dim))))
+}
+
+/// dq, dk and dv side by side, `[rows, (heads + 2·kv_heads)·d]`, for the output gradient
+/// `grad` of `op` over (q, k, v) on a CUDA device.
+pub fn backward(
+    op: &CausalAttention,
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    (s3, l3): (&CudaStorage, &Layout),
+    grad: &Tensor,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device();
+    let rows = l1.shape().dims2()?.0;
+    let (g, g_layout) = grad.storage_and_layout();
+    let Storage::Cuda(g) = &*g else {
+        candle_core::bail!("causal-attention: the output gradient is not on the GPU");
+    };
+    let inputs = ((s1, s2, s3), (l1, l2, l3));
+    let out = with_launches(dev, op, rows, |l| {
+        Ok(match s1.dtype() {
+            DType::F32 => {
+                let g = contiguous(g.as_cuda_slice::<f32>()?, g_layout)?;
+                CudaStorage::wrap_cuda_slice(
+                    backward_typed(l, inputs.0, inputs.1, &g)?,
+                    dev.clone(),
+                )
+            }
+            DType::BF16 => {
+                let g = contiguous(g.as_cuda_slice::<bf16>()?, g_layout)?;
+                CudaStorage::wrap_cuda_slice(
+                    backward_typed(l, inputs.0, inputs.1, &g)?,
+                    dev.clone(),
+                )
+            }
+            DType::F16 => {
+                let g = contiguous(g.as_cuda_slice::<f16>()?, g_layout)?;
+                CudaStorage::wrap_cuda_slice(
+                    backward_typed(l, inputs.0, inputs.1, &g)?,
+                    dev.clone(),
+                )
+            }
+            other => candle_core::bail!("causal-attention: unsupported dtype {other:?}"),
+        })
+    })?;
+    let width = (op.heads + 2 * op.kv_heads) * op.head_dim;
+    Ok((out, Shape::from((rows, width))))
+}
