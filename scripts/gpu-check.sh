@@ -9,8 +9,9 @@
 # (the compressed binary: the plain one is over the 64 MiB that travels).
 #
 # Steps, a few minutes in all; each has a timeout, together 7.7 minutes at most:
-#  1. the kernels against their CPU twins on random inputs (`autoif kernel-check`), with
-#     the peak memory of unfused vs chunked log-probs at 4096 tokens;
+#  1. the kernels against their CPU twins on random inputs (`autoif kernel-check`: the
+#     chunked log-probs and the fused attention), with the peak memory of unfused vs
+#     chunked log-probs and of the fused attention at 4096 tokens;
 #  2. a model to run: SmolLM2-135M's GGUF (98 MB) is too large to travel (64 MiB), so
 #     transformers writes a randomly initialised model of Qwen2-0.5B's shape (bf16
 #     safetensors) with the tiny test tokenizer; speeds and memory are those of the
@@ -70,14 +71,15 @@ run_step() {
   wait "$sampler" 2>/dev/null
   peak_mib=$(sort -n "$work/$name.mem" | tail -1)
   say "== $name: exit $step_rc after $(( $(date +%s) - started )) s, peak ${peak_mib:-?} MiB"
-  tail -20 "$out/$name.txt" | tee -a "$log"
+  tail -24 "$out/$name.txt" | tee -a "$log"
 }
 
 # 1. Kernels against their CPU twins.
 run_step kernels 150 "$bin" kernel-check --device cuda --rows 512 --hidden 1536 --vocab 151936
 kernels_rc=$step_rc
-kernels_line="$(grep -E '^(f32|bf16) ' "$out/kernels.txt" | awk '{printf "%s value %s grad %s %s; ", $1, $2, $3, $NF}')"
+kernels_line="$(grep -cE '^(f32|bf16) .* ok$' "$out/kernels.txt") ok, $(grep -cE '^(f32|bf16) .* FAIL$' "$out/kernels.txt") FAIL (tables in kernels.txt)"
 memory_line="$(grep '^peak memory' "$out/kernels.txt")"
+attention_memory_line="$(grep '^attention peak memory' "$out/kernels.txt")"
 
 # 2. A model of Qwen2-0.5B's shape with random weights.
 model="$work/qwen2-0.5b-random"
@@ -105,8 +107,9 @@ cp "$work/sft/metrics.jsonl" "$out/train-metrics.jsonl" 2>/dev/null
   echo
   echo "| $gpu | result |"
   echo "|---|---|"
-  echo "| kernels vs CPU twin (512 × 1536 × 151936) | exit $kernels_rc: $kernels_line |"
+  echo "| kernels vs CPU twin (log-probs 512 × 1536 × 151936; attention 2 × 1024 tokens, 2 shapes; f32 and bf16) | exit $kernels_rc: $kernels_line |"
   echo "| log-prob peak memory | ${memory_line:-not measured} |"
+  echo "| attention peak memory | ${attention_memory_line:-not measured} |"
   echo "| generation, Qwen2-0.5B shape, bf16, 32 × 128 tokens | $gen_tps tokens/s decode, peak $gen_peak MiB (exit $gen_rc) |"
   echo "| SFT, Qwen2-0.5B shape, LoRA r16, 4 × 512 tokens, steps 2–4 | $train_tps tokens/s, peak $train_peak MiB (exit $train_rc) |"
 } | tee -a "$log"
