@@ -14,7 +14,8 @@
 // Every kernel is also compiled for the host (AUTOIF_HOST_EMULATION, see
 // host_emulation.h), where tests run it thread by thread against the CPU twin.
 //
-// Layout: q, dq [rows, heads, D]; k, v, dk, dv [rows, kv_heads, D], row-major. Row r
+// Layout: q, dq [rows, heads, D]; k, v [rows, kv_heads, D]; dk and dv before their sum
+// [rows, heads, D] (query head h's part is at h, KV head h / group's), row-major. Row r
 // belongs to the sequence starting at row first[r] with len[r] rows (its position is
 // r - first[r]); len[r] == 0 marks a row outside every sequence, whose outputs are zero.
 // cos/sin are [positions, D/2] f32. All arithmetic is f32.
@@ -175,9 +176,10 @@ __device__ void backward_rows(const float *q, const float *k, const float *v, co
     stats[2 * at + 1] = delta;
 }
 
-// One thread per (key row, kv head), over the query heads sharing it and the rows
-// i = last..=row of its sequence (descending, so a warp's threads read the same query row
-// together and drop out one by one):
+// One thread per (key row, query head), over the rows i = last..=row of its sequence
+// (descending, so a warp's threads read the same query row together and drop out one by
+// one); the query heads sharing a KV head each write their own part, which
+// attention_store_grad adds up:
 //   dv = sum p_ij dout_i;  dk = scale sum p_ij (dp_ij - delta_i) q_i   (rotated frame)
 template <typename T, int D>
 __device__ void backward_keys(const float *q, const float *k, const float *v, const T *dout,
@@ -185,10 +187,10 @@ __device__ void backward_keys(const float *q, const float *k, const float *v, co
                               const uint32_t *first, const uint32_t *len, uint32_t rows,
                               uint32_t heads, uint32_t kv_heads, float scale) {
     const uint32_t g = thread_index();
-    if (g >= rows * kv_heads) return;
-    const uint32_t kv = g / rows, row = g % rows;
-    const size_t at = (size_t)row * kv_heads + kv;
-    float *dkp = dk + at * D, *dvp = dv + at * D;
+    if (g >= rows * heads) return;
+    const uint32_t head = g / rows, row = g % rows;
+    float *dkp = dk + ((size_t)row * heads + head) * D;
+    float *dvp = dv + ((size_t)row * heads + head) * D;
     if (len[row] == 0) {
         for (int c = 0; c < D; ++c) {
             dkp[c] = 0.0f;
@@ -196,6 +198,7 @@ __device__ void backward_keys(const float *q, const float *k, const float *v, co
         }
         return;
     }
+    const size_t at = (size_t)row * kv_heads + head / (heads / kv_heads);
     float kr[D], vr[D], dkr[D], dvr[D];
     for (int c = 0; c < D; ++c) {
         kr[c] = k[at * D + c];
@@ -203,24 +206,21 @@ __device__ void backward_keys(const float *q, const float *k, const float *v, co
         dkr[c] = 0.0f;
         dvr[c] = 0.0f;
     }
-    const uint32_t group = heads / kv_heads;
     const uint32_t last = first[row] + len[row] - 1;
-    for (uint32_t h = kv * group; h < (kv + 1) * group; ++h) {
-        for (uint32_t i = last + 1; i-- > row;) {
-            const size_t qi = (size_t)i * heads + h;
-            const float *qp = q + qi * D;
-            const T *gp = dout + qi * D;
-            float s = 0.0f, dp = 0.0f;
-            for (int c = 0; c < D; ++c) {
-                s += qp[c] * kr[c];
-                dp += to_f32(gp[c]) * vr[c];
-            }
-            const float p = expf(s * scale - stats[2 * qi]);
-            const float ds = p * (dp - stats[2 * qi + 1]);
-            for (int c = 0; c < D; ++c) {
-                dvr[c] += p * to_f32(gp[c]);
-                dkr[c] += ds * qp[c];
-            }
+    for (uint32_t i = last + 1; i-- > row;) {
+        const size_t qi = (size_t)i * heads + head;
+        const float *qp = q + qi * D;
+        const T *gp = dout + qi * D;
+        float s = 0.0f, dp = 0.0f;
+        for (int c = 0; c < D; ++c) {
+            s += qp[c] * kr[c];
+            dp += to_f32(gp[c]) * vr[c];
+        }
+        const float p = expf(s * scale - stats[2 * qi]);
+        const float ds = p * (dp - stats[2 * qi + 1]);
+        for (int c = 0; c < D; ++c) {
+            dvr[c] += p * to_f32(gp[c]);
+            dkr[c] += ds * qp[c];
         }
     }
     for (int c = 0; c < D; ++c) {
@@ -229,22 +229,28 @@ __device__ void backward_keys(const float *q, const float *k, const float *v, co
     }
 }
 
-// One thread per (row, head, i < D/2): writes the f32 gradient g [rows, heads, D] into
-// columns col0.. of out [rows, width] in T, rotated back from the row's position for q
-// and k (a rotation's gradient is its inverse).
+// One thread per (row, head, i < D/2): writes the f32 gradient g [rows, heads·group, D],
+// summed over each head's `group` consecutive parts, into columns col0.. of out
+// [rows, width] in T, rotated back from the row's position for q and k (a rotation's
+// gradient is its inverse).
 template <typename T>
 __device__ void store_grad(const float *g, T *out, const uint32_t *first, const uint32_t *len,
                            const float *cos, const float *sin, uint32_t rows, uint32_t heads,
-                           uint32_t d, uint32_t width, uint32_t col0, uint32_t rotate) {
+                           uint32_t group, uint32_t d, uint32_t width, uint32_t col0,
+                           uint32_t rotate) {
     const uint32_t half = d / 2;
     const uint32_t n = thread_index();
     if (n >= rows * heads * half) return;
     const uint32_t row = n / (heads * half);
     const uint32_t head = n / half % heads;
     const uint32_t i = n % half;
-    const size_t from = ((size_t)row * heads + head) * d + i;
+    float a = 0.0f, b = 0.0f;
+    for (uint32_t part = 0; part < group; ++part) {
+        const size_t from = (((size_t)row * heads + head) * group + part) * d + i;
+        a += g[from];
+        b += g[from + half];
+    }
     T *to = out + (size_t)row * width + col0 + head * d + i;
-    const float a = g[from], b = g[from + half];
     if (!rotate || len[row] == 0) {
         store(to, a);
         store(to + half, b);
@@ -263,9 +269,10 @@ __device__ void store_grad(const float *g, T *out, const uint32_t *first, const 
     }                                                                                        \
     extern "C" __global__ void attention_store_grad_##NAME(                                  \
         const float *g, T *out, const uint32_t *first, const uint32_t *len,                  \
-        const float *cos, const float *sin, uint32_t rows, uint32_t heads, uint32_t d,       \
-        uint32_t width, uint32_t col0, uint32_t rotate) {                                    \
-        store_grad<T>(g, out, first, len, cos, sin, rows, heads, d, width, col0, rotate);    \
+        const float *cos, const float *sin, uint32_t rows, uint32_t heads, uint32_t group,   \
+        uint32_t d, uint32_t width, uint32_t col0, uint32_t rotate) {                        \
+        store_grad<T>(g, out, first, len, cos, sin, rows, heads, group, d, width, col0,      \
+                      rotate);                                                               \
     }
 
 #define ATTENTION_HEAD_DIM(T, NAME, D)                                                       \

@@ -4,7 +4,8 @@
 //! in the inputs' dtype, the backward writes dq, dk and dv side by side in one
 //! `[rows, (heads + 2·kv_heads)·d]` tensor (`AttentionGrad`'s output). Per layer this
 //! keeps no `[heads, t, t]` scores, only `[rows, heads]`-sized statistics and f32 copies
-//! of q, k, v and their gradients while the op runs.
+//! of q, k, v and their gradients while the op runs (dk and dv one part per query head,
+//! so that the key-side kernel has a thread per query head rather than per KV head).
 //!
 //! tests/kernel_host/causal_attention.cpp replays the same launches on the host.
 
@@ -123,17 +124,19 @@ impl Launches<'_> {
         Ok(out)
     }
 
-    /// Writes the f32 gradient `g` `[rows, heads, d]` into columns `col0..` of `out`
-    /// `[rows, width]`, rotated back if `rotate`.
+    /// Writes the f32 gradient `g` `[rows, heads·group, d]`, each head's `group` parts
+    /// summed, into columns `col0..` of `out` `[rows, width]`, rotated back if `rotate`.
     fn store_grad<T: Element>(
         &self,
         g: &CudaSlice<f32>,
         out: &CudaSlice<T>,
-        (heads, width, col0): (usize, usize, usize),
+        (heads, group): (usize, usize),
+        (width, col0): (usize, usize),
         rotate: bool,
     ) -> Result<()> {
         let [rows, _, _, d] = self.dims()?;
-        let (heads, width, col0) = (u32_of(heads)?, u32_of(width)?, u32_of(col0)?);
+        let (heads, group) = (u32_of(heads)?, u32_of(group)?);
+        let (width, col0) = (u32_of(width)?, u32_of(col0)?);
         let kernel = self.kernel(&format!("attention_store_grad_{}", T::NAME))?;
         let rotate = u32::from(rotate);
         let mut launch = self.stream.launch_builder(&kernel);
@@ -145,6 +148,7 @@ impl Launches<'_> {
         launch.arg(&self.sin);
         launch.arg(&rows);
         launch.arg(&heads);
+        launch.arg(&group);
         launch.arg(&d);
         launch.arg(&width);
         launch.arg(&col0);
@@ -237,8 +241,9 @@ fn backward_typed<T: Element>(
     let stream = &l.stream;
     let stats = stream.alloc_zeros::<f32>(l.rows * h * 2).w()?;
     let dq = stream.alloc_zeros::<f32>(l.rows * h * d).w()?;
-    let dk = stream.alloc_zeros::<f32>(l.rows * kvh * d).w()?;
-    let dv = stream.alloc_zeros::<f32>(l.rows * kvh * d).w()?;
+    // dk and dv per query head, summed over each KV head's group when stored.
+    let dk = stream.alloc_zeros::<f32>(l.rows * h * d).w()?;
+    let dv = stream.alloc_zeros::<f32>(l.rows * h * d).w()?;
     let [rows, heads, kv_heads, d_u] = l.dims()?;
     let scale = op.scale();
 
@@ -273,13 +278,14 @@ fn backward_typed<T: Element>(
     launch.arg(&heads);
     launch.arg(&kv_heads);
     launch.arg(&scale);
-    unsafe { launch.launch(launch_over(l.rows * kvh)?) }.w()?;
+    unsafe { launch.launch(launch_over(l.rows * h)?) }.w()?;
 
     let width = (h + 2 * kvh) * d;
     let out = stream.alloc_zeros::<T>(l.rows * width).w()?;
-    l.store_grad(&dq, &out, (h, width, 0), true)?;
-    l.store_grad(&dk, &out, (kvh, width, h * d), true)?;
-    l.store_grad(&dv, &out, (kvh, width, (h + kvh) * d), false)?;
+    let group = h / kvh;
+    l.store_grad(&dq, &out, (h, 1), (width, 0), true)?;
+    l.store_grad(&dk, &out, (kvh, group), (width, h * d), true)?;
+    l.store_grad(&dv, &out, (kvh, group), (width, (h + kvh) * d), false)?;
     Ok(out)
 }
 

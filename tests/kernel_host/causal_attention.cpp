@@ -83,23 +83,24 @@ static void run(const Problem &p, FILE *out_file) {
     // Backward (the launches load q, k and v again, as the op's backward does).
     qf = load(q, h, 1), kf = load(k, kvh, 1), vf = load(v, kvh, 0);
     std::vector<float> stats(size_t(rows) * h * 2), dq(size_t(rows) * h * d);
-    std::vector<float> dk(size_t(rows) * kvh * d), dv(size_t(rows) * kvh * d);
+    std::vector<float> dk(size_t(rows) * h * d), dv(size_t(rows) * h * d);
     host_launch(blocks_for(size_t(rows) * h), BLOCK, K::backward_rows(d), qf.data(),
                 kf.data(), vf.data(), dout.data(), stats.data(), dq.data(), first, len,
                 rows, h, kvh, scale);
-    host_launch(blocks_for(size_t(rows) * kvh), BLOCK, K::backward_keys(d), qf.data(),
+    host_launch(blocks_for(size_t(rows) * h), BLOCK, K::backward_keys(d), qf.data(),
                 kf.data(), vf.data(), dout.data(), stats.data(), dk.data(), dv.data(), first,
                 len, rows, h, kvh, scale);
     const uint32_t width = (h + 2 * kvh) * d;
     std::vector<T> grads(size_t(rows) * width);
-    auto store_grad = [&](const std::vector<float> &g, uint32_t heads, uint32_t col0,
-                          uint32_t rotate) {
+    auto store_grad = [&](const std::vector<float> &g, uint32_t heads, uint32_t group,
+                          uint32_t col0, uint32_t rotate) {
         host_launch(blocks_for(size_t(rows) * heads * d / 2), BLOCK, K::store_grad, g.data(),
-                    grads.data(), first, len, cos, sin, rows, heads, d, width, col0, rotate);
+                    grads.data(), first, len, cos, sin, rows, heads, group, d, width, col0,
+                    rotate);
     };
-    store_grad(dq, h, 0, 1);
-    store_grad(dk, kvh, h * d, 1);
-    store_grad(dv, kvh, (h + kvh) * d, 0);
+    store_grad(dq, h, 1, 0, 1);
+    store_grad(dk, kvh, h / kvh, h * d, 1);
+    store_grad(dv, kvh, h / kvh, (h + kvh) * d, 0);
 
     for (const auto *x : {&out, &grads}) {
         for (const T &e : *x) {
