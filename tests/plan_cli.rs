@@ -1,5 +1,6 @@
 //! `autoif plan` reads only a model's configuration, prints the plan, and refuses a
-//! configuration over `--gpu-memory` with one line and exit code 1.
+//! configuration over `--gpu-memory` with one line and exit code 1; it plans for the fused
+//! attention unless told `--composed-attention`.
 
 use std::process::{Command, Output};
 
@@ -32,6 +33,23 @@ fn prints_the_plan_and_accepts_what_fits() {
         assert!(stdout.contains(item), "no {item} in\n{stdout}");
     }
     assert!(stdout.contains("fits in 80GiB"), "{stdout}");
+    assert!(stdout.contains("fused attention"), "{stdout}");
+}
+
+#[test]
+fn composed_attention_plans_more_than_fused() {
+    let total = |out: &Output| -> f64 {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("total (peak)"))
+            .unwrap_or_else(|| panic!("no total in\n{stdout}"));
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let fused = plan(&[]);
+    let composed = plan(&["--composed-attention"]);
+    assert!(String::from_utf8_lossy(&composed.stdout).contains("composed attention"));
+    assert!(total(&composed) > total(&fused));
 }
 
 #[test]

@@ -4,15 +4,18 @@
 //! The estimate follows the code as it is, not an ideal implementation. candle's autograd
 //! keeps every intermediate tensor of the tracked forward pass alive until `backward`
 //! (each graph node holds its inputs), so "activations" below are the outputs of every op
-//! of `Decoder::forward`'s GPU path (compositions of candle ops: the fused training ops
-//! are CPU-only), counted op by op in `layer_activations`. Sizes are upper bounds in one
-//! respect: every position of every sequence is counted as a scored target token.
+//! of `Decoder::forward_segments`, counted op by op in `layer_activations`. Attention is
+//! either the candle composition (rope, scores, softmax, …) or the fused `CausalAttention`
+//! op, which keeps only its output and works in per-layer transient buffers
+//! (`Attention`). Sizes are upper bounds in one respect: every position of every sequence
+//! is counted as a scored target token.
 //!
 //! Peak = weights + LoRA state + max(training step, generation) + overhead, where
 //! * training step = activations of the tracked pass (all layers, kept) + the log-prob
 //!   head's kept tensors + the backward working set (one layer's activations again, as
-//!   gradients, plus the head's transient gradient buffers). DPO's reference pass runs
-//!   untracked before the policy pass and frees as it goes, so it never sets the peak;
+//!   gradients, plus the head's transient gradient buffers and, fused, the attention op's
+//!   backward buffers). DPO's reference pass runs untracked before the policy pass and
+//!   frees as it goes, so it never sets the peak;
 //! * generation = the KV cache of `gen_batch` sequences of `seq_len` tokens;
 //! * overhead = 1 GiB (CUDA context, cuBLAS workspace) + 10% of the rest for allocator
 //!   slack.
@@ -47,6 +50,17 @@ pub enum LogprobHead {
     Chunked,
 }
 
+/// How the tracked forward pass computes causal self-attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attention {
+    /// The candle composition (rope, q·kᵀ, mask, softmax, ·v): keeps the
+    /// `[batch, heads, seq, seq]` scores six times per layer for backward.
+    Composed,
+    /// The `CausalAttention` op (CPU, and CUDA in every float dtype): keeps only its output
+    /// and recomputes the probabilities in backward.
+    Fused,
+}
+
 /// The shape of a training job, as far as memory goes.
 #[derive(Debug, Clone)]
 pub struct TrainShape {
@@ -59,6 +73,7 @@ pub struct TrainShape {
     pub seq_len: usize,
     pub algorithm: Algorithm,
     pub logprob_head: LogprobHead,
+    pub attention: Attention,
     /// Sequences decoded at once when generating (online DPO, IFEval, responses).
     pub gen_batch: usize,
 }
@@ -224,14 +239,15 @@ pub fn lora_parameter_count(c: &ModelConfig, rank: usize, targets: &[String]) ->
 }
 
 /// Bytes one layer of the tracked GPU forward keeps for backward, for `batch` sequences
-/// of `seq` tokens, op by op as `Decoder::forward` runs them off the CPU (s = dtype bytes;
-/// a cast to the dtype a tensor already has costs nothing in candle):
+/// of `seq` tokens, op by op as `Decoder::forward_segments` runs them off the CPU (s =
+/// dtype bytes; a cast to the dtype a tensor already has costs nothing in candle):
 /// * each RMS norm: cast to f32, x², x/rms (f32), cast back, × weight;
 /// * each projection: x·Wᵀ (+ bias); with LoRA also x in f32, x·Aᵀ and its scaling
 ///   (rank wide, f32), ·Bᵀ (f32), cast, sum;
-/// * rope on q and k: −x₂, cat, x·cos, rot·sin, sum (4.5 copies); v made contiguous;
-/// * attention scores `[batch, heads, seq, seq]`: q·kᵀ, ×scale, +mask (s each), cast to
-///   f32, −max, exp, ÷sum (f32), cast back; then probs·v and its transposed copy;
+/// * attention, composed: rope on q and k: −x₂, cat, x·cos, rot·sin, sum (4.5 copies);
+///   v made contiguous; scores `[batch, heads, seq, seq]`: q·kᵀ, ×scale, +mask (s each),
+///   cast to f32, −max, exp, ÷sum (f32), cast back; then probs·v and its transposed copy;
+/// * attention, fused: its output `[tokens, heads·d]` (q, k, v are the projections');
 /// * MLP: SiLU(gate), × up; two residual sums.
 fn layer_activations(c: &ModelConfig, shape: &TrainShape, sequences: usize) -> u64 {
     let s = shape.dtype.size_in_bytes() as u64;
@@ -259,17 +275,39 @@ fn layer_activations(c: &ModelConfig, shape: &TrainShape, sequences: usize) -> u
         c.num_key_value_heads as u64,
         c.head_dim as u64,
     );
-    // 4.5 copies, counted in halves to stay in integers.
-    let rope = t * (nh + kvh) * d * s * 9 / 2;
-    let v_copy = t * kvh * d * s;
-    let scores = sequences as u64
-        * nh
-        * (shape.seq_len as u64).pow(2)
-        * (3 * s + cast_to_f32 + 3 * 4 + cast_back);
-    let attention_out = 2 * t * nh * d * s;
+    let attention = match shape.attention {
+        Attention::Composed => {
+            // 4.5 copies, counted in halves to stay in integers.
+            let rope = t * (nh + kvh) * d * s * 9 / 2;
+            let v_copy = t * kvh * d * s;
+            let scores = sequences as u64
+                * nh
+                * (shape.seq_len as u64).pow(2)
+                * (3 * s + cast_to_f32 + 3 * 4 + cast_back);
+            let out = 2 * t * nh * d * s;
+            rope + v_copy + scores + out
+        }
+        Attention::Fused => t * nh * d * s,
+    };
     let mlp = 2 * t * c.intermediate_size as u64 * s;
     let residuals = 2 * t * h * s;
-    2 * norm + projections + rope + v_copy + scores + attention_out + mlp + residuals
+    2 * norm + projections + attention + mlp + residuals
+}
+
+/// Transient bytes of the fused attention op's backward pass over `tokens` rows, one
+/// layer at a time: f32 rotated copies of q, k and v, two f32 softmax statistics per
+/// (row, head), f32 gradients of q, k and v, and those gradients in the model dtype. Its
+/// forward pass needs only the rotated copies, so the backward sets its peak. Zero for the
+/// composed attention, whose backward buffers are the layer's gradients.
+fn attention_backward_bytes(c: &ModelConfig, shape: &TrainShape, tokens: usize) -> u64 {
+    if shape.attention == Attention::Composed {
+        return 0;
+    }
+    let s = shape.dtype.size_in_bytes() as u64;
+    let t = tokens as u64;
+    let nh = c.num_attention_heads as u64;
+    let qkv = t * (nh + 2 * c.num_key_value_heads as u64) * c.head_dim as u64;
+    qkv * 4 + t * nh * 8 + qkv * 4 + qkv * s
 }
 
 /// (kept for backward, transient in backward) bytes of the log-prob head over `tokens`
@@ -329,7 +367,9 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         * (c.num_key_value_heads * c.head_dim) as u64
         * s;
     let activations = layer * c.num_hidden_layers as u64;
-    let training = activations + head_kept + layer + head_transient;
+    let attention_transient = attention_backward_bytes(c, shape, tokens);
+    let backward = layer + head_transient + attention_transient;
+    let training = activations + head_kept + backward;
     let mut items = vec![
         Item {
             name: "weights",
@@ -345,10 +385,14 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
             name: "activations (kept)",
             bytes: activations,
             how: format!(
-                "{} layers × {:.2} GiB ({sequences} sequences × {} tokens)",
+                "{} layers × {:.2} GiB ({sequences} sequences × {} tokens, {} attention)",
                 c.num_hidden_layers,
                 layer as f64 / GIB,
-                shape.seq_len
+                shape.seq_len,
+                match shape.attention {
+                    Attention::Composed => "composed",
+                    Attention::Fused => "fused",
+                }
             ),
         },
         Item {
@@ -358,8 +402,14 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         },
         Item {
             name: "backward working set",
-            bytes: layer + head_transient,
-            how: "one layer's gradients + the head's transient buffers".into(),
+            bytes: backward,
+            how: match shape.attention {
+                Attention::Composed => "one layer's gradients + the head's transient buffers",
+                Attention::Fused => {
+                    "one layer's gradients + the head's and fused attention's transient buffers"
+                }
+            }
+            .into(),
         },
         Item {
             name: "KV cache (generation)",
@@ -398,6 +448,7 @@ pub fn ensure_fits(model: &str, shape: &TrainShape, gpu_bytes: u64) -> Result<Me
 }
 
 #[cfg(test)]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -426,7 +477,15 @@ mod tests {
             seq_len,
             algorithm: Algorithm::Sft,
             logprob_head: head,
+            attention: Attention::Composed,
             gen_batch: batch,
+        }
+    }
+
+    fn fused(shape: TrainShape) -> TrainShape {
+        TrainShape {
+            attention: Attention::Fused,
+            ..shape
         }
     }
 
@@ -488,6 +547,50 @@ mod tests {
     }
 
     #[test]
+    fn qwen2_7b_fused_attention_by_hand() {
+        // The composed layer above without its attention terms (rope 37,748,736, v copy
+        // 1,048,576, scores 704,643,072, attention out 14,680,064), plus the fused op's
+        // output t·3584·2 = 7,340,032:
+        // 117,440,512 + 684,589,056 + 7,340,032 + 77,594,624 + 14,680,064 = 901,644,288.
+        // Its backward buffers, with (28 + 2·4)·128 = 4608 q/k/v columns: rotated f32
+        // copies t·4608·4 = 18,874,368, statistics t·28·8 = 229,376, f32 gradients
+        // 18,874,368, bf16 gradients t·4608·2 = 9,437,184: 47,415,296.
+        // The chunked head's transient at 1024 rows (16,384-row chunks): 1024·16,384·8
+        // + 1024·3584·4 = 148,897,792. Backward working set: 901,644,288 + 148,897,792
+        // + 47,415,296 = 1,097,957,376.
+        let c = qwen2_7b();
+        let s = fused(shape(1, 1024, LogprobHead::Chunked));
+        assert_eq!(layer_activations(&c, &s, 1), 901_644_288);
+        assert_eq!(attention_backward_bytes(&c, &s, 1024), 47_415_296);
+        let p = plan(&c, &s).unwrap();
+        assert_eq!(p.item("activations (kept)"), 28 * 901_644_288);
+        assert_eq!(p.item("backward working set"), 1_097_957_376);
+    }
+
+    #[test]
+    fn fused_attention_plans_far_less_for_dpo_at_4k_tokens() {
+        // One pair of 4096-token sequences: the composed attention keeps
+        // 2·28·4096²·24 B = 21.0 GiB of scores per layer (912.7 GiB peak); fused, the
+        // whole plan is 232.3 GiB, the LoRA projections' activations now its largest part.
+        let c = qwen2_7b();
+        let composed = TrainShape {
+            algorithm: Algorithm::Dpo,
+            ..shape(1, 4096, LogprobHead::Chunked)
+        };
+        let composed_plan = plan(&c, &composed).unwrap();
+        let fused_plan = plan(&c, &fused(composed)).unwrap();
+        let gib = |p: &MemoryPlan| p.total as f64 / GIB;
+        assert!((gib(&composed_plan) - 912.75).abs() < 0.01);
+        assert!((gib(&fused_plan) - 232.27).abs() < 0.01);
+        assert!(
+            fused_plan.total * 3 < composed_plan.total,
+            "fused {:.1} GiB vs composed {:.1} GiB",
+            gib(&fused_plan),
+            gib(&composed_plan)
+        );
+    }
+
+    #[test]
     fn chunked_head_needs_far_less_than_the_unfused_one_at_4k_tokens() {
         // One 4096-token sequence: 4096 × 152064 = 622,854,144 logits.
         // Unfused, kept: hidden 4096·3584·2 = 29,360,128 + logits × (2 + 4 + 12) B
@@ -521,7 +624,7 @@ mod tests {
         let c = qwen2_7b();
         let small = plan(&c, &shape(1, 512, LogprobHead::Chunked)).unwrap();
         small.check_fits(parse_bytes("80GiB").unwrap()).unwrap();
-        // Unfused attention keeps [28, 4096, 4096] scores per layer: ~11 GiB × 28 layers.
+        // Composed attention keeps [28, 4096, 4096] scores per layer: ~11 GiB × 28 layers.
         let big = plan(&c, &shape(1, 4096, LogprobHead::Chunked)).unwrap();
         let err = big
             .check_fits(parse_bytes("80GiB").unwrap())
