@@ -83,7 +83,7 @@ pub fn run(args: Args) -> Result<()> {
     let plan = memory_plan::plan(&config, &shape)?;
     print!("{}", plan.table());
     if let Some(bytes) = gpu_bytes {
-        plan.check_fits(bytes)?;
+        plan.check_fits(bytes, "--batch or --seq-len")?;
         println!("fits in {}", args.gpu_memory.unwrap_or_default());
     }
     Ok(())

@@ -23,9 +23,11 @@
 use crate::model::chunked_logprob::logits_chunk_rows;
 use crate::model::config::ModelConfig;
 use crate::model::lora::PROJECTIONS;
+use crate::model::source::download_hub_config;
+use crate::train::TrainingArgs;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
-use candle_core::DType;
+use candle_core::{DType, Device};
 use std::path::Path;
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -78,6 +80,45 @@ pub struct TrainShape {
     pub gen_batch: usize,
 }
 
+impl TrainShape {
+    /// The largest piece the trainer runs through one forward pass for `args`: pieces hold
+    /// at most `max_batch_tokens` tokens but at least one item (a sequence cut at
+    /// `max_len`, or a pair of them), and at most a micro-batch of `batch_size` items (or
+    /// packed rows of `max_len`); see `trainer::split_by_tokens`. It is planned as whole
+    /// `max_len` sequences where it holds several, so the composed attention's per-sequence
+    /// scores are not undercounted. Generation (online DPO) is planned as `gen_batch`
+    /// sequences of the same length.
+    pub fn largest_piece(
+        args: &TrainingArgs,
+        algorithm: Algorithm,
+        dtype: DType,
+        gen_batch: usize,
+    ) -> TrainShape {
+        let per_item = match algorithm {
+            Algorithm::Sft => 1,
+            Algorithm::Dpo => 2,
+        };
+        let item = per_item * args.max_len;
+        let micro_batch = args.batch_size * item;
+        let piece = match args.max_batch_tokens {
+            0 => micro_batch,
+            budget => micro_batch.min(budget.max(item)),
+        };
+        let batch = piece.div_ceil(item).max(1);
+        TrainShape {
+            dtype,
+            lora_rank: args.lora.r,
+            lora_targets: args.lora.target_modules.clone(),
+            batch,
+            seq_len: piece.div_ceil(per_item * batch),
+            algorithm,
+            logprob_head: LogprobHead::Chunked,
+            attention: Attention::Fused,
+            gen_batch,
+        }
+    }
+}
+
 /// One line of the plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
@@ -115,8 +156,8 @@ impl MemoryPlan {
         out
     }
 
-    /// One-line refusal when the peak exceeds `gpu_bytes`.
-    pub fn check_fits(&self, gpu_bytes: u64) -> Result<()> {
+    /// One-line refusal when the peak exceeds `gpu_bytes`, advising to lower `knobs`.
+    pub fn check_fits(&self, gpu_bytes: u64, knobs: &str) -> Result<()> {
         if self.total > gpu_bytes {
             let largest = self
                 .items
@@ -124,7 +165,7 @@ impl MemoryPlan {
                 .max_by_key(|i| i.bytes)
                 .expect("a plan has items");
             bail!(
-                "this configuration needs about {:.1} GiB of GPU memory but {:.1} GiB is available (largest item: {}, {:.1} GiB); lower --batch or --seq-len",
+                "this configuration needs about {:.2} GiB of GPU memory but {:.2} GiB is available (largest item: {}, {:.2} GiB); lower {knobs}",
                 self.total as f64 / GIB,
                 gpu_bytes as f64 / GIB,
                 largest.name,
@@ -438,13 +479,58 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
     })
 }
 
-/// For `autoif train` / `autoif run` before anything is loaded: reads `model`'s config,
-/// plans `shape`, and fails with one line when the peak exceeds `gpu_bytes`.
-pub fn ensure_fits(model: &str, shape: &TrainShape, gpu_bytes: u64) -> Result<MemoryPlan> {
-    let config = config_only(model)?;
-    let plan = plan(&config, shape)?;
-    plan.check_fits(gpu_bytes)?;
-    Ok(plan)
+/// The memory `autoif train` and `autoif run` plan against: `given` (`--gpu-memory`), else
+/// a CUDA device's total memory; none on the CPU without `given` (nothing is checked).
+pub fn gpu_budget(given: Option<&str>, device: &Device) -> Result<Option<u64>> {
+    match given {
+        Some(text) => parse_bytes(text).map(Some),
+        None if device.is_cuda() => cuda_total_memory(device).map(Some),
+        None => Ok(None),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_total_memory(device: &Device) -> Result<u64> {
+    // The context's query binds it to this thread first, which cuMemGetInfo needs.
+    let (_free, total) = device
+        .as_cuda_device()?
+        .cuda_stream()
+        .context()
+        .mem_get_info()?;
+    Ok(total as u64)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_total_memory(_: &Device) -> Result<u64> {
+    unreachable!("a CUDA device exists only with --features cuda")
+}
+
+/// For `autoif train` / `autoif run` before anything is loaded: reads `model`'s config
+/// (downloading a hub id's config.json alone when it is not cached: the weights follow
+/// anyway), plans each of `shapes`, and fails with one line naming the model when the
+/// largest peak exceeds `gpu_bytes`.
+pub fn ensure_fits(model: &str, shapes: &[TrainShape], gpu_bytes: u64, knobs: &str) -> Result<()> {
+    if shapes.is_empty() {
+        return Ok(());
+    }
+    let config = job_config(model)?;
+    let mut plans = shapes
+        .iter()
+        .map(|shape| plan(&config, shape))
+        .collect::<Result<Vec<_>>>()?;
+    plans.sort_by_key(|p| p.total);
+    let largest = plans.last().expect("at least one shape");
+    largest
+        .check_fits(gpu_bytes, knobs)
+        .with_context(|| model.to_string())
+}
+
+/// `config_only`, or for a hub id not in the cache its config.json downloaded alone.
+fn job_config(spec: &str) -> Result<ModelConfig> {
+    config_only(spec).or_else(|not_local| match download_hub_config(spec) {
+        Some(path) => ModelConfig::from_hf_file(&path?),
+        None => Err(not_local),
+    })
 }
 
 #[cfg(test)]
@@ -591,6 +677,29 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_piece_follows_the_token_budget() {
+        let piece = |batch_size, max_len, max_batch_tokens, algorithm| {
+            let args = TrainingArgs {
+                batch_size,
+                max_len,
+                max_batch_tokens,
+                ..TrainingArgs::default()
+            };
+            let s = TrainShape::largest_piece(&args, algorithm, DType::BF16, 0);
+            (s.batch, s.seq_len)
+        };
+        // Defaults (4 items, max_len 1024, 512-token pieces): one item alone.
+        assert_eq!(piece(4, 1024, 512, Algorithm::Sft), (1, 1024));
+        assert_eq!(piece(4, 1024, 512, Algorithm::Dpo), (1, 1024));
+        // configs/qwen2-7b.toml: 8 sequences or 4 pairs of 2048, 8192-token pieces.
+        assert_eq!(piece(8, 2048, 8192, Algorithm::Sft), (4, 2048));
+        assert_eq!(piece(4, 2048, 8192, Algorithm::Dpo), (2, 2048));
+        // No budget: the whole micro-batch; a budget between items: split evenly.
+        assert_eq!(piece(3, 512, 0, Algorithm::Dpo), (3, 512));
+        assert_eq!(piece(4, 1024, 1500, Algorithm::Sft), (2, 750));
+    }
+
+    #[test]
     fn chunked_head_needs_far_less_than_the_unfused_one_at_4k_tokens() {
         // One 4096-token sequence: 4096 × 152064 = 622,854,144 logits.
         // Unfused, kept: hidden 4096·3584·2 = 29,360,128 + logits × (2 + 4 + 12) B
@@ -623,16 +732,19 @@ mod tests {
     fn refuses_what_does_not_fit_in_one_line() {
         let c = qwen2_7b();
         let small = plan(&c, &shape(1, 512, LogprobHead::Chunked)).unwrap();
-        small.check_fits(parse_bytes("80GiB").unwrap()).unwrap();
+        small
+            .check_fits(parse_bytes("80GiB").unwrap(), "--batch")
+            .unwrap();
         // Composed attention keeps [28, 4096, 4096] scores per layer: ~11 GiB × 28 layers.
         let big = plan(&c, &shape(1, 4096, LogprobHead::Chunked)).unwrap();
         let err = big
-            .check_fits(parse_bytes("80GiB").unwrap())
+            .check_fits(parse_bytes("80GiB").unwrap(), "--batch or --seq-len")
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("this configuration needs about"), "{err}");
-        assert!(err.contains("80.0 GiB is available"), "{err}");
+        assert!(err.contains("80.00 GiB is available"), "{err}");
         assert!(err.contains("largest item: activations (kept)"), "{err}");
+        assert!(err.ends_with("; lower --batch or --seq-len"), "{err}");
         assert!(!err.contains('\n'));
     }
 
