@@ -1,7 +1,11 @@
 //! `autoif plan` reads only a model's configuration, prints the plan, and refuses a
-//! configuration over `--gpu-memory` with one line and exit code 1.
+//! configuration over `--gpu-memory` with one line and exit code 1; it plans for the fused
+//! attention unless told `--composed-attention`. `autoif train` and `autoif run` make the
+//! same check with `--gpu-memory` before anything is loaded or written.
 
+use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 const MODEL: &str = "tests/fixtures/tiny-qwen2";
 
@@ -32,6 +36,23 @@ fn prints_the_plan_and_accepts_what_fits() {
         assert!(stdout.contains(item), "no {item} in\n{stdout}");
     }
     assert!(stdout.contains("fits in 80GiB"), "{stdout}");
+    assert!(stdout.contains("fused attention"), "{stdout}");
+}
+
+#[test]
+fn composed_attention_plans_more_than_fused() {
+    let total = |out: &Output| -> f64 {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("total (peak)"))
+            .unwrap_or_else(|| panic!("no total in\n{stdout}"));
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let fused = plan(&[]);
+    let composed = plan(&["--composed-attention"]);
+    assert!(String::from_utf8_lossy(&composed.stdout).contains("composed attention"));
+    assert!(total(&composed) > total(&fused));
 }
 
 #[test]
@@ -44,7 +65,7 @@ fn refuses_what_does_not_fit_in_one_line() {
         stderr.starts_with("error: this configuration needs about"),
         "{stderr}"
     );
-    assert!(stderr.contains("0.0 GiB is available"), "{stderr}");
+    assert!(stderr.contains("0.00 GiB is available"), "{stderr}");
 }
 
 #[test]
@@ -68,4 +89,118 @@ fn bad_sizes_and_missing_models_are_one_line_errors() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nowhere/none"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// A model folder with tiny-llama's config.json and nothing else: loading it fails ("no
+/// tokenizer.json"), so a refusal naming the plan proves the check ran before loading.
+fn config_only_model(dir: &Path) -> String {
+    let model = dir.join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(
+        "tests/fixtures/tiny-llama/config.json",
+        model.join("config.json"),
+    )
+    .unwrap();
+    model.to_string_lossy().into_owned()
+}
+
+fn autoif(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_autoif"))
+        .args(args)
+        .env("AUTOIF_LOG", "error")
+        .output()
+        .unwrap();
+    (out, started.elapsed())
+}
+
+fn assert_refused(out: &Output, took: Duration, model: &str, knobs: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: {model}: this configuration needs about")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1.00 GiB is available"), "{stderr}");
+    assert!(stderr.contains("(largest item: "), "{stderr}");
+    assert!(stderr.trim_end().ends_with(knobs), "{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn train_refuses_before_loading_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = config_only_model(dir.path());
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"hi\", \"funcs\": [\"def evaluate(r):\\n    return True\"]}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    for (algo, input, file) in [
+        ("sft", "--data", "tests/fixtures/train/sft.jsonl"),
+        ("dpo", "--data", "tests/fixtures/train/dpo.jsonl"),
+        ("online-dpo", "--prompts", prompts.to_str().unwrap()),
+    ] {
+        let args = ["train", algo, "--model", &model, "--device", "cpu"];
+        // 1 GiB is less than the plan's fixed overhead alone.
+        let (refused, took) = autoif(
+            &[
+                &args[..],
+                &[input, file, "--out", out, "--gpu-memory", "1GiB"],
+            ]
+            .concat(),
+        );
+        assert_refused(
+            &refused,
+            took,
+            &model,
+            "lower --max-batch-tokens, --batch-size or --max-len",
+        );
+        assert!(!Path::new(out).exists(), "{algo} wrote {out}");
+        // A generous budget goes on to load the model, which this folder cannot give.
+        let (passed, _) = autoif(
+            &[
+                &args[..],
+                &[input, file, "--out", out, "--gpu-memory", "80GiB"],
+            ]
+            .concat(),
+        );
+        let stderr = String::from_utf8_lossy(&passed.stderr);
+        assert!(stderr.contains("no tokenizer.json"), "{algo}: {stderr}");
+    }
+}
+
+#[test]
+fn run_refuses_before_writing_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = config_only_model(dir.path());
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\npath = {model:?}\ndevice = \"cpu\"\n\n[phases]\nifeval_before = false\nsynthesis = false\nifeval_after = false\nexport = false\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let (refused, took) = autoif(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--gpu-memory",
+        "1GiB",
+    ]);
+    assert_refused(
+        &refused,
+        took,
+        &model,
+        "lower max_batch_tokens, batch_size or max_len of the training sections",
+    );
+    assert!(!out.exists(), "wrote {}", out.display());
 }

@@ -1,7 +1,7 @@
 //! `autoif train sft|dpo|online-dpo` end to end: bad data fails with one line naming the
 //! file and record; SFT then DPO on its adapter (merged, so DPO starts at loss ln 2: the reference
 //! is the SFT model); DPO's peak resident memory stays within 1.2× of SFT's on the same
-//! sequences (no second model).
+//! sequences (no second model). (`--gpu-memory` refusals: tests/plan_cli.rs.)
 
 mod common;
 
@@ -136,6 +136,9 @@ fn sft_then_dpo_on_the_merged_sft_adapter() {
         "8",
         "--save-every",
         "1",
+        // The memory check passes a job that fits and changes nothing else.
+        "--gpu-memory",
+        "80GiB",
     ]);
     assert!(ok, "{stderr}");
     for file in [

@@ -2,7 +2,9 @@
 
 use crate::atomic_file::write_atomic;
 use crate::model::{LoadOptions, Model, DEFAULT_MODEL};
+use crate::train::memory_plan::{self, TrainShape};
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,8 +28,13 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> Result<Model> {
+        self.load_with(&self.load_options()?)
+    }
+
+    /// Loads onto options already resolved (a device created once).
+    pub fn load_with(&self, options: &LoadOptions) -> Result<Model> {
         let started = std::time::Instant::now();
-        let mut model = Model::load(&self.model, &self.load_options()?)?;
+        let mut model = Model::load(&self.model, options)?;
         if let Some(dir) = &self.adapter {
             crate::export::peft::load_adapter(&mut model.decoder, dir)?;
         }
@@ -39,6 +46,33 @@ impl ModelArgs {
             started.elapsed().as_secs_f64()
         );
         Ok(model)
+    }
+}
+
+/// The GPU memory check of the training commands, run before anything is loaded.
+#[derive(Args, Debug, Clone)]
+pub struct GpuMemoryArgs {
+    /// Plan the job's largest step (`autoif plan`'s estimate) and refuse (exit 1) before
+    /// loading when it exceeds this much GPU memory, e.g. 80GiB. On a CUDA device the
+    /// default is the device's total memory; on the CPU nothing is checked without it.
+    #[arg(long, value_name = "SIZE")]
+    pub gpu_memory: Option<String>,
+}
+
+impl GpuMemoryArgs {
+    /// Refuses `shapes` of `model` on `device` when the largest does not fit the budget;
+    /// `knobs` names the settings that shrink it.
+    pub fn ensure_fits(
+        &self,
+        model: &str,
+        device: &Device,
+        shapes: &[TrainShape],
+        knobs: &str,
+    ) -> Result<()> {
+        match memory_plan::gpu_budget(self.gpu_memory.as_deref(), device)? {
+            Some(bytes) => memory_plan::ensure_fits(model, shapes, bytes, knobs),
+            None => Ok(()),
+        }
     }
 }
 

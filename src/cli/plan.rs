@@ -2,7 +2,7 @@
 //! alone, and a refusal (non-zero exit) when it exceeds `--gpu-memory`.
 
 use crate::model::DEFAULT_MODEL;
-use crate::train::memory_plan::{self, Algorithm, LogprobHead, TrainShape};
+use crate::train::memory_plan::{self, Algorithm, Attention, LogprobHead, TrainShape};
 use anyhow::Result;
 use candle_core::DType;
 use clap::Args as ClapArgs;
@@ -37,6 +37,10 @@ pub struct Args {
     /// chunked one.
     #[arg(long)]
     pub unfused_logprob: bool,
+    /// Plan for attention as the candle composition (`[heads, seq, seq]` scores kept per
+    /// layer) instead of the fused `CausalAttention` op the training path uses.
+    #[arg(long)]
+    pub composed_attention: bool,
     /// Sequences decoded at once when generating (default: --batch).
     #[arg(long)]
     pub gen_batch: Option<usize>,
@@ -68,13 +72,18 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             LogprobHead::Chunked
         },
+        attention: if args.composed_attention {
+            Attention::Composed
+        } else {
+            Attention::Fused
+        },
         gen_batch: args.gen_batch.unwrap_or(args.batch),
     };
     let config = memory_plan::config_only(&args.model)?;
     let plan = memory_plan::plan(&config, &shape)?;
     print!("{}", plan.table());
     if let Some(bytes) = gpu_bytes {
-        plan.check_fits(bytes)?;
+        plan.check_fits(bytes, "--batch or --seq-len")?;
         println!("fits in {}", args.gpu_memory.unwrap_or_default());
     }
     Ok(())

@@ -1,9 +1,12 @@
 //! `autoif run`: the whole loop into a run folder, new (`--config`, `--out`) or resumed
 //! (`--resume`). The loop itself is `crate::run`.
 
+use super::common::GpuMemoryArgs;
 use crate::config::RunConfig;
+use crate::model::LoadOptions;
 use crate::pipeline::run_dir::RunDir;
 use crate::run::{check_inputs, execute, pending, Phase};
+use crate::train::memory_plan::{Algorithm, TrainShape};
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use serde_json::json;
@@ -23,25 +26,67 @@ pub struct Args {
     /// Continue the run in this folder from where it stopped.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub memory: GpuMemoryArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let run = match (&args.config, &args.resume) {
-        (_, Some(dir)) => RunDir::open(dir)?,
+        (_, Some(dir)) => {
+            let run = RunDir::open(dir)?;
+            let config = run.manifest()?.config;
+            ensure_fits(&args.memory, &config, &pending(&run)?)?;
+            run
+        }
         (Some(config_path), None) => {
             let Some(out) = &args.out else {
                 bail!("--config needs --out DIR (the new run folder)");
             };
             let config = RunConfig::load(config_path, &args.overrides)?;
-            // Check the inputs before anything is written.
+            // Check the inputs and the memory before anything is written.
             check_inputs(&config)?;
-            let names: Vec<&str> = Phase::plan(&config).iter().map(|p| p.name()).collect();
+            let phases = Phase::plan(&config);
+            ensure_fits(&args.memory, &config, &phases)?;
+            let names: Vec<&str> = phases.iter().map(|p| p.name()).collect();
             RunDir::create(out, &config, model_identity(&config), &names)?
         }
         (None, None) => bail!("pass --config FILE --out DIR, or --resume DIR"),
     };
     let phases = pending(&run)?;
     execute(run, &phases)
+}
+
+/// Refuses the run when the largest piece of its training `phases` will not fit the GPU
+/// memory (`--gpu-memory`, or the CUDA device's), before the model is loaded.
+fn ensure_fits(memory: &GpuMemoryArgs, config: &RunConfig, phases: &[Phase]) -> Result<()> {
+    let trains = |p: &Phase| matches!(p, Phase::Sft | Phase::Dpo | Phase::OnlineDpo);
+    if !phases.iter().any(trains) {
+        // Nothing to plan, and no device to ask for (a run may generate elsewhere).
+        return Ok(());
+    }
+    let options = LoadOptions::for_device(&config.model.device)?;
+    let shape = |args, algorithm, gen_batch| {
+        TrainShape::largest_piece(args, algorithm, options.dtype, gen_batch)
+    };
+    let shapes: Vec<TrainShape> = phases
+        .iter()
+        .filter_map(|phase| match phase {
+            Phase::Sft => Some(shape(&config.sft.args, Algorithm::Sft, 0)),
+            Phase::Dpo => Some(shape(&config.dpo.args, Algorithm::Dpo, 0)),
+            Phase::OnlineDpo => Some(shape(
+                &config.online_dpo.dpo.args,
+                Algorithm::Dpo,
+                config.online_dpo.batch,
+            )),
+            _ => None,
+        })
+        .collect();
+    memory.ensure_fits(
+        &config.model.path,
+        &options.device,
+        &shapes,
+        "max_batch_tokens, batch_size or max_len of the training sections",
+    )
 }
 
 /// What the manifest records about the models.

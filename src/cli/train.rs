@@ -1,13 +1,14 @@
 //! `autoif train sft|dpo|online-dpo`: LoRA training in this process, on a data file or
 //! (online DPO) on prompts with verification functions.
 
-use super::common::ModelArgs;
+use super::common::{GpuMemoryArgs, ModelArgs};
 use crate::model::lora::LoraConfig;
 use crate::model::Model;
 use crate::train::data::{
     parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, DataFormat,
 };
 use crate::train::dpo::merge_adapters;
+use crate::train::memory_plan::{Algorithm, TrainShape};
 use crate::train::online_dpo::read_verified_prompts;
 use crate::train::optim::ScheduleKind;
 use crate::train::{
@@ -57,6 +58,8 @@ pub struct CommonArgs {
     pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub flags: TrainingFlags,
+    #[command(flatten)]
+    pub memory: GpuMemoryArgs,
 }
 
 /// Hyper-parameters every algorithm takes; unset ones use the algorithm's defaults.
@@ -146,10 +149,24 @@ impl TrainingFlags {
     }
 }
 
+/// What shrinks a training job's largest piece, for the memory refusal.
+const TRAIN_KNOBS: &str = "--max-batch-tokens, --batch-size or --max-len";
+
 /// The model with `--adapter` (if any) merged into its weights: training adds a new
-/// adapter on top, and for DPO the reference (adapters off) is then the SFT model.
-fn load_merged(model: &ModelArgs) -> Result<Model> {
-    let mut model = model.load()?;
+/// adapter on top, and for DPO the reference (adapters off) is then the SFT model. Before
+/// any weight is read, the job's largest piece is planned and refused when it will not
+/// fit the GPU memory (`--gpu-memory`, or the CUDA device's).
+fn load_merged(
+    model: &ModelArgs,
+    memory: &GpuMemoryArgs,
+    args: &TrainingArgs,
+    algorithm: Algorithm,
+    gen_batch: usize,
+) -> Result<Model> {
+    let options = model.load_options()?;
+    let shape = TrainShape::largest_piece(args, algorithm, options.dtype, gen_batch);
+    memory.ensure_fits(&model.model, &options.device, &[shape], TRAIN_KNOBS)?;
+    let mut model = model.load_with(&options)?;
     merge_adapters(&mut model.decoder)?;
     Ok(model)
 }
@@ -251,6 +268,8 @@ pub struct OnlineDpoArgs {
     pub flags: TrainingFlags,
     #[command(flatten)]
     pub dpo: DpoFlags,
+    #[command(flatten)]
+    pub memory: GpuMemoryArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -284,7 +303,7 @@ fn run_sft(args: SftArgs) -> Result<()> {
     let config = SftConfig {
         args: c.flags.training_args(SftConfig::default().args),
     };
-    let mut model = load_merged(&c.model)?;
+    let mut model = load_merged(&c.model, &c.memory, &config.args, Algorithm::Sft, 0)?;
     let (examples, dropped) = tokenize_sft(&model, &conversations, config.args.max_len)
         .with_context(|| format!("{}", c.data.display()))?;
     report_dropped(&c.data, dropped, examples.len(), config.args.max_len)?;
@@ -306,7 +325,7 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
     let records = read_records(&c.data)?;
     let pairs = parse_preferences(&records, c.format, &c.data)?;
     let config = args.dpo.config(&c.flags, DpoConfig::default())?;
-    let mut model = load_merged(&c.model)?;
+    let mut model = load_merged(&c.model, &c.memory, &config.args, Algorithm::Dpo, 0)?;
     let (tokenized, dropped) = tokenize_preferences(&model, &pairs, config.args.max_len)
         .with_context(|| format!("{}", c.data.display()))?;
     report_dropped(&c.data, dropped, tokenized.len(), config.args.max_len)?;
@@ -338,7 +357,13 @@ fn run_online(args: OnlineDpoArgs) -> Result<()> {
         batch: args.generation_batch,
         ..OnlineDpoConfig::default()
     };
-    let mut model = load_merged(&args.model)?;
+    let mut model = load_merged(
+        &args.model,
+        &args.memory,
+        &config.dpo.args,
+        Algorithm::Dpo,
+        config.batch,
+    )?;
     let sandbox = Sandbox::new(SandboxOptions {
         timeout: Duration::from_millis(args.exec_timeout_ms),
         ..SandboxOptions::default()

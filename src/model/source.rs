@@ -146,6 +146,25 @@ impl ModelFiles {
     }
 }
 
+/// Downloads a hub id's config.json alone (into the cache), so its hyper-parameters can be
+/// read before the weights are fetched. None for a path, a `.gguf` name or anything else
+/// that is not a hub id, and when HF_HUB_OFFLINE is set.
+pub fn download_hub_config(spec: &str) -> Option<Result<PathBuf>> {
+    if spec.ends_with(".gguf") || Path::new(spec).exists() || !looks_like_hub_id(spec) || offline()
+    {
+        return None;
+    }
+    let fetch = || {
+        hf_hub::api::sync::ApiBuilder::from_env()
+            .build()
+            .context("cannot set up the Hugging Face hub client")?
+            .model(spec.to_string())
+            .get("config.json")
+            .with_context(|| format!("{spec}: cannot download config.json from the hub"))
+    };
+    Some(fetch())
+}
+
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .map(|v| !v.is_empty() && v != "0")

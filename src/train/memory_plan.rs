@@ -4,15 +4,18 @@
 //! The estimate follows the code as it is, not an ideal implementation. candle's autograd
 //! keeps every intermediate tensor of the tracked forward pass alive until `backward`
 //! (each graph node holds its inputs), so "activations" below are the outputs of every op
-//! of `Decoder::forward`'s GPU path (compositions of candle ops: the fused training ops
-//! are CPU-only), counted op by op in `layer_activations`. Sizes are upper bounds in one
-//! respect: every position of every sequence is counted as a scored target token.
+//! of `Decoder::forward_segments`, counted op by op in `layer_activations`. Attention is
+//! either the candle composition (rope, scores, softmax, …) or the fused `CausalAttention`
+//! op, which keeps only its output and works in per-layer transient buffers
+//! (`Attention`). Sizes are upper bounds in one respect: every position of every sequence
+//! is counted as a scored target token.
 //!
 //! Peak = weights + LoRA state + max(training step, generation) + overhead, where
 //! * training step = activations of the tracked pass (all layers, kept) + the log-prob
 //!   head's kept tensors + the backward working set (one layer's activations again, as
-//!   gradients, plus the head's transient gradient buffers). DPO's reference pass runs
-//!   untracked before the policy pass and frees as it goes, so it never sets the peak;
+//!   gradients, plus the head's transient gradient buffers and, fused, the attention op's
+//!   backward buffers). DPO's reference pass runs untracked before the policy pass and
+//!   frees as it goes, so it never sets the peak;
 //! * generation = the KV cache of `gen_batch` sequences of `seq_len` tokens;
 //! * overhead = 1 GiB (CUDA context, cuBLAS workspace) + 10% of the rest for allocator
 //!   slack.
@@ -20,9 +23,11 @@
 use crate::model::chunked_logprob::logits_chunk_rows;
 use crate::model::config::ModelConfig;
 use crate::model::lora::PROJECTIONS;
+use crate::model::source::download_hub_config;
+use crate::train::TrainingArgs;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
-use candle_core::DType;
+use candle_core::{DType, Device};
 use std::path::Path;
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -47,6 +52,17 @@ pub enum LogprobHead {
     Chunked,
 }
 
+/// How the tracked forward pass computes causal self-attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attention {
+    /// The candle composition (rope, q·kᵀ, mask, softmax, ·v): keeps the
+    /// `[batch, heads, seq, seq]` scores six times per layer for backward.
+    Composed,
+    /// The `CausalAttention` op (CPU, and CUDA in every float dtype): keeps only its output
+    /// and recomputes the probabilities in backward.
+    Fused,
+}
+
 /// The shape of a training job, as far as memory goes.
 #[derive(Debug, Clone)]
 pub struct TrainShape {
@@ -59,8 +75,48 @@ pub struct TrainShape {
     pub seq_len: usize,
     pub algorithm: Algorithm,
     pub logprob_head: LogprobHead,
+    pub attention: Attention,
     /// Sequences decoded at once when generating (online DPO, IFEval, responses).
     pub gen_batch: usize,
+}
+
+impl TrainShape {
+    /// The largest piece the trainer runs through one forward pass for `args`: pieces hold
+    /// at most `max_batch_tokens` tokens but at least one item (a sequence cut at
+    /// `max_len`, or a pair of them), and at most a micro-batch of `batch_size` items (or
+    /// packed rows of `max_len`); see `trainer::split_by_tokens`. It is planned as whole
+    /// `max_len` sequences where it holds several, so the composed attention's per-sequence
+    /// scores are not undercounted. Generation (online DPO) is planned as `gen_batch`
+    /// sequences of the same length.
+    pub fn largest_piece(
+        args: &TrainingArgs,
+        algorithm: Algorithm,
+        dtype: DType,
+        gen_batch: usize,
+    ) -> TrainShape {
+        let per_item = match algorithm {
+            Algorithm::Sft => 1,
+            Algorithm::Dpo => 2,
+        };
+        let item = per_item * args.max_len;
+        let micro_batch = args.batch_size * item;
+        let piece = match args.max_batch_tokens {
+            0 => micro_batch,
+            budget => micro_batch.min(budget.max(item)),
+        };
+        let batch = piece.div_ceil(item).max(1);
+        TrainShape {
+            dtype,
+            lora_rank: args.lora.r,
+            lora_targets: args.lora.target_modules.clone(),
+            batch,
+            seq_len: piece.div_ceil(per_item * batch),
+            algorithm,
+            logprob_head: LogprobHead::Chunked,
+            attention: Attention::Fused,
+            gen_batch,
+        }
+    }
 }
 
 /// One line of the plan.
@@ -100,8 +156,8 @@ impl MemoryPlan {
         out
     }
 
-    /// One-line refusal when the peak exceeds `gpu_bytes`.
-    pub fn check_fits(&self, gpu_bytes: u64) -> Result<()> {
+    /// One-line refusal when the peak exceeds `gpu_bytes`, advising to lower `knobs`.
+    pub fn check_fits(&self, gpu_bytes: u64, knobs: &str) -> Result<()> {
         if self.total > gpu_bytes {
             let largest = self
                 .items
@@ -109,7 +165,7 @@ impl MemoryPlan {
                 .max_by_key(|i| i.bytes)
                 .expect("a plan has items");
             bail!(
-                "this configuration needs about {:.1} GiB of GPU memory but {:.1} GiB is available (largest item: {}, {:.1} GiB); lower --batch or --seq-len",
+                "this configuration needs about {:.2} GiB of GPU memory but {:.2} GiB is available (largest item: {}, {:.2} GiB); lower {knobs}",
                 self.total as f64 / GIB,
                 gpu_bytes as f64 / GIB,
                 largest.name,
@@ -224,14 +280,15 @@ pub fn lora_parameter_count(c: &ModelConfig, rank: usize, targets: &[String]) ->
 }
 
 /// Bytes one layer of the tracked GPU forward keeps for backward, for `batch` sequences
-/// of `seq` tokens, op by op as `Decoder::forward` runs them off the CPU (s = dtype bytes;
-/// a cast to the dtype a tensor already has costs nothing in candle):
+/// of `seq` tokens, op by op as `Decoder::forward_segments` runs them off the CPU (s =
+/// dtype bytes; a cast to the dtype a tensor already has costs nothing in candle):
 /// * each RMS norm: cast to f32, x², x/rms (f32), cast back, × weight;
 /// * each projection: x·Wᵀ (+ bias); with LoRA also x in f32, x·Aᵀ and its scaling
 ///   (rank wide, f32), ·Bᵀ (f32), cast, sum;
-/// * rope on q and k: −x₂, cat, x·cos, rot·sin, sum (4.5 copies); v made contiguous;
-/// * attention scores `[batch, heads, seq, seq]`: q·kᵀ, ×scale, +mask (s each), cast to
-///   f32, −max, exp, ÷sum (f32), cast back; then probs·v and its transposed copy;
+/// * attention, composed: rope on q and k: −x₂, cat, x·cos, rot·sin, sum (4.5 copies);
+///   v made contiguous; scores `[batch, heads, seq, seq]`: q·kᵀ, ×scale, +mask (s each),
+///   cast to f32, −max, exp, ÷sum (f32), cast back; then probs·v and its transposed copy;
+/// * attention, fused: its output `[tokens, heads·d]` (q, k, v are the projections');
 /// * MLP: SiLU(gate), × up; two residual sums.
 fn layer_activations(c: &ModelConfig, shape: &TrainShape, sequences: usize) -> u64 {
     let s = shape.dtype.size_in_bytes() as u64;
@@ -259,17 +316,39 @@ fn layer_activations(c: &ModelConfig, shape: &TrainShape, sequences: usize) -> u
         c.num_key_value_heads as u64,
         c.head_dim as u64,
     );
-    // 4.5 copies, counted in halves to stay in integers.
-    let rope = t * (nh + kvh) * d * s * 9 / 2;
-    let v_copy = t * kvh * d * s;
-    let scores = sequences as u64
-        * nh
-        * (shape.seq_len as u64).pow(2)
-        * (3 * s + cast_to_f32 + 3 * 4 + cast_back);
-    let attention_out = 2 * t * nh * d * s;
+    let attention = match shape.attention {
+        Attention::Composed => {
+            // 4.5 copies, counted in halves to stay in integers.
+            let rope = t * (nh + kvh) * d * s * 9 / 2;
+            let v_copy = t * kvh * d * s;
+            let scores = sequences as u64
+                * nh
+                * (shape.seq_len as u64).pow(2)
+                * (3 * s + cast_to_f32 + 3 * 4 + cast_back);
+            let out = 2 * t * nh * d * s;
+            rope + v_copy + scores + out
+        }
+        Attention::Fused => t * nh * d * s,
+    };
     let mlp = 2 * t * c.intermediate_size as u64 * s;
     let residuals = 2 * t * h * s;
-    2 * norm + projections + rope + v_copy + scores + attention_out + mlp + residuals
+    2 * norm + projections + attention + mlp + residuals
+}
+
+/// Transient bytes of the fused attention op's backward pass over `tokens` rows, one
+/// layer at a time: f32 rotated copies of q, k and v, two f32 softmax statistics per
+/// (row, head), f32 gradients of q, k and v, and those gradients in the model dtype. Its
+/// forward pass needs only the rotated copies, so the backward sets its peak. Zero for the
+/// composed attention, whose backward buffers are the layer's gradients.
+fn attention_backward_bytes(c: &ModelConfig, shape: &TrainShape, tokens: usize) -> u64 {
+    if shape.attention == Attention::Composed {
+        return 0;
+    }
+    let s = shape.dtype.size_in_bytes() as u64;
+    let t = tokens as u64;
+    let nh = c.num_attention_heads as u64;
+    let qkv = t * (nh + 2 * c.num_key_value_heads as u64) * c.head_dim as u64;
+    qkv * 4 + t * nh * 8 + qkv * 4 + qkv * s
 }
 
 /// (kept for backward, transient in backward) bytes of the log-prob head over `tokens`
@@ -329,7 +408,9 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         * (c.num_key_value_heads * c.head_dim) as u64
         * s;
     let activations = layer * c.num_hidden_layers as u64;
-    let training = activations + head_kept + layer + head_transient;
+    let attention_transient = attention_backward_bytes(c, shape, tokens);
+    let backward = layer + head_transient + attention_transient;
+    let training = activations + head_kept + backward;
     let mut items = vec![
         Item {
             name: "weights",
@@ -345,10 +426,14 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
             name: "activations (kept)",
             bytes: activations,
             how: format!(
-                "{} layers × {:.2} GiB ({sequences} sequences × {} tokens)",
+                "{} layers × {:.2} GiB ({sequences} sequences × {} tokens, {} attention)",
                 c.num_hidden_layers,
                 layer as f64 / GIB,
-                shape.seq_len
+                shape.seq_len,
+                match shape.attention {
+                    Attention::Composed => "composed",
+                    Attention::Fused => "fused",
+                }
             ),
         },
         Item {
@@ -358,8 +443,14 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         },
         Item {
             name: "backward working set",
-            bytes: layer + head_transient,
-            how: "one layer's gradients + the head's transient buffers".into(),
+            bytes: backward,
+            how: match shape.attention {
+                Attention::Composed => "one layer's gradients + the head's transient buffers",
+                Attention::Fused => {
+                    "one layer's gradients + the head's and fused attention's transient buffers"
+                }
+            }
+            .into(),
         },
         Item {
             name: "KV cache (generation)",
@@ -388,15 +479,61 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
     })
 }
 
-/// For `autoif train` / `autoif run` before anything is loaded: reads `model`'s config,
-/// plans `shape`, and fails with one line when the peak exceeds `gpu_bytes`.
-pub fn ensure_fits(model: &str, shape: &TrainShape, gpu_bytes: u64) -> Result<MemoryPlan> {
-    let config = config_only(model)?;
-    let plan = plan(&config, shape)?;
-    plan.check_fits(gpu_bytes)?;
-    Ok(plan)
+/// The memory `autoif train` and `autoif run` plan against: `given` (`--gpu-memory`), else
+/// a CUDA device's total memory; none on the CPU without `given` (nothing is checked).
+pub fn gpu_budget(given: Option<&str>, device: &Device) -> Result<Option<u64>> {
+    match given {
+        Some(text) => parse_bytes(text).map(Some),
+        None if device.is_cuda() => cuda_total_memory(device).map(Some),
+        None => Ok(None),
+    }
 }
 
+#[cfg(feature = "cuda")]
+fn cuda_total_memory(device: &Device) -> Result<u64> {
+    // The context's query binds it to this thread first, which cuMemGetInfo needs.
+    let (_free, total) = device
+        .as_cuda_device()?
+        .cuda_stream()
+        .context()
+        .mem_get_info()?;
+    Ok(total as u64)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_total_memory(_: &Device) -> Result<u64> {
+    unreachable!("a CUDA device exists only with --features cuda")
+}
+
+/// For `autoif train` / `autoif run` before anything is loaded: reads `model`'s config
+/// (downloading a hub id's config.json alone when it is not cached: the weights follow
+/// anyway), plans each of `shapes`, and fails with one line naming the model when the
+/// largest peak exceeds `gpu_bytes`.
+pub fn ensure_fits(model: &str, shapes: &[TrainShape], gpu_bytes: u64, knobs: &str) -> Result<()> {
+    if shapes.is_empty() {
+        return Ok(());
+    }
+    let config = job_config(model)?;
+    let mut plans = shapes
+        .iter()
+        .map(|shape| plan(&config, shape))
+        .collect::<Result<Vec<_>>>()?;
+    plans.sort_by_key(|p| p.total);
+    let largest = plans.last().expect("at least one shape");
+    largest
+        .check_fits(gpu_bytes, knobs)
+        .with_context(|| model.to_string())
+}
+
+/// `config_only`, or for a hub id not in the cache its config.json downloaded alone.
+fn job_config(spec: &str) -> Result<ModelConfig> {
+    config_only(spec).or_else(|not_local| match download_hub_config(spec) {
+        Some(path) => ModelConfig::from_hf_file(&path?),
+        None => Err(not_local),
+    })
+}
+
+#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,7 +563,15 @@ mod tests {
             seq_len,
             algorithm: Algorithm::Sft,
             logprob_head: head,
+            attention: Attention::Composed,
             gen_batch: batch,
+        }
+    }
+
+    fn fused(shape: TrainShape) -> TrainShape {
+        TrainShape {
+            attention: Attention::Fused,
+            ..shape
         }
     }
 
@@ -488,6 +633,73 @@ mod tests {
     }
 
     #[test]
+    fn qwen2_7b_fused_attention_by_hand() {
+        // The composed layer above without its attention terms (rope 37,748,736, v copy
+        // 1,048,576, scores 704,643,072, attention out 14,680,064), plus the fused op's
+        // output t·3584·2 = 7,340,032:
+        // 117,440,512 + 684,589,056 + 7,340,032 + 77,594,624 + 14,680,064 = 901,644,288.
+        // Its backward buffers, with (28 + 2·4)·128 = 4608 q/k/v columns: rotated f32
+        // copies t·4608·4 = 18,874,368, statistics t·28·8 = 229,376, f32 gradients
+        // 18,874,368, bf16 gradients t·4608·2 = 9,437,184: 47,415,296.
+        // The chunked head's transient at 1024 rows (16,384-row chunks): 1024·16,384·8
+        // + 1024·3584·4 = 148,897,792. Backward working set: 901,644,288 + 148,897,792
+        // + 47,415,296 = 1,097,957,376.
+        let c = qwen2_7b();
+        let s = fused(shape(1, 1024, LogprobHead::Chunked));
+        assert_eq!(layer_activations(&c, &s, 1), 901_644_288);
+        assert_eq!(attention_backward_bytes(&c, &s, 1024), 47_415_296);
+        let p = plan(&c, &s).unwrap();
+        assert_eq!(p.item("activations (kept)"), 28 * 901_644_288);
+        assert_eq!(p.item("backward working set"), 1_097_957_376);
+    }
+
+    #[test]
+    fn fused_attention_plans_far_less_for_dpo_at_4k_tokens() {
+        // One pair of 4096-token sequences: the composed attention keeps
+        // 2·28·4096²·24 B = 21.0 GiB of scores per layer (912.7 GiB peak); fused, the
+        // whole plan is 232.3 GiB, the LoRA projections' activations now its largest part.
+        let c = qwen2_7b();
+        let composed = TrainShape {
+            algorithm: Algorithm::Dpo,
+            ..shape(1, 4096, LogprobHead::Chunked)
+        };
+        let composed_plan = plan(&c, &composed).unwrap();
+        let fused_plan = plan(&c, &fused(composed)).unwrap();
+        let gib = |p: &MemoryPlan| p.total as f64 / GIB;
+        assert!((gib(&composed_plan) - 912.75).abs() < 0.01);
+        assert!((gib(&fused_plan) - 232.27).abs() < 0.01);
+        assert!(
+            fused_plan.total * 3 < composed_plan.total,
+            "fused {:.1} GiB vs composed {:.1} GiB",
+            gib(&fused_plan),
+            gib(&composed_plan)
+        );
+    }
+
+    #[test]
+    fn the_largest_piece_follows_the_token_budget() {
+        let piece = |batch_size, max_len, max_batch_tokens, algorithm| {
+            let args = TrainingArgs {
+                batch_size,
+                max_len,
+                max_batch_tokens,
+                ..TrainingArgs::default()
+            };
+            let s = TrainShape::largest_piece(&args, algorithm, DType::BF16, 0);
+            (s.batch, s.seq_len)
+        };
+        // Defaults (4 items, max_len 1024, 512-token pieces): one item alone.
+        assert_eq!(piece(4, 1024, 512, Algorithm::Sft), (1, 1024));
+        assert_eq!(piece(4, 1024, 512, Algorithm::Dpo), (1, 1024));
+        // configs/qwen2-7b.toml: 8 sequences or 4 pairs of 2048, 8192-token pieces.
+        assert_eq!(piece(8, 2048, 8192, Algorithm::Sft), (4, 2048));
+        assert_eq!(piece(4, 2048, 8192, Algorithm::Dpo), (2, 2048));
+        // No budget: the whole micro-batch; a budget between items: split evenly.
+        assert_eq!(piece(3, 512, 0, Algorithm::Dpo), (3, 512));
+        assert_eq!(piece(4, 1024, 1500, Algorithm::Sft), (2, 750));
+    }
+
+    #[test]
     fn chunked_head_needs_far_less_than_the_unfused_one_at_4k_tokens() {
         // One 4096-token sequence: 4096 × 152064 = 622,854,144 logits.
         // Unfused, kept: hidden 4096·3584·2 = 29,360,128 + logits × (2 + 4 + 12) B
@@ -520,16 +732,19 @@ mod tests {
     fn refuses_what_does_not_fit_in_one_line() {
         let c = qwen2_7b();
         let small = plan(&c, &shape(1, 512, LogprobHead::Chunked)).unwrap();
-        small.check_fits(parse_bytes("80GiB").unwrap()).unwrap();
-        // Unfused attention keeps [28, 4096, 4096] scores per layer: ~11 GiB × 28 layers.
+        small
+            .check_fits(parse_bytes("80GiB").unwrap(), "--batch")
+            .unwrap();
+        // Composed attention keeps [28, 4096, 4096] scores per layer: ~11 GiB × 28 layers.
         let big = plan(&c, &shape(1, 4096, LogprobHead::Chunked)).unwrap();
         let err = big
-            .check_fits(parse_bytes("80GiB").unwrap())
+            .check_fits(parse_bytes("80GiB").unwrap(), "--batch or --seq-len")
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("this configuration needs about"), "{err}");
-        assert!(err.contains("80.0 GiB is available"), "{err}");
+        assert!(err.contains("80.00 GiB is available"), "{err}");
         assert!(err.contains("largest item: activations (kept)"), "{err}");
+        assert!(err.ends_with("; lower --batch or --seq-len"), "{err}");
         assert!(!err.contains('\n'));
     }
 
