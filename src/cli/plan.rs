@@ -80,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         gen_batch: args.gen_batch.unwrap_or(args.batch),
     };
     let config = memory_plan::config_only(&args.model)?;
-    let plan = memory_plan::plan(&config, &shape)?;
+    let plan = memory_plan::plan(&config, &memory_plan::on_gpu(&config, &shape))?;
     print!("{}", plan.table());
     if let Some(bytes) = gpu_bytes {
         plan.check_fits(bytes, "--batch or --seq-len")?;
