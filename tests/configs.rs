@@ -1,7 +1,11 @@
-//! Every shipped run configuration parses, and the quick start runs the phases it says.
+//! Every shipped run configuration parses, the quick start runs the phases it says, and
+//! the GPU configurations plan within one 80 GB card.
 
 use autoif::config::RunConfig;
-use autoif::run::Phase;
+use autoif::model::config::ModelConfig;
+use autoif::run::{training_shapes, Phase};
+use autoif::train::memory_plan::{on_gpu, plan};
+use candle_core::DType;
 use std::path::Path;
 
 #[test]
@@ -52,4 +56,34 @@ fn a_typo_in_a_training_section_is_an_error() {
     std::fs::write(&path, "[sft.args]\nepoch = 2\n").unwrap();
     let err = format!("{:#}", RunConfig::load(&path, &[]).unwrap_err());
     assert!(err.contains("run.toml") && err.contains("epoch"), "{err}");
+}
+
+/// The configs for one 80 GB GPU plan every training phase within 80 GiB (`autoif run`
+/// refuses them otherwise), by the models' config.json files in tests/fixtures.
+#[test]
+fn gpu_configs_plan_within_80_gib() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let qwen2_7b = fixtures.join("qwen2-7b-config/config.json");
+    let llama3_8b = fixtures.join("llama3-8b-config/config.json");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    for (file, model) in [
+        ("qwen2-7b.toml", &qwen2_7b),
+        ("strong-to-weak.toml", &qwen2_7b),
+        ("llama3-8b.toml", &llama3_8b),
+    ] {
+        let model = ModelConfig::from_hf_file(model).unwrap();
+        let config = RunConfig::load(&root.join(file), &[]).unwrap();
+        let shapes = training_shapes(&config, &Phase::plan(&config), DType::BF16);
+        assert!(!shapes.is_empty(), "{file}: no training phase");
+        for shape in shapes {
+            let planned = plan(&model, &on_gpu(&model, &shape)).unwrap();
+            let gib = planned.total as f64 / (1u64 << 30) as f64;
+            assert!(
+                gib <= 80.0,
+                "{file}: {:?} plans {gib:.1} GiB\n{}",
+                shape.algorithm,
+                planned.table()
+            );
+        }
+    }
 }

@@ -5,8 +5,7 @@ use super::common::GpuMemoryArgs;
 use crate::config::RunConfig;
 use crate::model::LoadOptions;
 use crate::pipeline::run_dir::RunDir;
-use crate::run::{check_inputs, execute, pending, Phase};
-use crate::train::memory_plan::{Algorithm, TrainShape};
+use crate::run::{check_inputs, execute, pending, training_shapes, Phase};
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use serde_json::json;
@@ -65,22 +64,7 @@ fn ensure_fits(memory: &GpuMemoryArgs, config: &RunConfig, phases: &[Phase]) -> 
         return Ok(());
     }
     let options = LoadOptions::for_device(&config.model.device)?;
-    let shape = |args, algorithm, gen_batch| {
-        TrainShape::largest_piece(args, algorithm, options.dtype, gen_batch)
-    };
-    let shapes: Vec<TrainShape> = phases
-        .iter()
-        .filter_map(|phase| match phase {
-            Phase::Sft => Some(shape(&config.sft.args, Algorithm::Sft, 0)),
-            Phase::Dpo => Some(shape(&config.dpo.args, Algorithm::Dpo, 0)),
-            Phase::OnlineDpo => Some(shape(
-                &config.online_dpo.dpo.args,
-                Algorithm::Dpo,
-                config.online_dpo.batch,
-            )),
-            _ => None,
-        })
-        .collect();
+    let shapes = training_shapes(config, phases, options.dtype);
     memory.ensure_fits(
         &config.model.path,
         &options.device,

@@ -13,6 +13,7 @@
 pub mod summary;
 
 use anyhow::{bail, Context, Result};
+use candle_core::DType;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ use crate::train::data::{
     parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, DataFormat,
 };
 use crate::train::dpo::merge_adapters;
+use crate::train::memory_plan::{Algorithm, TrainShape};
 use crate::train::online_dpo::read_verified_prompts;
 use crate::train::{run_online_dpo, train, Job, OnlineOptions, RunOptions};
 use crate::verify::{Sandbox, SandboxOptions};
@@ -108,6 +110,27 @@ impl Phase {
             })
             .collect()
     }
+}
+
+/// The memory shapes of the training phases among `phases`, each its largest piece
+/// (`TrainShape::largest_piece`) for weights loaded as `dtype`; online DPO also decodes
+/// `online_dpo.batch` sequences.
+pub fn training_shapes(config: &RunConfig, phases: &[Phase], dtype: DType) -> Vec<TrainShape> {
+    let shape =
+        |args, algorithm, gen_batch| TrainShape::largest_piece(args, algorithm, dtype, gen_batch);
+    phases
+        .iter()
+        .filter_map(|phase| match phase {
+            Phase::Sft => Some(shape(&config.sft.args, Algorithm::Sft, 0)),
+            Phase::Dpo => Some(shape(&config.dpo.args, Algorithm::Dpo, 0)),
+            Phase::OnlineDpo => Some(shape(
+                &config.online_dpo.dpo.args,
+                Algorithm::Dpo,
+                config.online_dpo.batch,
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The loop's state: the run folder, its config, and the trained model once loaded.
