@@ -37,6 +37,14 @@ __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 __device__ __forceinline__ void store(__half *p, float x) { *p = __float2half(x); }
 #endif
 
+// a . b over D components, in f32.
+template <int D, typename A, typename B>
+__device__ __forceinline__ float dot(const A *a, const B *b) {
+    float sum = 0.0f;
+    for (int c = 0; c < D; ++c) sum += to_f32(a[c]) * to_f32(b[c]);
+    return sum;
+}
+
 __device__ __forceinline__ uint32_t thread_index() {
     return blockIdx.x * blockDim.x + threadIdx.x;
 }
@@ -94,9 +102,7 @@ __device__ void forward(const float *q, const float *k, const float *v, T *out,
     for (uint32_t j = first[row]; j <= row; ++j) {
         const float *kp = k + ((size_t)j * kv_heads + kv) * D;
         const float *vp = v + ((size_t)j * kv_heads + kv) * D;
-        float s = 0.0f;
-        for (int c = 0; c < D; ++c) s += qr[c] * kp[c];
-        s *= scale;
+        const float s = scale * dot<D>(qr, kp);
         if (s > max) {
             const float shrink = expf(max - s);
             sum *= shrink;
@@ -142,12 +148,7 @@ __device__ void backward_rows(const float *q, const float *k, const float *v, co
     for (uint32_t j = first[row]; j <= row; ++j) {
         const float *kp = k + ((size_t)j * kv_heads + kv) * D;
         const float *vp = v + ((size_t)j * kv_heads + kv) * D;
-        float s = 0.0f, dp = 0.0f;
-        for (int c = 0; c < D; ++c) {
-            s += qr[c] * kp[c];
-            dp += go[c] * vp[c];
-        }
-        s *= scale;
+        const float s = scale * dot<D>(qr, kp), dp = dot<D>(go, vp);
         if (s > max) {
             const float shrink = expf(max - s);
             sum *= shrink;
@@ -163,12 +164,8 @@ __device__ void backward_rows(const float *q, const float *k, const float *v, co
     for (uint32_t j = first[row]; j <= row; ++j) {
         const float *kp = k + ((size_t)j * kv_heads + kv) * D;
         const float *vp = v + ((size_t)j * kv_heads + kv) * D;
-        float s = 0.0f, dp = 0.0f;
-        for (int c = 0; c < D; ++c) {
-            s += qr[c] * kp[c];
-            dp += go[c] * vp[c];
-        }
-        const float ds = expf(s * scale - lse) * (dp - delta);
+        const float s = scale * dot<D>(qr, kp), dp = dot<D>(go, vp);
+        const float ds = expf(s - lse) * (dp - delta);
         for (int c = 0; c < D; ++c) acc[c] += ds * kp[c];
     }
     for (int c = 0; c < D; ++c) dqp[c] = scale * acc[c];
@@ -211,12 +208,8 @@ __device__ void backward_keys(const float *q, const float *k, const float *v, co
         const size_t qi = (size_t)i * heads + head;
         const float *qp = q + qi * D;
         const T *gp = dout + qi * D;
-        float s = 0.0f, dp = 0.0f;
-        for (int c = 0; c < D; ++c) {
-            s += qp[c] * kr[c];
-            dp += to_f32(gp[c]) * vr[c];
-        }
-        const float p = expf(s * scale - stats[2 * qi]);
+        const float s = scale * dot<D>(qp, kr), dp = dot<D>(gp, vr);
+        const float p = expf(s - stats[2 * qi]);
         const float ds = p * (dp - stats[2 * qi + 1]);
         for (int c = 0; c < D; ++c) {
             dvr[c] += p * to_f32(gp[c]);

@@ -124,6 +124,20 @@ impl Launches<'_> {
         Ok(out)
     }
 
+    /// f32 copies of q and k (rotated) and v.
+    fn load_qkv<T: Element>(
+        &self,
+        (q, k, v): (&CudaStorage, &CudaStorage, &CudaStorage),
+        (l1, l2, l3): (&Layout, &Layout, &Layout),
+    ) -> Result<[CudaSlice<f32>; 3]> {
+        let (h, kvh) = (self.op.heads, self.op.kv_heads);
+        Ok([
+            self.load(&contiguous(q.as_cuda_slice::<T>()?, l1)?, h, true)?,
+            self.load(&contiguous(k.as_cuda_slice::<T>()?, l2)?, kvh, true)?,
+            self.load(&contiguous(v.as_cuda_slice::<T>()?, l3)?, kvh, false)?,
+        ])
+    }
+
     /// Writes the f32 gradient `g` `[rows, heads·group, d]`, each head's `group` parts
     /// summed, into columns `col0..` of `out` `[rows, width]`, rotated back if `rotate`.
     fn store_grad<T: Element>(
@@ -155,6 +169,39 @@ impl Launches<'_> {
         launch.arg(&rotate);
         let items = self.rows * heads as usize * d as usize / 2;
         unsafe { launch.launch(launch_over(items)?) }.w()?;
+        Ok(())
+    }
+
+    /// Launches `name` (for `T` and the head size) over `rows × heads` threads with the
+    /// backward kernels' arguments: the f32 q, k, v, the output gradient, the row
+    /// statistics, then `outputs`, then the shape.
+    fn backward_kernel<T: Element>(
+        &self,
+        name: &str,
+        [q, k, v]: [&CudaSlice<f32>; 3],
+        dout: &CudaView<T>,
+        stats: &CudaSlice<f32>,
+        outputs: &[&CudaSlice<f32>],
+    ) -> Result<()> {
+        let [rows, heads, kv_heads, d] = self.dims()?;
+        let scale = self.op.scale();
+        let kernel = self.kernel(&format!("{name}_{}_{d}", T::NAME))?;
+        let mut launch = self.stream.launch_builder(&kernel);
+        launch.arg(q);
+        launch.arg(k);
+        launch.arg(v);
+        launch.arg(dout);
+        launch.arg(stats);
+        for output in outputs {
+            launch.arg(*output);
+        }
+        launch.arg(&self.first);
+        launch.arg(&self.len);
+        launch.arg(&rows);
+        launch.arg(&heads);
+        launch.arg(&kv_heads);
+        launch.arg(&scale);
+        unsafe { launch.launch(launch_over(self.rows * self.op.heads)?) }.w()?;
         Ok(())
     }
 }
@@ -198,13 +245,7 @@ fn forward_typed<T: Element>(
     (l1, l2, l3): (&Layout, &Layout, &Layout),
 ) -> Result<CudaSlice<T>> {
     let op = l.op;
-    let qf = l.load(&contiguous(q.as_cuda_slice::<T>()?, l1)?, op.heads, true)?;
-    let kf = l.load(&contiguous(k.as_cuda_slice::<T>()?, l2)?, op.kv_heads, true)?;
-    let vf = l.load(
-        &contiguous(v.as_cuda_slice::<T>()?, l3)?,
-        op.kv_heads,
-        false,
-    )?;
+    let [qf, kf, vf] = l.load_qkv::<T>((q, k, v), (l1, l2, l3))?;
     let out = l
         .stream
         .alloc_zeros::<T>(l.rows * op.heads * op.head_dim)
@@ -235,50 +276,16 @@ fn backward_typed<T: Element>(
 ) -> Result<CudaSlice<T>> {
     let op = l.op;
     let (h, kvh, d) = (op.heads, op.kv_heads, op.head_dim);
-    let qf = l.load(&contiguous(q.as_cuda_slice::<T>()?, l1)?, h, true)?;
-    let kf = l.load(&contiguous(k.as_cuda_slice::<T>()?, l2)?, kvh, true)?;
-    let vf = l.load(&contiguous(v.as_cuda_slice::<T>()?, l3)?, kvh, false)?;
+    let [qf, kf, vf] = l.load_qkv::<T>((q, k, v), (l1, l2, l3))?;
     let stream = &l.stream;
     let stats = stream.alloc_zeros::<f32>(l.rows * h * 2).w()?;
     let dq = stream.alloc_zeros::<f32>(l.rows * h * d).w()?;
     // dk and dv per query head, summed over each KV head's group when stored.
     let dk = stream.alloc_zeros::<f32>(l.rows * h * d).w()?;
     let dv = stream.alloc_zeros::<f32>(l.rows * h * d).w()?;
-    let [rows, heads, kv_heads, d_u] = l.dims()?;
-    let scale = op.scale();
-
-    let kernel = l.kernel(&format!("attention_backward_rows_{}_{d_u}", T::NAME))?;
-    let mut launch = l.stream.launch_builder(&kernel);
-    launch.arg(&qf);
-    launch.arg(&kf);
-    launch.arg(&vf);
-    launch.arg(dout);
-    launch.arg(&stats);
-    launch.arg(&dq);
-    launch.arg(&l.first);
-    launch.arg(&l.len);
-    launch.arg(&rows);
-    launch.arg(&heads);
-    launch.arg(&kv_heads);
-    launch.arg(&scale);
-    unsafe { launch.launch(launch_over(l.rows * h)?) }.w()?;
-
-    let kernel = l.kernel(&format!("attention_backward_keys_{}_{d_u}", T::NAME))?;
-    let mut launch = l.stream.launch_builder(&kernel);
-    launch.arg(&qf);
-    launch.arg(&kf);
-    launch.arg(&vf);
-    launch.arg(dout);
-    launch.arg(&stats);
-    launch.arg(&dk);
-    launch.arg(&dv);
-    launch.arg(&l.first);
-    launch.arg(&l.len);
-    launch.arg(&rows);
-    launch.arg(&heads);
-    launch.arg(&kv_heads);
-    launch.arg(&scale);
-    unsafe { launch.launch(launch_over(l.rows * h)?) }.w()?;
+    let inputs = [&qf, &kf, &vf];
+    l.backward_kernel("attention_backward_rows", inputs, dout, &stats, &[&dq])?;
+    l.backward_kernel("attention_backward_keys", inputs, dout, &stats, &[&dk, &dv])?;
 
     let width = (h + 2 * kvh) * d;
     let out = stream.alloc_zeros::<T>(l.rows * width).w()?;
