@@ -1,5 +1,5 @@
-//! Causal self-attention with rotary positions as one CPU op with a backward pass, for
-//! the differentiable (training) forward path.
+//! Causal self-attention with rotary positions as one op with a backward pass, for the
+//! differentiable (training) forward path.
 //!
 //! As candle ops the block is about fifteen graph nodes per layer (head reshapes and
 //! transposes, rope, the `[heads, t, t]` scores and probabilities, the merge of the heads),
@@ -22,8 +22,9 @@ use rayon::prelude::*;
 /// projections: `segments` holds each sequence's `(first row, length)`, and every sequence
 /// starts at position 0 and sees only its own rows. A right-padded batch of `b × t` is
 /// the segments `(i·t, t)`; packed examples are segments of their own lengths, with no
-/// padding at all. `q` is `[rows, heads·d]`, `k` and `v` `[rows, kv_heads·d]` (f32, CPU),
-/// `cos`/`sin` `[≥ longest, d/2]`. Query head `h` uses KV head `h / (heads / kv_heads)`.
+/// padding at all. `q` is `[rows, heads·d]`, `k` and `v` `[rows, kv_heads·d]` (see
+/// `supports` for devices and dtypes), `cos`/`sin` `[≥ longest, d/2]` in f32 on the same
+/// device. Query head `h` uses KV head `h / (heads / kv_heads)`.
 /// Returns `[rows, heads·d]`; rows outside every segment are zero.
 #[derive(Clone)]
 pub struct CausalAttention {
