@@ -30,12 +30,10 @@
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 __device__ __forceinline__ void store(float *p, float x) { *p = x; }
 __device__ __forceinline__ void store(__nv_bfloat16 *p, float x) { *p = __float2bfloat16(x); }
-#ifndef AUTOIF_HOST_EMULATION
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 __device__ __forceinline__ void store(__half *p, float x) { *p = __float2half(x); }
-#endif
 
 // a . b over D components, in f32.
 template <int D, typename A, typename B>
@@ -296,6 +294,4 @@ __device__ void store_grad(const float *g, T *out, const uint32_t *first, const 
 
 ATTENTION_KERNELS(float, f32)
 ATTENTION_KERNELS(__nv_bfloat16, bf16)
-#ifndef AUTOIF_HOST_EMULATION
 ATTENTION_KERNELS(__half, f16)
-#endif

@@ -3,8 +3,8 @@
 //! src/model/causal_attention_cuda.rs), against their CPU twin, the `CausalAttention` op:
 //! output and the q, k, v gradients, on random inputs with grouped KV heads, sequences of
 //! different lengths and rows outside every sequence. Bounds: relative error (of the
-//! whole tensor, in the 2-norm) 1e-5 in f32, 1e-3 in bf16 against the twin's result
-//! rounded to bf16. CI has no GPU; this is how it checks the kernels' indexing and
+//! whole tensor, in the 2-norm) 1e-5 in f32, 1e-3 in bf16 and f16 against the twin's
+//! result rounded to the dtype. CI has no GPU; this is how it checks the kernels' indexing and
 //! arithmetic. Needs a C++17 compiler (`c++`, or `CXX`).
 
 use autoif::model::causal_attention::CausalAttention;
@@ -51,19 +51,42 @@ fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// The kernels' element type; the driver's code for it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dtype {
+    F32 = 0,
+    Bf16 = 1,
+    F16 = 2,
+}
+
+impl Dtype {
+    fn rounded(self, x: Vec<f32>) -> Vec<f32> {
+        match self {
+            Dtype::F32 => x,
+            Dtype::Bf16 => x
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect(),
+            Dtype::F16 => x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+        }
+    }
+
+    fn bound(self) -> f64 {
+        if self == Dtype::F32 {
+            1e-5
+        } else {
+            1e-3
+        }
+    }
+}
+
 struct Case {
     rows: usize,
     heads: usize,
     kv_heads: usize,
     d: usize,
     segments: Vec<(usize, usize)>,
-    bf16: bool,
-}
-
-fn bf16_rounded(x: &[f32]) -> Vec<f32> {
-    x.iter()
-        .map(|&v| half::bf16::from_f32(v).to_f32())
-        .collect()
+    dtype: Dtype,
 }
 
 fn relative_error(got: &[f32], want: &[f32]) -> f64 {
@@ -89,7 +112,7 @@ fn kernels(case: &Case, inputs: &[&[f32]; 6], positions: usize) -> (Vec<f32>, Ve
         case.kv_heads,
         case.d,
         positions,
-        case.bf16 as usize,
+        case.dtype as usize,
         case.segments.len(),
     ];
     let seg_words = case.segments.iter().flat_map(|&(f, l)| [f, l]);
@@ -127,7 +150,7 @@ fn kernels(case: &Case, inputs: &[&[f32]; 6], positions: usize) -> (Vec<f32>, Ve
 fn check(case: Case, seed: u64) {
     let (rows, d) = (case.rows, case.d);
     let positions = case.segments.iter().map(|s| s.1).max().unwrap();
-    let round = |x: Vec<f32>| if case.bf16 { bf16_rounded(&x) } else { x };
+    let round = |x: Vec<f32>| case.dtype.rounded(x);
     let q = round(random(rows * case.heads * d, seed, 1.0));
     let k = round(random(rows * case.kv_heads * d, seed + 1, 1.0));
     let v = round(random(rows * case.kv_heads * d, seed + 2, 1.0));
@@ -174,7 +197,7 @@ fn check(case: Case, seed: u64) {
     let twin_out: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
 
     let (got_out, got_grads) = kernels(&case, &[&q, &k, &v, &dout, &cos, &sin], positions);
-    let bound = if case.bf16 { 1e-3 } else { 1e-5 };
+    let bound = case.dtype.bound();
     let width = (case.heads + 2 * case.kv_heads) * d;
     let columns = |from: usize, n: usize| -> Vec<f32> {
         got_grads
@@ -192,14 +215,11 @@ fn check(case: Case, seed: u64) {
     for (name, got, want) in pairs {
         let want = round(want);
         let err = relative_error(&got, &want);
-        eprintln!(
-            "{name} (bf16: {}, d {d}): relative error {err:.2e}",
-            case.bf16
-        );
+        eprintln!("{name} ({:?}, d {d}): relative error {err:.2e}", case.dtype);
         assert!(
             err <= bound,
-            "{name}: relative error {err:.2e} > {bound:.0e} (bf16: {})",
-            case.bf16
+            "{name}: relative error {err:.2e} > {bound:.0e} ({:?})",
+            case.dtype
         );
         // Rows outside every sequence stay exactly zero.
         let stride = got.len() / rows;
@@ -216,40 +236,46 @@ fn check(case: Case, seed: u64) {
 
 /// Grouped KV heads (2 query heads per KV head), three sequences of 7, 12 and 1 tokens,
 /// padding rows between and after them.
-fn grouped_64(bf16: bool) -> Case {
+fn grouped_64(dtype: Dtype) -> Case {
     Case {
         rows: 24,
         heads: 4,
         kv_heads: 2,
         d: 64,
         segments: vec![(0, 7), (9, 12), (21, 1)],
-        bf16,
+        dtype,
     }
 }
 
 /// Head size 128 with all query heads on one KV head, and a 33-token sequence (longer
 /// than a warp, so rows of one sequence fall in different thread blocks' ranges).
-fn shared_kv_128(bf16: bool) -> Case {
+fn shared_kv_128(dtype: Dtype) -> Case {
     Case {
         rows: 40,
         heads: 4,
         kv_heads: 1,
         d: 128,
         segments: vec![(0, 5), (5, 33)],
-        bf16,
+        dtype,
     }
 }
 
 #[test]
 fn f32_kernels_match_the_cpu_twin() {
-    check(grouped_64(false), 11);
-    check(shared_kv_128(false), 12);
+    check(grouped_64(Dtype::F32), 11);
+    check(shared_kv_128(Dtype::F32), 12);
 }
 
 #[test]
 fn bf16_kernels_match_the_cpu_twin() {
-    check(grouped_64(true), 21);
-    check(shared_kv_128(true), 22);
+    check(grouped_64(Dtype::Bf16), 21);
+    check(shared_kv_128(Dtype::Bf16), 22);
+}
+
+#[test]
+fn f16_kernels_match_the_cpu_twin() {
+    check(grouped_64(Dtype::F16), 31);
+    check(shared_kv_128(Dtype::F16), 32);
 }
 
 #[test]
@@ -260,9 +286,9 @@ fn one_query_head_per_kv_head() {
         kv_heads: 3,
         d: 64,
         segments: vec![(2, 16)],
-        bf16: false,
+        dtype: Dtype::F32,
     };
-    check(case, 31);
+    check(case, 41);
 }
 
 /// A row's output depends on its own sequence only: breaking one key in the second
@@ -270,7 +296,7 @@ fn one_query_head_per_kv_head() {
 /// comparison passing because both sides share a mistake in the segment bookkeeping.)
 #[test]
 fn sequences_do_not_see_each_other() {
-    let case = grouped_64(false);
+    let case = grouped_64(Dtype::F32);
     let (rows, d) = (case.rows, case.d);
     let positions = 12;
     let q = random(rows * case.heads * d, 41, 1.0);

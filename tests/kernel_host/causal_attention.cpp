@@ -2,10 +2,10 @@
 // src/model/causal_attention_cuda.rs in the same order and shapes, for
 // tests/attention_kernel_host.rs. Usage: causal_attention IN OUT.
 //
-// IN (little-endian): u32 rows, heads, kv_heads, d, positions, bf16 (0 or 1), segments;
-// u32 (first, len) per segment; f32 q [rows, heads·d], k and v [rows, kv_heads·d],
-// dout [rows, heads·d], cos and sin [positions, d/2]. With bf16 = 1, q, k, v and dout are
-// rounded to bf16 on reading and the kernels run on bf16.
+// IN (little-endian): u32 rows, heads, kv_heads, d, positions, dtype (0 f32, 1 bf16,
+// 2 f16), segments; u32 (first, len) per segment; f32 q [rows, heads·d], k and v
+// [rows, kv_heads·d], dout [rows, heads·d], cos and sin [positions, d/2]. For bf16 and f16,
+// q, k, v and dout are rounded to the dtype on reading and the kernels run on it.
 // OUT: f32 out [rows, heads·d], then f32 [rows, (heads + 2·kv_heads)·d] (dq, dk, dv).
 
 #include "../../kernels/causal_attention.cu"
@@ -41,9 +41,7 @@ struct Kernels;
     };
 KERNELS(float, f32)
 KERNELS(__nv_bfloat16, bf16)
-
-static float as_f32(float x) { return x; }
-static float as_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+KERNELS(__half, f16)
 
 struct Problem {
     uint32_t rows, heads, kv_heads, d, positions;
@@ -104,7 +102,7 @@ static void run(const Problem &p, FILE *out_file) {
 
     for (const auto *x : {&out, &grads}) {
         for (const T &e : *x) {
-            const float f = as_f32(e);
+            const float f = to_f32(e);
             std::fwrite(&f, 4, 1, out_file);
         }
     }
@@ -133,7 +131,7 @@ int main(int argc, char **argv) {
     Problem p;
     p.rows = header[0], p.heads = header[1], p.kv_heads = header[2], p.d = header[3];
     p.positions = header[4];
-    const bool bf16 = header[5] != 0;
+    const uint32_t dtype = header[5];
     if (p.d != 64 && p.d != 128) {
         std::fprintf(stderr, "causal_attention: head size %u has no kernel\n", p.d);
         return 1;
@@ -155,10 +153,12 @@ int main(int argc, char **argv) {
     floats(p.dout, size_t(p.rows) * p.heads * p.d);
     floats(p.cos, size_t(p.positions) * p.d / 2);
     floats(p.sin, size_t(p.positions) * p.d / 2);
-    if (bf16)
-        run<__nv_bfloat16>(p, out);
-    else
-        run<float>(p, out);
+    switch (dtype) {
+        case 0: run<float>(p, out); break;
+        case 1: run<__nv_bfloat16>(p, out); break;
+        case 2: run<__half>(p, out); break;
+        default: std::fprintf(stderr, "causal_attention: unknown dtype %u\n", dtype); return 1;
+    }
     std::fclose(out);
     return 0;
 }
