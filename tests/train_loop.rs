@@ -408,8 +408,9 @@ fn packing_fills_rows_up_to_max_len_and_keeps_the_loss() {
     assert_eq!(run(false, 1).total_steps, 12);
 }
 
-/// The CUDA layout on the CPU: bf16 base weights through the plain candle ops, f32
-/// adapters and optimizer state.
+/// The CUDA layout on the CPU: bf16 base weights (through the plain candle ops, and
+/// attention through the same `CausalAttention` op in bf16 as on the GPU), f32 adapters
+/// and optimizer state.
 #[test]
 fn bf16_base_weights_train_f32_adapters() {
     let bf16 = LoadOptions {

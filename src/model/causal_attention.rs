@@ -15,8 +15,11 @@
 //! kernels with. The backward pass is its own op, `AttentionGrad`, whose output holds dq,
 //! dk and dv side by side.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use half::{bf16, f16};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Causal attention over sequences laid one after another in the rows of the
 /// projections: `segments` holds each sequence's `(first row, length)`, and every sequence
@@ -48,18 +51,16 @@ struct AttentionGrad {
 }
 
 impl CausalAttention {
-    /// Whether the op runs for inputs like `x` with this head size: on the CPU in f32;
-    /// with `--features cuda`, on a CUDA device in f32, bf16 or f16 for the head sizes
-    /// the kernels are built for.
+    /// Whether the op runs for inputs like `x` with this head size: in f32, bf16 or f16
+    /// (computing in f32 and returning the inputs' dtype), on the CPU, and with
+    /// `--features cuda` on a CUDA device for the head sizes the kernels are built for.
     pub fn supports(x: &Tensor, head_dim: usize) -> bool {
-        let dtype = x.dtype();
-        if x.device().is_cpu() {
-            return dtype == DType::F32;
-        }
-        cfg!(feature = "cuda")
-            && x.device().is_cuda()
-            && KERNEL_HEAD_DIMS.contains(&head_dim)
-            && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+        let device = x.device();
+        matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
+            && (device.is_cpu()
+                || cfg!(feature = "cuda")
+                    && device.is_cuda()
+                    && KERNEL_HEAD_DIMS.contains(&head_dim))
     }
 
     pub fn apply(self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -232,14 +233,27 @@ fn gemm(
     }
 }
 
-fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = storage else {
-        candle_core::bail!("causal-attention: needs f32 inputs");
-    };
+/// A contiguous CPU input's values in f32: f32 as it is, bf16 and f16 widened (the op
+/// computes in f32 whatever it is given, as the CUDA kernels do).
+fn f32_values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<Cow<'a, [f32]>> {
     let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
         candle_core::Error::Msg("causal-attention: needs contiguous inputs".into())
     })?;
-    Ok(&v[start..end])
+    Ok(match storage {
+        CpuStorage::F32(v) => Cow::Borrowed(&v[start..end]),
+        CpuStorage::BF16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::F16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
+        other => candle_core::bail!("causal-attention: unsupported dtype {:?}", other.dtype()),
+    })
+}
+
+/// `values` as a CPU storage of `dtype` (one of the dtypes `f32_values` reads).
+fn storage_of(values: Vec<f32>, dtype: DType) -> CpuStorage {
+    match dtype {
+        DType::BF16 => CpuStorage::BF16(values.into_iter().map(bf16::from_f32).collect()),
+        DType::F16 => CpuStorage::F16(values.into_iter().map(f16::from_f32).collect()),
+        _ => CpuStorage::F32(values),
+    }
 }
 
 impl CustomOp3 for CausalAttention {
@@ -256,7 +270,12 @@ impl CustomOp3 for CausalAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
+        let (q, k, v) = (
+            f32_values(s1, l1)?,
+            f32_values(s2, l2)?,
+            f32_values(s3, l3)?,
+        );
+        let (q, k, v) = (q.as_ref(), k.as_ref(), v.as_ref());
         let (cos, sin) = self.tables()?;
         let tables = Some((cos.as_slice(), sin.as_slice()));
         let d = self.head_dim;
@@ -280,7 +299,7 @@ impl CustomOp3 for CausalAttention {
             let stride = self.heads * d;
             self.scatter(&mut rows, &mut out, (stride, 0), seg, head, None);
         }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((storage_of(out, s1.dtype()), l1.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -333,8 +352,17 @@ impl CustomOp3 for AttentionGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let a = &self.attention;
-        let (qd, kd, vd) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
-        let gd = self.grad.flatten_all()?.to_vec1::<f32>()?;
+        let (qd, kd, vd) = (
+            f32_values(s1, l1)?,
+            f32_values(s2, l2)?,
+            f32_values(s3, l3)?,
+        );
+        let (qd, kd, vd) = (qd.as_ref(), kd.as_ref(), vd.as_ref());
+        let gd = self
+            .grad
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let (cos, sin) = a.tables()?;
         let tables = Some((cos.as_slice(), sin.as_slice()));
         let d = a.head_dim;
@@ -385,7 +413,7 @@ impl CustomOp3 for AttentionGrad {
             let v_cols = (stride, q_width + kv_width);
             a.scatter(&mut v_rows, &mut out, v_cols, seg, kv, None);
         }
-        Ok((CpuStorage::F32(out), Shape::from((rows, stride))))
+        Ok((storage_of(out, s1.dtype()), Shape::from((rows, stride))))
     }
 
     #[cfg(feature = "cuda")]
@@ -400,5 +428,110 @@ impl CustomOp3 for AttentionGrad {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let a = &self.attention;
         super::causal_attention_cuda::backward(a, (s1, l1), (s2, l2), (s3, l3), &self.grad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Output and q/k/v gradients (as f32) of the op over inputs of `dtype`, for the
+    /// output gradient `upstream`.
+    fn run(op: &CausalAttention, inputs: &[Tensor; 4], dtype: DType) -> Vec<Vec<f32>> {
+        let vars: Vec<Var> = inputs[..3]
+            .iter()
+            .map(|x| Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap())
+            .collect();
+        let out = op
+            .clone()
+            .apply(
+                vars[0].as_tensor(),
+                vars[1].as_tensor(),
+                vars[2].as_tensor(),
+            )
+            .unwrap();
+        assert_eq!(out.dtype(), dtype);
+        let upstream = inputs[3].to_dtype(dtype).unwrap();
+        let grads = (&out * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let values = |t: &Tensor| -> Vec<f32> {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let mut all = vec![values(&out)];
+        for v in &vars {
+            let g = grads.get(v.as_tensor()).unwrap();
+            assert_eq!(g.dtype(), dtype, "gradients come back in the inputs' dtype");
+            all.push(values(g));
+        }
+        all
+    }
+
+    /// In bf16 and f16 the op computes in f32: its results are the f32 op's on the
+    /// rounded inputs, rounded once, bit for bit.
+    #[test]
+    fn sixteen_bit_inputs_are_computed_in_f32() {
+        let dev = Device::Cpu;
+        let (rows, heads, kv_heads, d) = (12, 4, 2, 8);
+        // Deterministic values in [−1, 1] with no pattern the op could exploit.
+        let random = |n: usize, seed: u64| {
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i as f32 * 12.9898 + seed as f32 * 78.233).sin() * 43758.545).fract())
+                .collect();
+            Tensor::from_vec(v, n, &dev).unwrap()
+        };
+        let table = |shift: f32| {
+            let v: Vec<f32> = (0..rows * d / 2)
+                .map(|i| (i as f32 * 0.37 + shift).cos())
+                .collect();
+            Tensor::from_vec(v, (rows, d / 2), &dev).unwrap()
+        };
+        let op = CausalAttention {
+            segments: vec![(0, 5), (6, 6)],
+            heads,
+            kv_heads,
+            head_dim: d,
+            cos: table(0.0),
+            sin: table(1.3),
+        };
+        let shaped = |t: Tensor, w: usize| t.reshape((rows, w * d)).unwrap();
+        for dtype in [DType::BF16, DType::F16] {
+            let inputs = [
+                shaped(random(rows * heads * d, 1), heads),
+                shaped(random(rows * kv_heads * d, 2), kv_heads),
+                shaped(random(rows * kv_heads * d, 3), kv_heads),
+                shaped(random(rows * heads * d, 4), heads),
+            ];
+            let rounded: Vec<Tensor> = inputs
+                .iter()
+                .map(|x| x.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap())
+                .collect();
+            let rounded: [Tensor; 4] = rounded.try_into().unwrap();
+            let wide = run(&op, &rounded, DType::F32);
+            let narrow = run(&op, &inputs, dtype);
+            for (name, (w, n)) in ["out", "dq", "dk", "dv"]
+                .iter()
+                .zip(wide.iter().zip(&narrow))
+            {
+                let w = Tensor::new(w.as_slice(), &dev).unwrap();
+                let w: Vec<f32> = w
+                    .to_dtype(dtype)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert_eq!(&w, n, "{dtype:?} {name}");
+            }
+        }
     }
 }

@@ -14,10 +14,10 @@
 //! * `forward` — training and scoring. A right-padded `[batch, seq]` batch through ops
 //!   that all have a backward pass (candle's fused rms_norm / softmax_last_dim / rope do
 //!   not, and would silently cut the gradient to the LoRA weights). On the CPU in f32 the
-//!   norms, the SwiGLU product and the whole attention block are this crate's fused ops
-//!   with backward passes (`train_ops`, `causal_attention`); with `--features cuda` the
-//!   attention block is the same op on the GPU; everything else is compositions of
-//!   candle ops.
+//!   norms and the SwiGLU product are this crate's fused ops with backward passes
+//!   (`train_ops`); the whole attention block is one op (`causal_attention`) on the CPU
+//!   in f32/bf16/f16 and, with `--features cuda`, on the GPU; everything else is
+//!   compositions of candle ops.
 
 use super::causal_attention::CausalAttention;
 use super::config::{ModelConfig, RopeScaling};
