@@ -15,6 +15,7 @@
 //! kernels with. The backward pass is its own op, `AttentionGrad`, whose output holds dq,
 //! dk and dv side by side.
 
+use super::op_storage::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
@@ -236,13 +237,17 @@ fn gemm(
 /// A contiguous CPU input's values in f32: f32 as it is, bf16 and f16 widened (the op
 /// computes in f32 whatever it is given, as the CUDA kernels do).
 fn f32_values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<Cow<'a, [f32]>> {
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg("causal-attention: needs contiguous inputs".into())
-    })?;
+    const WHAT: &str = "causal-attention";
     Ok(match storage {
-        CpuStorage::F32(v) => Cow::Borrowed(&v[start..end]),
-        CpuStorage::BF16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
-        CpuStorage::F16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::F32(v) => Cow::Borrowed(contiguous(v, layout, WHAT)?),
+        CpuStorage::BF16(v) => contiguous(v, layout, WHAT)?
+            .iter()
+            .map(|x| x.to_f32())
+            .collect(),
+        CpuStorage::F16(v) => contiguous(v, layout, WHAT)?
+            .iter()
+            .map(|x| x.to_f32())
+            .collect(),
         other => candle_core::bail!("causal-attention: unsupported dtype {:?}", other.dtype()),
     })
 }

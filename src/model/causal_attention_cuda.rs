@@ -10,6 +10,7 @@
 //! tests/kernel_host/causal_attention.cpp replays the same launches on the host.
 
 use super::causal_attention::CausalAttention;
+use super::op_storage::{cuda_contiguous, kernel_u32};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -22,6 +23,8 @@ use std::sync::Arc;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/causal_attention.ptx"));
 const MODULE: &str = "autoif_causal_attention";
+/// The op, as errors name it.
+const WHAT: &str = "causal-attention";
 /// Threads per block: every kernel is one thread per item of a flat index.
 const BLOCK: u32 = 128;
 
@@ -42,21 +45,9 @@ impl Element for f16 {
     const NAME: &'static str = "f16";
 }
 
-fn u32_of(v: usize) -> Result<u32> {
-    u32::try_from(v)
-        .map_err(|_| candle_core::Error::Msg(format!("causal-attention: {v} too large")))
-}
-
-fn contiguous<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout) -> Result<CudaView<'a, T>> {
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg("causal-attention: needs contiguous inputs".into())
-    })?;
-    Ok(slice.slice(start..end))
-}
-
 fn launch_over(items: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
-        grid_dim: (u32_of(items.div_ceil(BLOCK as usize))?, 1, 1),
+        grid_dim: (kernel_u32(items.div_ceil(BLOCK as usize), WHAT)?, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     })
@@ -79,10 +70,10 @@ impl Launches<'_> {
     fn dims(&self) -> Result<[u32; 4]> {
         let op = self.op;
         Ok([
-            u32_of(self.rows)?,
-            u32_of(op.heads)?,
-            u32_of(op.kv_heads)?,
-            u32_of(op.head_dim)?,
+            kernel_u32(self.rows, WHAT)?,
+            kernel_u32(op.heads, WHAT)?,
+            kernel_u32(op.kv_heads, WHAT)?,
+            kernel_u32(op.head_dim, WHAT)?,
         ])
     }
 
@@ -101,7 +92,7 @@ impl Launches<'_> {
         rotate: bool,
     ) -> Result<CudaSlice<f32>> {
         let [rows, _, _, d] = self.dims()?;
-        let heads = u32_of(heads)?;
+        let heads = kernel_u32(heads, WHAT)?;
         let out = self
             .stream
             .alloc_zeros::<f32>(self.rows * heads as usize * d as usize)
@@ -132,9 +123,21 @@ impl Launches<'_> {
     ) -> Result<[CudaSlice<f32>; 3]> {
         let (h, kvh) = (self.op.heads, self.op.kv_heads);
         Ok([
-            self.load(&contiguous(q.as_cuda_slice::<T>()?, l1)?, h, true)?,
-            self.load(&contiguous(k.as_cuda_slice::<T>()?, l2)?, kvh, true)?,
-            self.load(&contiguous(v.as_cuda_slice::<T>()?, l3)?, kvh, false)?,
+            self.load(
+                &cuda_contiguous(q.as_cuda_slice::<T>()?, l1, WHAT)?,
+                h,
+                true,
+            )?,
+            self.load(
+                &cuda_contiguous(k.as_cuda_slice::<T>()?, l2, WHAT)?,
+                kvh,
+                true,
+            )?,
+            self.load(
+                &cuda_contiguous(v.as_cuda_slice::<T>()?, l3, WHAT)?,
+                kvh,
+                false,
+            )?,
         ])
     }
 
@@ -149,8 +152,8 @@ impl Launches<'_> {
         rotate: bool,
     ) -> Result<()> {
         let [rows, _, _, d] = self.dims()?;
-        let (heads, group) = (u32_of(heads)?, u32_of(group)?);
-        let (width, col0) = (u32_of(width)?, u32_of(col0)?);
+        let (heads, group) = (kernel_u32(heads, WHAT)?, kernel_u32(group, WHAT)?);
+        let (width, col0) = (kernel_u32(width, WHAT)?, kernel_u32(col0, WHAT)?);
         let kernel = self.kernel(&format!("attention_store_grad_{}", T::NAME))?;
         let rotate = u32::from(rotate);
         let mut launch = self.stream.launch_builder(&kernel);
@@ -216,8 +219,8 @@ fn with_launches<R>(
     let mut first = vec![0u32; rows];
     let mut len = vec![0u32; rows];
     for &(start, n) in &op.segments {
-        first[start..start + n].fill(u32_of(start)?);
-        len[start..start + n].fill(u32_of(n)?);
+        first[start..start + n].fill(kernel_u32(start, WHAT)?);
+        len[start..start + n].fill(kernel_u32(n, WHAT)?);
     }
     let stream = dev.cuda_stream();
     let (first, len) = (stream.clone_htod(&first).w()?, stream.clone_htod(&len).w()?);
@@ -233,8 +236,8 @@ fn with_launches<R>(
         rows,
         first,
         len,
-        cos: contiguous(cos.as_cuda_slice::<f32>()?, cos_layout)?,
-        sin: contiguous(sin.as_cuda_slice::<f32>()?, sin_layout)?,
+        cos: cuda_contiguous(cos.as_cuda_slice::<f32>()?, cos_layout, WHAT)?,
+        sin: cuda_contiguous(sin.as_cuda_slice::<f32>()?, sin_layout, WHAT)?,
     };
     f(&launches)
 }
@@ -345,21 +348,21 @@ pub fn backward(
     let out = with_launches(dev, op, rows, |l| {
         Ok(match s1.dtype() {
             DType::F32 => {
-                let g = contiguous(g.as_cuda_slice::<f32>()?, g_layout)?;
+                let g = cuda_contiguous(g.as_cuda_slice::<f32>()?, g_layout, WHAT)?;
                 CudaStorage::wrap_cuda_slice(
                     backward_typed(l, inputs.0, inputs.1, &g)?,
                     dev.clone(),
                 )
             }
             DType::BF16 => {
-                let g = contiguous(g.as_cuda_slice::<bf16>()?, g_layout)?;
+                let g = cuda_contiguous(g.as_cuda_slice::<bf16>()?, g_layout, WHAT)?;
                 CudaStorage::wrap_cuda_slice(
                     backward_typed(l, inputs.0, inputs.1, &g)?,
                     dev.clone(),
                 )
             }
             DType::F16 => {
-                let g = contiguous(g.as_cuda_slice::<f16>()?, g_layout)?;
+                let g = cuda_contiguous(g.as_cuda_slice::<f16>()?, g_layout, WHAT)?;
                 CudaStorage::wrap_cuda_slice(
                     backward_typed(l, inputs.0, inputs.1, &g)?,
                     dev.clone(),

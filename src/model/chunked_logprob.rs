@@ -19,6 +19,7 @@
 
 use super::decoder::Decoder;
 use super::dot::dot;
+use super::op_storage::{contiguous, cpu_u32};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
@@ -180,18 +181,8 @@ fn rows_f32<'a, T: Element>(
     buf
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: needs contiguous inputs")))?;
-    Ok(&data[start..end])
-}
-
 fn targets_of<'a>(storage: &'a CpuStorage, layout: &Layout, vocab: usize) -> Result<&'a [u32]> {
-    let CpuStorage::U32(v) = storage else {
-        candle_core::bail!("chunked-logprob: targets must be u32");
-    };
-    let targets = contiguous(v, layout, "chunked-logprob")?;
+    let targets = cpu_u32(storage, layout, "chunked-logprob: targets")?;
     if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
         candle_core::bail!("chunked-logprob: target {t} outside the vocabulary of {vocab}");
     }

@@ -7,6 +7,7 @@
 //! logits exists at a time; `logits_chunk_rows` sizes it.
 
 use super::chunked_logprob::logits_chunk_rows;
+use super::op_storage::{cuda_contiguous, kernel_u32};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::{result as cublas, sys as cublas_sys};
 use candle_core::cuda_backend::cudarc::driver::{
@@ -19,6 +20,8 @@ use half::{bf16, f16};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/chunked_logprob.ptx"));
 const MODULE: &str = "autoif_chunked_logprob";
+/// The op, as errors name it.
+const WHAT: &str = "chunked-logprob";
 /// Threads per block of the row kernels; must match BLOCK in the .cu file.
 const BLOCK: u32 = 256;
 
@@ -47,17 +50,6 @@ impl HeadType for f16 {
     const CUBLAS: cublas_sys::cudaDataType = cublas_sys::cudaDataType::CUDA_R_16F;
     const GRAD_KERNEL: &'static str = "chunked_logprob_grad_f16";
     const SPLIT: bool = true;
-}
-
-fn contiguous<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout) -> Result<CudaView<'a, T>> {
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg("chunked-logprob: needs contiguous inputs".into())
-    })?;
-    Ok(slice.slice(start..end))
-}
-
-fn u32_u(v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("chunked-logprob: {v} too large")))
 }
 
 /// Row-major `out [rows, cols] (= / +=) a [rows, inner] · bᵀ` or `a · b`, every matrix
@@ -92,20 +84,20 @@ fn gemm_f32_out<A: HeadType>(
             *blas.handle(),
             transb,
             cublas_sys::cublasOperation_t::CUBLAS_OP_N,
-            u32_u(cols)? as i32,
-            u32_u(rows)? as i32,
-            u32_u(inner)? as i32,
+            kernel_u32(cols, WHAT)? as i32,
+            kernel_u32(rows, WHAT)? as i32,
+            kernel_u32(inner, WHAT)? as i32,
             &alpha as *const f32 as *const _,
             b_ptr as *const _,
             A::CUBLAS,
-            u32_u(ldb)? as i32,
+            kernel_u32(ldb, WHAT)? as i32,
             a_ptr as *const _,
             A::CUBLAS,
-            u32_u(inner)? as i32,
+            kernel_u32(inner, WHAT)? as i32,
             &beta as *const f32 as *const _,
             out_ptr as *mut _,
             cublas_sys::cudaDataType::CUDA_R_32F,
-            u32_u(cols)? as i32,
+            kernel_u32(cols, WHAT)? as i32,
             cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
@@ -115,7 +107,7 @@ fn gemm_f32_out<A: HeadType>(
 
 fn row_launch(rows: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
-        grid_dim: (u32_u(rows)?, 1, 1),
+        grid_dim: (kernel_u32(rows, WHAT)?, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     })
@@ -131,8 +123,8 @@ fn forward_typed<T: HeadType>(
 ) -> Result<CudaSlice<f32>> {
     let (rows, width) = l1.shape().dims2()?;
     let (vocab, _) = l2.shape().dims2()?;
-    let hidden = contiguous(hidden.as_cuda_slice::<T>()?, l1)?;
-    let head = contiguous(head.as_cuda_slice::<T>()?, l2)?;
+    let hidden = cuda_contiguous(hidden.as_cuda_slice::<T>()?, l1, WHAT)?;
+    let head = cuda_contiguous(head.as_cuda_slice::<T>()?, l2, WHAT)?;
     let chunk = logits_chunk_rows(rows, vocab);
     let stream = dev.cuda_stream();
     let mut logits = stream.alloc_zeros::<f32>(rows * chunk).w()?;
@@ -152,7 +144,11 @@ fn forward_typed<T: HeadType>(
             width,
             false,
         )?;
-        let (len_u, start_u, first) = (u32_u(len)?, u32_u(start)?, u32::from(start == 0));
+        let (len_u, start_u, first) = (
+            kernel_u32(len, WHAT)?,
+            kernel_u32(start, WHAT)?,
+            u32::from(start == 0),
+        );
         let mut launch = update.builder();
         launch.arg(&logits);
         launch.arg(targets);
@@ -164,7 +160,7 @@ fn forward_typed<T: HeadType>(
     }
     let out = stream.alloc_zeros::<f32>(rows * 2).w()?;
     let finish = dev.get_or_load_custom_func("chunked_logprob_finish", MODULE, PTX)?;
-    let rows_u = u32_u(rows)?;
+    let rows_u = kernel_u32(rows, WHAT)?;
     let mut launch = finish.builder();
     launch.arg(&state);
     launch.arg(&out);
@@ -184,7 +180,7 @@ pub fn forward(
 ) -> Result<(CudaStorage, Shape)> {
     let dev = s1.device();
     let (rows, _) = l1.shape().dims2()?;
-    let targets = contiguous(s3.as_cuda_slice::<u32>()?, l3)?;
+    let targets = cuda_contiguous(s3.as_cuda_slice::<u32>()?, l3, WHAT)?;
     let out = match s1.dtype() {
         DType::F32 => forward_typed::<f32>(dev, s1, l1, s2, l2, &targets)?,
         DType::BF16 => forward_typed::<bf16>(dev, s1, l1, s2, l2, &targets)?,
@@ -208,8 +204,8 @@ fn backward_typed<T: HeadType>(
 ) -> Result<CudaSlice<f32>> {
     let (rows, width) = l1.shape().dims2()?;
     let (vocab, _) = l2.shape().dims2()?;
-    let hidden = contiguous(hidden.as_cuda_slice::<T>()?, l1)?;
-    let head = contiguous(head.as_cuda_slice::<T>()?, l2)?;
+    let hidden = cuda_contiguous(hidden.as_cuda_slice::<T>()?, l1, WHAT)?;
+    let head = cuda_contiguous(head.as_cuda_slice::<T>()?, l2, WHAT)?;
     let chunk = logits_chunk_rows(rows, vocab);
     let stream = dev.cuda_stream();
     let mut logits = stream.alloc_zeros::<f32>(rows * chunk).w()?;
@@ -221,7 +217,7 @@ fn backward_typed<T: HeadType>(
     };
     let mut grad = stream.alloc_zeros::<f32>(rows * width).w()?;
     let kernel = dev.get_or_load_custom_func(T::GRAD_KERNEL, MODULE, PTX)?;
-    let rows_u = u32_u(rows)?;
+    let rows_u = kernel_u32(rows, WHAT)?;
     for start in (0..vocab).step_by(chunk) {
         let len = chunk.min(vocab - start);
         let head_chunk = head.slice(start * width..(start + len) * width);
@@ -236,7 +232,7 @@ fn backward_typed<T: HeadType>(
             width,
             false,
         )?;
-        let (len_u, start_u) = (u32_u(len)?, u32_u(start)?);
+        let (len_u, start_u) = (kernel_u32(len, WHAT)?, kernel_u32(start, WHAT)?);
         let mut launch = kernel.builder();
         launch.arg(&logits);
         launch.arg(targets);
@@ -248,7 +244,7 @@ fn backward_typed<T: HeadType>(
         launch.arg(&rows_u);
         launch.arg(&len_u);
         launch.arg(&start_u);
-        unsafe { launch.launch(LaunchConfig::for_num_elems(u32_u(rows * len)?)) }.w()?;
+        unsafe { launch.launch(LaunchConfig::for_num_elems(kernel_u32(rows * len, WHAT)?)) }.w()?;
         // grad [rows, width] += dlogits [rows, len] · head_chunk [len, width].
         for part in std::iter::once(&hi).chain(lo.as_ref()) {
             let d = part.slice(0..rows * len);
@@ -280,13 +276,13 @@ pub fn backward(
     coefs: &Tensor,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = s1.device();
-    let targets = contiguous(s3.as_cuda_slice::<u32>()?, l3)?;
+    let targets = cuda_contiguous(s3.as_cuda_slice::<u32>()?, l3, WHAT)?;
     let coefs = coefs.to_dtype(DType::F32)?.contiguous()?;
     let (coef_storage, coef_layout) = coefs.storage_and_layout();
     let candle_core::Storage::Cuda(coef_storage) = &*coef_storage else {
         candle_core::bail!("chunked-logprob: gradient coefficients are not on the GPU");
     };
-    let coefs = contiguous(coef_storage.as_cuda_slice::<f32>()?, coef_layout)?;
+    let coefs = cuda_contiguous(coef_storage.as_cuda_slice::<f32>()?, coef_layout, WHAT)?;
     let grad = match s1.dtype() {
         DType::F32 => backward_typed::<f32>(dev, s1, l1, s2, l2, &targets, &coefs)?,
         DType::BF16 => backward_typed::<bf16>(dev, s1, l1, s2, l2, &targets, &coefs)?,

@@ -3,6 +3,7 @@
 //! layer is the base model, which is how DPO gets its reference model for free.
 
 use super::dot::dot;
+use super::op_storage::cpu_f32;
 use super::quant::{self, Int8Cache, Precision};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, Var};
@@ -426,7 +427,7 @@ impl candle_core::CustomOp1 for FrozenProjection {
         if let (CpuStorage::F32(v), true) = (storage, self.weight.is_contiguous()) {
             let (w_storage, w_layout) = self.weight.storage_and_layout();
             if let Storage::Cpu(w_cpu @ CpuStorage::F32(_)) = &*w_storage {
-                let w = f32_slice(w_cpu, w_layout, "the weight")?;
+                let w = cpu_f32(w_cpu, w_layout, "projection: the weight")?;
                 let ((rows, inp), (out, w_in)) = (dims, self.weight.dims2()?);
                 if inp != w_in {
                     candle_core::bail!(
@@ -536,20 +537,6 @@ fn gemm_rhs_transposed(
     }
 }
 
-fn f32_slice<'a>(
-    storage: &'a candle_core::CpuStorage,
-    layout: &candle_core::Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let candle_core::CpuStorage::F32(v) = storage else {
-        candle_core::bail!("projection: {what} is not f32");
-    };
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("projection: {what} is not contiguous")))?;
-    Ok(&v[start..end])
-}
-
 impl candle_core::CustomOp3 for AdaptedProjection {
     fn name(&self) -> &'static str {
         "adapted-projection"
@@ -577,14 +564,14 @@ impl candle_core::CustomOp3 for AdaptedProjection {
                 self.weight.shape()
             );
         }
-        let x = f32_slice(x_storage, x_layout, "the input")?;
-        let a = f32_slice(a_storage, a_layout, "A")?;
-        let b = f32_slice(b_storage, b_layout, "B")?;
+        let x = cpu_f32(x_storage, x_layout, "projection: the input")?;
+        let a = cpu_f32(a_storage, a_layout, "projection: A")?;
+        let b = cpu_f32(b_storage, b_layout, "projection: B")?;
         let (w_storage, w_layout) = self.weight.storage_and_layout();
         let candle_core::Storage::Cpu(w_cpu) = &*w_storage else {
             candle_core::bail!("adapted projection: the weight is not on the CPU");
         };
-        let w = f32_slice(w_cpu, w_layout, "the weight")?;
+        let w = cpu_f32(w_cpu, w_layout, "projection: the weight")?;
         let mut y = vec![0f32; rows * out];
         gemm_rhs_transposed(&mut y, x, w, (rows, out, inp), false, 1.0);
         // Scaled at rank r, the narrow end, as the unfused path does.

@@ -14,6 +14,7 @@ mod dot;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod lora;
+mod op_storage;
 pub mod quant;
 pub mod source;
 pub mod tokenizer;

@@ -8,32 +8,12 @@
 //! CPU tensors; callers keep the plain candle composition for other devices and dtypes.
 //! (Attention has its own op, `causal_attention`.)
 
-use candle_core::backend::BackendStorage;
+use super::op_storage::{cpu_f32, cpu_u32};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Rows handed to one rayon task: enough work to amortise scheduling.
 const MIN_ROWS_PER_TASK: usize = 8;
-
-fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = storage else {
-        candle_core::bail!("{op}: needs f32, got {:?}", storage.dtype());
-    };
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: needs a contiguous input")))?;
-    Ok(&v[start..end])
-}
-
-fn u32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [u32]> {
-    let CpuStorage::U32(v) = storage else {
-        candle_core::bail!("{op}: needs u32 targets, got {:?}", storage.dtype());
-    };
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: needs contiguous targets")))?;
-    Ok(&v[start..end])
-}
 
 /// Whether the fused kernels apply to `t`.
 pub fn fused_applies(t: &Tensor) -> bool {
@@ -75,8 +55,8 @@ impl CustomOp2 for TargetLogprob {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, vocab) = l1.shape().dims2()?;
-        let logits = f32_data(s1, l1, self.name())?;
-        let targets = u32_data(s2, l2, self.name())?;
+        let logits = cpu_f32(s1, l1, self.name())?;
+        let targets = cpu_u32(s2, l2, self.name())?;
         if targets.len() != n {
             candle_core::bail!("target-logprob: {} targets for {n} rows", targets.len());
         }
@@ -131,9 +111,9 @@ impl CustomOp3 for TargetLogprobGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, vocab) = l1.shape().dims2()?;
-        let logits = f32_data(s1, l1, self.name())?;
-        let targets = u32_data(s2, l2, self.name())?;
-        let coefs = f32_data(s3, l3, self.name())?;
+        let logits = cpu_f32(s1, l1, self.name())?;
+        let targets = cpu_u32(s2, l2, self.name())?;
+        let coefs = cpu_f32(s3, l3, self.name())?;
         let mut grad = vec![0f32; n * vocab];
         grad.par_chunks_mut(vocab)
             .zip(logits.par_chunks(vocab))
@@ -186,8 +166,8 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, self.name())?;
-        let w = f32_data(s2, l2, self.name())?;
+        let x = cpu_f32(s1, l1, self.name())?;
+        let w = cpu_f32(s2, l2, self.name())?;
         let h = w.len();
         if h == 0 || !x.len().is_multiple_of(h) {
             candle_core::bail!("rms-norm: weight of {h} for input {:?}", l1.shape());
@@ -239,9 +219,9 @@ impl CustomOp3 for RmsNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, self.name())?;
-        let w = f32_data(s2, l2, self.name())?;
-        let g = f32_data(s3, l3, self.name())?;
+        let x = cpu_f32(s1, l1, self.name())?;
+        let w = cpu_f32(s2, l2, self.name())?;
+        let g = cpu_f32(s3, l3, self.name())?;
         let h = w.len();
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(h)
@@ -291,8 +271,8 @@ impl CustomOp2 for SwiGlu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let gate = f32_data(s1, l1, self.name())?;
-        let up = f32_data(s2, l2, self.name())?;
+        let gate = cpu_f32(s1, l1, self.name())?;
+        let up = cpu_f32(s2, l2, self.name())?;
         let mut y = vec![0f32; gate.len()];
         y.par_iter_mut()
             .zip(gate.par_iter().zip(up.par_iter()))
@@ -332,9 +312,9 @@ impl CustomOp3 for SwiGluGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let gate = f32_data(s1, l1, self.name())?;
-        let up = f32_data(s2, l2, self.name())?;
-        let grad = f32_data(s3, l3, self.name())?;
+        let gate = cpu_f32(s1, l1, self.name())?;
+        let up = cpu_f32(s2, l2, self.name())?;
+        let grad = cpu_f32(s3, l3, self.name())?;
         let n = gate.len();
         let mut out = vec![0f32; 2 * n];
         let (d_gate, d_up) = out.split_at_mut(n);
