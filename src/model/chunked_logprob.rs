@@ -21,7 +21,7 @@ use super::decoder::Decoder;
 use super::dot::dot;
 use super::op_storage::{contiguous, cpu_u32};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -181,6 +181,33 @@ fn rows_f32<'a, T: Element>(
     buf
 }
 
+/// Evaluates `$body` with `$h` and `$w` bound to the contiguous data of two CPU storages
+/// of one float dtype (f32, bf16 or f16), so a generic body runs for each.
+macro_rules! with_float_pair {
+    ($op:expr, ($s1:expr, $l1:expr), ($s2:expr, $l2:expr), |$h:ident, $w:ident| $body:expr) => {
+        match ($s1, $s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                let ($h, $w) = (contiguous(a, $l1, $op)?, contiguous(b, $l2, $op)?);
+                $body
+            }
+            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => {
+                let ($h, $w) = (contiguous(a, $l1, $op)?, contiguous(b, $l2, $op)?);
+                $body
+            }
+            (CpuStorage::F16(a), CpuStorage::F16(b)) => {
+                let ($h, $w) = (contiguous(a, $l1, $op)?, contiguous(b, $l2, $op)?);
+                $body
+            }
+            _ => candle_core::bail!(
+                "{}: unsupported dtypes {:?} and {:?}",
+                $op,
+                $s1.dtype(),
+                $s2.dtype()
+            ),
+        }
+    };
+}
+
 fn targets_of<'a>(storage: &'a CpuStorage, layout: &Layout, vocab: usize) -> Result<&'a [u32]> {
     let targets = cpu_u32(storage, layout, "chunked-logprob: targets")?;
     if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
@@ -328,31 +355,9 @@ impl CustomOp3 for ChunkedLogprob {
         let (n, width) = l1.shape().dims2()?;
         let (vocab, _) = l2.shape().dims2()?;
         let targets = targets_of(s3, l3, vocab)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(h), CpuStorage::F32(w)) => forward(
-                contiguous(h, l1, self.name())?,
-                contiguous(w, l2, self.name())?,
-                targets,
-                width,
-            ),
-            (CpuStorage::BF16(h), CpuStorage::BF16(w)) => forward(
-                contiguous(h, l1, self.name())?,
-                contiguous(w, l2, self.name())?,
-                targets,
-                width,
-            ),
-            (CpuStorage::F16(h), CpuStorage::F16(w)) => forward(
-                contiguous(h, l1, self.name())?,
-                contiguous(w, l2, self.name())?,
-                targets,
-                width,
-            ),
-            _ => candle_core::bail!(
-                "chunked-logprob: unsupported dtypes {:?} and {:?}",
-                s1.dtype(),
-                s2.dtype()
-            ),
-        };
+        let out = with_float_pair!(self.name(), (s1, l1), (s2, l2), |h, w| {
+            forward(h, w, targets, width)
+        });
         Ok((CpuStorage::F32(out), Shape::from((n, 2))))
     }
 
@@ -402,34 +407,9 @@ impl CustomOp3 for ChunkedLogprobGrad {
         let targets = targets_of(s3, l3, vocab)?;
         let coefs = self.coefs.flatten_all()?.to_vec1::<f32>()?;
         let name = self.name();
-        let grad = match (s1, s2) {
-            (CpuStorage::F32(h), CpuStorage::F32(w)) => CpuStorage::F32(backward(
-                contiguous(h, l1, name)?,
-                contiguous(w, l2, name)?,
-                targets,
-                &coefs,
-                width,
-            )),
-            (CpuStorage::BF16(h), CpuStorage::BF16(w)) => CpuStorage::BF16(backward(
-                contiguous(h, l1, name)?,
-                contiguous(w, l2, name)?,
-                targets,
-                &coefs,
-                width,
-            )),
-            (CpuStorage::F16(h), CpuStorage::F16(w)) => CpuStorage::F16(backward(
-                contiguous(h, l1, name)?,
-                contiguous(w, l2, name)?,
-                targets,
-                &coefs,
-                width,
-            )),
-            _ => candle_core::bail!(
-                "{name}: unsupported dtypes {:?} and {:?}",
-                s1.dtype(),
-                s2.dtype()
-            ),
-        };
+        let grad = with_float_pair!(name, (s1, l1), (s2, l2), |h, w| {
+            WithDType::to_cpu_storage_owned(backward(h, w, targets, &coefs, width))
+        });
         Ok((grad, l1.shape().clone()))
     }
 
