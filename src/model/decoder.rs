@@ -296,8 +296,9 @@ impl Decoder {
         // [n, hidden] throughout: in candle every reshape is a graph node whose backward
         // pass costs a full-size zeroed buffer and an add.
         let mut x = self.embed_tokens.index_select(tokens, 0)?;
-        let cos = self.cos.narrow(0, 0, longest)?;
-        let sin = self.sin.narrow(0, 0, longest)?;
+        // In f32, as the attention op reads them: converted once, not in every layer.
+        let cos = self.cos.narrow(0, 0, longest)?.to_dtype(DType::F32)?;
+        let sin = self.sin.narrow(0, 0, longest)?.to_dtype(DType::F32)?;
         for (li, layer) in self.layers.iter().enumerate() {
             // Projection k of layer li is dropout site 7·li + k.
             let site = |k: u64| mode.at_site(7 * li as u64 + k);
@@ -493,7 +494,8 @@ impl Decoder {
 
     /// Differentiable causal attention with rotary positions over the sequences
     /// `segments` (`(first row, length)`, each from position 0): `q` `[rows, heads·d]`,
-    /// `k`/`v` `[rows, kv_heads·d]` as the projections give them; returns `[rows, heads·d]`.
+    /// `k`/`v` `[rows, kv_heads·d]` as the projections give them, the rope tables in f32;
+    /// returns `[rows, heads·d]`.
     fn causal_attention(
         &self,
         q: &Tensor,
@@ -504,14 +506,13 @@ impl Decoder {
     ) -> Result<Tensor> {
         let c = &self.config;
         if CausalAttention::supports(q, c.head_dim) {
-            // The op reads f32 tables (the CPU path's already are).
             let op = CausalAttention {
                 segments: segments.to_vec(),
                 heads: c.num_attention_heads,
                 kv_heads: c.num_key_value_heads,
                 head_dim: c.head_dim,
-                cos: cos.to_dtype(DType::F32)?,
-                sin: sin.to_dtype(DType::F32)?,
+                cos: cos.clone(),
+                sin: sin.clone(),
             };
             return Ok(op.apply(q, k, v)?);
         }
@@ -545,7 +546,10 @@ impl Decoder {
     ) -> Result<Tensor> {
         let c = &self.config;
         let (nh, kvh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let (cos, sin) = (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?);
+        // The tables come in f32; their values are the model-dtype tables', so this
+        // conversion is exact.
+        let table = |x: &Tensor| x.narrow(0, 0, t)?.to_dtype(self.dtype);
+        let (cos, sin) = (table(cos)?, table(sin)?);
         let heads = |x: &Tensor, n: usize| x.reshape((b, t, n, d))?.transpose(1, 2);
         let q = rope(&heads(q, nh)?, &cos, &sin, Ops::Differentiable)?;
         let k = rope(&heads(k, kvh)?, &cos, &sin, Ops::Differentiable)?;
