@@ -6,13 +6,13 @@
 mod pipeline_support;
 
 use autoif::pipeline::crossval::{InstructionOutcome, Validated};
-use autoif::pipeline::datasets::mine_pairs;
 use autoif::pipeline::funcs::FuncAnswers;
 use autoif::pipeline::queries::QueryPair;
 use autoif::pipeline::responses::judge_responses;
 use autoif::pipeline::run_dir::RunDir;
 use autoif::pipeline::score::judge;
 use autoif::pipeline::{Pipeline, Stage};
+use autoif::train::autoif_rules::mine_pairs;
 use autoif::verify::{Sandbox, SandboxOptions};
 use pipeline_support::*;
 use serde_json::Value;

@@ -1,9 +1,9 @@
 //! Options and helpers several subcommands share.
 
-use crate::atomic_file::write_atomic;
+use crate::io::to_jsonl;
 use crate::model::{LoadOptions, Model, DEFAULT_MODEL};
 use crate::train::memory_plan::{self, TrainShape};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
 use std::io::Write;
@@ -76,36 +76,20 @@ impl GpuMemoryArgs {
     }
 }
 
-/// Reads a JSON Lines file; a bad line fails with the file and line number.
+/// Reads a JSON Lines file of input lines; an empty file is refused.
 pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
-        out.push(v);
-    }
-    if out.is_empty() {
+    let lines = crate::io::read_jsonl(path)?;
+    if lines.is_empty() {
         bail!("{}: no input lines", path.display());
     }
-    Ok(out)
+    Ok(lines)
 }
 
-/// Writes JSON lines to `path` through a temporary file renamed into place, so an error
-/// never leaves a half-written output; without a path, to stdout.
+/// Writes JSON lines to `path` atomically; without a path, to stdout.
 pub fn write_jsonl(path: Option<&Path>, lines: &[serde_json::Value]) -> Result<()> {
-    let mut buf = Vec::new();
-    for line in lines {
-        serde_json::to_writer(&mut buf, line)?;
-        buf.push(b'\n');
-    }
     match path {
-        None => std::io::stdout().write_all(&buf)?,
-        Some(path) => write_atomic(path, &buf)?,
+        None => std::io::stdout().write_all(&to_jsonl(lines)?)?,
+        Some(path) => crate::io::write_jsonl(path, lines)?,
     }
     Ok(())
 }

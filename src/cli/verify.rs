@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -14,6 +14,7 @@ use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::io::AtomicWriter;
 use crate::verify::{Job, Outcome, Sandbox, SandboxOptions, Verdict};
 
 /// Jobs handed to the sandbox at once: enough to keep every worker busy, few enough
@@ -79,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         ..defaults
     })?;
     let started = Instant::now();
-    let mut output = AtomicOutput::create(&args.out)?;
+    let mut output = AtomicWriter::create(&args.out)?;
     let progress = ProgressBar::new(input_bytes).with_style(
         ProgressStyle::with_template(
             "verify {bar:30} {percent:>3}% {msg} [{elapsed_precise}<{eta_precise}]",
@@ -179,62 +180,6 @@ impl Tally {
             "no inputs".to_string()
         } else {
             parts.join(", ")
-        }
-    }
-}
-
-/// Output written to a temporary file next to the target and renamed over it on
-/// `commit`; dropped uncommitted (on any error), the temporary file is removed.
-struct AtomicOutput {
-    target: PathBuf,
-    temp: PathBuf,
-    writer: Option<BufWriter<File>>,
-}
-
-impl AtomicOutput {
-    fn create(target: &Path) -> Result<Self> {
-        let name = target
-            .file_name()
-            .with_context(|| format!("{}: not a file path", target.display()))?;
-        let temp = target.with_file_name(format!(
-            ".{}.{}.tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file =
-            File::create(&temp).with_context(|| format!("{}: cannot create", temp.display()))?;
-        Ok(AtomicOutput {
-            target: target.to_path_buf(),
-            temp,
-            writer: Some(BufWriter::new(file)),
-        })
-    }
-
-    fn write_line(&mut self, value: &impl Serialize) -> Result<()> {
-        let writer = self.writer.as_mut().expect("open until commit");
-        serde_json::to_writer(&mut *writer, value)?;
-        writer
-            .write_all(b"\n")
-            .with_context(|| format!("{}: cannot write", self.temp.display()))
-    }
-
-    fn commit(mut self) -> Result<()> {
-        let writer = self.writer.take().expect("open until commit");
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
-            .with_context(|| format!("{}: cannot write", self.temp.display()))?;
-        std::fs::rename(&self.temp, &self.target).map_err(|err| {
-            let _ = std::fs::remove_file(&self.temp);
-            anyhow::Error::from(err)
-                .context(format!("{}: cannot move into place", self.target.display()))
-        })
-    }
-}
-
-impl Drop for AtomicOutput {
-    fn drop(&mut self) {
-        if self.writer.is_some() {
-            let _ = std::fs::remove_file(&self.temp);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! files go through a temporary name renamed into place, whole folders through a staging
 //! folder renamed into place.
 
-use crate::atomic_file::write_atomically;
+use crate::io::write_atomically;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use std::io::Write;

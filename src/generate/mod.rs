@@ -4,9 +4,11 @@
 pub mod engine;
 pub mod openai;
 pub mod sampler;
+pub mod seed;
 pub mod stop;
 
 pub use engine::{EngineOptions, LocalEngine};
+pub use seed::unit_seed;
 
 use crate::model::chat_template::Message;
 use serde::{Deserialize, Serialize};

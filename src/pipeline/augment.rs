@@ -16,8 +16,9 @@ use std::path::Path;
 use super::funnel::FunnelRow;
 use super::parse::parse_instruction_list;
 use super::prompts::fill;
-use super::run_dir::{short_id, unit_seed};
+use super::run_dir::short_id;
 use super::Pipeline;
+use crate::generate::unit_seed;
 
 pub const STAGE: &str = "augment";
 

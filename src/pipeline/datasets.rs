@@ -14,19 +14,17 @@
 //! `prompt`/`chosen`/`rejected` message lists).
 
 use anyhow::Result;
-use rand::seq::IndexedRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::backtranslate;
 use super::funnel::FunnelRow;
 use super::responses::{self, ResponseRecord};
-use super::run_dir::unit_seed;
 use super::score::{self, ScoredResponse};
 use super::Pipeline;
-use crate::atomic_file::write_atomic;
+use crate::generate::unit_seed;
+use crate::io::write_atomic;
+use crate::train::autoif_rules::{capitalise, mine_pairs, sft_prompt};
 
 pub const STAGE: &str = "datasets";
 
@@ -39,62 +37,6 @@ pub struct PreferencePair {
     pub prompt: String,
     pub chosen: String,
     pub rejected: String,
-}
-
-fn capitalise(s: &str) -> String {
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => String::new(),
-    }
-}
-
-/// The paper's training prompt: query then instruction, first letters upper-cased,
-/// joined by a space when the query has '?' or '.', by ". " otherwise.
-pub fn sft_prompt(query: &str, instruction: &str) -> String {
-    let query = capitalise(query);
-    let instruction = capitalise(instruction);
-    if query.contains('?') || query.contains('.') {
-        format!("{query} {instruction}.")
-    } else {
-        format!("{query}. {instruction}.")
-    }
-}
-
-/// The paper's DPO sampling rule over (text, pass rate) candidates: positives have a
-/// rate ≥ `chosen_min`, negatives 0; when either side has two or more, up to
-/// `per_side` of each are drawn, otherwise up to one; every positive × negative
-/// combination is a pair. Draws use `seed`.
-pub fn mine_pairs(
-    candidates: &[(String, f64)],
-    chosen_min: f64,
-    per_side: usize,
-    seed: u64,
-) -> Vec<(String, String)> {
-    let mut positives: Vec<&String> = Vec::new();
-    let mut negatives: Vec<&String> = Vec::new();
-    for (text, rate) in candidates {
-        if *rate >= chosen_min && !positives.contains(&text) {
-            positives.push(text);
-        } else if *rate == 0.0 && !negatives.contains(&text) {
-            negatives.push(text);
-        }
-    }
-    let take = if positives.len() >= 2 || negatives.len() >= 2 {
-        per_side
-    } else {
-        1
-    };
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let chosen: Vec<&&String> = positives.choose_multiple(&mut rng, take).collect();
-    let rejected: Vec<&&String> = negatives.choose_multiple(&mut rng, take).collect();
-    let mut pairs = Vec::new();
-    for c in &chosen {
-        for r in &rejected {
-            pairs.push((c.to_string(), r.to_string()));
-        }
-    }
-    pairs
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {

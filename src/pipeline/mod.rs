@@ -21,11 +21,12 @@ use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
 
 use crate::config::{RunConfig, Sampling};
+use crate::generate::unit_seed;
 use crate::generate::{Backend, Prompt, Request, SamplingParams};
 pub use crate::verify::{pass_rate, Execute};
 use crate::verify::{Job, Sandbox, SandboxOptions, Verdict};
 use funnel::FunnelRow;
-use run_dir::{unit_seed, RunDir};
+use run_dir::RunDir;
 
 /// The stages in execution order, by their stable names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

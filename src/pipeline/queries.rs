@@ -26,9 +26,10 @@ use std::path::{Path, PathBuf};
 
 use super::backtranslate;
 use super::funnel::FunnelRow;
-use super::run_dir::{short_id, unit_seed};
+use super::run_dir::short_id;
 use super::Pipeline;
 use crate::config::QueriesConfig;
+use crate::generate::unit_seed;
 
 pub const STAGE: &str = "queries";
 

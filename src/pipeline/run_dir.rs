@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 use super::funnel::FunnelRow;
-use crate::atomic_file::write_atomic;
 use crate::config::RunConfig;
+use crate::io::write_atomic;
 
 pub const MANIFEST: &str = "manifest.json";
 
@@ -281,18 +281,6 @@ pub fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
                 .with_context(|| format!("{}:{}: not a valid record", path.display(), i + 1))
         })
         .collect()
-}
-
-/// A 64-bit seed for one unit of work: a function of the run seed, the stage and the
-/// unit's key only, so it does not depend on batching or on what ran before.
-pub fn unit_seed(run_seed: u64, stage: &str, key: &str) -> u64 {
-    let digest = Sha256::new()
-        .chain_update(run_seed.to_le_bytes())
-        .chain_update(stage.as_bytes())
-        .chain_update([0])
-        .chain_update(key.as_bytes())
-        .finalize();
-    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// A short stable id from text, for provenance (`i3fa9...`).

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::atomic_file::write_atomic;
+use crate::io::write_atomic;
 use crate::pipeline::funnel::FunnelRow;
 use svg::{
     BarGroup, BarOptions, BarSeries, LineOptions, Series, ValueFormat, CHART_WIDTH, MUTED, PALETTE,

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use std::path::Path;
 
 use super::Phase;
-use crate::atomic_file::write_atomic;
+use crate::io::write_atomic;
 use crate::pipeline::run_dir::{read_lines, RunDir, StageState};
 
 pub const SUMMARY_FILE: &str = "summary.json";

@@ -13,16 +13,16 @@
 //! replays the finished iterations' adapters and goes on with the next one; sampling is
 //! seeded per (iteration, prompt), so a redone iteration samples the same texts.
 
+use super::autoif_rules::{mine_pairs, sft_prompt};
 use super::data::{tokenize_preferences, PreferencePair};
 use super::dpo::{merge_adapters, DpoConfig};
 use super::trainer::{train, Job, RunOptions};
-use crate::atomic_file::write_atomic;
 use crate::export::peft::load_adapter;
+use crate::generate::unit_seed;
 use crate::generate::{Backend, EngineOptions, LocalEngine, Prompt, Request, SamplingParams};
+use crate::io::write_atomic;
 use crate::model::chat_template::Message;
 use crate::model::Model;
-use crate::pipeline::datasets::mine_pairs;
-use crate::pipeline::run_dir::unit_seed;
 use crate::verify::{pass_rates, Execute};
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -437,7 +437,7 @@ pub fn read_verified_prompts(path: &Path) -> Result<Vec<VerifiedPrompt>> {
             r["instruction"].as_str(),
         ) {
             (Some(p), _, _) => p.to_string(),
-            (None, Some(q), Some(ins)) => crate::pipeline::datasets::sft_prompt(q, ins),
+            (None, Some(q), Some(ins)) => sft_prompt(q, ins),
             _ => return Err(bad("needs `prompt`, or `query` and `instruction`")),
         };
         let funcs = r["funcs"]

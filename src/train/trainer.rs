@@ -546,7 +546,7 @@ fn cached_reference_logps(
         "weights_fingerprint": weights,
         "logps": logps,
     });
-    crate::atomic_file::write_atomic(&path, serde_json::to_string(&record)?.as_bytes())?;
+    crate::io::write_atomic(&path, serde_json::to_string(&record)?.as_bytes())?;
     Ok(logps)
 }
 

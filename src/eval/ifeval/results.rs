@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 use super::pyjson;
 use super::scoring::{Evaluation, PromptResult, Summary};
 use super::Prompt;
-use crate::atomic_file::write_atomic;
 use crate::generate::{
     Backend, EngineOptions, LocalEngine, Prompt as GenPrompt, Request, SamplingParams,
 };
+use crate::io::write_atomic;
 use crate::model::quant::Precision;
 use crate::model::Model;
 
