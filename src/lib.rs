@@ -11,7 +11,6 @@ pub mod generate;
 pub mod io;
 pub mod model;
 pub mod pipeline;
-pub mod report;
 pub mod run;
 pub mod train;
 pub mod verify;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use autoif::report::write_report;
+use autoif::run::report::write_report;
 use serde_json::{json, Value};
 
 const SFT_STEPS: usize = 30;

@@ -10,6 +10,8 @@
 //! its latest checkpoint. After every phase `summary.json` and `report.html` are
 //! rewritten, so an interrupted run still shows what it did.
 
+pub mod layout;
+pub mod report;
 pub mod summary;
 
 use anyhow::{bail, Context, Result};
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{RunConfig, SupervisorKind};
 use crate::eval::ifeval::results::{generate_responses, write_results};
-use crate::eval::ifeval::{evaluate, load_input_data, Summary};
+use crate::eval::ifeval::{evaluate, load_input_data, Summary as IfevalScores};
 use crate::export::{load_adapter, save_merged};
 use crate::generate::openai::{Endpoint, OpenAiBackend, OpenAiConfig};
 use crate::generate::{Backend, EngineOptions, LocalEngine};
@@ -35,6 +37,8 @@ use crate::train::memory_plan::{Algorithm, TrainShape};
 use crate::train::online_dpo::read_verified_prompts;
 use crate::train::{run_online_dpo, train, Job, OnlineOptions, RunOptions};
 use crate::verify::{Sandbox, SandboxOptions};
+use layout::RunLayout;
+use summary::Summary;
 
 /// One step of the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +198,7 @@ pub fn execute(run: RunDir, phases: &[Phase]) -> Result<()> {
         .flat_map(|s| s.funnel)
         .collect();
     eprint!("{}", table(&rows));
-    eprint!("{}", summary::Summary::read(state.root())?.text());
+    eprint!("{}", Summary::read(&state.layout())?.text());
     eprintln!(
         "run folder: {} (summary.json, report.html)",
         state.root().display()
@@ -205,6 +209,10 @@ pub fn execute(run: RunDir, phases: &[Phase]) -> Result<()> {
 impl Loop {
     fn root(&self) -> &Path {
         self.run.root()
+    }
+
+    fn layout(&self) -> RunLayout {
+        RunLayout::new(self.run.root())
     }
 
     /// The trained model, loaded on first use with the adapters of the finished training
@@ -220,14 +228,14 @@ impl Loop {
     }
 
     fn write_summary(&self) -> Result<()> {
-        summary::Summary::collect(&self.run)?.write(self.root())?;
-        crate::report::write_report(self.root())?;
+        Summary::collect(&self.run)?.write(&self.layout())?;
+        report::write_report(self.root())?;
         Ok(())
     }
 
     fn phase(&mut self, phase: Phase) -> Result<Vec<FunnelRow>> {
         match phase {
-            Phase::IfevalBefore | Phase::IfevalAfter => self.ifeval(phase.name()),
+            Phase::IfevalBefore | Phase::IfevalAfter => self.ifeval(phase),
             Phase::Sft => self.sft(),
             Phase::Dpo => self.dpo(),
             Phase::OnlineDpo => self.online_dpo(),
@@ -284,7 +292,7 @@ impl Loop {
         Ok(())
     }
 
-    fn ifeval(&mut self, name: &str) -> Result<Vec<FunnelRow>> {
+    fn ifeval(&mut self, phase: Phase) -> Result<Vec<FunnelRow>> {
         let cfg = self.config.ifeval.clone();
         let mut prompts = load_input_data(&cfg.data)?;
         if cfg.limit > 0 {
@@ -294,13 +302,13 @@ impl Loop {
         let responses = generate_responses(model, &prompts, cfg.max_new_tokens, cfg.batch)?;
         let texts: Vec<&str> = responses.iter().map(String::as_str).collect();
         let evaluation = evaluate(&prompts, &texts);
-        let summary = Summary::new(&evaluation);
+        let summary = IfevalScores::new(&evaluation);
         let mut meta = serde_json::Map::new();
         meta.insert("data".into(), cfg.data.display().to_string().into());
         meta.insert("limit".into(), cfg.limit.into());
         meta.insert("max_new_tokens".into(), cfg.max_new_tokens.into());
         write_results(
-            &self.root().join(name),
+            &self.layout().phase_dir(phase),
             &prompts,
             &responses,
             &evaluation,
@@ -398,7 +406,7 @@ impl Loop {
     /// adapters and data sets stay where their phases wrote them (`summary.json` lists
     /// them).
     fn export(&mut self) -> Result<Vec<FunnelRow>> {
-        let dir = self.root().join("export/merged");
+        let dir = self.layout().merged_model();
         // A folder left by an export that was interrupted before it was recorded.
         if dir.exists() {
             std::fs::remove_dir_all(&dir)

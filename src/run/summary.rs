@@ -5,23 +5,122 @@
 //! was resumed.
 
 use anyhow::{Context, Result};
-use serde_json::{json, Map, Value};
-use std::path::Path;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
+use super::layout::RunLayout;
 use super::Phase;
-use crate::io::write_atomic;
-use crate::pipeline::run_dir::{read_lines, RunDir, StageState};
-
-pub const SUMMARY_FILE: &str = "summary.json";
+use crate::eval::ifeval::Summary as IfevalScores;
+use crate::io::{read_jsonl, read_jsonl_if_exists, write_atomic};
+use crate::pipeline::funnel::FunnelRow;
+use crate::pipeline::run_dir::{RunDir, StageState};
 
 /// Example instructions shown in the summary and the report.
 const EXAMPLES: usize = 5;
 
-pub struct Summary(Value);
+/// `summary.json`. Only `model` is required when reading, so a report can be drawn from
+/// a run that has barely started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    #[serde(default)]
+    pub autoif_version: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// The model being trained.
+    pub model: String,
+    /// The model that wrote the data.
+    #[serde(default)]
+    pub supervisor: Option<String>,
+    /// The resolved run configuration, as the manifest holds it.
+    #[serde(default)]
+    pub config: Value,
+    #[serde(default)]
+    pub ifeval_before: Option<IfevalResult>,
+    #[serde(default)]
+    pub ifeval_after: Option<IfevalResult>,
+    /// Every stage's and training phase's funnel row, in loop order.
+    #[serde(default)]
+    pub funnel: Vec<FunnelRow>,
+    #[serde(default)]
+    pub training: LastMetrics,
+    /// Every phase of the loop, switched off ones as `skipped`.
+    #[serde(default)]
+    pub phases: Vec<PhaseTiming>,
+    #[serde(default)]
+    pub exports: Option<Exports>,
+    #[serde(default)]
+    pub examples: Vec<Example>,
+}
+
+/// An IFEval phase's scores with the folder that holds its responses and verdicts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IfevalResult {
+    #[serde(flatten)]
+    pub scores: IfevalScores,
+    /// What was scored and how (`data`, `limit`, `max_new_tokens`), as the phase wrote it.
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
+}
+
+/// The last line of each training phase's metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LastMetrics {
+    pub sft: Option<Value>,
+    pub dpo: Option<Value>,
+    pub online_dpo: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhaseTiming {
+    pub name: String,
+    pub state: PhaseState,
+    /// Wall time of the phase's last (possibly resumed) execution.
+    pub seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseState {
+    Done,
+    /// Started and not finished: the run was stopped or failed in it.
+    Interrupted,
+    Pending,
+    /// Switched off in the configuration.
+    Skipped,
+}
+
+impl PhaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseState::Done => "done",
+            PhaseState::Interrupted => "interrupted",
+            PhaseState::Pending => "pending",
+            PhaseState::Skipped => "skipped",
+        }
+    }
+}
+
+/// What the run left for users: paths of the merged model, the adapters and the data
+/// sets (by name, in the order they were made; null where a path is missing).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Exports {
+    pub merged: Option<String>,
+    #[serde(default)]
+    pub adapters: Map<String, Value>,
+    #[serde(default)]
+    pub datasets: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Example {
+    pub instruction: String,
+    #[serde(default)]
+    pub funcs: Vec<String>,
+}
 
 impl Summary {
     pub fn collect(run: &RunDir) -> Result<Summary> {
-        let root = run.root();
+        let layout = RunLayout::new(run.root());
         let manifest = run.manifest()?;
         let state_of = |name: &str| {
             manifest
@@ -30,137 +129,92 @@ impl Summary {
                 .find(|s| s.name == name)
                 .map(|s| (s.state, s.seconds))
         };
-        let phases: Vec<Value> = Phase::all()
+        let phases = Phase::all()
             .into_iter()
             .map(|p| {
                 let (state, seconds) = match state_of(p.name()) {
-                    Some((StageState::Done, s)) => ("done", s),
-                    Some((StageState::Running, _)) => ("interrupted", None),
-                    Some((StageState::Pending, _)) => ("pending", None),
-                    None => ("skipped", None),
+                    Some((StageState::Done, s)) => (PhaseState::Done, s),
+                    Some((StageState::Running, _)) => (PhaseState::Interrupted, None),
+                    Some((StageState::Pending, _)) => (PhaseState::Pending, None),
+                    None => (PhaseState::Skipped, None),
                 };
-                json!({"name": p.name(), "state": state, "seconds": seconds})
+                PhaseTiming {
+                    name: p.name().to_string(),
+                    state,
+                    seconds,
+                }
             })
             .collect();
-        let funnel: Vec<Value> = manifest
+        let funnel = manifest
             .stages
             .iter()
-            .flat_map(|s| &s.funnel)
-            .map(|row| serde_json::to_value(row).expect("funnel rows serialize"))
+            .flat_map(|s| s.funnel.iter().cloned())
             .collect();
-        let existing = |rel: &str| -> Value {
-            let path = root.join(rel);
-            if path.exists() {
-                path.display().to_string().into()
-            } else {
-                Value::Null
-            }
-        };
-        let mut adapters = Map::new();
-        for name in ["sft", "dpo"] {
-            if root
-                .join(name)
-                .join(crate::export::peft::WEIGHTS_FILE)
-                .is_file()
-            {
-                adapters.insert(name.into(), existing(name));
-            }
-        }
-        if let Some(last) = last_line(&root.join("online_dpo/iterations.jsonl"))? {
-            if let Some(i) = last["iteration"].as_u64() {
-                adapters.insert(
-                    "online_dpo".into(),
-                    existing(&format!("online_dpo/iter-{i}")),
-                );
-            }
-        }
-        let mut datasets = Map::new();
-        for (name, rel) in [
-            ("sft (TRL)", "datasets/trl/sft.jsonl"),
-            ("dpo (TRL)", "datasets/trl/dpo.jsonl"),
-            ("LLaMA-Factory", "datasets/llamafactory"),
-        ] {
-            if root.join(rel).exists() {
-                datasets.insert(name.into(), existing(rel));
-            }
-        }
-        let summary = json!({
-            "autoif_version": manifest.autoif_version,
-            "created_at": manifest.created_at,
-            "model": manifest.config.model.path,
-            "supervisor": manifest.config.supervisor_model(),
-            "config": manifest.config,
-            "ifeval_before": ifeval(root, "ifeval_before")?,
-            "ifeval_after": ifeval(root, "ifeval_after")?,
-            "funnel": funnel,
-            "training": {
-                "sft": last_line(&root.join("sft/metrics.jsonl"))?,
-                "dpo": last_line(&root.join("dpo/metrics.jsonl"))?,
-                "online_dpo": last_line(&root.join("online_dpo/iterations.jsonl"))?,
+        Ok(Summary {
+            autoif_version: Some(manifest.autoif_version.clone()),
+            created_at: Some(manifest.created_at.clone()),
+            model: manifest.config.model.path.clone(),
+            supervisor: Some(manifest.config.supervisor_model().to_string()),
+            config: serde_json::to_value(&manifest.config)?,
+            ifeval_before: ifeval(&layout, Phase::IfevalBefore)?,
+            ifeval_after: ifeval(&layout, Phase::IfevalAfter)?,
+            funnel,
+            training: LastMetrics {
+                sft: last_line(&layout.training_metrics(Phase::Sft))?,
+                dpo: last_line(&layout.training_metrics(Phase::Dpo))?,
+                online_dpo: last_line(&layout.training_metrics(Phase::OnlineDpo))?,
             },
-            "phases": phases,
-            "exports": {
-                "merged": existing("export/merged"),
-                "adapters": adapters,
-                "datasets": datasets,
-            },
-            "examples": examples(root)?,
-        });
-        Ok(Summary(summary))
+            phases,
+            exports: Some(exports(&layout)?),
+            examples: examples(&layout)?,
+        })
     }
 
-    pub fn write(&self, root: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(&self.0)? + "\n";
-        write_atomic(&root.join(SUMMARY_FILE), text.as_bytes())
+    pub fn write(&self, layout: &RunLayout) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)? + "\n";
+        write_atomic(&layout.summary(), text.as_bytes())
     }
 
-    pub fn read(root: &Path) -> Result<Summary> {
-        let path = root.join(SUMMARY_FILE);
+    pub fn read(layout: &RunLayout) -> Result<Summary> {
+        let path = layout.summary();
         let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        Ok(Summary(serde_json::from_str(&text).with_context(|| {
-            format!("{}: not valid JSON", path.display())
-        })?))
-    }
-
-    pub fn json(&self) -> &Value {
-        &self.0
+            .with_context(|| format!("{}: cannot read the run summary", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a run summary", path.display()))
     }
 
     /// The short account printed at the end of a run.
     pub fn text(&self) -> String {
-        let s = &self.0;
         let mut out = String::from("\nphase            state        seconds\n");
-        for p in s["phases"].as_array().into_iter().flatten() {
-            if p["state"] == "skipped" {
+        for p in &self.phases {
+            if p.state == PhaseState::Skipped {
                 continue;
             }
-            let seconds = p["seconds"]
-                .as_f64()
-                .map_or("-".to_string(), |x| format!("{x:.0}"));
+            let seconds = p.seconds.map_or("-".to_string(), |x| format!("{x:.0}"));
             out.push_str(&format!(
                 "{:<16} {:<12} {seconds:>7}\n",
-                p["name"].as_str().unwrap_or(""),
-                p["state"].as_str().unwrap_or("")
+                p.name,
+                p.state.as_str()
             ));
         }
-        let (before, after) = (&s["ifeval_before"], &s["ifeval_after"]);
-        if !before.is_null() || !after.is_null() {
-            let prompts = before["prompts"].as_u64().or(after["prompts"].as_u64());
+        let (before, after) = (&self.ifeval_before, &self.ifeval_after);
+        if before.is_some() || after.is_some() {
+            let prompts = before.as_ref().or(after.as_ref()).map(|e| e.scores.prompts);
             out.push_str(&format!(
                 "\nIFEval ({} prompts, greedy)   before    after\n",
                 prompts.unwrap_or(0)
             ));
-            for (label, key) in [
-                ("prompt-level strict", "prompt_level_strict_acc"),
-                ("prompt-level loose", "prompt_level_loose_acc"),
-                ("instruction-level strict", "inst_level_strict_acc"),
-                ("instruction-level loose", "inst_level_loose_acc"),
-            ] {
-                let pct = |v: &Value| {
-                    v[key]
-                        .as_f64()
-                        .map_or("-".to_string(), |x| format!("{:.2}", 100.0 * x))
+            let labels = [
+                "prompt-level strict",
+                "prompt-level loose",
+                "instruction-level strict",
+                "instruction-level loose",
+            ];
+            for (i, label) in labels.into_iter().enumerate() {
+                let pct = |e: &Option<IfevalResult>| {
+                    e.as_ref().map_or("-".to_string(), |e| {
+                        format!("{:.2}", 100.0 * e.headline()[i])
+                    })
                 };
                 out.push_str(&format!(
                     "{label:<28}{:>8} {:>8}\n",
@@ -169,50 +223,112 @@ impl Summary {
                 ));
             }
         }
-        if let Some(merged) = s["exports"]["merged"].as_str() {
+        if let Some(merged) = self.exports.as_ref().and_then(|e| e.merged.as_deref()) {
             out.push_str(&format!("\nmerged model: {merged}\n"));
         }
         out
     }
 }
 
-/// An IFEval phase's summary.json with the folder it came from; null when not run.
-fn ifeval(root: &Path, dir: &str) -> Result<Value> {
-    let path = root.join(dir).join("summary.json");
-    if !path.is_file() {
-        return Ok(Value::Null);
+impl IfevalResult {
+    /// The four numbers of the IFEval paper: prompt-level strict and loose,
+    /// instruction-level strict and loose.
+    pub fn headline(&self) -> [f64; 4] {
+        let s = &self.scores;
+        [
+            s.prompt_level_strict_acc,
+            s.prompt_level_loose_acc,
+            s.inst_level_strict_acc,
+            s.inst_level_loose_acc,
+        ]
     }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
-    value["dir"] = dir.into();
-    Ok(value)
 }
 
-/// The last record of a JSON Lines file; None when the file is absent or empty.
-fn last_line(path: &Path) -> Result<Option<Value>> {
+/// An IFEval phase's scores and the folder they came from; `None` when not run.
+fn ifeval(layout: &RunLayout, phase: Phase) -> Result<Option<IfevalResult>> {
+    let path = layout.ifeval_summary(phase);
     if !path.is_file() {
         return Ok(None);
     }
-    Ok(read_lines::<Value>(path)?.pop())
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut result: IfevalResult = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not an IFEval summary", path.display()))?;
+    result
+        .settings
+        .insert("dir".into(), phase.name().to_string().into());
+    Ok(Some(result))
+}
+
+/// The last record of a JSON Lines file; None when the file is absent or empty.
+fn last_line(path: &std::path::Path) -> Result<Option<Value>> {
+    Ok(read_jsonl_if_exists::<Value>(path)?.and_then(|mut lines| lines.pop()))
+}
+
+fn exports(layout: &RunLayout) -> Result<Exports> {
+    let existing = |path: std::path::PathBuf| -> Value {
+        if path.exists() {
+            path.display().to_string().into()
+        } else {
+            Value::Null
+        }
+    };
+    let mut adapters = Map::new();
+    for phase in [Phase::Sft, Phase::Dpo] {
+        let dir = layout.phase_dir(phase);
+        if dir.join(crate::export::peft::WEIGHTS_FILE).is_file() {
+            adapters.insert(phase.name().into(), existing(dir));
+        }
+    }
+    if let Some(last) = last_line(&layout.online_dpo_iterations())? {
+        if let Some(i) = last["iteration"].as_u64() {
+            adapters.insert(
+                Phase::OnlineDpo.name().into(),
+                existing(layout.online_dpo_adapter(i as usize)),
+            );
+        }
+    }
+    let mut datasets = Map::new();
+    for (name, path) in [
+        ("sft (TRL)", layout.sft_dataset()),
+        ("dpo (TRL)", layout.dpo_dataset()),
+        ("LLaMA-Factory", layout.llamafactory_datasets()),
+    ] {
+        if path.exists() {
+            datasets.insert(name.into(), existing(path));
+        }
+    }
+    Ok(Exports {
+        merged: existing(layout.merged_model()).as_str().map(String::from),
+        adapters,
+        datasets,
+    })
 }
 
 /// The first instructions the queries stage paired, with their functions.
-fn examples(root: &Path) -> Result<Vec<Value>> {
-    let path = root.join("queries/pairs.jsonl");
+fn examples(layout: &RunLayout) -> Result<Vec<Example>> {
+    #[derive(Deserialize)]
+    struct PairedInstruction {
+        instruction_id: Value,
+        instruction: String,
+        #[serde(default)]
+        funcs: Vec<String>,
+    }
+    let path = layout.verified_prompts();
     if !path.is_file() {
         return Ok(Vec::new());
     }
     let mut seen = Vec::new();
     let mut out = Vec::new();
-    for pair in read_lines::<Value>(&path)? {
-        let id = pair["instruction_id"].clone();
-        if seen.contains(&id) {
+    for pair in read_jsonl::<PairedInstruction>(&path)? {
+        if seen.contains(&pair.instruction_id) {
             continue;
         }
-        seen.push(id);
-        out.push(json!({"instruction": pair["instruction"], "funcs": pair["funcs"]}));
+        seen.push(pair.instruction_id);
+        out.push(Example {
+            instruction: pair.instruction,
+            funcs: pair.funcs,
+        });
         if out.len() == EXAMPLES {
             break;
         }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::input::Prompt;
@@ -115,7 +115,7 @@ pub fn evaluate(prompts: &[Prompt], responses: &[&str]) -> Evaluation {
 }
 
 /// Counts and accuracies (fractions in [0, 1]) for a group of instructions.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Accuracy {
     pub count: usize,
     pub strict: f64,
@@ -123,7 +123,7 @@ pub struct Accuracy {
 }
 
 /// The numbers `summary.json` holds and the table shows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub prompts: usize,
     pub instructions: usize,

@@ -5,30 +5,30 @@
 
 pub mod svg;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use serde::Deserialize;
+use anyhow::Result;
 use serde_json::Value;
 
-use crate::io::write_atomic;
-use crate::pipeline::funnel::FunnelRow;
+use super::layout::RunLayout;
+use super::summary::{IfevalResult, Summary};
+use super::Phase;
+use crate::io::{read_jsonl_if_exists, write_atomic};
 use svg::{
     BarGroup, BarOptions, BarSeries, LineOptions, Series, ValueFormat, CHART_WIDTH, MUTED, PALETTE,
 };
 
-/// The report's file name inside the run folder.
-pub const REPORT_FILE: &str = "report.html";
 /// How many prompts IFEval has; a run may score only the first N.
 const IFEVAL_PROMPTS: usize = 541;
 
 /// Reads the run folder `run` and writes `run/report.html` (atomically); returns its path.
 pub fn write_report(run: &Path) -> Result<PathBuf> {
-    let data = RunData::read(run)?;
+    let layout = RunLayout::new(run);
+    let data = RunData::read(&layout)?;
     let generated = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
-    let path = run.join(REPORT_FILE);
+    let path = layout.report();
     write_atomic(&path, render(&data, &generated).as_bytes())?;
     Ok(path)
 }
@@ -49,92 +49,6 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// `summary.json`, the parts the report shows.
-#[derive(Debug, Deserialize)]
-struct Summary {
-    model: String,
-    #[serde(default)]
-    autoif_version: Option<String>,
-    #[serde(default)]
-    config: Value,
-    #[serde(default)]
-    ifeval_before: Option<IfevalSummary>,
-    #[serde(default)]
-    ifeval_after: Option<IfevalSummary>,
-    #[serde(default)]
-    funnel: Vec<FunnelRow>,
-    #[serde(default)]
-    training: Training,
-    #[serde(default)]
-    phases: Vec<Phase>,
-    #[serde(default)]
-    exports: Option<Exports>,
-    #[serde(default)]
-    examples: Vec<Example>,
-}
-
-/// An IFEval summary as `crate::eval::ifeval::Summary` writes it.
-#[derive(Debug, Deserialize)]
-struct IfevalSummary {
-    prompts: usize,
-    prompt_level_strict_acc: f64,
-    prompt_level_loose_acc: f64,
-    inst_level_strict_acc: f64,
-    inst_level_loose_acc: f64,
-    #[serde(default)]
-    per_instruction_type: BTreeMap<String, TypeAccuracy>,
-}
-
-impl IfevalSummary {
-    /// The four numbers of the IFEval paper, in the order the table lists them.
-    fn headline(&self) -> [f64; 4] {
-        [
-            self.prompt_level_strict_acc,
-            self.prompt_level_loose_acc,
-            self.inst_level_strict_acc,
-            self.inst_level_loose_acc,
-        ]
-    }
-}
-
-/// `crate::eval::ifeval::scoring::Accuracy`.
-#[derive(Debug, Deserialize)]
-struct TypeAccuracy {
-    strict: f64,
-}
-
-/// The last metrics line of each training phase.
-#[derive(Debug, Default, Deserialize)]
-struct Training {
-    sft: Option<Value>,
-    dpo: Option<Value>,
-    online_dpo: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Phase {
-    name: String,
-    state: String,
-    seconds: Option<f64>,
-}
-
-/// Export paths; adapters and data sets by phase name, in the summary's order.
-#[derive(Debug, Default, Deserialize)]
-struct Exports {
-    merged: Option<String>,
-    #[serde(default)]
-    adapters: serde_json::Map<String, Value>,
-    #[serde(default)]
-    datasets: serde_json::Map<String, Value>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Example {
-    instruction: String,
-    #[serde(default)]
-    funcs: Vec<String>,
-}
-
 /// Everything the page shows; `None` for a file the run has not written.
 struct RunData {
     summary: Summary,
@@ -144,45 +58,23 @@ struct RunData {
 }
 
 impl RunData {
-    fn read(run: &Path) -> Result<Self> {
-        let path = run.join("summary.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: cannot read the run summary", path.display()))?;
-        let summary = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a run summary", path.display()))?;
+    fn read(layout: &RunLayout) -> Result<Self> {
+        let metrics = |phase| read_jsonl_if_exists(&layout.training_metrics(phase));
         Ok(Self {
-            summary,
-            sft: read_jsonl(&run.join("sft/metrics.jsonl"))?,
-            dpo: read_jsonl(&run.join("dpo/metrics.jsonl"))?,
-            online_dpo: read_jsonl(&run.join("online_dpo/iterations.jsonl"))?,
+            summary: Summary::read(layout)?,
+            sft: metrics(Phase::Sft)?,
+            dpo: metrics(Phase::Dpo)?,
+            online_dpo: metrics(Phase::OnlineDpo)?,
         })
     }
 
-    fn phase_state(&self, name: &str) -> Option<&str> {
+    fn phase_state(&self, phase: Phase) -> Option<&'static str> {
         self.summary
             .phases
             .iter()
-            .find(|p| p.name == name)
+            .find(|p| p.name == phase.name())
             .map(|p| p.state.as_str())
     }
-}
-
-/// The objects of a JSON-lines file, or `None` when it does not exist.
-fn read_jsonl(path: &Path) -> Result<Option<Vec<Value>>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err).with_context(|| format!("{}: cannot read", path.display())),
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))
-        })
-        .collect::<Result<_>>()
-        .map(Some)
 }
 
 /// (x, y) points of `key` against `x_key` (the line number when absent); lines without a
@@ -312,7 +204,7 @@ fn header(data: &RunData, generated: &str) -> String {
         .ifeval_before
         .as_ref()
         .or(s.ifeval_after.as_ref())
-        .map(|e| e.prompts);
+        .map(|e| e.scores.prompts);
     let ifeval = match prompts {
         Some(n) if n >= IFEVAL_PROMPTS => {
             format!("IFEval on {n} prompts (all of the {IFEVAL_PROMPTS}), greedy")
@@ -353,7 +245,7 @@ fn ifeval_table(data: &RunData) -> String {
          <th class=\"num\">after</th><th class=\"num\">change</th></tr>",
     );
     for (i, name) in names.into_iter().enumerate() {
-        let cell = |e: &Option<IfevalSummary>| {
+        let cell = |e: &Option<IfevalResult>| {
             e.as_ref()
                 .map_or("<span class=\"not-run\">not run</span>".to_string(), |e| {
                     percent(e.headline()[i])
@@ -394,7 +286,7 @@ fn phase_table(data: &RunData) -> String {
         String::from("<table><tr><th>phase</th><th>state</th><th class=\"num\">seconds</th></tr>");
     for phase in phases {
         let seconds = phase.seconds.map_or("—".to_string(), |s| format!("{s:.1}"));
-        let state = escape(&phase.state);
+        let state = phase.state.as_str();
         let _ = write!(
             body,
             "<tr><td>{}</td><td class=\"state-{state}\">{state}</td><td class=\"num\">{seconds}</td></tr>",
@@ -493,7 +385,7 @@ fn final_metrics(line: &Option<Value>) -> String {
 
 fn sft(data: &RunData) -> String {
     let Some(lines) = &data.sft else {
-        return section("sft", "SFT loss", &not_run(data.phase_state("sft")));
+        return section("sft", "SFT loss", &not_run(data.phase_state(Phase::Sft)));
     };
     let chart = svg::line_chart(
         &single_series("loss", points(lines, "step", "loss")),
@@ -505,7 +397,7 @@ fn sft(data: &RunData) -> String {
 
 fn dpo(data: &RunData) -> String {
     let Some(lines) = &data.dpo else {
-        return section("dpo", "DPO", &not_run(data.phase_state("dpo")));
+        return section("dpo", "DPO", &not_run(data.phase_state(Phase::Dpo)));
     };
     let loss = svg::line_chart(
         &single_series("loss", points(lines, "step", "loss")),
@@ -547,7 +439,7 @@ fn online_dpo(data: &RunData) -> String {
         return section(
             "online-dpo",
             "Online DPO",
-            &not_run(data.phase_state("online_dpo")),
+            &not_run(data.phase_state(Phase::OnlineDpo)),
         );
     };
     let chart = svg::line_chart(
@@ -605,7 +497,7 @@ fn online_dpo(data: &RunData) -> String {
 /// Strict instruction-level accuracy per instruction type, before beside after.
 fn per_instruction_type(data: &RunData) -> String {
     let title = "IFEval per instruction type";
-    let evals: Vec<(&str, &'static str, &IfevalSummary)> = [
+    let evals: Vec<(&str, &'static str, &IfevalResult)> = [
         ("before", MUTED, &data.summary.ifeval_before),
         ("after", PALETTE[0], &data.summary.ifeval_after),
     ]
@@ -617,7 +509,7 @@ fn per_instruction_type(data: &RunData) -> String {
     }
     let types: BTreeSet<&String> = evals
         .iter()
-        .flat_map(|(_, _, e)| e.per_instruction_type.keys())
+        .flat_map(|(_, _, e)| e.scores.per_instruction_type.keys())
         .collect();
     let groups: Vec<BarGroup> = types
         .into_iter()
@@ -625,7 +517,7 @@ fn per_instruction_type(data: &RunData) -> String {
             label: name.clone(),
             values: evals
                 .iter()
-                .map(|(_, _, e)| e.per_instruction_type.get(name).map(|a| a.strict))
+                .map(|(_, _, e)| e.scores.per_instruction_type.get(name).map(|a| a.strict))
                 .collect(),
         })
         .collect();
@@ -672,7 +564,11 @@ fn examples(data: &RunData) -> String {
 
 fn exports(data: &RunData) -> String {
     let Some(exports) = &data.summary.exports else {
-        return section("exports", "Exports", &not_run(data.phase_state("export")));
+        return section(
+            "exports",
+            "Exports",
+            &not_run(data.phase_state(Phase::Export)),
+        );
     };
     let mut rows: Vec<(String, Option<&str>)> =
         vec![("merged model".into(), exports.merged.as_deref())];
@@ -849,10 +745,7 @@ mod tests {
         )
         .unwrap();
         let err = format!("{:#}", write_report(dir.path()).unwrap_err());
-        assert!(
-            err.contains("sft/metrics.jsonl:2: not a JSON object"),
-            "{err}"
-        );
-        assert!(!dir.path().join(REPORT_FILE).exists());
+        assert!(err.contains("sft/metrics.jsonl:2: not valid JSON"), "{err}");
+        assert!(!RunLayout::new(dir.path()).report().exists());
     }
 }

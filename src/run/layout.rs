@@ -1,0 +1,94 @@
+//! Where everything of a run lives: one type names every path of the run folder, so the
+//! loop, `summary.json` and the report agree on them.
+//!
+//! ```text
+//! RUN/manifest.json          phases and stages: state, timings, funnel rows
+//! RUN/summary.json           what the run did (`Summary`), rewritten after every phase
+//! RUN/report.html            the same, as a page
+//! RUN/ifeval_before/, ifeval_after/   IFEval responses, verdicts and scores
+//! RUN/<stage>/               each synthesis stage's files (docs/pipeline.md)
+//! RUN/sft/, dpo/             the adapters with metrics.jsonl and checkpoints
+//! RUN/online_dpo/            iterations.jsonl and one adapter per iteration (iter-N/)
+//! RUN/export/merged/         the merged model
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use super::Phase;
+
+#[derive(Debug, Clone)]
+pub struct RunLayout {
+    root: PathBuf,
+}
+
+impl RunLayout {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn summary(&self) -> PathBuf {
+        self.root.join("summary.json")
+    }
+
+    pub fn report(&self) -> PathBuf {
+        self.root.join("report.html")
+    }
+
+    /// The folder a phase writes into (a synthesis stage's folder for its stage).
+    pub fn phase_dir(&self, phase: Phase) -> PathBuf {
+        self.root.join(phase.name())
+    }
+
+    /// An IFEval phase's scores, as `eval::ifeval` writes them.
+    pub fn ifeval_summary(&self, phase: Phase) -> PathBuf {
+        self.phase_dir(phase).join("summary.json")
+    }
+
+    /// A training phase's metrics, one line per optimizer step (online DPO: per
+    /// iteration).
+    pub fn training_metrics(&self, phase: Phase) -> PathBuf {
+        match phase {
+            Phase::OnlineDpo => self.online_dpo_iterations(),
+            _ => self.phase_dir(phase).join("metrics.jsonl"),
+        }
+    }
+
+    pub fn online_dpo_iterations(&self) -> PathBuf {
+        self.phase_dir(Phase::OnlineDpo).join("iterations.jsonl")
+    }
+
+    pub fn online_dpo_adapter(&self, iteration: usize) -> PathBuf {
+        self.phase_dir(Phase::OnlineDpo)
+            .join(format!("iter-{iteration}"))
+    }
+
+    /// The SFT data set the `datasets` stage writes (TRL conversational records).
+    pub fn sft_dataset(&self) -> PathBuf {
+        self.root.join("datasets/trl/sft.jsonl")
+    }
+
+    /// The offline DPO data set the `datasets` stage writes (TRL preference records).
+    pub fn dpo_dataset(&self) -> PathBuf {
+        self.root.join("datasets/trl/dpo.jsonl")
+    }
+
+    pub fn llamafactory_datasets(&self) -> PathBuf {
+        self.root.join("datasets/llamafactory")
+    }
+
+    /// The (query, instruction, functions) pairs of the `queries` stage: online DPO's
+    /// prompts and the summary's examples.
+    pub fn verified_prompts(&self) -> PathBuf {
+        self.root.join("queries/pairs.jsonl")
+    }
+
+    pub fn merged_model(&self) -> PathBuf {
+        self.phase_dir(Phase::Export).join("merged")
+    }
+}
