@@ -8,7 +8,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
-use super::pyjson;
 use super::scoring::{Evaluation, PromptResult, Summary};
 use super::Prompt;
 use crate::generate::{
@@ -17,6 +16,7 @@ use crate::generate::{
 use crate::io::write_atomic;
 use crate::model::quant::Precision;
 use crate::model::Model;
+use crate::pyjson;
 
 /// One greedy response per prompt: the model's chat template, one user turn each,
 /// adapters on when attached, on the loaded weights themselves (`Precision::Exact`): the
