@@ -3,8 +3,8 @@
 //! on a GPU machine; on a CPU build it compares the twins with themselves, which still
 //! exercises the command.
 
-use crate::model::causal_attention::CausalAttention;
-use crate::model::chunked_logprob::chunked_target_logprobs;
+use crate::model::ops::causal_attention::CausalAttention;
+use crate::model::ops::chunked_logprob::chunked_target_logprobs;
 use crate::model::LoadOptions;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var, D};

@@ -11,7 +11,8 @@ use super::stop::earliest_stop;
 use super::{Backend, Completion, FinishReason, Prompt, Request};
 use crate::model::decoder::Segment;
 use crate::model::kv_cache::KvCache;
-use crate::model::quant::Precision;
+use crate::model::lora::Adapters;
+use crate::model::ops::quant::Precision;
 use crate::model::Model;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -27,8 +28,8 @@ pub struct EngineOptions {
     /// Prompt tokens admitted into one step, bounding a step's activation memory. A
     /// longer prompt is still admitted, alone.
     pub max_prefill_tokens: usize,
-    /// Run the LoRA adapters (when attached).
-    pub adapters: bool,
+    /// Whether to run the LoRA adapters (when attached).
+    pub adapters: Adapters,
     /// The projections' arithmetic: `Int8` (the default) runs CPU f32 weights through
     /// int8 copies, several times faster and within sampling noise of `Exact`, which
     /// keeps the loaded weights.
@@ -42,7 +43,7 @@ impl Default for EngineOptions {
         Self {
             max_batch: 32,
             max_prefill_tokens: 4096,
-            adapters: true,
+            adapters: Adapters::On,
             precision: Precision::default(),
             progress: true,
         }
@@ -233,7 +234,7 @@ impl<'m> LocalEngine<'m> {
             )?;
             let rows = Tensor::from_vec(last_rows.clone(), last_rows.len(), dev)?;
             let logits = decoder
-                .logits_with(&hidden.index_select(&rows, 0)?, self.options.precision)?
+                .logits(&hidden.index_select(&rows, 0)?, self.options.precision)?
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?;
             for &(slot, leader) in &followers {

@@ -14,7 +14,7 @@ use crate::generate::{
     Backend, EngineOptions, LocalEngine, Prompt as GenPrompt, Request, SamplingParams,
 };
 use crate::io::write_atomic;
-use crate::model::quant::Precision;
+use crate::model::ops::quant::Precision;
 use crate::model::Model;
 use crate::pyjson;
 
