@@ -1,6 +1,6 @@
 // Fused causal attention with rotary positions, forward and backward, for the GPU
-// training path. src/model/causal_attention.rs defines the op (and is its CPU twin);
-// src/model/causal_attention_cuda.rs launches these kernels in this order:
+// training path. src/model/ops/causal_attention.rs defines the op (and is its CPU twin);
+// src/model/ops/causal_attention_cuda.rs launches these kernels in this order:
 //
 //   forward:  attention_load (q, k rotated; v) -> attention_forward
 //   backward: attention_load (q, k, v) -> attention_backward_rows (dq, row statistics)

@@ -1,5 +1,5 @@
 // Row statistics and gradients for the chunked target log-probability
-// (src/model/chunked_logprob.rs describes the op; src/model/chunked_logprob_cuda.rs
+// (src/model/ops/chunked_logprob.rs describes the op; src/model/ops/chunked_logprob_cuda.rs
 // drives these kernels). The chunk logits themselves come from cuBLAS (GemmEx with f32
 // output), so every kernel here reads f32 logits of one vocabulary chunk, row-major
 // [rows, chunk].

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds `autoif --features cuda` on a machine without a GPU or a system CUDA toolkit,
-# and checks that the binary links and starts.
+# Builds `autoif --features cuda` and the kernel harness `examples/kernel_check.rs` on a
+# machine without a GPU or a system CUDA toolkit, and checks that both link and start.
 #
 # The toolkit comes from PyPI into a venv outside the repository (nvcc, headers, cudart,
 # cuBLAS, cuRAND, NVRTC), every wheel pinned: an unpinned nvidia-nvvm pulls a newer
@@ -13,10 +13,13 @@
 #   scripts/build-cuda.sh                 # venv in $XDG_CACHE_HOME/autoif-cuda-venv
 #   AUTOIF_CUDA_VENV=/work/cuda-venv CUDA_COMPUTE_CAP=80 scripts/build-cuda.sh
 #
-# Output: target-cuda/release/autoif; target-cuda/cuda-env.sh, which sets LD_LIBRARY_PATH
-# for running it on this machine (`--help` only: there is no GPU here); and
-# target-cuda/autoif-cuda.xz, the stripped binary compressed to fit what travels to a GPU
-# machine (the binary is ~85 MB, mostly candle's PTX; the device tool carries 64 MiB).
+# Output: target-cuda/release/autoif and target-cuda/release/examples/kernel_check;
+# target-cuda/cuda-env.sh, which sets LD_LIBRARY_PATH for running them on this machine
+# (`--help` only: there is no GPU here); and target-cuda/autoif-cuda.tar.xz, both stripped
+# binaries in one archive compressed to fit what travels to a GPU machine, which
+# scripts/gpu-check.sh unpacks (each binary is ~85 MB, mostly candle's PTX; the device
+# tool carries 64 MiB). The PTX is the same in both, so the archive is compressed with a
+# dictionary larger than one binary: the second copy costs almost nothing.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -67,23 +70,32 @@ export CUDA_HOME="$cuda_home"
 export PATH="$cuda_home/bin:$PATH"
 echo "== nvcc: $(nvcc --version | tail -2 | head -1); CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
 start=$(date +%s)
-cargo build --release --features cuda --target-dir target-cuda
+cargo build --release --features cuda --target-dir target-cuda --bin autoif --example kernel_check
 echo "== build took $(( $(date +%s) - start )) s"
 
 bin=target-cuda/release/autoif
+kernel_check=target-cuda/release/examples/kernel_check
 cat >target-cuda/cuda-env.sh <<EOF
-# Libraries for running $bin on the machine that built it (the stub driver has no GPU).
+# Libraries for running $bin and $kernel_check on the machine that built them (the stub
+# driver has no GPU).
 export LD_LIBRARY_PATH="$cuda_home/lib:$cuda_home/lib/stubs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 EOF
 # shellcheck source=/dev/null
 . target-cuda/cuda-env.sh
-echo "== shared libraries"
-ldd "$bin" | grep -E 'cuda|cublas|curand|nvrtc|not found' || true
-if ldd "$bin" | grep -q 'not found'; then
-  echo "error: $bin has unresolved libraries" >&2
-  exit 1
-fi
-"$bin" --help >/dev/null
-strip -o target-cuda/autoif-cuda "$bin"
-xz -T0 -6 -f target-cuda/autoif-cuda
-echo "== ok: $bin links and runs --help; target-cuda/autoif-cuda.xz is $(du -h target-cuda/autoif-cuda.xz | cut -f1)"
+for exe in "$bin" "$kernel_check"; do
+  echo "== shared libraries of $exe"
+  ldd "$exe" | grep -E 'cuda|cublas|curand|nvrtc|not found' || true
+  if ldd "$exe" | grep -q 'not found'; then
+    echo "error: $exe has unresolved libraries" >&2
+    exit 1
+  fi
+  "$exe" --help >/dev/null
+done
+package=target-cuda/package
+rm -rf "$package"
+mkdir -p "$package"
+strip -o "$package/autoif" "$bin"
+strip -o "$package/kernel_check" "$kernel_check"
+tar -C "$package" -cf - autoif kernel_check | xz -T1 --lzma2=preset=6,dict=128MiB >target-cuda/autoif-cuda.tar.xz
+rm -rf "$package"
+echo "== ok: both link and run --help; target-cuda/autoif-cuda.tar.xz is $(du -h target-cuda/autoif-cuda.tar.xz | cut -f1)"

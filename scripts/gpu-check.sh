@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check of issue 9, for a machine with an NVIDIA GPU, no Rust and no network (the
 # device machines this project is lent: driver 580 / CUDA 13.0, PyTorch with its cu13
-# libraries, transformers). It runs the binary that scripts/build-cuda.sh made here and
-# that travels with the working tree:
+# libraries, transformers). It runs the binaries that scripts/build-cuda.sh made here
+# (`autoif` and the kernel harness `examples/kernel_check.rs`), which travel with the
+# working tree as one compressed archive:
 #
-#   run(command="scripts/gpu-check.sh", carry=["target-cuda/autoif-cuda.xz"], timeout_s=540)
+#   run(command="scripts/gpu-check.sh", carry=["target-cuda/autoif-cuda.tar.xz"], timeout_s=540)
 #
-# (the compressed binary: the plain one is over the 64 MiB that travels).
+# (the plain binaries are over the 64 MiB that travels).
 #
 # Steps, a few minutes in all; each has a timeout, together 7.7 minutes at most:
-#  1. the kernels against their CPU twins on random inputs (`autoif kernel-check`: the
+#  1. the kernels against their CPU twins on random inputs (`kernel_check`: the
 #     chunked log-probs and the fused attention), with the peak memory of unfused vs
 #     chunked log-probs and of the fused attention at 4096 tokens;
 #  2. a model to run: SmolLM2-135M's GGUF (98 MB) is too large to travel (64 MiB), so
@@ -31,12 +32,18 @@ log="$out/gpu-check.log"
 
 say() { echo "$*" | tee -a "$log"; }
 
+# AUTOIF_BIN and KERNEL_CHECK_BIN point at binaries built elsewhere instead.
 bin="${AUTOIF_BIN:-$work/autoif}"
-if [ -z "${AUTOIF_BIN:-}" ] && [ -f target-cuda/autoif-cuda.xz ]; then
-  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-    target-cuda/autoif-cuda.xz "$bin" && chmod +x "$bin"
+kernel_check="${KERNEL_CHECK_BIN:-$work/kernel_check}"
+if [ -f target-cuda/autoif-cuda.tar.xz ]; then
+  python3 -c 'import sys, tarfile
+with tarfile.open(sys.argv[1]) as archive:
+    archive.extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))' \
+    target-cuda/autoif-cuda.tar.xz "$work"
 fi
-[ -x "$bin" ] || { say "error: no binary (build with scripts/build-cuda.sh, carry target-cuda/autoif-cuda.xz)"; exit 1; }
+for exe in "$bin" "$kernel_check"; do
+  [ -x "$exe" ] || { say "error: no binary $exe (build with scripts/build-cuda.sh, carry target-cuda/autoif-cuda.tar.xz)"; exit 1; }
+done
 
 # The cu13 libraries the binary was linked against, from wherever this machine has them.
 libdirs="$(python3 - <<'EOF'
@@ -50,7 +57,7 @@ print(":".join(sorted(dirs)))
 EOF
 )"
 export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-if ldd "$bin" | grep 'not found' | tee -a "$log"; then
+if ldd "$bin" "$kernel_check" | grep 'not found' | tee -a "$log"; then
   say "error: unresolved libraries (searched: $libdirs)"
   exit 1
 fi
@@ -75,7 +82,7 @@ run_step() {
 }
 
 # 1. Kernels against their CPU twins.
-run_step kernels 150 "$bin" kernel-check --device cuda --rows 512 --hidden 1536 --vocab 151936
+run_step kernels 150 "$kernel_check" --device cuda --rows 512 --hidden 1536 --vocab 151936
 kernels_rc=$step_rc
 kernels_line="$(grep -cE '^(f32|bf16) .* ok$' "$out/kernels.txt") ok, $(grep -cE '^(f32|bf16) .* FAIL$' "$out/kernels.txt") FAIL (tables in kernels.txt)"
 memory_line="$(grep '^peak memory' "$out/kernels.txt")"

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod io;
 pub mod model;
 pub mod pipeline;
+pub mod pyjson;
 pub mod run;
 pub mod train;
 pub mod verify;

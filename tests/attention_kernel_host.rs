@@ -1,13 +1,13 @@
 //! The CUDA attention kernels (kernels/causal_attention.cu), compiled for the host and run
 //! thread by thread (tests/kernel_host/causal_attention.cpp replays the launches of
-//! src/model/causal_attention_cuda.rs), against their CPU twin, the `CausalAttention` op:
+//! src/model/ops/causal_attention_cuda.rs), against their CPU twin, the `CausalAttention` op:
 //! output and the q, k, v gradients, on random inputs with grouped KV heads, sequences of
 //! different lengths and rows outside every sequence. Bounds: relative error (of the
 //! whole tensor, in the 2-norm) 1e-5 in f32, 1e-3 in bf16 and f16 against the twin's
 //! result rounded to the dtype. CI has no GPU; this is how it checks the kernels' indexing and
 //! arithmetic. Needs a C++17 compiler (`c++`, or `CXX`).
 
-use autoif::model::causal_attention::CausalAttention;
+use autoif::model::ops::causal_attention::CausalAttention;
 use candle_core::{Device, Tensor, Var};
 use std::path::{Path, PathBuf};
 use std::process::Command;

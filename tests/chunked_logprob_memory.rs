@@ -5,8 +5,8 @@
 //! `VmHWM`). The hidden size is small (128): logits memory does not depend on it, and it
 //! keeps the products quick.
 
-use autoif::model::chunked_logprob::chunked_target_logprobs;
-use autoif::model::train_ops::target_logprob_and_lse;
+use autoif::model::ops::chunked_logprob::chunked_target_logprobs;
+use autoif::model::ops::train_ops::target_logprob_and_lse;
 use candle_core::{Device, Tensor, Var};
 use std::process::Command;
 

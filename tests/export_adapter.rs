@@ -6,6 +6,7 @@ mod common;
 mod export_support;
 
 use autoif::export::{load_adapter, save_adapter};
+use autoif::model::lora::Adapters;
 use autoif::model::Model;
 use candle_core::{DType, Device, Tensor};
 use export_support::*;
@@ -32,9 +33,9 @@ fn round_trip_gives_identical_logits() {
     for name in ["tiny-llama", "tiny-qwen2"] {
         let model = adapted(name, 7);
         let ids = sample_ids(model.config.vocab_size);
-        let expected = logits(&model, &ids, true);
+        let expected = logits(&model, &ids, Adapters::On);
         assert!(
-            max_abs_diff(&expected, &logits(&model, &ids, false)) > 1e-2,
+            max_abs_diff(&expected, &logits(&model, &ids, Adapters::Off)) > 1e-2,
             "{name}: the random adapter should change the logits"
         );
         let dir = tempfile::tempdir().unwrap();
@@ -51,7 +52,7 @@ fn round_trip_gives_identical_logits() {
         let config = load_adapter(&mut fresh.decoder, dir.path()).unwrap();
         assert_eq!(config, test_config());
         assert_eq!(adapter_count(&fresh), 4 * model.config.num_hidden_layers);
-        let diff = max_abs_diff(&expected, &logits(&fresh, &ids, true));
+        let diff = max_abs_diff(&expected, &logits(&fresh, &ids, Adapters::On));
         assert_eq!(
             diff, 0.0,
             "{name}: logits after the round trip differ by {diff}"

@@ -10,6 +10,7 @@ mod export_support;
 use autoif::export::merged::merged_tensors;
 use autoif::export::{save_adapter, save_merged};
 use autoif::model::chat_template::Message;
+use autoif::model::lora::Adapters;
 use autoif::model::Model;
 use candle_core::{DType, Device};
 use export_support::*;
@@ -85,8 +86,8 @@ fn tiny_models_reload_with_the_adapted_logits() {
         let mut model = load(&fixture(name));
         attach_random_adapters(&mut model, &test_config(), 11, 0.2);
         let ids = sample_ids(model.config.vocab_size);
-        let adapted = logits(&model, &ids, true);
-        let base_gap = max_abs_diff(&adapted, &logits(&model, &ids, false));
+        let adapted = logits(&model, &ids, Adapters::On);
+        let base_gap = max_abs_diff(&adapted, &logits(&model, &ids, Adapters::Off));
         assert!(
             base_gap > 1e-2,
             "{name}: adapter changes logits by only {base_gap}"
@@ -97,7 +98,7 @@ fn tiny_models_reload_with_the_adapted_logits() {
         save_merged(&model, &out, DType::F32).unwrap();
         let reloaded = load(&out);
         assert_eq!(reloaded.config, model.config);
-        let diff = max_abs_diff(&adapted, &logits(&reloaded, &ids, false));
+        let diff = max_abs_diff(&adapted, &logits(&reloaded, &ids, Adapters::Off));
         eprintln!("{name}: merged vs base+adapter max |Δ logit| = {diff:.2e} (adapter moves them {base_gap:.2})");
         assert!(diff < 1e-4, "{name}: merged logits differ by {diff}");
         assert_same_text_side(&model, &reloaded);
@@ -217,7 +218,7 @@ fn cli_exports_match_the_library_and_the_reference() {
         let mut model = load(&base);
         attach_random_adapters(&mut model, &test_config(), 21, 0.2);
         let ids = sample_ids(model.config.vocab_size);
-        let adapted = logits(&model, &ids, true);
+        let adapted = logits(&model, &ids, Adapters::On);
         let tmp = tempfile::tempdir().unwrap();
         let checkpoint = tmp.path().join("checkpoint");
         save_adapter(
@@ -258,7 +259,7 @@ fn cli_exports_match_the_library_and_the_reference() {
                 .arg(&merged),
         );
         assert!(said.contains("12 LoRA projections merged"), "{said}");
-        let diff = max_abs_diff(&adapted, &logits(&load(&merged), &ids, false));
+        let diff = max_abs_diff(&adapted, &logits(&load(&merged), &ids, Adapters::Off));
         assert!(diff < 1e-4, "{name}: CLI merged logits differ by {diff}");
 
         reference_check(name, &pairs_jsonl(&model), &merged, Some((&base, &adapter)));
@@ -371,8 +372,8 @@ fn gguf_base_exports_in_hugging_face_layout() {
     let config = test_config();
     attach_random_adapters(&mut model, &config, 31, 0.05);
     let ids = sample_ids(model.config.vocab_size);
-    let adapted = logits(&model, &ids, true);
-    let base_gap = max_abs_diff(&adapted, &logits(&model, &ids, false));
+    let adapted = logits(&model, &ids, Adapters::On);
+    let base_gap = max_abs_diff(&adapted, &logits(&model, &ids, Adapters::Off));
     assert!(base_gap > 1e-2, "adapter changes logits by only {base_gap}");
     let merged = tmp.path().join("merged");
     save_merged(&model, &merged, DType::F32).unwrap();
@@ -381,7 +382,7 @@ fn gguf_base_exports_in_hugging_face_layout() {
 
     let reloaded = load(&merged);
     assert_eq!(reloaded.config, model.config);
-    let diff = max_abs_diff(&adapted, &logits(&reloaded, &ids, false));
+    let diff = max_abs_diff(&adapted, &logits(&reloaded, &ids, Adapters::Off));
     eprintln!("SmolLM2 GGUF: merged HF folder vs base+adapter max |Δ logit| = {diff:.2e} (adapter moves them {base_gap:.2})");
     assert!(diff < 1e-3, "merged logits differ by {diff}");
     assert_same_text_side(&model, &reloaded);

@@ -4,7 +4,7 @@
 mod common;
 
 use autoif::model::logprobs::completion_logprobs;
-use autoif::model::lora::LoraAdapter;
+use autoif::model::lora::{Adapters, LoraAdapter};
 use autoif::model::{LoadOptions, Model};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -44,7 +44,7 @@ fn loss(model: &Model) -> Tensor {
         (vec![5u32, 17, 42, 9], vec![100u32, 7, 63]),
         (vec![3u32, 8], vec![250u32, 11, 12, 13]),
     ];
-    let logprobs = completion_logprobs(&model.decoder, &pairs, true).unwrap();
+    let logprobs = completion_logprobs(&model.decoder, &pairs, Adapters::On).unwrap();
     let total = Tensor::cat(&logprobs, 0).unwrap().sum_all().unwrap();
     total.neg().unwrap()
 }
@@ -72,7 +72,7 @@ fn every_adapter_in_every_layer_gets_a_gradient() {
     }
     // With adapters switched off, the loss does not depend on them at all.
     let pairs = vec![(vec![5u32, 17], vec![100u32])];
-    let off = completion_logprobs(&model.decoder, &pairs, false).unwrap();
+    let off = completion_logprobs(&model.decoder, &pairs, Adapters::Off).unwrap();
     let grads = off[0].sum_all().unwrap().backward().unwrap();
     assert!(adapters
         .iter()

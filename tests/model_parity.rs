@@ -6,7 +6,8 @@ mod common;
 
 use autoif::model::decoder::Segment;
 use autoif::model::kv_cache::KvCache;
-use autoif::model::quant::Precision;
+use autoif::model::lora::Adapters;
+use autoif::model::ops::quant::Precision;
 use autoif::model::{LoadOptions, Model};
 use candle_core::{Device, Tensor};
 use common::{fixture, ids, load_reference, max_abs_diff};
@@ -41,8 +42,13 @@ fn full_prefill(name: &str) {
 
     // Differentiable path.
     let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
-    let hidden = model.decoder.forward(&input, true).unwrap();
-    let logits = model.decoder.logits(&hidden).unwrap().squeeze(0).unwrap();
+    let hidden = model.decoder.forward(&input, Adapters::On).unwrap();
+    let logits = model
+        .decoder
+        .logits(&hidden, Precision::Exact)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
     let d = max_abs_diff(&logits, expected);
     assert!(
         d <= TOLERANCE,
@@ -65,11 +71,14 @@ fn full_prefill(name: &str) {
             &u32s(&positions),
             &seg,
             &mut cache,
-            true,
+            Adapters::On,
             Precision::Exact,
         )
         .unwrap();
-    let d = max_abs_diff(&model.decoder.logits(&hidden).unwrap(), expected);
+    let d = max_abs_diff(
+        &model.decoder.logits(&hidden, Precision::Exact).unwrap(),
+        expected,
+    );
     assert!(d <= TOLERANCE, "{name}: packed prefill max |Δlogit| = {d}");
     eprintln!("{name}: prefill within {d:e}");
 }
@@ -95,11 +104,11 @@ fn token_by_token_decode(name: &str) {
                 &u32s(&[pos as u32]),
                 &seg,
                 &mut cache,
-                true,
+                Adapters::On,
                 Precision::Exact,
             )
             .unwrap();
-        rows.push(model.decoder.logits(&hidden).unwrap());
+        rows.push(model.decoder.logits(&hidden, Precision::Exact).unwrap());
     }
     let logits = Tensor::cat(&rows, 0).unwrap();
     let d = max_abs_diff(&logits, expected);
@@ -140,11 +149,11 @@ fn batch_of_different_lengths(name: &str) {
             &u32s(&positions),
             &segments,
             &mut cache,
-            true,
+            Adapters::On,
             Precision::Exact,
         )
         .unwrap();
-    let logits = model.decoder.logits(&hidden).unwrap();
+    let logits = model.decoder.logits(&hidden, Precision::Exact).unwrap();
     for (i, seg) in segments.iter().enumerate() {
         let got = logits.narrow(0, seg.start, seg.len).unwrap();
         let want = expected[i].narrow(0, 0, seg.len).unwrap();
@@ -170,11 +179,11 @@ fn batch_of_different_lengths(name: &str) {
             &u32s(&last_pos),
             &segments,
             &mut cache,
-            true,
+            Adapters::On,
             Precision::Exact,
         )
         .unwrap();
-    let logits = model.decoder.logits(&hidden).unwrap();
+    let logits = model.decoder.logits(&hidden, Precision::Exact).unwrap();
     for (i, s) in seqs.iter().enumerate() {
         let got = logits.narrow(0, i, 1).unwrap();
         let want = expected[i].narrow(0, s.len() - 1, 1).unwrap();
@@ -194,7 +203,10 @@ fn batch_of_different_lengths(name: &str) {
     let input = Tensor::from_vec(padded, (4, width), &Device::Cpu).unwrap();
     let logits = model
         .decoder
-        .logits(&model.decoder.forward(&input, true).unwrap())
+        .logits(
+            &model.decoder.forward(&input, Adapters::On).unwrap(),
+            Precision::Exact,
+        )
         .unwrap();
     for (i, s) in seqs.iter().enumerate() {
         let got = logits.get(i).unwrap().narrow(0, 0, s.len()).unwrap();
@@ -263,7 +275,7 @@ fn tensor_cache_path_matches_transformers() {
             &u32s(&positions),
             &seg,
             &mut cache,
-            true,
+            Adapters::On,
             Precision::Exact,
         )
         .unwrap();
@@ -290,11 +302,11 @@ fn tensor_cache_path_matches_transformers() {
             &u32s(&positions),
             &segs,
             &mut cache,
-            true,
+            Adapters::On,
             Precision::Exact,
         )
         .unwrap();
-    let logits = model.decoder.logits(&hidden).unwrap();
+    let logits = model.decoder.logits(&hidden, Precision::Exact).unwrap();
     let d_decode = max_abs_diff(
         &logits.narrow(0, 0, 1).unwrap(),
         &reference["decode.logits"].narrow(0, n, 1).unwrap(),

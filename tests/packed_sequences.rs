@@ -69,7 +69,7 @@ fn run(model: &Model, seqs: &[Vec<u32>], packed: bool) -> (Vec<Tensor>, Vec<Tens
                 let input = Tensor::from_vec(s.clone(), (1, s.len()), &dev).unwrap();
                 model
                     .decoder
-                    .forward_with(&input, Adapters::On)
+                    .forward(&input, Adapters::On)
                     .unwrap()
                     .squeeze(0)
                     .unwrap()

@@ -9,7 +9,8 @@ use autoif::generate::{Backend, EngineOptions, LocalEngine, Prompt, Request, Sam
 use autoif::model::decoder::Segment;
 use autoif::model::kv_cache::KvCache;
 use autoif::model::logprobs::completion_logprobs;
-use autoif::model::quant::Precision;
+use autoif::model::lora::Adapters;
+use autoif::model::ops::quant::Precision;
 use autoif::model::{LoadOptions, Model};
 use candle_core::{Device, Tensor};
 use std::sync::OnceLock;
@@ -58,7 +59,8 @@ fn logprobs_match_transformers_on_dequantized_weights() {
             u32_list(&case["completion_ids"]),
             "{name}: completion ids"
         );
-        let got = completion_logprobs(&model.decoder, &[(prompt, completion)], false).unwrap();
+        let got =
+            completion_logprobs(&model.decoder, &[(prompt, completion)], Adapters::Off).unwrap();
         let got = got[0].to_vec1::<f32>().unwrap();
         let want: Vec<f32> = case["token_logprobs"]
             .as_array()
@@ -321,9 +323,16 @@ fn packed_logprobs(model: &Model, ids: &[u32], precision: Precision) -> Vec<Vec<
     }];
     let hidden = model
         .decoder
-        .forward_packed(&tokens, &positions, &segment, &mut cache, true, precision)
+        .forward_packed(
+            &tokens,
+            &positions,
+            &segment,
+            &mut cache,
+            Adapters::On,
+            precision,
+        )
         .unwrap();
-    let logits = model.decoder.logits_with(&hidden, precision).unwrap();
+    let logits = model.decoder.logits(&hidden, precision).unwrap();
     candle_nn::ops::log_softmax(&logits, 1)
         .unwrap()
         .to_vec2()

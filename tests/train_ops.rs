@@ -2,9 +2,9 @@
 //! `LoraLinear`) give the values and gradients
 //! of the plain candle op compositions they replace, in f32 on the CPU.
 
-use autoif::model::causal_attention::CausalAttention;
-use autoif::model::lora::{LoraAdapter, LoraLinear};
-use autoif::model::train_ops;
+use autoif::model::lora::{Adapters, LoraAdapter, LoraLinear};
+use autoif::model::ops::causal_attention::CausalAttention;
+use autoif::model::ops::train_ops;
 use candle_core::{DType, Device, Tensor, Var, D};
 
 const TOLERANCE: f32 = 1e-5;
@@ -262,11 +262,11 @@ fn adapted_projection_matches_the_separate_ops() {
     let weights = random(&[rows, out], 25);
     let run = |fused: bool| {
         let y = if fused {
-            layer.forward(x.as_tensor(), true).unwrap()
+            layer.forward(x.as_tensor(), Adapters::On).unwrap()
         } else {
             let half = |i: usize| {
                 let part = x.as_tensor().narrow(0, i * rows / 2, rows / 2).unwrap();
-                layer.forward(&part, true).unwrap()
+                layer.forward(&part, Adapters::On).unwrap()
             };
             Tensor::cat(&[half(0), half(1)], 0).unwrap()
         };

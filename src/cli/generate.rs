@@ -6,7 +6,7 @@ use crate::generate::{
     Backend, Completion, EngineOptions, LocalEngine, Prompt, Request, SamplingParams,
 };
 use crate::model::chat_template::Message;
-use crate::model::quant::Precision;
+use crate::model::ops::quant::Precision;
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use serde_json::json;

@@ -2,6 +2,7 @@
 
 use super::common::{read_jsonl, write_jsonl, ModelArgs};
 use crate::model::logprobs::completion_logprobs;
+use crate::model::lora::Adapters;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use indicatif::ProgressBar;
@@ -52,13 +53,14 @@ pub fn run(args: Args) -> Result<()> {
     let bar = ProgressBar::new(pairs.len() as u64);
     let mut out = Vec::with_capacity(pairs.len());
     for (chunk_index, chunk) in pairs.chunks(args.batch.max(1)).enumerate() {
-        let scored = completion_logprobs(&model.decoder, chunk, true).with_context(|| {
-            format!(
-                "{}: batch starting at line {}",
-                args.input.display(),
-                chunk_index * args.batch.max(1) + 1
-            )
-        })?;
+        let scored =
+            completion_logprobs(&model.decoder, chunk, Adapters::On).with_context(|| {
+                format!(
+                    "{}: batch starting at line {}",
+                    args.input.display(),
+                    chunk_index * args.batch.max(1) + 1
+                )
+            })?;
         for (k, logprobs) in scored.into_iter().enumerate() {
             let i = chunk_index * args.batch.max(1) + k;
             let values = logprobs.to_vec1::<f32>()?;

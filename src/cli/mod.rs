@@ -6,7 +6,6 @@ mod common;
 mod eval;
 mod export;
 mod generate;
-mod kernel_check;
 mod logprobs;
 mod plan;
 mod run;
@@ -50,9 +49,6 @@ enum Command {
     Train(train::Args),
     /// Estimate the GPU memory of a training configuration; refuse one that will not fit.
     Plan(plan::Args),
-    /// Compare each custom kernel with its CPU twin on random inputs (scripts/gpu-check.sh).
-    #[command(hide = true)]
-    KernelCheck(kernel_check::Args),
 }
 
 /// Runs the CLI and returns the process exit code. Errors print as one line.
@@ -77,7 +73,6 @@ pub fn main() -> i32 {
         Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(args),
         Command::Plan(args) => plan::run(args),
-        Command::KernelCheck(args) => kernel_check::run(args),
     };
     match result {
         Ok(()) => 0,

@@ -11,7 +11,8 @@ use super::stop::earliest_stop;
 use super::{Backend, Completion, FinishReason, Prompt, Request};
 use crate::model::decoder::Segment;
 use crate::model::kv_cache::KvCache;
-use crate::model::quant::Precision;
+use crate::model::lora::Adapters;
+use crate::model::ops::quant::Precision;
 use crate::model::Model;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -27,8 +28,8 @@ pub struct EngineOptions {
     /// Prompt tokens admitted into one step, bounding a step's activation memory. A
     /// longer prompt is still admitted, alone.
     pub max_prefill_tokens: usize,
-    /// Run the LoRA adapters (when attached).
-    pub adapters: bool,
+    /// Whether to run the LoRA adapters (when attached).
+    pub adapters: Adapters,
     /// The projections' arithmetic: `Int8` (the default) runs CPU f32 weights through
     /// int8 copies, several times faster and within sampling noise of `Exact`, which
     /// keeps the loaded weights.
@@ -42,7 +43,7 @@ impl Default for EngineOptions {
         Self {
             max_batch: 32,
             max_prefill_tokens: 4096,
-            adapters: true,
+            adapters: Adapters::On,
             precision: Precision::default(),
             progress: true,
         }
@@ -76,6 +77,56 @@ struct Job {
     pending: Vec<u32>,
     sampler: Sampler,
     max_new: usize,
+}
+
+/// The state of one `run`: queued jobs, the job in each KV-cache slot, finished jobs.
+struct Batch {
+    queue: VecDeque<Job>,
+    active: Vec<Option<Job>>,
+    cache: KvCache,
+    done: Vec<Completion>,
+    stats: EngineStats,
+}
+
+impl Batch {
+    /// Packs every active job's pending tokens, except the followers', which share their
+    /// leader's prefill.
+    fn pack(&self, followers: &[(usize, usize)]) -> Packed {
+        let mut packed = Packed {
+            tokens: Vec::new(),
+            positions: Vec::new(),
+            segments: Vec::new(),
+            last_rows: Vec::new(),
+        };
+        for (slot, job) in self.active.iter().enumerate() {
+            let Some(job) = job else { continue };
+            if followers.iter().any(|&(f, _)| f == slot) {
+                continue;
+            }
+            let past = self.cache.slot(slot).map(|s| s.len()).unwrap_or(0);
+            packed.segments.push(Segment {
+                slot,
+                start: packed.tokens.len(),
+                len: job.pending.len(),
+            });
+            packed
+                .positions
+                .extend((past..past + job.pending.len()).map(|p| p as u32));
+            packed.tokens.extend_from_slice(&job.pending);
+            packed.last_rows.push((packed.tokens.len() - 1) as u32);
+        }
+        packed
+    }
+}
+
+/// The pending tokens of a step's jobs, one segment per job, as one forward pass takes
+/// them.
+struct Packed {
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    segments: Vec<Segment>,
+    /// Each segment's last row: where its next token's logits come from.
+    last_rows: Vec<u32>,
 }
 
 impl<'m> LocalEngine<'m> {
@@ -113,7 +164,63 @@ impl<'m> LocalEngine<'m> {
     fn run(&mut self, requests: &[Request]) -> Result<Vec<Completion>> {
         let started = Instant::now();
         let decoder = &self.model.decoder;
-        let max_positions = decoder.max_positions();
+        let queue = self.queue_jobs(requests)?;
+        let total_jobs = queue.len();
+        let progress = self.progress_bar(total_jobs as u64);
+        let c = decoder.config();
+        let slots = self.options.max_batch.max(1).min(total_jobs.max(1));
+        let mut batch = Batch {
+            queue,
+            active: (0..slots).map(|_| None).collect(),
+            cache: KvCache::new(
+                slots,
+                c.num_hidden_layers,
+                c.num_key_value_heads,
+                c.head_dim,
+                decoder.dtype(),
+                decoder.device(),
+            ),
+            done: Vec::with_capacity(total_jobs),
+            stats: EngineStats::default(),
+        };
+        let mut first_step = true;
+        loop {
+            let followers = self.admit(&mut batch, &progress)?;
+            if batch.active.iter().all(Option::is_none) {
+                if batch.queue.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            let packed = batch.pack(&followers);
+            let logits = self.forward(&mut batch.cache, &packed)?;
+            for &(slot, leader) in &followers {
+                let prompt_len = batch.active[slot].as_ref().unwrap().prompt_len;
+                batch.cache.copy_prefix(leader, slot, prompt_len)?;
+            }
+            if first_step {
+                batch.stats.first_step_s = started.elapsed().as_secs_f64();
+                first_step = false;
+            }
+            let tokens = self.sample(requests, &mut batch, &packed.segments, logits, &followers);
+            self.retire(requests, &mut batch, &tokens, &progress)?;
+            let secs = started.elapsed().as_secs_f64();
+            progress.set_message(format!(
+                "{:.1} tok/s",
+                batch.stats.generated_tokens as f64 / secs
+            ));
+        }
+        progress.finish_and_clear();
+        batch.stats.total_s = started.elapsed().as_secs_f64();
+        self.stats = batch.stats;
+        let mut done = batch.done;
+        done.sort_by_key(|c| (c.request_index, c.sample_index));
+        Ok(done)
+    }
+
+    /// One job per (request, sample), in request order, each with its prompt tokenized.
+    fn queue_jobs(&self, requests: &[Request]) -> Result<VecDeque<Job>> {
+        let max_positions = self.model.decoder.max_positions();
         let mut queue = VecDeque::new();
         for (r, req) in requests.iter().enumerate() {
             let ids = self.prompt_ids(&req.prompt)?;
@@ -138,182 +245,158 @@ impl<'m> LocalEngine<'m> {
                 });
             }
         }
-        let total_jobs = queue.len();
-        let progress = self.progress_bar(total_jobs as u64);
-        let c = decoder.config();
-        let slots = self.options.max_batch.max(1).min(total_jobs.max(1));
-        let mut cache = KvCache::new(
-            slots,
-            c.num_hidden_layers,
-            c.num_key_value_heads,
-            c.head_dim,
-            decoder.dtype(),
-            decoder.device(),
-        );
-        let mut active: Vec<Option<Job>> = (0..slots).map(|_| None).collect();
-        let mut done: Vec<Completion> = Vec::with_capacity(total_jobs);
-        let mut stats = EngineStats::default();
-        let mut first_step = true;
-        loop {
-            // Admit queued jobs into free slots, within the prefill budget.
-            // Samples of one request admitted together share one prefill: the first is
-            // the leader, the others copy its cache and its first-token logits.
-            let mut budget = self.options.max_prefill_tokens;
-            let mut admitted_any = false;
-            let mut followers: Vec<(usize, usize)> = Vec::new(); // (slot, leader slot)
-            let mut leaders: Vec<(usize, usize)> = Vec::new(); // (request, slot)
-            for (slot, entry) in active.iter_mut().enumerate() {
-                if entry.is_some() {
-                    continue;
-                }
-                let Some(next) = queue.front() else { break };
-                let leader = leaders
-                    .iter()
-                    .find(|(r, _)| *r == next.request)
-                    .map(|&(_, s)| s);
-                if admitted_any && leader.is_none() && next.pending.len() > budget {
-                    break;
-                }
-                let job = queue.pop_front().unwrap();
-                stats.prompt_tokens += job.prompt_len;
-                if job.max_new == 0 {
-                    done.push(self.finish(&job, FinishReason::Length, None)?);
-                    progress.inc(1);
-                    continue;
-                }
-                match leader {
-                    Some(leader_slot) => followers.push((slot, leader_slot)),
-                    None => {
-                        budget = budget.saturating_sub(job.pending.len());
-                        leaders.push((job.request, slot));
-                    }
-                }
-                admitted_any = true;
-                cache.allocate(slot, job.prompt_len + job.max_new)?;
-                *entry = Some(job);
-            }
-            if active.iter().all(Option::is_none) {
-                if queue.is_empty() {
-                    break;
-                }
+        Ok(queue)
+    }
+
+    /// Moves queued jobs into free slots, within the prefill budget. Samples of one request
+    /// admitted together share one prefill: the first is the leader, the others copy its
+    /// cache and its first-token logits. Returns those followers as (slot, leader slot).
+    fn admit(&self, batch: &mut Batch, progress: &ProgressBar) -> Result<Vec<(usize, usize)>> {
+        let mut budget = self.options.max_prefill_tokens;
+        let mut admitted_any = false;
+        let mut followers: Vec<(usize, usize)> = Vec::new();
+        let mut leaders: Vec<(usize, usize)> = Vec::new(); // (request, slot)
+        for (slot, entry) in batch.active.iter_mut().enumerate() {
+            if entry.is_some() {
                 continue;
             }
-
-            // Pack every active job's pending tokens.
-            let mut tokens = Vec::new();
-            let mut positions = Vec::new();
-            let mut segments = Vec::new();
-            let mut last_rows = Vec::new();
-            for (slot, job) in active.iter().enumerate() {
-                let Some(job) = job else { continue };
-                if followers.iter().any(|&(f, _)| f == slot) {
-                    continue;
-                }
-                let past = cache.slot(slot).map(|s| s.len()).unwrap_or(0);
-                segments.push(Segment {
-                    slot,
-                    start: tokens.len(),
-                    len: job.pending.len(),
-                });
-                positions.extend((past..past + job.pending.len()).map(|p| p as u32));
-                tokens.extend_from_slice(&job.pending);
-                last_rows.push((tokens.len() - 1) as u32);
+            let Some(next) = batch.queue.front() else {
+                break;
+            };
+            let leader = leaders
+                .iter()
+                .find(|(r, _)| *r == next.request)
+                .map(|&(_, s)| s);
+            if admitted_any && leader.is_none() && next.pending.len() > budget {
+                break;
             }
-            let dev = decoder.device();
-            let n = tokens.len();
-            let tokens = Tensor::from_vec(tokens, n, dev)?;
-            let positions = Tensor::from_vec(positions, n, dev)?;
-            let hidden = decoder.forward_packed(
-                &tokens,
-                &positions,
-                &segments,
-                &mut cache,
-                self.options.adapters,
-                self.options.precision,
-            )?;
-            let rows = Tensor::from_vec(last_rows.clone(), last_rows.len(), dev)?;
-            let logits = decoder
-                .logits_with(&hidden.index_select(&rows, 0)?, self.options.precision)?
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?;
-            for &(slot, leader) in &followers {
-                let prompt_len = active[slot].as_ref().unwrap().prompt_len;
-                cache.copy_prefix(leader, slot, prompt_len)?;
+            let job = batch.queue.pop_front().unwrap();
+            batch.stats.prompt_tokens += job.prompt_len;
+            if job.max_new == 0 {
+                batch
+                    .done
+                    .push(self.finish(&job, FinishReason::Length, None)?);
+                progress.inc(1);
+                continue;
             }
-            if first_step {
-                stats.first_step_s = started.elapsed().as_secs_f64();
-                first_step = false;
-            }
-
-            // Sampling is per sequence with its own generator, so it parallelises without
-            // changing any draw.
-            let mut rows: Vec<Option<Vec<f32>>> = (0..slots).map(|_| None).collect();
-            for (seg, row) in segments.iter().zip(logits) {
-                rows[seg.slot] = Some(row);
-            }
-            for &(slot, leader) in &followers {
-                rows[slot] = rows[leader].clone();
-            }
-            let eos_ids = &self.model.eos_token_ids;
-            let tokens: Vec<Option<u32>> = active
-                .par_iter_mut()
-                .zip(rows.into_par_iter())
-                .map(|(job, row)| {
-                    let (job, mut row) = (job.as_mut()?, row?);
-                    if job.history.len() - job.prompt_len
-                        < requests[job.request].params.min_new_tokens
-                    {
-                        for &eos in eos_ids {
-                            row[eos as usize] = f32::NEG_INFINITY;
-                        }
-                    }
-                    Some(job.sampler.sample(&mut row, &job.history))
-                })
-                .collect();
-            for slot in 0..slots {
-                let Some(token) = tokens[slot] else { continue };
-                let job = active[slot].as_mut().unwrap();
-                let params = &requests[job.request].params;
-                let eos = self.model.eos_token_ids.contains(&token);
-                if !eos {
-                    job.history.push(token);
-                }
-                stats.generated_tokens += 1;
-                let generated = job.history.len() - job.prompt_len;
-                let stop_at = if !eos && !params.stop.is_empty() {
-                    let text = self
-                        .model
-                        .tokenizer
-                        .decode(&job.history[job.prompt_len..], true)?;
-                    earliest_stop(&text, &params.stop)
-                } else {
-                    None
-                };
-                let finish = if eos || stop_at.is_some() {
-                    Some(FinishReason::Stop)
-                } else if generated >= job.max_new {
-                    Some(FinishReason::Length)
-                } else {
-                    None
-                };
-                match finish {
-                    Some(reason) => {
-                        let job = active[slot].take().unwrap();
-                        cache.free(slot);
-                        done.push(self.finish(&job, reason, stop_at)?);
-                        progress.inc(1);
-                    }
-                    None => job.pending = vec![token],
+            match leader {
+                Some(leader_slot) => followers.push((slot, leader_slot)),
+                None => {
+                    budget = budget.saturating_sub(job.pending.len());
+                    leaders.push((job.request, slot));
                 }
             }
-            let secs = started.elapsed().as_secs_f64();
-            progress.set_message(format!("{:.1} tok/s", stats.generated_tokens as f64 / secs));
+            admitted_any = true;
+            batch.cache.allocate(slot, job.prompt_len + job.max_new)?;
+            *entry = Some(job);
         }
-        progress.finish_and_clear();
-        stats.total_s = started.elapsed().as_secs_f64();
-        self.stats = stats;
-        done.sort_by_key(|c| (c.request_index, c.sample_index));
-        Ok(done)
+        Ok(followers)
+    }
+
+    /// The packed forward pass over `packed`, then the f32 logits at each segment's last
+    /// row.
+    fn forward(&self, cache: &mut KvCache, packed: &Packed) -> Result<Vec<Vec<f32>>> {
+        let decoder = &self.model.decoder;
+        let dev = decoder.device();
+        let tokens = Tensor::new(packed.tokens.as_slice(), dev)?;
+        let positions = Tensor::new(packed.positions.as_slice(), dev)?;
+        let hidden = decoder.forward_packed(
+            &tokens,
+            &positions,
+            &packed.segments,
+            cache,
+            self.options.adapters,
+            self.options.precision,
+        )?;
+        let rows = Tensor::new(packed.last_rows.as_slice(), dev)?;
+        Ok(decoder
+            .logits(&hidden.index_select(&rows, 0)?, self.options.precision)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?)
+    }
+
+    /// One token per active job from its logits row (a follower's is its leader's). The
+    /// end-of-sequence tokens are masked until a job has its `min_new_tokens`. Sampling is
+    /// per sequence with its own generator, so it parallelises without changing any draw.
+    fn sample(
+        &self,
+        requests: &[Request],
+        batch: &mut Batch,
+        segments: &[Segment],
+        logits: Vec<Vec<f32>>,
+        followers: &[(usize, usize)],
+    ) -> Vec<Option<u32>> {
+        let mut rows: Vec<Option<Vec<f32>>> = (0..batch.active.len()).map(|_| None).collect();
+        for (seg, row) in segments.iter().zip(logits) {
+            rows[seg.slot] = Some(row);
+        }
+        for &(slot, leader) in followers {
+            rows[slot] = rows[leader].clone();
+        }
+        let eos_ids = &self.model.eos_token_ids;
+        batch
+            .active
+            .par_iter_mut()
+            .zip(rows.into_par_iter())
+            .map(|(job, row)| {
+                let (job, mut row) = (job.as_mut()?, row?);
+                if job.history.len() - job.prompt_len < requests[job.request].params.min_new_tokens
+                {
+                    for &eos in eos_ids {
+                        row[eos as usize] = f32::NEG_INFINITY;
+                    }
+                }
+                Some(job.sampler.sample(&mut row, &job.history))
+            })
+            .collect()
+    }
+
+    /// Appends each slot's new token to its job, and finishes the jobs that hit an
+    /// end-of-sequence token, a stop string or their length, freeing their slots.
+    fn retire(
+        &self,
+        requests: &[Request],
+        batch: &mut Batch,
+        tokens: &[Option<u32>],
+        progress: &ProgressBar,
+    ) -> Result<()> {
+        for (slot, token) in tokens.iter().enumerate() {
+            let Some(token) = *token else { continue };
+            let job = batch.active[slot].as_mut().unwrap();
+            let params = &requests[job.request].params;
+            let eos = self.model.eos_token_ids.contains(&token);
+            if !eos {
+                job.history.push(token);
+            }
+            batch.stats.generated_tokens += 1;
+            let generated = job.history.len() - job.prompt_len;
+            let stop_at = if !eos && !params.stop.is_empty() {
+                let text = self
+                    .model
+                    .tokenizer
+                    .decode(&job.history[job.prompt_len..], true)?;
+                earliest_stop(&text, &params.stop)
+            } else {
+                None
+            };
+            let finish = if eos || stop_at.is_some() {
+                Some(FinishReason::Stop)
+            } else if generated >= job.max_new {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            match finish {
+                Some(reason) => {
+                    let job = batch.active[slot].take().unwrap();
+                    batch.cache.free(slot);
+                    batch.done.push(self.finish(&job, reason, stop_at)?);
+                    progress.inc(1);
+                }
+                None => job.pending = vec![token],
+            }
+        }
+        Ok(())
     }
 
     fn finish(

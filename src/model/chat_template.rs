@@ -2,7 +2,7 @@
 //! same text as transformers' `apply_chat_template` (jinja2 with trim_blocks, lstrip_blocks,
 //! loop controls, Python string methods, its own `tojson`, `raise_exception`, `strftime_now`).
 
-mod py_json;
+mod tojson;
 
 use anyhow::{anyhow, bail, Context, Result};
 use minijinja::syntax::SyntaxConfig;
@@ -46,7 +46,7 @@ impl ChatTemplate {
             .build();
         env.set_syntax(syntax.expect("the default delimiters are valid"));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_filter("tojson", py_json::tojson);
+        env.add_filter("tojson", tojson::tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())

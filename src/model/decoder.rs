@@ -19,12 +19,13 @@
 //!   in f32/bf16/f16 and, with `--features cuda`, on the GPU; everything else is
 //!   compositions of candle ops.
 
-use super::causal_attention::CausalAttention;
 use super::config::{ModelConfig, RopeScaling};
 use super::kv_cache::KvCache;
-use super::lora::{project, Adapters, LoraLinear};
-use super::quant::{self, Int8Cache, Precision};
-use super::train_ops;
+use super::lora::{Adapters, LoraLinear};
+use super::ops::causal_attention::CausalAttention;
+use super::ops::projection::project;
+use super::ops::quant::{self, Int8Cache, Precision};
+use super::ops::train_ops;
 use super::weights::Weights;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -32,7 +33,7 @@ use candle_core::{DType, Device, Tensor, D};
 /// How the inference path runs each projection.
 #[derive(Debug, Clone, Copy)]
 struct Projections {
-    adapters: bool,
+    adapters: Adapters,
     precision: Precision,
 }
 
@@ -232,14 +233,10 @@ impl Decoder {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
-    /// Logits in f32 for hidden states `[..., hidden]`.
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.logits_with(hidden, Precision::Exact)
-    }
-
-    /// `logits` for the inference path: with `Precision::Int8` the LM head runs on an
-    /// int8 copy of its weight (CPU f32 only).
-    pub fn logits_with(&self, hidden: &Tensor, precision: Precision) -> Result<Tensor> {
+    /// Logits in f32 for hidden states `[..., hidden]`. Training and scoring pass
+    /// `Precision::Exact`; with `Precision::Int8` (the inference path) the LM head runs on
+    /// an int8 copy of its weight (CPU f32 only).
+    pub fn logits(&self, hidden: &Tensor, precision: Precision) -> Result<Tensor> {
         let dims = hidden.dims().to_vec();
         let h = *dims.last().unwrap();
         let flat = hidden.reshape((hidden.elem_count() / h, h))?;
@@ -262,13 +259,9 @@ impl Decoder {
     /// Differentiable forward over right-padded `input_ids` `[batch, seq]` (u32), all
     /// sequences starting at position 0. Returns the final hidden states `[batch, seq,
     /// hidden]`; positions after a sequence's end hold meaningless values (the causal mask
-    /// already keeps padding out of every real position).
-    pub fn forward(&self, input_ids: &Tensor, adapters: bool) -> Result<Tensor> {
-        self.forward_with(input_ids, adapters.into())
-    }
-
-    /// `forward` with the adapters in `mode` (training passes LoRA dropout here).
-    pub fn forward_with(&self, input_ids: &Tensor, mode: Adapters) -> Result<Tensor> {
+    /// already keeps padding out of every real position). `mode` switches the adapters
+    /// off or on (training passes LoRA dropout here).
+    pub fn forward(&self, input_ids: &Tensor, mode: Adapters) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let segments: Vec<(usize, usize)> = (0..b).map(|i| (i * t, t)).collect();
         let x = self.forward_segments(&input_ids.flatten_all()?, &segments, mode)?;
@@ -310,13 +303,13 @@ impl Decoder {
             )?;
             let a = &layer.self_attn;
             let attn = self.causal_attention(
-                &a.q_proj.forward_with(&h, site(0))?,
-                &a.k_proj.forward_with(&h, site(1))?,
-                &a.v_proj.forward_with(&h, site(2))?,
+                &a.q_proj.forward(&h, site(0))?,
+                &a.k_proj.forward(&h, site(1))?,
+                &a.v_proj.forward(&h, site(2))?,
                 segments,
                 (&cos, &sin),
             )?;
-            x = (x + a.o_proj.forward_with(&attn, site(3))?)?;
+            x = (x + a.o_proj.forward(&attn, site(3))?)?;
             let h = rms_norm(
                 &x,
                 &layer.post_attention_layernorm,
@@ -338,7 +331,7 @@ impl Decoder {
         positions: &Tensor,
         segments: &[Segment],
         cache: &mut KvCache,
-        adapters: bool,
+        adapters: Adapters,
         precision: Precision,
     ) -> Result<Tensor> {
         let c = &self.config;
@@ -585,14 +578,14 @@ fn mlp(m: &Mlp, x: &Tensor, proj: Projections) -> Result<Tensor> {
 /// `mlp` for the differentiable path: on the CPU in f32 the gate's SiLU and the product
 /// are one fused op with a backward pass. `modes` are the gate, up and down projections'.
 fn differentiable_mlp(m: &Mlp, x: &Tensor, modes: [Adapters; 3]) -> Result<Tensor> {
-    let gate = m.gate_proj.forward_with(x, modes[0])?;
-    let up = m.up_proj.forward_with(x, modes[1])?;
+    let gate = m.gate_proj.forward(x, modes[0])?;
+    let up = m.up_proj.forward(x, modes[1])?;
     let hidden = if train_ops::fused_applies(&gate) {
         train_ops::swiglu(&gate, &up)?
     } else {
         (candle_nn::ops::silu(&gate)? * up)?
     };
-    m.down_proj.forward_with(&hidden, modes[2])
+    m.down_proj.forward(&hidden, modes[2])
 }
 
 /// Additive mask `[t, past + t]`: query `i` sees keys `0..=past + i`.

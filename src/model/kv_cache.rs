@@ -9,7 +9,7 @@
 //! with tensor ops.
 
 use super::decoder::Segment;
-use super::dot::dot_portable;
+use super::ops::dot::dot_portable;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;

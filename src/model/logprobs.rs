@@ -2,7 +2,10 @@
 //! forward path (so DPO can use the same code with gradients).
 
 use super::decoder::Decoder;
-use super::train_ops;
+use super::lora::Adapters;
+use super::ops::chunked_logprob::chunked_target_logprobs;
+use super::ops::quant::Precision;
+use super::ops::train_ops;
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 
@@ -12,11 +15,10 @@ pub fn target_logprobs(decoder: &Decoder, hidden: &Tensor, targets: &Tensor) -> 
     // On a GPU the `[n, vocab]` logits (and their gradient) would dominate memory at long
     // sequences: the chunked op never materialises them.
     if hidden.device().is_cuda() {
-        return Ok(super::chunked_logprob::decoder_target_logprobs(
-            decoder, hidden, targets,
-        )?);
+        let head = decoder.lm_head.as_ref().unwrap_or(&decoder.embed_tokens);
+        return Ok(chunked_target_logprobs(hidden, head, targets)?);
     }
-    let logits = decoder.logits(hidden)?;
+    let logits = decoder.logits(hidden, Precision::Exact)?;
     if train_ops::fused_applies(&logits) {
         let both = train_ops::target_logprob_and_lse(&logits, targets)?;
         return Ok(both.narrow(1, 0, 1)?.squeeze(1)?);
@@ -33,7 +35,7 @@ pub fn target_logprobs(decoder: &Decoder, hidden: &Tensor, targets: &Tensor) -> 
 pub fn completion_logprobs(
     decoder: &Decoder,
     pairs: &[(Vec<u32>, Vec<u32>)],
-    adapters: bool,
+    adapters: Adapters,
 ) -> Result<Vec<Tensor>> {
     let width = pairs
         .iter()

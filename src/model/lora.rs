@@ -2,9 +2,9 @@
 //! (alpha / r) · x Aᵀ Bᵀ`) that each forward call can switch off. With the adapter off the
 //! layer is the base model, which is how DPO gets its reference model for free.
 
-use super::dot::dot;
-use super::op_storage::cpu_f32;
-use super::quant::{self, Int8Cache, Precision};
+use super::ops::adapted_projection::AdaptedProjection;
+use super::ops::projection::project;
+use super::ops::quant::{self, Int8Cache, Precision};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, Var};
 use rayon::prelude::*;
@@ -100,16 +100,6 @@ pub enum Adapters {
         p: f32,
         seed: u64,
     },
-}
-
-impl From<bool> for Adapters {
-    fn from(on: bool) -> Self {
-        if on {
-            Adapters::On
-        } else {
-            Adapters::Off
-        }
-    }
 }
 
 impl Adapters {
@@ -232,13 +222,9 @@ impl LoraLinear {
         Ok(())
     }
 
-    /// `x` is `[..., in]`. The adapter path runs only when `adapters` is true.
-    pub fn forward(&self, x: &Tensor, adapters: bool) -> Result<Tensor> {
-        self.forward_with(x, adapters.into())
-    }
-
-    /// `forward` with dropout on the adapter's input when `mode` asks for it.
-    pub fn forward_with(&self, x: &Tensor, mode: Adapters) -> Result<Tensor> {
+    /// `x` is `[..., in]`. The adapter path runs as `mode` says: off, on, or on with
+    /// dropout on the adapter's input.
+    pub fn forward(&self, x: &Tensor, mode: Adapters) -> Result<Tensor> {
         let adapters = mode.enabled();
         let dims = x.dims().to_vec();
         let inp = *dims
@@ -286,7 +272,7 @@ impl LoraLinear {
     pub fn forward_inference(
         layers: &[&LoraLinear],
         x: &Tensor,
-        adapters: bool,
+        adapters: Adapters,
         precision: Precision,
     ) -> Result<Vec<Tensor>> {
         if precision == Precision::Int8 && x.dtype() == DType::F32 && x.device().is_cpu() {
@@ -299,7 +285,7 @@ impl LoraLinear {
                 return quant::project(x, &weights)?
                     .into_iter()
                     .zip(layers)
-                    .map(|(y, l)| l.add_bias_and_adapter(x, y, adapters.into()))
+                    .map(|(y, l)| l.add_bias_and_adapter(x, y, adapters))
                     .collect();
             }
         }
@@ -328,282 +314,6 @@ impl LoraLinear {
     }
 }
 
-/// `x [rows, in] · Wᵀ` for `W [out, in]`. With few rows (decoding) candle's gemm runs
-/// 2–3× faster as `(W · xᵀ)ᵀ`, which keeps the large weight as the packed-friendly
-/// left operand; long sequences (prefill, training) use the direct form.
-pub fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if x.track_op() && x.device().is_cpu() {
-        let op = FrozenProjection {
-            weight: weight.clone(),
-        };
-        return Ok(x.contiguous()?.apply_op1(op)?);
-    }
-    project_untracked(x, weight)
-}
-
-/// Up to this many rows, `x · Wᵀ` runs as `(W · xᵀ)ᵀ` (see `project`).
-const FEW_ROWS: usize = 128;
-
-fn project_untracked(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if let Some(y) = project_streaming(x, weight)? {
-        return Ok(y);
-    }
-    if x.dim(0)? <= FEW_ROWS {
-        Ok(weight.matmul(&x.t()?)?.t()?.contiguous()?)
-    } else {
-        Ok(x.matmul(&weight.t()?)?)
-    }
-}
-
-/// Decoding one to a few sequences on the CPU: reads each weight row once and takes its
-/// dot product with every input row. gemm packs the whole weight first, which for a
-/// handful of rows costs several times the arithmetic (the 49k-row LM head most of all).
-/// `None` when the case does not apply.
-fn project_streaming(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
-    const MAX_ROWS: usize = 4;
-    let rows = x.dim(0)?;
-    if rows > MAX_ROWS
-        || !x.device().is_cpu()
-        || x.dtype() != DType::F32
-        || weight.dtype() != DType::F32
-        || !weight.is_contiguous()
-    {
-        return Ok(None);
-    }
-    let (out, inp) = weight.dims2()?;
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let (storage, layout) = weight.storage_and_layout();
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)) = &*storage else {
-        return Ok(None);
-    };
-    let w = &w[layout.start_offset()..layout.start_offset() + out * inp];
-    // y_t[o][r] = W[o] · x[r], in parallel over blocks of weight rows.
-    let mut y_t = vec![0f32; out * rows];
-    y_t.par_chunks_mut(64 * rows)
-        .enumerate()
-        .for_each(|(block, chunk)| {
-            for (i, y) in chunk.chunks_mut(rows).enumerate() {
-                let o = block * 64 + i;
-                let w_row = &w[o * inp..(o + 1) * inp];
-                for (r, y) in y.iter_mut().enumerate() {
-                    *y = dot(w_row, &xs[r * inp..(r + 1) * inp]);
-                }
-            }
-        });
-    drop(storage);
-    let y = Tensor::from_vec(y_t, (out, rows), x.device())?;
-    Ok(Some(if rows == 1 {
-        y.reshape((1, out))?
-    } else {
-        y.t()?.contiguous()?
-    }))
-}
-
-/// `x · Wᵀ` for a base weight that is never trained, with a backward pass that returns
-/// only the gradient of `x`. candle's matmul backward would also compute a weight gradient
-/// (a third of a training step's matmul work) and hold it until the pass ends (a second
-/// copy of every weight).
-struct FrozenProjection {
-    weight: Tensor,
-}
-
-impl candle_core::CustomOp1 for FrozenProjection {
-    fn name(&self) -> &'static str {
-        "frozen-projection"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::{CpuStorage, Device, Shape, Storage};
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("frozen projection needs a contiguous input".into())
-        })?;
-        let dims = layout.shape().dims2()?;
-        // f32 straight into the output buffer: the LM head's output is the [tokens, vocab]
-        // logits, which the general path below copies twice.
-        if let (CpuStorage::F32(v), true) = (storage, self.weight.is_contiguous()) {
-            let (w_storage, w_layout) = self.weight.storage_and_layout();
-            if let Storage::Cpu(w_cpu @ CpuStorage::F32(_)) = &*w_storage {
-                let w = cpu_f32(w_cpu, w_layout, "projection: the weight")?;
-                let ((rows, inp), (out, w_in)) = (dims, self.weight.dims2()?);
-                if inp != w_in {
-                    candle_core::bail!(
-                        "frozen projection: input {dims:?} for weight [{out}, {w_in}]"
-                    );
-                }
-                let mut y = vec![0f32; rows * out];
-                gemm_rhs_transposed(&mut y, &v[start..end], w, (rows, out, inp), false, 1.0);
-                return Ok((CpuStorage::F32(y), Shape::from((rows, out))));
-            }
-        }
-        let x = match storage {
-            CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
-            CpuStorage::BF16(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
-            CpuStorage::F16(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
-            CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
-            _ => candle_core::bail!("frozen projection: unsupported input dtype"),
-        };
-        let y = project_untracked(&x, &self.weight)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-            .contiguous()?;
-        let shape = y.shape().clone();
-        let (y_storage, y_layout) = y.storage_and_layout();
-        let (s, e) = y_layout
-            .contiguous_offsets()
-            .expect("contiguous() gives contiguous offsets");
-        let out = match &*y_storage {
-            Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(v[s..e].to_vec()),
-            Storage::Cpu(CpuStorage::BF16(v)) => CpuStorage::BF16(v[s..e].to_vec()),
-            Storage::Cpu(CpuStorage::F16(v)) => CpuStorage::F16(v[s..e].to_vec()),
-            Storage::Cpu(CpuStorage::F64(v)) => CpuStorage::F64(v[s..e].to_vec()),
-            _ => candle_core::bail!("frozen projection: unexpected output storage"),
-        };
-        Ok((out, shape))
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.weight.to_dtype(grad.dtype())?)?))
-    }
-}
-
-/// `x · Wᵀ + scale · (x · Aᵀ) · Bᵀ` for `x` `[rows, in]` with a frozen base weight `W`
-/// and an adapter (`A` `[r, in]`, `B` `[out, r]`) in one op, for training on the CPU in
-/// f32. Built from separate candle ops the layer is six graph nodes, and the backward pass
-/// allocates, zeroes and adds a gradient buffer for each; here the adapter's product is
-/// accumulated straight into the base output and the backward pass gives the three
-/// gradients at once (none for `W`, as `FrozenProjection`).
-struct AdaptedProjection {
-    weight: Tensor,
-    scale: f64,
-}
-
-impl AdaptedProjection {
-    /// Long inputs (training, prefill) on the CPU in f32; decoding's few rows keep the
-    /// kernels `project` picks for them.
-    fn applies(x: &Tensor, weight: &Tensor) -> bool {
-        x.dim(0).is_ok_and(|rows| rows > FEW_ROWS)
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && weight.dtype() == DType::F32
-            && weight.is_contiguous()
-    }
-}
-
-/// `dst [m, n] = alpha · dst + beta · lhs [m, k] · rhs [k, n]` over row-major slices,
-/// with `rhs` given transposed (`[n, k]` row-major), as weights are stored.
-#[allow(clippy::too_many_arguments)]
-fn gemm_rhs_transposed(
-    dst: &mut [f32],
-    lhs: &[f32],
-    rhs_t: &[f32],
-    (m, n, k): (usize, usize, usize),
-    accumulate: bool,
-    beta: f32,
-) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs_t.len() >= n * k);
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // Safety: the three buffers hold the m×n, m×k and n×k matrices the strides describe
-    // (checked above), and `dst` does not alias the inputs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs_t.as_ptr(),
-            k as isize,
-            1,
-            if accumulate { 1.0 } else { 0.0 },
-            beta,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
-
-impl candle_core::CustomOp3 for AdaptedProjection {
-    fn name(&self) -> &'static str {
-        "adapted-projection"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x_storage: &candle_core::CpuStorage,
-        x_layout: &candle_core::Layout,
-        a_storage: &candle_core::CpuStorage,
-        a_layout: &candle_core::Layout,
-        b_storage: &candle_core::CpuStorage,
-        b_layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (rows, inp) = x_layout.shape().dims2()?;
-        let (r, a_in) = a_layout.shape().dims2()?;
-        let (out, b_r) = b_layout.shape().dims2()?;
-        let (w_out, w_in) = self.weight.dims2()?;
-        if a_in != inp || b_r != r || w_out != out || w_in != inp {
-            candle_core::bail!(
-                "adapted projection: x {:?}, A {:?}, B {:?}, W {:?} do not fit",
-                x_layout.shape(),
-                a_layout.shape(),
-                b_layout.shape(),
-                self.weight.shape()
-            );
-        }
-        let x = cpu_f32(x_storage, x_layout, "projection: the input")?;
-        let a = cpu_f32(a_storage, a_layout, "projection: A")?;
-        let b = cpu_f32(b_storage, b_layout, "projection: B")?;
-        let (w_storage, w_layout) = self.weight.storage_and_layout();
-        let candle_core::Storage::Cpu(w_cpu) = &*w_storage else {
-            candle_core::bail!("adapted projection: the weight is not on the CPU");
-        };
-        let w = cpu_f32(w_cpu, w_layout, "projection: the weight")?;
-        let mut y = vec![0f32; rows * out];
-        gemm_rhs_transposed(&mut y, x, w, (rows, out, inp), false, 1.0);
-        // Scaled at rank r, the narrow end, as the unfused path does.
-        let mut low = vec![0f32; rows * r];
-        gemm_rhs_transposed(&mut low, x, a, (rows, r, inp), false, self.scale as f32);
-        gemm_rhs_transposed(&mut y, &low, b, (rows, out, r), true, 1.0);
-        Ok((
-            candle_core::CpuStorage::F32(y),
-            candle_core::Shape::from((rows, out)),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        a: &Tensor,
-        b: &Tensor,
-        _y: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, a, b) = (x.detach(), a.detach(), b.detach());
-        let grad = grad.contiguous()?;
-        // d/d(low), with low = scale · x Aᵀ: [rows, r].
-        let grad_low = grad.matmul(&b)?;
-        let dx = (grad.matmul(&self.weight)? + (grad_low.matmul(&a)? * self.scale)?)?;
-        let da = (grad_low.t()?.matmul(&x)? * self.scale)?;
-        let low = (x.matmul(&a.t()?)? * self.scale)?;
-        let db = grad.t()?.matmul(&low)?;
-        Ok((Some(dx), Some(da), Some(db)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,14 +325,14 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (4, 3), &dev)?;
         let x = Tensor::randn(0f32, 1.0, (2, 5, 3), &dev)?;
         let mut layer = LoraLinear::new(w.clone(), None);
-        let base = layer.forward(&x, true)?;
+        let base = layer.forward(&x, Adapters::On)?;
         layer.set_adapter(Some(LoraAdapter {
             a: Var::randn(0f32, 1.0, (2, 3), &dev)?,
             b: Var::randn(0f32, 1.0, (4, 2), &dev)?,
             scale: 0.5,
         }))?;
-        let adapted = layer.forward(&x, true)?;
-        let off = layer.forward(&x, false)?;
+        let adapted = layer.forward(&x, Adapters::On)?;
+        let off = layer.forward(&x, Adapters::Off)?;
         let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
             Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
         };
@@ -630,7 +340,7 @@ mod tests {
         assert!(diff(&adapted, &base)? > 1e-3);
         layer.merge_adapter()?;
         assert!(layer.adapter().is_none());
-        assert!(diff(&layer.forward(&x, false)?, &adapted)? < 1e-5);
+        assert!(diff(&layer.forward(&x, Adapters::Off)?, &adapted)? < 1e-5);
         Ok(())
     }
 
@@ -668,7 +378,7 @@ mod tests {
             scale: 2.0,
         }))?;
         let (p, seed) = (0.5, 11);
-        let got = layer.forward_with(&x, Adapters::Dropout { p, seed })?;
+        let got = layer.forward(&x, Adapters::Dropout { p, seed })?;
         let masked = (&x * dropout_mask((200, 6), p, seed, &dev)?)?;
         let want = (x.matmul(&w.t()?)?
             + (masked
@@ -677,8 +387,8 @@ mod tests {
                 * 2.0)?)?;
         let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-4, "{diff}");
-        let none = layer.forward_with(&x, Adapters::Dropout { p: 0.0, seed })?;
-        let on = layer.forward_with(&x, Adapters::On)?;
+        let none = layer.forward(&x, Adapters::Dropout { p: 0.0, seed })?;
+        let on = layer.forward(&x, Adapters::On)?;
         assert_eq!(
             (none - on)?.abs()?.max_all()?.to_scalar::<f32>()?,
             0.0,
@@ -703,19 +413,19 @@ mod tests {
             let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
             Ok(d / b.abs()?.max_all()?.to_scalar::<f32>()?)
         };
-        let base = int8(&layer, true)?; // packs the weight
-        assert!(rel(&base, &layer.forward(&x, false)?)? < 0.05);
+        let base = int8(&layer, Adapters::On)?; // packs the weight
+        assert!(rel(&base, &layer.forward(&x, Adapters::Off)?)? < 0.05);
         layer.set_adapter(Some(LoraAdapter {
             a: Var::randn(0f32, 1.0, (4, 64), &dev)?,
             b: Var::randn(0f32, 1.0, (40, 4), &dev)?,
             scale: 0.5,
         }))?;
-        let adapted = layer.forward(&x, true)?;
-        assert!(rel(&int8(&layer, true)?, &adapted)? < 0.05);
-        assert!(rel(&int8(&layer, false)?, &adapted)? > 0.5);
+        let adapted = layer.forward(&x, Adapters::On)?;
+        assert!(rel(&int8(&layer, Adapters::On)?, &adapted)? < 0.05);
+        assert!(rel(&int8(&layer, Adapters::Off)?, &adapted)? > 0.5);
         // The merged weight is a new tensor, so its int8 copy is made again.
         layer.merge_adapter()?;
-        assert!(rel(&int8(&layer, false)?, &adapted)? < 0.05);
+        assert!(rel(&int8(&layer, Adapters::Off)?, &adapted)? < 0.05);
         Ok(())
     }
 
@@ -729,7 +439,10 @@ mod tests {
         let with = LoraLinear::new(w.clone(), Some(bias.clone()));
         let without = LoraLinear::new(w, None);
         let int8 = |layer: &LoraLinear| -> Result<Tensor> {
-            Ok(LoraLinear::forward_inference(&[layer], &x, true, Precision::Int8)?.remove(0))
+            Ok(
+                LoraLinear::forward_inference(&[layer], &x, Adapters::On, Precision::Int8)?
+                    .remove(0),
+            )
         };
         let added = (int8(&with)? - int8(&without)?)?;
         let diff = added
@@ -738,7 +451,7 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "{diff}");
-        let exact = with.forward(&x, true)?;
+        let exact = with.forward(&x, Adapters::On)?;
         let rel = (int8(&with)? - &exact)?
             .abs()?
             .max_all()?
@@ -746,7 +459,8 @@ mod tests {
             / exact.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(rel < 0.05, "{rel}");
         // q, k and v run as one group over one quantized input: the same outputs.
-        let group = LoraLinear::forward_inference(&[&with, &without], &x, true, Precision::Int8)?;
+        let group =
+            LoraLinear::forward_inference(&[&with, &without], &x, Adapters::On, Precision::Int8)?;
         for (got, want) in group.iter().zip([int8(&with)?, int8(&without)?]) {
             assert_eq!((got - want)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
         }

@@ -1,24 +1,15 @@
 //! Models: configuration, weights (safetensors or GGUF), tokenizer, chat template, and
 //! the one LoRA-ready decoder for the Llama and Qwen2 families.
 
-pub mod causal_attention;
-#[cfg(feature = "cuda")]
-mod causal_attention_cuda;
 pub mod chat_template;
-pub mod chunked_logprob;
-#[cfg(feature = "cuda")]
-mod chunked_logprob_cuda;
 pub mod config;
 pub mod decoder;
-mod dot;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod lora;
-mod op_storage;
-pub mod quant;
+pub mod ops;
 pub mod source;
 pub mod tokenizer;
-pub mod train_ops;
 pub mod weights;
 
 use anyhow::{Context, Result};

@@ -20,10 +20,10 @@
 //! * overhead = 1 GiB (CUDA context, cuBLAS workspace) + 10% of the rest for allocator
 //!   slack.
 
-use crate::model::causal_attention::KERNEL_HEAD_DIMS;
-use crate::model::chunked_logprob::logits_chunk_rows;
 use crate::model::config::ModelConfig;
 use crate::model::lora::PROJECTIONS;
+use crate::model::ops::causal_attention::KERNEL_HEAD_DIMS;
+use crate::model::ops::chunked_logprob::logits_chunk_rows;
 use crate::model::source::download_hub_config;
 use crate::train::TrainingArgs;
 use anyhow::{bail, Context, Result};

@@ -22,6 +22,7 @@ use crate::generate::unit_seed;
 use crate::generate::{Backend, EngineOptions, LocalEngine, Prompt, Request, SamplingParams};
 use crate::io::write_atomic;
 use crate::model::chat_template::Message;
+use crate::model::lora::Adapters;
 use crate::model::Model;
 use crate::verify::{pass_rates, Execute};
 use anyhow::{bail, Context, Result};
@@ -356,7 +357,7 @@ fn sample(
         model,
         EngineOptions {
             max_batch: config.batch,
-            adapters: true,
+            adapters: Adapters::On,
             progress,
             ..EngineOptions::default()
         },

@@ -2,7 +2,8 @@
 //! compare, the optional reference Python.
 #![allow(dead_code)]
 
-use autoif::model::lora::{LoraAdapter, LoraConfig};
+use autoif::model::lora::{Adapters, LoraAdapter, LoraConfig};
+use autoif::model::ops::quant::Precision;
 use autoif::model::{LoadOptions, Model};
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -61,9 +62,9 @@ pub fn sample_ids(vocab: usize) -> Tensor {
 }
 
 /// f32 logits `[batch, seq, vocab]` through the differentiable forward path.
-pub fn logits(model: &Model, ids: &Tensor, adapters: bool) -> Tensor {
+pub fn logits(model: &Model, ids: &Tensor, adapters: Adapters) -> Tensor {
     let hidden = model.decoder.forward(ids, adapters).unwrap();
-    model.decoder.logits(&hidden).unwrap()
+    model.decoder.logits(&hidden, Precision::Exact).unwrap()
 }
 
 pub fn autoif() -> Command {

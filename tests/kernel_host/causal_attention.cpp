@@ -1,5 +1,5 @@
 // Runs kernels/causal_attention.cu on the host, thread by thread, with the launches of
-// src/model/causal_attention_cuda.rs in the same order and shapes, for
+// src/model/ops/causal_attention_cuda.rs in the same order and shapes, for
 // tests/attention_kernel_host.rs. Usage: causal_attention IN OUT.
 //
 // IN (little-endian): u32 rows, heads, kv_heads, d, positions, dtype (0 f32, 1 bf16,

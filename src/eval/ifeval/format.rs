@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-use super::{instruction, pyjson, pystr};
+use super::{instruction, pystr};
+use crate::pyjson;
 
 fn regex(cell: &'static OnceLock<Regex>, pattern: impl FnOnce() -> String) -> &'static Regex {
     cell.get_or_init(|| Regex::new(&pattern()).expect("valid regex"))

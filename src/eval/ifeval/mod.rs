@@ -8,9 +8,10 @@
 //!   `combination`, `content`, `language`);
 //! * [`scoring`] runs the strict and loose evaluations and summarises them;
 //! * [`results`] generates a model's responses and writes the evaluator's output files;
-//! * [`pystr`], [`pyjson`], [`punkt`], [`word_tokenize`] and [`langdetect`] reproduce the
-//!   Python behaviour the checkers rely on: `str` methods, `json.loads`, NLTK's Punkt
-//!   sentence splitter and word tokenizer, and `langdetect` with seed 0.
+//! * [`pystr`], [`punkt`], [`word_tokenize`] and [`langdetect`] reproduce the Python
+//!   behaviour the checkers rely on: `str` methods, NLTK's Punkt sentence splitter and word
+//!   tokenizer, and `langdetect` with seed 0 (`json.loads` and `json.dumps` are the
+//!   crate's [`crate::pyjson`]).
 //!
 //! ```no_run
 //! use autoif::eval::ifeval::{evaluate, load_input_data, Summary};
@@ -33,7 +34,6 @@ mod language;
 mod length;
 mod punctuation;
 pub mod punkt;
-pub mod pyjson;
 pub mod pystr;
 pub mod results;
 pub mod scoring;

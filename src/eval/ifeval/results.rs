@@ -8,15 +8,15 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
-use super::pyjson;
 use super::scoring::{Evaluation, PromptResult, Summary};
 use super::Prompt;
 use crate::generate::{
     Backend, EngineOptions, LocalEngine, Prompt as GenPrompt, Request, SamplingParams,
 };
 use crate::io::write_atomic;
-use crate::model::quant::Precision;
+use crate::model::ops::quant::Precision;
 use crate::model::Model;
+use crate::pyjson;
 
 /// One greedy response per prompt: the model's chat template, one user turn each,
 /// adapters on when attached, on the loaded weights themselves (`Precision::Exact`): the

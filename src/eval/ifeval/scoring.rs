@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::input::Prompt;
-use super::{pyjson, pystr};
+use super::pystr;
+use crate::pyjson;
 
 /// The verdicts on one prompt's response in one mode: a line of the reference evaluator's
 /// `eval_results_strict.jsonl` / `eval_results_loose.jsonl`.

@@ -14,10 +14,9 @@
 //! with the exponential sums in f64; the result is f32 and the gradient has the hidden
 //! states' dtype. On the CPU this file is the implementation (row-parallel with rayon);
 //! with `--features cuda` a CUDA device runs `chunked_logprob_cuda` (cuBLAS for the chunk
-//! products, the kernels in `kernels/chunked_logprob.cu` for the rest), and the hidden
-//! `autoif kernel-check` compares the two on a GPU.
+//! products, the kernels in `kernels/chunked_logprob.cu` for the rest), and
+//! `examples/kernel_check.rs` compares the two on a GPU.
 
-use super::decoder::Decoder;
 use super::dot::dot;
 use super::op_storage::{contiguous, cpu_u32};
 use candle_core::backend::BackendStorage;
@@ -56,17 +55,6 @@ pub fn chunked_target_logprobs(
     chunked_target_logprob_and_lse(hidden, lm_head, targets)?
         .narrow(1, 0, 1)?
         .squeeze(1)
-}
-
-/// `chunked_target_logprobs` through `decoder`'s LM head (the embeddings when tied):
-/// the drop-in for `logprobs::target_logprobs` where `[n, vocab]` logits must not exist.
-pub fn decoder_target_logprobs(
-    decoder: &Decoder,
-    hidden: &Tensor,
-    targets: &Tensor,
-) -> Result<Tensor> {
-    let head = decoder.lm_head.as_ref().unwrap_or(&decoder.embed_tokens);
-    chunked_target_logprobs(hidden, head, targets)
 }
 
 /// `[n, 2]` f32: per row, the target's log-probability and the log-sum-exp of the logits

@@ -1,13 +1,10 @@
-//! Python's `json` module where IFEval depends on it: whether `json.loads` accepts a text
-//! (the `detectable_format:json_format` verdict) and `json.dumps`' default output format
-//! (the official evaluator's result lines).
+//! Whether Python's `json.loads` accepts a text (IFEval's `detectable_format:json_format`
+//! verdict).
 //!
 //! `json.loads` is more permissive than RFC 8259 in ways `serde_json` is not: it accepts
 //! `NaN`, `Infinity` and `-Infinity`, lone surrogate escapes such as `"\ud800"`, and any
 //! nesting depth; it rejects a leading byte-order mark. Only acceptance matters here, so
 //! this is a validator that builds no values.
-
-use serde_json::Value;
 
 /// Whether Python's `json.loads(text)` returns without raising `ValueError`.
 pub fn loads_accepts(text: &str) -> bool {
@@ -214,70 +211,6 @@ impl Scanner<'_> {
     }
 }
 
-/// `json.dumps(value)` with Python's defaults: `", "` and `": "` separators and
-/// `ensure_ascii=True` (every non-ASCII character escaped as `\uXXXX`, astral ones as a
-/// surrogate pair). Numbers are written as `serde_json` writes them, which equals Python
-/// for integers; the evaluator's lines hold no floats.
-pub fn dumps(value: &Value) -> String {
-    let mut out = String::new();
-    write_value(&mut out, value);
-    out
-}
-
-fn write_value(out: &mut String, value: &Value) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
-        Value::String(s) => write_string(out, s),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_value(out, item);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            out.push('{');
-            for (i, (key, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_string(out, key);
-                out.push_str(": ");
-                write_value(out, item);
-            }
-            out.push('}');
-        }
-    }
-}
-
-fn write_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(c),
-            _ => {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
-            }
-        }
-    }
-    out.push('"');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,14 +275,5 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(loads_accepts(&deep));
         assert!(!loads_accepts(&deep[1..]));
-    }
-
-    #[test]
-    fn dumps_matches_python_defaults() {
-        let value = serde_json::json!({"b": [true, false, null, 3], "a": "é\"\n\u{1F600}\u{7f}"});
-        assert_eq!(
-            dumps(&value),
-            r#"{"b": [true, false, null, 3], "a": "\u00e9\"\n\ud83d\ude00\u007f"}"#
-        );
     }
 }

@@ -1,51 +1,71 @@
-//! The `tojson` filter as transformers defines it for chat templates: Python's
-//! `json.dumps(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`, byte for
-//! byte (minijinja's own `tojson` escapes HTML characters and spaces differently).
+//! `json.dumps`, byte for byte: separators, `ensure_ascii`, indentation, key order and
+//! Python's float repr (minijinja's own `tojson` and `serde_json` both differ).
 
-use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::value::{Value, ValueKind};
 use minijinja::{Error, ErrorKind};
 use std::fmt::Write;
 
-/// `value | tojson(ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
-pub fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
-    let indent: Option<i64> = kwargs.get("indent")?;
-    let separators: Option<Vec<String>> = kwargs.get("separators")?;
-    let options = Options {
-        ensure_ascii: kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false),
-        sort_keys: kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false),
-        // Python: a negative indent means no indentation, but newlines all the same.
-        indent: indent.map(|width| " ".repeat(usize::try_from(width).unwrap_or(0))),
-        separators: match separators.as_deref() {
-            Some([item, key]) => (item.clone(), key.clone()),
-            Some(_) => {
-                return Err(Error::new(
-                    ErrorKind::InvalidOperation,
-                    "tojson: separators must be two strings",
-                ))
-            }
-            // Python drops the space after ',' when indenting, since newlines follow.
-            None if indent.is_some() => (",".to_owned(), ": ".to_owned()),
-            None => (", ".to_owned(), ": ".to_owned()),
-        },
-    };
-    kwargs.assert_all_used()?;
-    let mut out = String::new();
-    write_value(&mut out, value, &options, 0)?;
-    Ok(Value::from_safe_string(out))
+/// `json.dumps(value)` with Python's defaults, for JSON built with `serde_json`.
+pub fn dumps(value: &serde_json::Value) -> String {
+    DumpOptions::default()
+        .dumps(&from_json(value))
+        .expect("a serde_json value holds only JSON-serializable kinds")
 }
 
-struct Options {
-    ensure_ascii: bool,
-    sort_keys: bool,
-    indent: Option<String>,
+/// `value` as the template engine's value (objects keep their key order), which is what
+/// the writer walks.
+fn from_json(value: &serde_json::Value) -> Value {
+    use serde_json::Value as Json;
+    match value {
+        Json::Null => Value::from(()),
+        Json::Bool(b) => Value::from(*b),
+        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(u)) => Value::from(u),
+            (None, None) => Value::from(n.as_f64().expect("a JSON number is i64, u64 or f64")),
+        },
+        Json::String(s) => Value::from(s.as_str()),
+        Json::Array(items) => items.iter().map(from_json).collect(),
+        Json::Object(map) => Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), from_json(v)))),
+    }
+}
+
+/// The keyword arguments of `json.dumps` that change its output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DumpOptions {
+    pub ensure_ascii: bool,
+    pub sort_keys: bool,
+    /// The indentation of one level; `None` writes everything on one line.
+    pub indent: Option<String>,
     /// (between items, between a key and its value)
-    separators: (String, String),
+    pub separators: (String, String),
+}
+
+impl Default for DumpOptions {
+    /// Python's: `ensure_ascii=True`, no indentation, `", "` and `": "`.
+    fn default() -> Self {
+        Self {
+            ensure_ascii: true,
+            sort_keys: false,
+            indent: None,
+            separators: (", ".into(), ": ".into()),
+        }
+    }
+}
+
+impl DumpOptions {
+    /// `json.dumps(value, **self)`.
+    pub fn dumps(&self, value: &Value) -> Result<String, Error> {
+        let mut out = String::new();
+        write_value(&mut out, value, self, 0)?;
+        Ok(out)
+    }
 }
 
 fn write_value(
     out: &mut String,
     value: &Value,
-    options: &Options,
+    options: &DumpOptions,
     depth: usize,
 ) -> Result<(), Error> {
     match value.kind() {
@@ -99,7 +119,7 @@ fn write_container<T>(
     out: &mut String,
     (open, close): (char, char),
     items: &[T],
-    options: &Options,
+    options: &DumpOptions,
     depth: usize,
     mut write_item: impl FnMut(&mut String, &T) -> Result<(), Error>,
 ) -> Result<(), Error> {
@@ -132,24 +152,13 @@ fn key_string(key: &Value) -> Result<String, Error> {
         ValueKind::String => Ok(key.as_str().unwrap_or_default().to_owned()),
         ValueKind::None | ValueKind::Bool | ValueKind::Number => {
             let mut out = String::new();
-            write_value(&mut out, key, &Options::plain(), 0)?;
+            write_value(&mut out, key, &DumpOptions::default(), 0)?;
             Ok(out)
         }
         kind => Err(Error::new(
             ErrorKind::InvalidOperation,
             format!("tojson: keys must be str, int, float, bool or None, not {kind}"),
         )),
-    }
-}
-
-impl Options {
-    fn plain() -> Self {
-        Self {
-            ensure_ascii: false,
-            sort_keys: false,
-            indent: None,
-            separators: (", ".into(), ": ".into()),
-        }
     }
 }
 
@@ -265,5 +274,14 @@ mod tests {
         let mut out = String::new();
         write_string(&mut out, "é😀\u{7f}", true);
         assert_eq!(out, r#""\u00e9\ud83d\ude00\u007f""#);
+    }
+
+    #[test]
+    fn dumps_matches_python_defaults() {
+        let value = serde_json::json!({"b": [true, false, null, 3], "a": "é\"\n\u{1F600}\u{7f}"});
+        assert_eq!(
+            dumps(&value),
+            r#"{"b": [true, false, null, 3], "a": "\u00e9\"\n\ud83d\ude00\u007f"}"#
+        );
     }
 }

@@ -1,39 +1,42 @@
-//! `autoif kernel-check` (hidden): each kernel on `--device` against its CPU twin on the
-//! same random inputs, with timings, one table per kernel. `scripts/gpu-check.sh` runs it
-//! on a GPU machine; on a CPU build it compares the twins with themselves, which still
-//! exercises the command.
+//! Each custom kernel on `--device` against its CPU twin on the same random inputs, with
+//! timings, one table per kernel. `scripts/gpu-check.sh` runs it on a GPU machine
+//! (`scripts/build-cuda.sh` builds it with `--features cuda`); on a CPU build it compares
+//! the twins with themselves, which still exercises the harness:
+//!
+//!     cargo run --release --features cuda --example kernel_check -- --device cuda
 
-use crate::model::causal_attention::CausalAttention;
-use crate::model::chunked_logprob::chunked_target_logprobs;
-use crate::model::LoadOptions;
 use anyhow::{bail, Result};
+use autoif::model::ops::causal_attention::CausalAttention;
+use autoif::model::ops::chunked_logprob::chunked_target_logprobs;
+use autoif::model::LoadOptions;
 use candle_core::{DType, Device, Tensor, Var, D};
-use clap::Args as ClapArgs;
+use clap::Parser;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
-#[derive(ClapArgs, Debug)]
-pub struct Args {
+#[derive(Parser, Debug)]
+#[command(about = "Compare each custom kernel with its CPU twin on random inputs")]
+struct Args {
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-    pub device: String,
+    device: String,
     /// Token rows.
     #[arg(long, default_value_t = 512)]
-    pub rows: usize,
+    rows: usize,
     /// Hidden size (Qwen2-1.5B's by default).
     #[arg(long, default_value_t = 1536)]
-    pub hidden: usize,
+    hidden: usize,
     /// Vocabulary (Qwen2's by default).
     #[arg(long, default_value_t = 151936)]
-    pub vocab: usize,
+    vocab: usize,
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    seed: u64,
     /// Token rows of the peak-memory comparison, unfused against chunked, in bf16 (0: skip;
     /// measured from the CUDA memory pool, so GPU only).
     #[arg(long, default_value_t = 4096)]
-    pub memory_rows: usize,
+    memory_rows: usize,
     /// Tokens per sequence of the attention check (two sequences).
     #[arg(long, default_value_t = 1024)]
-    pub attention_seq: usize,
+    attention_seq: usize,
 }
 
 /// Relative errors above these fail the check (the bounds).
@@ -126,7 +129,8 @@ fn to_cpu(inputs: &Inputs) -> Result<Inputs> {
     })
 }
 
-pub fn run(args: Args) -> Result<()> {
+fn main() -> Result<()> {
+    let args = Args::parse();
     let device = LoadOptions::for_device(&args.device)?.device;
     println!(
         "chunked-logprob on {:?}: {} rows × hidden {} × vocab {}",

@@ -46,7 +46,7 @@ mod cuda {
     use candle_core::{Layout, Result};
 
     /// The elements of a contiguous `layout` over a GPU buffer.
-    pub(in crate::model) fn cuda_contiguous<'a, T>(
+    pub(in crate::model::ops) fn cuda_contiguous<'a, T>(
         slice: &'a CudaSlice<T>,
         layout: &Layout,
         what: &str,
@@ -58,7 +58,7 @@ mod cuda {
     }
 
     /// `v` as a kernel's u32 argument.
-    pub(in crate::model) fn kernel_u32(v: usize, what: &str) -> Result<u32> {
+    pub(in crate::model::ops) fn kernel_u32(v: usize, what: &str) -> Result<u32> {
         u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what}: {v} too large")))
     }
 }

@@ -22,7 +22,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 /// Eight independent accumulators, so the loop vectorises. Callers compiled for AVX2
 /// inline it to get the same sums without a call per product.
 #[inline(always)]
-pub(super) fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+pub(in crate::model) fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
     let (b8, b_tail) = b.split_at(a8.len());

@@ -1,0 +1,18 @@
+//! This crate's custom tensor ops, one concept per file: the fused training kernels with
+//! their backward passes, the int8 inference kernels, and with `--features cuda` the GPU
+//! drivers of the kernels in `kernels/`. Each op's CPU version is its twin for checking
+//! the GPU one.
+
+pub(super) mod adapted_projection;
+pub mod causal_attention;
+#[cfg(feature = "cuda")]
+mod causal_attention_cuda;
+pub mod chunked_logprob;
+#[cfg(feature = "cuda")]
+mod chunked_logprob_cuda;
+pub(super) mod dot;
+mod gemm;
+mod op_storage;
+pub mod projection;
+pub mod quant;
+pub mod train_ops;
