@@ -1,6 +1,7 @@
 //! Models: configuration, weights (safetensors or GGUF), tokenizer, chat template, and
 //! the one LoRA-ready decoder for the Llama and Qwen2 families.
 
+pub mod adapter_file;
 pub mod causal_attention;
 #[cfg(feature = "cuda")]
 mod causal_attention_cuda;

@@ -60,7 +60,7 @@ impl Summary {
         for name in ["sft", "dpo"] {
             if root
                 .join(name)
-                .join(crate::export::peft::WEIGHTS_FILE)
+                .join(crate::model::adapter_file::WEIGHTS_FILE)
                 .is_file()
             {
                 adapters.insert(name.into(), existing(name));
