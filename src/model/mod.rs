@@ -10,7 +10,9 @@ pub mod chunked_logprob;
 #[cfg(feature = "cuda")]
 mod chunked_logprob_cuda;
 pub mod config;
+pub mod config_resolution;
 pub mod decoder;
+pub mod device_memory;
 mod dot;
 pub mod kv_cache;
 pub mod logprobs;
