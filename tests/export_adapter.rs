@@ -5,7 +5,7 @@
 mod common;
 mod export_support;
 
-use autoif::export::{load_adapter, save_adapter};
+use autoif::model::adapter_file::{load_adapter, save_adapter};
 use autoif::model::lora::Adapters;
 use autoif::model::Model;
 use candle_core::{DType, Device, Tensor};

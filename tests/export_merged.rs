@@ -8,7 +8,8 @@ mod common;
 mod export_support;
 
 use autoif::export::merged::merged_tensors;
-use autoif::export::{save_adapter, save_merged};
+use autoif::export::save_merged;
+use autoif::model::adapter_file::save_adapter;
 use autoif::model::chat_template::Message;
 use autoif::model::lora::Adapters;
 use autoif::model::Model;

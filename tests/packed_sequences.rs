@@ -8,7 +8,7 @@ mod common;
 use autoif::model::lora::Adapters;
 use autoif::model::lora::LoraConfig;
 use autoif::model::{LoadOptions, Model};
-use autoif::train::trainer::{adapter_vars, attach_adapters};
+use autoif::train::adapters::{adapter_vars, attach_adapters};
 use candle_core::{DType, Device, Tensor, Var};
 
 fn load(name: &str, dtype: DType) -> Model {

@@ -4,13 +4,15 @@
 
 mod common;
 
-use autoif::export::peft::load_adapter;
+use autoif::model::adapter_file::load_adapter;
 use autoif::model::chat_template::Message;
 use autoif::model::lora::LoraConfig;
 use autoif::model::{LoadOptions, Model};
 use autoif::train::data::{tokenize_preferences, tokenize_sft, Conversation, PreferencePair};
 use autoif::train::optim::ScheduleKind;
-use autoif::train::{train, DpoConfig, Job, RunOptions, SftConfig, TrainingArgs};
+use autoif::train::{
+    train, DpoConfig, SftConfig, StepMetrics, TrainingArgs, TrainingJob, TrainingOptions,
+};
 use std::path::Path;
 
 fn tiny() -> Model {
@@ -69,8 +71,8 @@ fn args(lr: f64, epochs: usize, batch_size: usize) -> TrainingArgs {
     }
 }
 
-fn options(out: &Path) -> RunOptions {
-    RunOptions {
+fn options(out: &Path) -> TrainingOptions {
+    TrainingOptions {
         out: out.to_path_buf(),
         resume: None,
         stop_after: None,
@@ -89,7 +91,7 @@ fn sft_overfits_a_handful_of_examples() {
     let out = tempfile::tempdir().unwrap();
     let summary = train(
         &mut model.decoder,
-        &Job::Sft {
+        &TrainingJob::Sft {
             examples: &examples,
             config: &config,
         },
@@ -129,7 +131,7 @@ fn max_steps_ends_training_early_with_the_schedule_over_those_steps() {
     let out = tempfile::tempdir().unwrap();
     let summary = train(
         &mut model.decoder,
-        &Job::Sft {
+        &TrainingJob::Sft {
             examples: &examples,
             config: &config,
         },
@@ -137,11 +139,7 @@ fn max_steps_ends_training_early_with_the_schedule_over_those_steps() {
     )
     .unwrap();
     assert_eq!(summary.total_steps, 3, "5 epochs of 4 steps, capped at 3");
-    let lrs: Vec<f64> = summary
-        .metrics
-        .iter()
-        .map(|m| m["lr"].as_f64().unwrap())
-        .collect();
+    let lrs: Vec<f64> = summary.metrics.iter().map(|m| m.lr).collect();
     // Linear decay to 0 at step 3 (no warm-up): 1e-3, 2/3 of it, 1/3 of it.
     for (lr, expected) in lrs.iter().zip([1e-3, 2e-3 / 3.0, 1e-3 / 3.0]) {
         assert!((lr - expected).abs() < 1e-12, "{lrs:?}");
@@ -160,7 +158,7 @@ fn dpo_reaches_full_accuracy() {
     let out = tempfile::tempdir().unwrap();
     let summary = train(
         &mut model.decoder,
-        &Job::Dpo {
+        &TrainingJob::Dpo {
             pairs: &tokenized,
             config: &config,
         },
@@ -169,12 +167,13 @@ fn dpo_reaches_full_accuracy() {
     .unwrap();
     let first = &summary.metrics[0];
     let last = summary.metrics.last().unwrap();
-    eprintln!("DPO first {first}\nDPO last {last}");
+    eprintln!("DPO first {first:?}\nDPO last {last:?}");
     // Adapters start with B = 0, so the policy equals the reference: loss ln 2.
-    assert!((first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-4);
-    assert_eq!(last["rewards/accuracies"].as_f64().unwrap(), 1.0);
-    assert!(last["loss"].as_f64().unwrap() < 0.1, "{last}");
-    assert!(last["rewards/margins"].as_f64().unwrap() > 2.0);
+    assert!((first.loss - std::f64::consts::LN_2).abs() < 1e-4);
+    let last_dpo = last.dpo.as_ref().unwrap();
+    assert_eq!(last_dpo.accuracy, 1.0);
+    assert!(last.loss < 0.1, "{last:?}");
+    assert!(last_dpo.margin > 2.0);
 }
 
 /// SFT with accumulation over 8 examples: 4 batches of 2, 2 per step, 3 epochs = 6 steps.
@@ -205,7 +204,7 @@ fn resume_reproduces_the_uninterrupted_losses_exactly() {
     let (examples, _) = tokenize_sft(&model, &convs, 128).unwrap();
     drop(model);
     let config = resume_job_args();
-    let job = Job::Sft {
+    let job = TrainingJob::Sft {
         examples: &examples,
         config: &config,
     };
@@ -216,13 +215,13 @@ fn resume_reproduces_the_uninterrupted_losses_exactly() {
 
     // Interrupted after step 3: the latest checkpoint is step 2.
     let dir = tempfile::tempdir().unwrap();
-    let interrupted = RunOptions {
+    let interrupted = TrainingOptions {
         stop_after: Some(3),
         ..options(dir.path())
     };
     let first_part = train(&mut tiny().decoder, &job, &interrupted).unwrap();
     assert_eq!(first_part.metrics.len(), 3);
-    let resumed = RunOptions {
+    let resumed = TrainingOptions {
         resume: Some(dir.path().join("checkpoint-2")),
         ..options(dir.path())
     };
@@ -257,7 +256,7 @@ fn resume_reproduces_the_uninterrupted_losses_exactly() {
     other.args.seed = 7;
     let err = train(
         &mut tiny().decoder,
-        &Job::Sft {
+        &TrainingJob::Sft {
             examples: &examples,
             config: &other,
         },
@@ -274,7 +273,7 @@ fn lora_dropout_changes_the_trajectory_and_resumes_exactly() {
     drop(model);
     let mut config = resume_job_args();
     config.args.lora.lora_dropout = 0.3;
-    let job = Job::Sft {
+    let job = TrainingJob::Sft {
         examples: &examples,
         config: &config,
     };
@@ -282,7 +281,7 @@ fn lora_dropout_changes_the_trajectory_and_resumes_exactly() {
     let plain_dir = tempfile::tempdir().unwrap();
     let plain = train(
         &mut tiny().decoder,
-        &Job::Sft {
+        &TrainingJob::Sft {
             examples: &examples,
             config: &plain_config,
         },
@@ -304,12 +303,12 @@ fn lora_dropout_changes_the_trajectory_and_resumes_exactly() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let interrupted = RunOptions {
+    let interrupted = TrainingOptions {
         stop_after: Some(3),
         ..options(dir.path())
     };
     train(&mut tiny().decoder, &job, &interrupted).unwrap();
-    let resumed = RunOptions {
+    let resumed = TrainingOptions {
         resume: Some(dir.path().join("checkpoint-2")),
         ..options(dir.path())
     };
@@ -337,7 +336,7 @@ fn dpo_with_precomputed_reference_matches_the_per_step_reference() {
     let run = |config: &DpoConfig, out: &Path| {
         train(
             &mut tiny().decoder,
-            &Job::Dpo {
+            &TrainingJob::Dpo {
                 pairs: &tokenized,
                 config,
             },
@@ -350,8 +349,15 @@ fn dpo_with_precomputed_reference_matches_the_per_step_reference() {
     let dir = tempfile::tempdir().unwrap();
     let cached = run(&precomputed, dir.path());
     for (a, b) in per_step.metrics.iter().zip(&cached.metrics) {
-        for key in ["loss", "rewards/margins", "kl"] {
-            let (a, b) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+        let keyed = |m: &StepMetrics| {
+            let dpo = m.dpo.as_ref().unwrap();
+            [
+                ("loss", m.loss),
+                ("rewards/margins", dpo.margin),
+                ("kl", dpo.kl),
+            ]
+        };
+        for ((key, a), (_, b)) in keyed(a).into_iter().zip(keyed(b)) {
             assert!((a - b).abs() < 1e-5, "{key}: {a} per step, {b} precomputed");
         }
     }
@@ -390,7 +396,7 @@ fn packing_fills_rows_up_to_max_len_and_keeps_the_loss() {
         config.args.max_len = total;
         config.args.packing = packing;
         let out = tempfile::tempdir().unwrap();
-        let job = Job::Sft {
+        let job = TrainingJob::Sft {
             examples: &examples,
             config: &config,
         };
@@ -400,7 +406,7 @@ fn packing_fills_rows_up_to_max_len_and_keeps_the_loss() {
     let packed = run(true, 1);
     let unpacked = run(false, 6);
     assert_eq!(packed.total_steps, 2, "one packed row per epoch");
-    assert_eq!(packed.metrics[0]["tokens"], total);
+    assert_eq!(packed.metrics[0].tokens, total);
     for (a, b) in packed.losses().iter().zip(unpacked.losses()) {
         assert!((a - b).abs() < 1e-5 * b.abs(), "packed {a}, unpacked {b}");
     }
@@ -424,7 +430,7 @@ fn bf16_base_weights_train_f32_adapters() {
         args: args(1e-2, 30, 4),
     };
     let out = tempfile::tempdir().unwrap();
-    let job = Job::Sft {
+    let job = TrainingJob::Sft {
         examples: &examples,
         config: &config,
     };
@@ -448,7 +454,7 @@ fn bf16_base_weights_train_f32_adapters() {
     let out = tempfile::tempdir().unwrap();
     let summary = train(
         &mut fresh.decoder,
-        &Job::Dpo {
+        &TrainingJob::Dpo {
             pairs: &pairs,
             config: &config,
         },
@@ -456,5 +462,5 @@ fn bf16_base_weights_train_f32_adapters() {
     )
     .unwrap();
     let last = summary.metrics.last().unwrap();
-    assert_eq!(last["rewards/accuracies"].as_f64().unwrap(), 1.0, "{last}");
+    assert_eq!(last.dpo.as_ref().unwrap().accuracy, 1.0, "{last:?}");
 }

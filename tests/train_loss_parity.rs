@@ -5,7 +5,7 @@
 
 mod common;
 
-use autoif::export::peft::load_adapter;
+use autoif::model::adapter_file::load_adapter;
 use autoif::model::lora::Adapters;
 use autoif::model::{LoadOptions, Model};
 use autoif::train::data::{

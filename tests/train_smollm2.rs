@@ -9,7 +9,7 @@ use autoif::model::chat_template::Message;
 use autoif::model::{LoadOptions, Model};
 use autoif::train::data::{tokenize_sft, Conversation};
 use autoif::train::optim::ScheduleKind;
-use autoif::train::{train, Job, RunOptions, SftConfig, TrainingArgs};
+use autoif::train::{train, SftConfig, TrainingArgs, TrainingJob, TrainingOptions};
 
 const EXAMPLES: [(&str, &str); 10] = [
     (
@@ -88,11 +88,11 @@ fn ten_all_capital_examples_change_the_greedy_output() {
     let out = tempfile::tempdir().unwrap();
     let summary = train(
         &mut model.decoder,
-        &Job::Sft {
+        &TrainingJob::Sft {
             examples: &examples,
             config: &config,
         },
-        &RunOptions {
+        &TrainingOptions {
             out: out.path().to_path_buf(),
             resume: None,
             stop_after: None,

@@ -1,9 +1,10 @@
 //! Options and helpers several subcommands share.
 
 use crate::io::to_jsonl;
+use crate::model::device_memory::cuda_total_memory;
 use crate::model::{LoadOptions, Model, DEFAULT_MODEL};
 use crate::train::memory_plan::{self, TrainShape};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use std::io::Write;
@@ -36,7 +37,7 @@ impl ModelArgs {
         let started = std::time::Instant::now();
         let mut model = Model::load(&self.model, options)?;
         if let Some(dir) = &self.adapter {
-            crate::export::peft::load_adapter(&mut model.decoder, dir)?;
+            crate::model::adapter_file::load_adapter(&mut model.decoder, dir)?;
         }
         tracing::info!(
             "loaded {} ({:?}, {} layers) in {:.1}s",
@@ -69,11 +70,46 @@ impl GpuMemoryArgs {
         shapes: &[TrainShape],
         knobs: &str,
     ) -> Result<()> {
-        match memory_plan::gpu_budget(self.gpu_memory.as_deref(), device)? {
+        match self.budget(device)? {
             Some(bytes) => memory_plan::ensure_fits(model, shapes, bytes, knobs),
             None => Ok(()),
         }
     }
+
+    /// The memory to plan against: `--gpu-memory`, else a CUDA device's total memory;
+    /// none on the CPU without `--gpu-memory` (nothing is checked).
+    fn budget(&self, device: &Device) -> Result<Option<u64>> {
+        match &self.gpu_memory {
+            Some(text) => parse_bytes(text).map(Some),
+            None if device.is_cuda() => cuda_total_memory(device).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Parses `80GiB`, `80GB`, `81559MiB`, `1.5TiB` or a plain byte count.
+pub fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .with_context(|| format!("`{text}` is not a memory size (like 80GiB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => bail!("`{text}`: unknown unit `{other}` (use GiB, GB, MiB, …)"),
+    };
+    Ok((value * scale as f64) as u64)
 }
 
 /// Reads a JSON Lines file of input lines; an empty file is refused.
@@ -92,4 +128,20 @@ pub fn write_jsonl(path: Option<&Path>, lines: &[serde_json::Value]) -> Result<(
         Some(path) => crate::io::write_jsonl(path, lines)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_parse() {
+        assert_eq!(parse_bytes("80GiB").unwrap(), 80 << 30);
+        assert_eq!(parse_bytes("81559MiB").unwrap(), 81559 << 20);
+        assert_eq!(parse_bytes("80GB").unwrap(), 80_000_000_000);
+        assert_eq!(parse_bytes("1.5 GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("80 parsecs").is_err());
+    }
 }

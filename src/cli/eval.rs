@@ -67,7 +67,7 @@ pub fn run(args: Args) -> Result<()> {
 fn generate_with(args: &IfevalArgs, model: &str, prompts: &[Prompt]) -> Result<Vec<String>> {
     let mut model = Model::load(model, &LoadOptions::auto()?)?;
     if let Some(dir) = &args.adapter {
-        crate::export::peft::load_adapter(&mut model.decoder, dir)?;
+        crate::model::adapter_file::load_adapter(&mut model.decoder, dir)?;
     }
     generate_responses(&model, prompts, args.max_new_tokens, args.batch)
 }

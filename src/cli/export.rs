@@ -2,7 +2,8 @@
 //! folder re-saved after checking it against its base model.
 
 use super::common::ModelArgs;
-use crate::export::{load_adapter, save_adapter, save_merged, StagingDir};
+use crate::export::{save_merged, StagingDir};
+use crate::model::adapter_file::{load_adapter, save_adapter};
 use crate::model::Model;
 use anyhow::{bail, Result};
 use candle_core::DType;

@@ -1,11 +1,13 @@
 //! `autoif plan`: the GPU memory a training configuration needs, from the model's config
 //! alone, and a refusal (non-zero exit) when it exceeds `--gpu-memory`.
 
+use super::common::parse_bytes;
+use crate::model::config_resolution::resolve_config;
 use crate::model::DEFAULT_MODEL;
 use crate::train::memory_plan::{self, Algorithm, Attention, LogprobHead, TrainShape};
 use anyhow::Result;
 use candle_core::DType;
-use clap::Args as ClapArgs;
+use clap::{Args as ClapArgs, ValueEnum};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -20,7 +22,7 @@ pub struct Args {
     #[arg(long)]
     pub seq_len: usize,
     #[arg(long, value_enum, default_value = "sft")]
-    pub algo: Algorithm,
+    pub algo: AlgorithmArg,
     #[arg(long, default_value_t = 16)]
     pub rank: usize,
     /// Projections with LoRA adapters (comma-separated Hugging Face module names).
@@ -49,24 +51,37 @@ pub struct Args {
     pub gpu_memory: Option<String>,
 }
 
+/// `--algo`: the training algorithms `Algorithm` plans for.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum AlgorithmArg {
+    Sft,
+    /// Each batch element is a pair: chosen and rejected sequences share the pass.
+    Dpo,
+}
+
+impl From<AlgorithmArg> for Algorithm {
+    fn from(arg: AlgorithmArg) -> Self {
+        match arg {
+            AlgorithmArg::Sft => Algorithm::Sft,
+            AlgorithmArg::Dpo => Algorithm::Dpo,
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let dtype = match args.dtype.as_str() {
         "bf16" => DType::BF16,
         "f16" => DType::F16,
         _ => DType::F32,
     };
-    let gpu_bytes = args
-        .gpu_memory
-        .as_deref()
-        .map(memory_plan::parse_bytes)
-        .transpose()?;
+    let gpu_bytes = args.gpu_memory.as_deref().map(parse_bytes).transpose()?;
     let shape = TrainShape {
         dtype,
         lora_rank: args.rank,
         lora_targets: args.lora_targets,
         batch: args.batch,
         seq_len: args.seq_len,
-        algorithm: args.algo,
+        algorithm: args.algo.into(),
         logprob_head: if args.unfused_logprob {
             LogprobHead::Unfused
         } else {
@@ -79,7 +94,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         gen_batch: args.gen_batch.unwrap_or(args.batch),
     };
-    let config = memory_plan::config_only(&args.model)?;
+    let config = resolve_config(&args.model)?;
     let plan = memory_plan::plan(&config, &memory_plan::on_gpu(&config, &shape))?;
     print!("{}", plan.table());
     if let Some(bytes) = gpu_bytes {

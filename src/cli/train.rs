@@ -4,20 +4,17 @@
 use super::common::{GpuMemoryArgs, ModelArgs};
 use crate::model::lora::LoraConfig;
 use crate::model::Model;
-use crate::train::data::{
-    parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, DataFormat,
-};
-use crate::train::dpo::merge_adapters;
+use crate::train::data::DataFormat;
 use crate::train::memory_plan::{Algorithm, TrainShape};
 use crate::train::online_dpo::read_verified_prompts;
 use crate::train::optim::ScheduleKind;
 use crate::train::{
-    run_online_dpo, train, DpoConfig, DpoLossType, Job, OnlineDpoConfig, OnlineOptions, RunOptions,
-    SftConfig, TrainingArgs,
+    train_dpo, train_online_dpo, train_sft, DataCounts, DpoConfig, DpoLossType, JobOutcome,
+    OnlineDpoConfig, OnlineOptions, PreferenceData, SftConfig, SftData, TrainingArgs,
+    TrainingOptions,
 };
-use crate::verify::{Sandbox, SandboxOptions};
-use anyhow::{bail, Context, Result};
-use clap::{Args as ClapArgs, Subcommand};
+use anyhow::{bail, Result};
+use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,7 +46,7 @@ pub struct CommonArgs {
     pub data: PathBuf,
     /// Record layout (auto: detected per record from its keys).
     #[arg(long, value_enum, default_value = "auto")]
-    pub format: DataFormat,
+    pub format: DataFormatArg,
     /// Output folder: metrics.jsonl, checkpoint-N/, the final adapter (PEFT layout).
     #[arg(long)]
     pub out: PathBuf,
@@ -60,6 +57,72 @@ pub struct CommonArgs {
     pub flags: TrainingFlags,
     #[command(flatten)]
     pub memory: GpuMemoryArgs,
+}
+
+/// `--format`: the record layouts `DataFormat` reads.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum DataFormatArg {
+    /// Detect from the first record's keys.
+    Auto,
+    /// LLaMA-Factory alpaca: `instruction`, `input`, `output` (or `chosen`/`rejected`),
+    /// optional `system`.
+    Alpaca,
+    /// LLaMA-Factory sharegpt: `conversations` of `{from, value}` (preference: plus
+    /// `chosen`/`rejected` turns), optional `system`.
+    Sharegpt,
+    /// `messages` of `{role, content}` (TRL / OpenAI style).
+    Messages,
+    /// TRL preference: `prompt`, `chosen`, `rejected` as strings or message lists (or
+    /// `chosen`/`rejected` whole conversations sharing an implicit prompt).
+    Trl,
+}
+
+impl From<DataFormatArg> for DataFormat {
+    fn from(arg: DataFormatArg) -> Self {
+        match arg {
+            DataFormatArg::Auto => DataFormat::Auto,
+            DataFormatArg::Alpaca => DataFormat::Alpaca,
+            DataFormatArg::Sharegpt => DataFormat::Sharegpt,
+            DataFormatArg::Messages => DataFormat::Messages,
+            DataFormatArg::Trl => DataFormat::Trl,
+        }
+    }
+}
+
+/// `--schedule`: the learning-rate decays of `ScheduleKind`.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum ScheduleArg {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+impl From<ScheduleArg> for ScheduleKind {
+    fn from(arg: ScheduleArg) -> Self {
+        match arg {
+            ScheduleArg::Constant => ScheduleKind::Constant,
+            ScheduleArg::Linear => ScheduleKind::Linear,
+            ScheduleArg::Cosine => ScheduleKind::Cosine,
+        }
+    }
+}
+
+/// `--loss-type`: the DPO losses of `DpoLossType`.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum LossTypeArg {
+    /// −log σ(β·h), smoothed: (1−ε)·(−log σ(β·h)) + ε·(−log σ(−β·h)).
+    Sigmoid,
+    /// (h − 1/(2β))² on per-token average log-probabilities.
+    Ipo,
+}
+
+impl From<LossTypeArg> for DpoLossType {
+    fn from(arg: LossTypeArg) -> Self {
+        match arg {
+            LossTypeArg::Sigmoid => DpoLossType::Sigmoid,
+            LossTypeArg::Ipo => DpoLossType::Ipo,
+        }
+    }
 }
 
 /// Hyper-parameters every algorithm takes; unset ones use the algorithm's defaults.
@@ -75,7 +138,7 @@ pub struct TrainingFlags {
     pub lr: Option<f64>,
     /// Decay after warm-up (SFT linear, DPO cosine).
     #[arg(long, value_enum)]
-    pub schedule: Option<ScheduleKind>,
+    pub schedule: Option<ScheduleArg>,
     #[arg(long, default_value_t = 0.1)]
     pub warmup_ratio: f64,
     /// Sequences (SFT) or pairs (DPO) per micro-batch.
@@ -128,7 +191,7 @@ impl TrainingFlags {
             epochs: self.epochs.unwrap_or(defaults.epochs),
             max_steps: self.max_steps,
             lr: self.lr.unwrap_or(defaults.lr),
-            schedule: self.schedule.unwrap_or(defaults.schedule),
+            schedule: self.schedule.map_or(defaults.schedule, ScheduleKind::from),
             warmup_ratio: self.warmup_ratio,
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
@@ -152,11 +215,11 @@ impl TrainingFlags {
 /// What shrinks a training job's largest piece, for the memory refusal.
 const TRAIN_KNOBS: &str = "--max-batch-tokens, --batch-size or --max-len";
 
-/// The model with `--adapter` (if any) merged into its weights: training adds a new
-/// adapter on top, and for DPO the reference (adapters off) is then the SFT model. Before
-/// any weight is read, the job's largest piece is planned and refused when it will not
-/// fit the GPU memory (`--gpu-memory`, or the CUDA device's).
-fn load_merged(
+/// The model with `--adapter` (if any) applied: training folds it into the weights and
+/// adds a new adapter on top, so for DPO the reference (adapters off) is the SFT model.
+/// Before any weight is read, the job's largest piece is planned and refused when it will
+/// not fit the GPU memory (`--gpu-memory`, or the CUDA device's).
+fn load_for_training(
     model: &ModelArgs,
     memory: &GpuMemoryArgs,
     args: &TrainingArgs,
@@ -166,19 +229,14 @@ fn load_merged(
     let options = model.load_options()?;
     let shape = TrainShape::largest_piece(args, algorithm, options.dtype, gen_batch);
     memory.ensure_fits(&model.model, &options.device, &[shape], TRAIN_KNOBS)?;
-    let mut model = model.load_with(&options)?;
-    merge_adapters(&mut model.decoder)?;
-    Ok(model)
+    model.load_with(&options)
 }
 
 impl CommonArgs {
-    fn run_options(&self) -> RunOptions {
-        RunOptions {
-            out: self.out.clone(),
+    fn training_options(&self) -> TrainingOptions {
+        TrainingOptions {
             resume: self.resume.clone(),
-            stop_after: None,
-            base_model: self.model.model.clone(),
-            progress: true,
+            ..TrainingOptions::new(&self.out, &self.model.model)
         }
     }
 }
@@ -204,7 +262,7 @@ pub struct DpoFlags {
     #[arg(long, default_value_t = 0.1)]
     pub beta: f64,
     #[arg(long, value_enum, default_value = "sigmoid")]
-    pub loss_type: DpoLossType,
+    pub loss_type: LossTypeArg,
     /// Probability that a preference label is flipped (conservative DPO); sigmoid only.
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
@@ -225,7 +283,7 @@ impl DpoFlags {
         Ok(DpoConfig {
             args: flags.training_args(defaults.args),
             beta: self.beta,
-            loss_type: self.loss_type,
+            loss_type: self.loss_type.into(),
             label_smoothing: self.label_smoothing,
             precompute_ref_log_probs: self.precompute_ref_log_probs,
         })
@@ -280,65 +338,56 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-fn report_dropped(path: &Path, dropped: usize, kept: usize, max_len: usize) -> Result<()> {
-    if kept == 0 {
+/// Refuses data that tokenizing emptied and reports what it dropped, before training.
+fn report_dropped(path: &Path, counts: DataCounts, max_len: usize) -> Result<()> {
+    if counts.kept == 0 {
         bail!(
             "{}: no record has a response token within --max-len {max_len}",
             path.display()
         );
     }
-    if dropped > 0 {
+    if counts.dropped > 0 {
         eprintln!(
-            "{}: skipped {dropped} records with no response token within --max-len {max_len}",
-            path.display()
+            "{}: skipped {} records with no response token within --max-len {max_len}",
+            path.display(),
+            counts.dropped
         );
     }
+    reset_peak_rss();
     Ok(())
 }
 
 fn run_sft(args: SftArgs) -> Result<()> {
     let c = &args.common;
-    let records = read_records(&c.data)?;
-    let conversations = parse_sft(&records, c.format, &c.data)?;
+    let data = SftData::read(&c.data, c.format.into())?;
     let config = SftConfig {
         args: c.flags.training_args(SftConfig::default().args),
     };
-    let mut model = load_merged(&c.model, &c.memory, &config.args, Algorithm::Sft, 0)?;
-    let (examples, dropped) = tokenize_sft(&model, &conversations, config.args.max_len)
-        .with_context(|| format!("{}", c.data.display()))?;
-    report_dropped(&c.data, dropped, examples.len(), config.args.max_len)?;
-    reset_peak_rss();
-    let summary = train(
-        &mut model.decoder,
-        &Job::Sft {
-            examples: &examples,
-            config: &config,
-        },
-        &c.run_options(),
+    let mut model = load_for_training(&c.model, &c.memory, &config.args, Algorithm::Sft, 0)?;
+    let outcome = train_sft(
+        &mut model,
+        &data,
+        &config,
+        &c.training_options(),
+        |counts| report_dropped(&c.data, counts, config.args.max_len),
     )?;
-    print_summary(&summary, &c.out);
+    print_summary(&outcome, &c.out);
     Ok(())
 }
 
 fn run_dpo(args: DpoArgs) -> Result<()> {
     let c = &args.common;
-    let records = read_records(&c.data)?;
-    let pairs = parse_preferences(&records, c.format, &c.data)?;
+    let data = PreferenceData::read(&c.data, c.format.into())?;
     let config = args.dpo.config(&c.flags, DpoConfig::default())?;
-    let mut model = load_merged(&c.model, &c.memory, &config.args, Algorithm::Dpo, 0)?;
-    let (tokenized, dropped) = tokenize_preferences(&model, &pairs, config.args.max_len)
-        .with_context(|| format!("{}", c.data.display()))?;
-    report_dropped(&c.data, dropped, tokenized.len(), config.args.max_len)?;
-    reset_peak_rss();
-    let summary = train(
-        &mut model.decoder,
-        &Job::Dpo {
-            pairs: &tokenized,
-            config: &config,
-        },
-        &c.run_options(),
+    let mut model = load_for_training(&c.model, &c.memory, &config.args, Algorithm::Dpo, 0)?;
+    let outcome = train_dpo(
+        &mut model,
+        &data,
+        &config,
+        &c.training_options(),
+        |counts| report_dropped(&c.data, counts, config.args.max_len),
     )?;
-    print_summary(&summary, &c.out);
+    print_summary(&outcome, &c.out);
     Ok(())
 }
 
@@ -357,28 +406,19 @@ fn run_online(args: OnlineDpoArgs) -> Result<()> {
         batch: args.generation_batch,
         ..OnlineDpoConfig::default()
     };
-    let mut model = load_merged(
+    let mut model = load_for_training(
         &args.model,
         &args.memory,
         &config.dpo.args,
         Algorithm::Dpo,
         config.batch,
     )?;
-    let sandbox = Sandbox::new(SandboxOptions {
-        timeout: Duration::from_millis(args.exec_timeout_ms),
-        ..SandboxOptions::default()
-    })?;
-    let reports = run_online_dpo(
+    let reports = train_online_dpo(
         &mut model,
         &prompts,
         &config,
-        &mut |jobs| sandbox.run(jobs),
-        &OnlineOptions {
-            out: args.out.clone(),
-            base_model: args.model.model.clone(),
-            progress: true,
-            stop_after: None,
-        },
+        Duration::from_millis(args.exec_timeout_ms),
+        &OnlineOptions::new(&args.out, &args.model.model),
     )?;
     if let (Some(first), Some(last)) = (reports.first(), reports.last()) {
         eprintln!(
@@ -392,12 +432,15 @@ fn run_online(args: OnlineDpoArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(summary: &crate::train::RunSummary, out: &Path) {
-    let losses = summary.losses();
+fn print_summary(outcome: &JobOutcome, out: &Path) {
+    let Some(training) = &outcome.training else {
+        return;
+    };
+    let losses = training.losses();
     if let (Some(first), Some(last)) = (losses.first(), losses.last()) {
         eprintln!(
             "trained {} steps: loss {first:.4} → {last:.4}; adapter and metrics.jsonl in {}",
-            summary.total_steps,
+            training.total_steps,
             out.display()
         );
     }

@@ -5,7 +5,9 @@
 //! A base loaded from GGUF exports in the same layout, with the tokenizer built from the
 //! GGUF metadata.
 
-use super::files::{write_json, write_safetensors, LazyTensor, StagingDir};
+use super::staging_dir::StagingDir;
+use crate::io::atomic::write_json;
+use crate::io::safetensors::{write_safetensors, LazyTensor};
 use crate::model::source::ModelFiles;
 use crate::model::Model;
 use anyhow::{bail, Context, Result};

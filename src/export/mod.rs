@@ -1,10 +1,8 @@
-//! Export: PEFT adapter folders and merged Hugging Face model folders that
-//! transformers and peft load.
+//! Export: merged Hugging Face model folders that transformers loads (PEFT adapter
+//! folders are `model::adapter_file`'s).
 
-mod files;
 pub mod merged;
-pub mod peft;
+mod staging_dir;
 
-pub use files::{LazyTensor, StagingDir};
 pub use merged::save_merged;
-pub use peft::{load_adapter, save_adapter};
+pub use staging_dir::StagingDir;

@@ -24,6 +24,13 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
 }
 
+/// Pretty-printed JSON with a final newline, atomically.
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    write_atomically(path, |tmp| Ok(std::fs::write(tmp, &text)?))
+}
+
 /// A JSON Lines output written as it goes: records stream into the temporary file and
 /// `commit` renames it into place. Dropped uncommitted (an error, a panic), it removes
 /// the temporary file.

@@ -1,9 +1,12 @@
 //! Models: configuration, weights (safetensors or GGUF), tokenizer, chat template, and
 //! the one LoRA-ready decoder for the Llama and Qwen2 families.
 
+pub mod adapter_file;
 pub mod chat_template;
 pub mod config;
+pub mod config_resolution;
 pub mod decoder;
+pub mod device_memory;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod lora;

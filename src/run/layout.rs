@@ -15,6 +15,8 @@
 use std::path::{Path, PathBuf};
 
 use super::Phase;
+use crate::train::metrics::METRICS_FILE;
+use crate::train::online_dpo::{iteration_dir, ITERATIONS_FILE};
 
 #[derive(Debug, Clone)]
 pub struct RunLayout {
@@ -55,17 +57,16 @@ impl RunLayout {
     pub fn training_metrics(&self, phase: Phase) -> PathBuf {
         match phase {
             Phase::OnlineDpo => self.online_dpo_iterations(),
-            _ => self.phase_dir(phase).join("metrics.jsonl"),
+            _ => self.phase_dir(phase).join(METRICS_FILE),
         }
     }
 
     pub fn online_dpo_iterations(&self) -> PathBuf {
-        self.phase_dir(Phase::OnlineDpo).join("iterations.jsonl")
+        self.phase_dir(Phase::OnlineDpo).join(ITERATIONS_FILE)
     }
 
     pub fn online_dpo_adapter(&self, iteration: usize) -> PathBuf {
-        self.phase_dir(Phase::OnlineDpo)
-            .join(format!("iter-{iteration}"))
+        iteration_dir(&self.phase_dir(Phase::OnlineDpo), iteration)
     }
 
     /// The SFT data set the `datasets` stage writes (TRL conversational records).

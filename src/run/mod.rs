@@ -22,21 +22,21 @@ use std::time::{Duration, Instant};
 use crate::config::{RunConfig, SupervisorKind};
 use crate::eval::ifeval::results::{generate_responses, write_results};
 use crate::eval::ifeval::{evaluate, load_input_data, Summary as IfevalScores};
-use crate::export::{load_adapter, save_merged};
+use crate::export::save_merged;
 use crate::generate::openai::{Endpoint, OpenAiBackend, OpenAiConfig};
 use crate::generate::{Backend, EngineOptions, LocalEngine};
+use crate::model::adapter_file::load_adapter;
 use crate::model::{LoadOptions, Model};
 use crate::pipeline::funnel::{table, FunnelRow};
 use crate::pipeline::run_dir::{RunDir, StageState};
 use crate::pipeline::{Pipeline, Stage};
-use crate::train::data::{
-    parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, DataFormat,
-};
-use crate::train::dpo::merge_adapters;
+use crate::train::adapters::merge_adapters;
 use crate::train::memory_plan::{Algorithm, TrainShape};
 use crate::train::online_dpo::read_verified_prompts;
-use crate::train::{run_online_dpo, train, Job, OnlineOptions, RunOptions};
-use crate::verify::{Sandbox, SandboxOptions};
+use crate::train::{
+    train_dpo, train_online_dpo, train_sft, DataCounts, OnlineOptions, PreferenceData, SftData,
+    TrainingOptions,
+};
 use layout::RunLayout;
 use summary::Summary;
 
@@ -320,84 +320,47 @@ impl Loop {
     }
 
     fn sft(&mut self) -> Result<Vec<FunnelRow>> {
-        let path = self.root().join("datasets/trl/sft.jsonl");
+        let data = SftData::read_dataset(&self.layout().sft_dataset())?;
         let config = self.config.sft.clone();
-        let out = self.root().join("sft");
-        let base = self.config.model.path.clone();
-        let conversations = parse_sft(&dataset_records(&path)?, DataFormat::Auto, &path)?;
-        let model = self.model()?;
-        let (examples, dropped) = tokenize_sft(model, &conversations, config.args.max_len)
-            .with_context(|| path.display().to_string())?;
-        let row = data_row("sft", "examples", examples.len(), dropped);
-        if examples.is_empty() {
-            eprintln!("warning: phase sft: no training example; the model is not changed");
-            return Ok(vec![row]);
-        }
-        train(
-            &mut model.decoder,
-            &Job::Sft {
-                examples: &examples,
-                config: &config,
-            },
-            &run_options(&out, base)?,
+        let options = TrainingOptions::continuing(
+            &self.layout().phase_dir(Phase::Sft),
+            &self.config.model.path,
         )?;
-        Ok(vec![row])
+        let outcome = train_sft(self.model()?, &data, &config, &options, |_| Ok(()))?;
+        if outcome.training.is_none() {
+            eprintln!("warning: phase sft: no training example; the model is not changed");
+        }
+        Ok(vec![data_row("sft", "examples", outcome.data)])
     }
 
     fn dpo(&mut self) -> Result<Vec<FunnelRow>> {
-        let path = self.root().join("datasets/trl/dpo.jsonl");
+        let data = PreferenceData::read_dataset(&self.layout().dpo_dataset())?;
         let config = self.config.dpo.clone();
-        let out = self.root().join("dpo");
-        let base = self.config.model.path.clone();
-        let pairs = parse_preferences(&dataset_records(&path)?, DataFormat::Auto, &path)?;
-        let model = self.model()?;
-        // The SFT adapter goes into the weights: the reference is the SFT model.
-        merge_adapters(&mut model.decoder)?;
-        let (tokenized, dropped) = tokenize_preferences(model, &pairs, config.args.max_len)
-            .with_context(|| path.display().to_string())?;
-        let row = data_row("dpo", "pairs", tokenized.len(), dropped);
-        if tokenized.is_empty() {
-            eprintln!("warning: phase dpo: no preference pair; the model is not changed");
-            return Ok(vec![row]);
-        }
-        train(
-            &mut model.decoder,
-            &Job::Dpo {
-                pairs: &tokenized,
-                config: &config,
-            },
-            &run_options(&out, base)?,
+        let options = TrainingOptions::continuing(
+            &self.layout().phase_dir(Phase::Dpo),
+            &self.config.model.path,
         )?;
-        Ok(vec![row])
+        let outcome = train_dpo(self.model()?, &data, &config, &options, |_| Ok(()))?;
+        if outcome.training.is_none() {
+            eprintln!("warning: phase dpo: no preference pair; the model is not changed");
+        }
+        Ok(vec![data_row("dpo", "pairs", outcome.data)])
     }
 
     fn online_dpo(&mut self) -> Result<Vec<FunnelRow>> {
-        let path = self.root().join("queries/pairs.jsonl");
-        let prompts = read_verified_prompts(&path)?;
+        let prompts = read_verified_prompts(&self.layout().verified_prompts())?;
         let mut row = FunnelRow::new("online_dpo", "prompts");
         if prompts.is_empty() {
             eprintln!("warning: phase online_dpo: no prompt with functions; skipped");
             return Ok(vec![row]);
         }
         let config = self.config.online_dpo.clone();
-        let options = OnlineOptions {
-            out: self.root().join("online_dpo"),
-            base_model: self.config.model.path.clone(),
-            progress: true,
-            stop_after: None,
-        };
-        let sandbox = Sandbox::new(SandboxOptions {
-            timeout: Duration::from_millis(self.config.synthesis.exec_timeout_ms),
-            ..SandboxOptions::default()
-        })?;
-        let model = self.model()?;
-        run_online_dpo(
-            model,
-            &prompts,
-            &config,
-            &mut |jobs| sandbox.run(jobs),
-            &options,
-        )?;
+        let options = OnlineOptions::new(
+            &self.layout().phase_dir(Phase::OnlineDpo),
+            &self.config.model.path,
+        );
+        let exec_timeout = Duration::from_millis(self.config.synthesis.exec_timeout_ms);
+        train_online_dpo(self.model()?, &prompts, &config, exec_timeout, &options)?;
         prompts.iter().for_each(|_| row.keep());
         Ok(vec![row])
     }
@@ -429,18 +392,19 @@ fn restore_trained_weights(model: &mut Model, run: &RunDir) -> Result<()> {
             .iter()
             .any(|s| s.name == name && s.state == StageState::Done)
     };
+    let layout = RunLayout::new(run.root());
     let mut adapters: Vec<PathBuf> = Vec::new();
     for phase in [Phase::Sft, Phase::Dpo] {
-        let dir = run.root().join(phase.name());
-        if done(phase.name()) && dir.join(crate::export::peft::WEIGHTS_FILE).is_file() {
+        let dir = layout.phase_dir(phase);
+        if done(phase.name()) && dir.join(crate::model::adapter_file::WEIGHTS_FILE).is_file() {
             adapters.push(dir);
         }
     }
     if done(Phase::OnlineDpo.name()) {
-        let dir = run.root().join(Phase::OnlineDpo.name());
+        let dir = layout.phase_dir(Phase::OnlineDpo);
         for report in crate::train::online_dpo::read_iterations(&dir)? {
             if report.pairs > 0 {
-                adapters.push(dir.join(format!("iter-{}", report.iteration)));
+                adapters.push(layout.online_dpo_adapter(report.iteration));
             }
         }
     }
@@ -451,46 +415,12 @@ fn restore_trained_weights(model: &mut Model, run: &RunDir) -> Result<()> {
     Ok(())
 }
 
-/// Where a training phase writes, continuing from its latest checkpoint if it has one.
-fn run_options(out: &Path, base_model: String) -> Result<RunOptions> {
-    Ok(RunOptions {
-        out: out.to_path_buf(),
-        resume: latest_checkpoint(out)?,
-        stop_after: None,
-        base_model,
-        progress: true,
-    })
-}
-
-/// The `checkpoint-N` folder with the largest N that holds a complete checkpoint.
-fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
-    if !out.is_dir() {
-        return Ok(None);
-    }
-    let mut best: Option<(usize, PathBuf)> = None;
-    for entry in std::fs::read_dir(out).with_context(|| format!("{}", out.display()))? {
-        let path = entry?.path();
-        let step = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("checkpoint-"))
-            .and_then(|n| n.parse::<usize>().ok());
-        if let Some(step) = step {
-            if path.join("trainer_state.json").is_file() && best.as_ref().is_none_or(|b| step > b.0)
-            {
-                best = Some((step, path));
-            }
-        }
-    }
-    Ok(best.map(|(_, p)| p))
-}
-
 /// A funnel row for a training phase's data: examples kept, and those dropped because
 /// no response token fit within `max_len`.
-fn data_row(stage: &str, unit: &str, kept: usize, dropped: usize) -> FunnelRow {
+fn data_row(stage: &str, unit: &str, counts: DataCounts) -> FunnelRow {
     let mut row = FunnelRow::new(stage, unit);
-    (0..kept).for_each(|_| row.keep());
-    (0..dropped).for_each(|_| row.drop("no_response_token_within_max_len"));
+    (0..counts.kept).for_each(|_| row.keep());
+    (0..counts.dropped).for_each(|_| row.drop("no_response_token_within_max_len"));
     row
 }
 
@@ -545,16 +475,4 @@ pub fn check_inputs(config: &RunConfig) -> Result<()> {
         bail!("online_dpo.samples must be at least 2 to form pairs");
     }
     Ok(())
-}
-
-/// The records of a data set the synthesis wrote: none when no example survived its
-/// filters (an empty file), which the training phases report and pass over rather than
-/// ending the run.
-fn dataset_records(path: &Path) -> Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    read_records(path)
 }

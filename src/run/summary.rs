@@ -276,7 +276,7 @@ fn exports(layout: &RunLayout) -> Result<Exports> {
     let mut adapters = Map::new();
     for phase in [Phase::Sft, Phase::Dpo] {
         let dir = layout.phase_dir(phase);
-        if dir.join(crate::export::peft::WEIGHTS_FILE).is_file() {
+        if dir.join(crate::model::adapter_file::WEIGHTS_FILE).is_file() {
             adapters.insert(phase.name().into(), existing(dir));
         }
     }

@@ -16,7 +16,7 @@ use serde_json::Value;
 use std::path::Path;
 
 /// How the records of a data file are laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataFormat {
     /// Detect from the first record's keys.
     Auto,
@@ -500,6 +500,33 @@ pub fn packed_batches(tokens: &[usize], capacity: usize, rows_per_batch: usize) 
         .collect()
 }
 
+/// Cuts a batch into consecutive pieces of at most `max_tokens` tokens (`tokens(i)` of
+/// item `i`; batches carry no padding); an item larger than that goes alone. 0: no limit.
+pub fn split_by_tokens(
+    batch: &[usize],
+    tokens: impl Fn(usize) -> usize,
+    max_tokens: usize,
+) -> Vec<Vec<usize>> {
+    if max_tokens == 0 {
+        return vec![batch.to_vec()];
+    }
+    let mut pieces: Vec<Vec<usize>> = Vec::new();
+    let mut filled = 0;
+    for &i in batch {
+        match pieces.last_mut() {
+            Some(piece) if filled + tokens(i) <= max_tokens => {
+                piece.push(i);
+                filled += tokens(i);
+            }
+            _ => {
+                pieces.push(vec![i]);
+                filled = tokens(i);
+            }
+        }
+    }
+    pieces
+}
+
 /// Sequences laid back to back with no padding (each attends only to itself, from
 /// position 0), and where their targets are.
 pub struct TokenBatch {
@@ -557,6 +584,21 @@ impl TokenBatch {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn batches_split_within_the_token_budget() {
+        let widths = [100, 300, 200, 50, 700];
+        let w = |i: usize| widths[i];
+        assert_eq!(
+            split_by_tokens(&[0, 1, 2, 3], w, 600),
+            vec![vec![0, 1, 2], vec![3]]
+        );
+        assert_eq!(
+            split_by_tokens(&[1, 2, 4, 3], w, 500),
+            vec![vec![1, 2], vec![4], vec![3]]
+        );
+        assert_eq!(split_by_tokens(&[0, 1], w, 0), vec![vec![0, 1]]);
+    }
 
     fn p() -> &'static Path {
         Path::new("data.jsonl")

@@ -5,19 +5,17 @@
 //! or, with `precompute_ref_log_probs`, once before training (a forward pass per step
 //! saved, as TRL's option of the same name).
 
-use super::data::{length_grouped_batches, TokenBatch, Tokenized, TokenizedPair};
+use super::data::{length_grouped_batches, split_by_tokens, TokenBatch, Tokenized, TokenizedPair};
 use super::optim::ScheduleKind;
 use super::sft::batch_target_logprobs;
-use super::trainer::{split_by_tokens, TrainingArgs};
+use super::training_args::TrainingArgs;
 use crate::model::decoder::Decoder;
 use crate::model::lora::Adapters;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DpoLossType {
     /// −log σ(β·h), smoothed: (1−ε)·(−log σ(β·h)) + ε·(−log σ(−β·h)).
@@ -71,6 +69,20 @@ pub struct DpoStats {
     /// Σ (log π − log π_ref) over every chosen and rejected token, and the token count.
     pub log_ratio_sum: f64,
     pub tokens: usize,
+}
+
+impl DpoStats {
+    /// Adds another micro-batch's values (the pieces of one optimizer step).
+    pub fn extend(&mut self, other: DpoStats) {
+        self.losses.extend(other.losses);
+        self.chosen_rewards.extend(other.chosen_rewards);
+        self.rejected_rewards.extend(other.rejected_rewards);
+        self.policy_chosen_logps.extend(other.policy_chosen_logps);
+        self.policy_rejected_logps
+            .extend(other.policy_rejected_logps);
+        self.log_ratio_sum += other.log_ratio_sum;
+        self.tokens += other.tokens;
+    }
 }
 
 /// `[sequences]` sums of per-target values `[targets]`, as a segment-indicator matmul so
@@ -220,13 +232,4 @@ pub fn reference_logps(
     }
     bar.finish_and_clear();
     Ok(out)
-}
-
-/// Folds every adapter into the base weights (the SFT adapter before DPO), so with
-/// adapters off the decoder is the SFT model.
-pub fn merge_adapters(decoder: &mut Decoder) -> Result<()> {
-    for (_, layer) in decoder.linear_layers_mut() {
-        layer.merge_adapter()?;
-    }
-    Ok(())
 }

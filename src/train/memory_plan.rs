@@ -21,15 +21,13 @@
 //!   slack.
 
 use crate::model::config::ModelConfig;
+use crate::model::config_resolution::resolve_config_or_download;
 use crate::model::lora::PROJECTIONS;
 use crate::model::ops::causal_attention::KERNEL_HEAD_DIMS;
 use crate::model::ops::chunked_logprob::logits_chunk_rows;
-use crate::model::source::download_hub_config;
 use crate::train::TrainingArgs;
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device};
-use std::path::Path;
+use candle_core::DType;
 
 const GIB: f64 = (1u64 << 30) as f64;
 const FIXED_OVERHEAD: u64 = 1 << 30;
@@ -37,7 +35,7 @@ const SLACK_PERCENT: u64 = 10;
 /// Bytes per trainable f32 parameter under AdamW: value, gradient, first and second moment.
 const ADAMW_BYTES_PER_PARAM: u64 = 16;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     Sft,
     /// Each batch element is a pair: chosen and rejected sequences share the pass.
@@ -85,7 +83,7 @@ impl TrainShape {
     /// The largest piece the trainer runs through one forward pass for `args`: pieces hold
     /// at most `max_batch_tokens` tokens but at least one item (a sequence cut at
     /// `max_len`, or a pair of them), and at most a micro-batch of `batch_size` items (or
-    /// packed rows of `max_len`); see `trainer::split_by_tokens`. It is planned as whole
+    /// packed rows of `max_len`); see `data::split_by_tokens`. It is planned as whole
     /// `max_len` sequences where it holds several, so the composed attention's per-sequence
     /// scores are not undercounted. Generation (online DPO) is planned as `gen_batch`
     /// sequences of the same length.
@@ -174,56 +172,6 @@ impl MemoryPlan {
             );
         }
         Ok(())
-    }
-}
-
-/// Parses `80GiB`, `80GB`, `81559MiB`, `1.5TiB` or a plain byte count.
-pub fn parse_bytes(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .with_context(|| format!("`{text}` is not a memory size (like 80GiB)"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        other => bail!("`{text}`: unknown unit `{other}` (use GiB, GB, MiB, …)"),
-    };
-    Ok((value * scale as f64) as u64)
-}
-
-/// The model's hyper-parameters without its weights: `config.json` of a folder (or the
-/// file itself), a `.gguf` file's metadata, or a hub id already in the Hugging Face cache.
-pub fn config_only(spec: &str) -> Result<ModelConfig> {
-    let path = Path::new(spec);
-    if spec.ends_with(".gguf") {
-        let mut file = std::fs::File::open(path).with_context(|| format!("{spec}: cannot open"))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| anyhow::anyhow!("{spec}: not a valid GGUF file ({e})"))?;
-        return ModelConfig::from_gguf(&content).with_context(|| spec.to_string());
-    }
-    if path.is_dir() {
-        return ModelConfig::from_hf_file(&path.join("config.json"));
-    }
-    if path.is_file() {
-        return ModelConfig::from_hf_file(path);
-    }
-    let cache = hf_hub::Cache::from_env();
-    match cache.model(spec.to_string()).get("config.json") {
-        Some(config) => ModelConfig::from_hf_file(&config),
-        None => bail!(
-            "{spec}: no such file or folder, and no config.json for it in the Hugging Face cache"
-        ),
     }
 }
 
@@ -483,32 +431,6 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
     })
 }
 
-/// The memory `autoif train` and `autoif run` plan against: `given` (`--gpu-memory`), else
-/// a CUDA device's total memory; none on the CPU without `given` (nothing is checked).
-pub fn gpu_budget(given: Option<&str>, device: &Device) -> Result<Option<u64>> {
-    match given {
-        Some(text) => parse_bytes(text).map(Some),
-        None if device.is_cuda() => cuda_total_memory(device).map(Some),
-        None => Ok(None),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_total_memory(device: &Device) -> Result<u64> {
-    // The context's query binds it to this thread first, which cuMemGetInfo needs.
-    let (_free, total) = device
-        .as_cuda_device()?
-        .cuda_stream()
-        .context()
-        .mem_get_info()?;
-    Ok(total as u64)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_total_memory(_: &Device) -> Result<u64> {
-    unreachable!("a CUDA device exists only with --features cuda")
-}
-
 /// For `autoif train` / `autoif run` before anything is loaded: reads `model`'s config
 /// (downloading a hub id's config.json alone when it is not cached: the weights follow
 /// anyway), plans each of `shapes`, and fails with one line naming the model when the
@@ -517,7 +439,7 @@ pub fn ensure_fits(model: &str, shapes: &[TrainShape], gpu_bytes: u64, knobs: &s
     if shapes.is_empty() {
         return Ok(());
     }
-    let config = job_config(model)?;
+    let config = resolve_config_or_download(model)?;
     let mut plans = shapes
         .iter()
         .map(|shape| plan(&config, &on_gpu(&config, shape)))
@@ -537,14 +459,6 @@ pub fn on_gpu(config: &ModelConfig, shape: &TrainShape) -> TrainShape {
         shape.attention = Attention::Composed;
     }
     shape
-}
-
-/// `config_only`, or for a hub id not in the cache its config.json downloaded alone.
-fn job_config(spec: &str) -> Result<ModelConfig> {
-    config_only(spec).or_else(|not_local| match download_hub_config(spec) {
-        Some(path) => ModelConfig::from_hf_file(&path?),
-        None => Err(not_local),
-    })
 }
 
 #[cfg(test)]
@@ -741,13 +655,11 @@ mod tests {
     fn refuses_what_does_not_fit_in_one_line() {
         let c = qwen2_7b();
         let small = plan(&c, &shape(1, 512, LogprobHead::Chunked)).unwrap();
-        small
-            .check_fits(parse_bytes("80GiB").unwrap(), "--batch")
-            .unwrap();
+        small.check_fits(80 << 30, "--batch").unwrap();
         // Composed attention keeps [28, 4096, 4096] scores per layer: ~11 GiB × 28 layers.
         let big = plan(&c, &shape(1, 4096, LogprobHead::Chunked)).unwrap();
         let err = big
-            .check_fits(parse_bytes("80GiB").unwrap(), "--batch or --seq-len")
+            .check_fits(80 << 30, "--batch or --seq-len")
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("this configuration needs about"), "{err}");
@@ -755,17 +667,6 @@ mod tests {
         assert!(err.contains("largest item: activations (kept)"), "{err}");
         assert!(err.ends_with("; lower --batch or --seq-len"), "{err}");
         assert!(!err.contains('\n'));
-    }
-
-    #[test]
-    fn memory_sizes_parse() {
-        assert_eq!(parse_bytes("80GiB").unwrap(), 80 << 30);
-        assert_eq!(parse_bytes("81559MiB").unwrap(), 81559 << 20);
-        assert_eq!(parse_bytes("80GB").unwrap(), 80_000_000_000);
-        assert_eq!(parse_bytes("1.5 GiB").unwrap(), 3 << 29);
-        assert_eq!(parse_bytes("1024").unwrap(), 1024);
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("80 parsecs").is_err());
     }
 
     #[test]

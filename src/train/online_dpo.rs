@@ -13,14 +13,17 @@
 //! replays the finished iterations' adapters and goes on with the next one; sampling is
 //! seeded per (iteration, prompt), so a redone iteration samples the same texts.
 
+use super::adapters::merge_adapters;
 use super::autoif_rules::{mine_pairs, sft_prompt};
 use super::data::{tokenize_preferences, PreferencePair};
-use super::dpo::{merge_adapters, DpoConfig};
-use super::trainer::{train, Job, RunOptions};
-use crate::export::peft::load_adapter;
+use super::dpo::DpoConfig;
+use super::job::TrainingJob;
+use super::metrics::StepMetrics;
+use super::trainer::{train, TrainingOptions};
 use crate::generate::unit_seed;
 use crate::generate::{Backend, EngineOptions, LocalEngine, Prompt, Request, SamplingParams};
 use crate::io::write_atomic;
+use crate::model::adapter_file::load_adapter;
 use crate::model::chat_template::Message;
 use crate::model::lora::Adapters;
 use crate::model::Model;
@@ -118,7 +121,21 @@ pub struct OnlineOptions {
     pub stop_after: Option<usize>,
 }
 
-const ITERATIONS_FILE: &str = "iterations.jsonl";
+impl OnlineOptions {
+    /// A run into `out` that continues after its last finished iteration, with progress
+    /// shown.
+    pub fn new(out: &Path, base_model: &str) -> Self {
+        Self {
+            out: out.to_path_buf(),
+            base_model: base_model.to_string(),
+            progress: true,
+            stop_after: None,
+        }
+    }
+}
+
+/// One line per finished iteration, in `OnlineOptions::out`.
+pub const ITERATIONS_FILE: &str = "iterations.jsonl";
 
 /// Runs the iterations not yet recorded in `options.out`. On return the last iteration's
 /// adapter is attached (not merged), like after `train`.
@@ -148,7 +165,7 @@ pub fn run_online_dpo(
         if report.pairs > 0 {
             load_adapter(
                 &mut model.decoder,
-                &iteration_dir(options, report.iteration),
+                &iteration_dir(&options.out, report.iteration),
             )?;
         }
     }
@@ -191,8 +208,9 @@ fn validate(config: &OnlineDpoConfig, prompts: &[VerifiedPrompt]) -> Result<()> 
     Ok(())
 }
 
-fn iteration_dir(options: &OnlineOptions, iteration: usize) -> PathBuf {
-    options.out.join(format!("iter-{iteration}"))
+/// The folder of one iteration's samples, pairs and adapter inside `out`.
+pub fn iteration_dir(out: &Path, iteration: usize) -> PathBuf {
+    out.join(format!("iter-{iteration}"))
 }
 
 /// The prompts of one iteration: all, or a seeded draw without replacement.
@@ -230,7 +248,7 @@ fn run_iteration(
     iteration: usize,
 ) -> Result<IterationReport> {
     let started = Instant::now();
-    let dir = iteration_dir(options, iteration);
+    let dir = iteration_dir(&options.out, iteration);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("{}: cannot create folder", dir.display()))?;
     merge_adapters(&mut model.decoder)?;
@@ -299,32 +317,31 @@ fn run_iteration(
         let mut dpo = config.dpo.clone();
         // A fresh adapter per iteration, initialised differently each time.
         dpo.args.seed = seed.wrapping_add(iteration as u64);
-        let summary = train(
+        let outcome = train(
             &mut model.decoder,
-            &Job::Dpo {
+            &TrainingJob::Dpo {
                 pairs: &tokenized,
                 config: &dpo,
             },
-            &RunOptions {
-                out: dir.clone(),
-                resume: None,
-                stop_after: None,
-                base_model: options.base_model.clone(),
+            &TrainingOptions {
                 progress: options.progress,
+                ..TrainingOptions::new(&dir, &options.base_model)
             },
         )?;
-        let metric = |key: &str| -> Option<f64> {
-            let values: Vec<f64> = summary
+        // Means over the steps; a non-finite value (null in metrics.jsonl) is left out.
+        let step_mean = |value: &dyn Fn(&StepMetrics) -> Option<f64>| -> Option<f64> {
+            let values: Vec<f64> = outcome
                 .metrics
                 .iter()
-                .filter_map(|m| m[key].as_f64())
+                .filter_map(value)
+                .filter(|v| v.is_finite())
                 .collect();
             (!values.is_empty()).then(|| mean(&values))
         };
         report.pairs = tokenized.len();
-        report.loss = metric("loss");
-        report.accuracy = metric("rewards/accuracies");
-        report.margin = metric("rewards/margins");
+        report.loss = step_mean(&|m| Some(m.loss));
+        report.accuracy = step_mean(&|m| m.dpo.as_ref().map(|d| d.accuracy));
+        report.margin = step_mean(&|m| m.dpo.as_ref().map(|d| d.margin));
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -1,7 +1,7 @@
 //! Supervised fine-tuning: mean negative log-likelihood of the response tokens.
 
 use super::data::TokenBatch;
-use super::trainer::TrainingArgs;
+use super::training_args::TrainingArgs;
 use crate::model::decoder::Decoder;
 use crate::model::logprobs::target_logprobs;
 use crate::model::lora::Adapters;

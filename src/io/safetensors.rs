@@ -1,12 +1,11 @@
-//! Writing export files so that a failure never leaves a half-written result: single
-//! files go through a temporary name renamed into place, whole folders through a staging
-//! folder renamed into place.
+//! Safetensors files written atomically, one tensor converted at a time, with the
+//! `{"format": "pt"}` metadata transformers and peft look for.
 
-use crate::io::write_atomically;
+use super::atomic::write_atomically;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A tensor to be written: name and shape up front (for the file header), values produced
 /// only when its bytes are written, so an export holds one converted tensor at a time
@@ -103,87 +102,4 @@ fn tensor_bytes(tensor: &Tensor, dtype: DType) -> Result<Vec<u8>> {
             .collect(),
         other => bail!("cannot export tensors as {other:?}"),
     })
-}
-
-/// Pretty-printed JSON with a final newline, atomically.
-pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value)?;
-    text.push('\n');
-    write_atomically(path, |tmp| Ok(std::fs::write(tmp, &text)?))
-}
-
-/// A folder filled under a temporary name beside its destination and renamed into place
-/// by `commit`; dropped uncommitted, it is removed.
-pub struct StagingDir {
-    staging: PathBuf,
-    dest: PathBuf,
-    committed: bool,
-}
-
-impl StagingDir {
-    /// Refuses a destination that exists and is not an empty folder, so an export never
-    /// mixes its files with older ones.
-    pub fn new(dest: &Path) -> Result<Self> {
-        if dest.exists() {
-            let empty = dest.is_dir()
-                && std::fs::read_dir(dest)
-                    .with_context(|| format!("{}: cannot read", dest.display()))?
-                    .next()
-                    .is_none();
-            if !empty {
-                bail!(
-                    "{}: already exists and is not an empty folder; choose another output or remove it",
-                    dest.display()
-                );
-            }
-        }
-        let name = dest
-            .file_name()
-            .with_context(|| format!("{}: not a folder path", dest.display()))?;
-        let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
-        if let Some(parent) = parent {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("{}: cannot create folder", parent.display()))?;
-        }
-        let staging = dest.with_file_name(format!(
-            ".{}.partial-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)
-                .with_context(|| format!("{}: cannot remove", staging.display()))?;
-        }
-        std::fs::create_dir(&staging)
-            .with_context(|| format!("{}: cannot create folder", staging.display()))?;
-        Ok(Self {
-            staging,
-            dest: dest.to_path_buf(),
-            committed: false,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.staging
-    }
-
-    pub fn commit(mut self) -> Result<()> {
-        if self.dest.is_dir() {
-            // Checked empty in `new`; rename cannot replace a folder on every platform.
-            std::fs::remove_dir(&self.dest)
-                .with_context(|| format!("{}: cannot replace", self.dest.display()))?;
-        }
-        std::fs::rename(&self.staging, &self.dest)
-            .with_context(|| format!("{}: cannot write", self.dest.display()))?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.staging);
-        }
-    }
 }

@@ -1,12 +1,14 @@
 //! LoRA adapters in PEFT's folder layout: `adapter_config.json` plus
 //! `adapter_model.safetensors` holding `base_model.model.<module>.lora_A.weight` `[r, in]`
 //! and `.lora_B.weight` `[out, r]` in f32, which `peft.PeftModel.from_pretrained` loads
-//! onto the base model and which the trainer writes for checkpoints.
+//! onto the base model, which the trainer writes for checkpoints and `autoif export peft`
+//! re-saves.
 
-use super::files::{write_json, write_safetensors, LazyTensor};
-use crate::model::candle_reason;
-use crate::model::decoder::Decoder;
-use crate::model::lora::{LoraAdapter, LoraConfig};
+use super::candle_reason;
+use super::decoder::Decoder;
+use super::lora::{LoraAdapter, LoraConfig};
+use crate::io::atomic::write_json;
+use crate::io::safetensors::{write_safetensors, LazyTensor};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Tensor, Var};
 use serde_json::{json, Value};

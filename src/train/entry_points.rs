@@ -1,0 +1,177 @@
+//! One entry point per training job, shared by `autoif train` and `autoif run`: the data
+//! is read (before any model is loaded, so a bad file fails fast), then tokenized for the
+//! model and trained on. Each caller keeps its own policy for data that tokenizing drops
+//! or empties: the CLI reports and refuses, the loop records a funnel row and skips.
+
+use super::adapters::merge_adapters;
+use super::data::{
+    parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, Conversation,
+    DataFormat, PreferencePair,
+};
+use super::online_dpo::{run_online_dpo, IterationReport, OnlineDpoConfig, OnlineOptions};
+use super::trainer::{train, TrainingOptions, TrainingOutcome};
+use super::{DpoConfig, SftConfig, TrainingJob, VerifiedPrompt};
+use crate::model::Model;
+use crate::verify::{Sandbox, SandboxOptions};
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// SFT conversations read from a data file.
+pub struct SftData {
+    pub path: PathBuf,
+    pub conversations: Vec<Conversation>,
+}
+
+impl SftData {
+    /// The records of `path` in `format`; a file without records is refused.
+    pub fn read(path: &Path, format: DataFormat) -> Result<Self> {
+        Self::parse(path, &read_records(path)?, format)
+    }
+
+    /// A data set the synthesis wrote (layout detected per record): empty when no
+    /// example survived its filters.
+    pub fn read_dataset(path: &Path) -> Result<Self> {
+        Self::parse(path, &dataset_records(path)?, DataFormat::Auto)
+    }
+
+    fn parse(path: &Path, records: &[Value], format: DataFormat) -> Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            conversations: parse_sft(records, format, path)?,
+        })
+    }
+}
+
+/// Preference pairs read from a data file.
+pub struct PreferenceData {
+    pub path: PathBuf,
+    pub pairs: Vec<PreferencePair>,
+}
+
+impl PreferenceData {
+    /// The records of `path` in `format`; a file without records is refused.
+    pub fn read(path: &Path, format: DataFormat) -> Result<Self> {
+        Self::parse(path, &read_records(path)?, format)
+    }
+
+    /// A data set the synthesis wrote (layout detected per record): empty when no pair
+    /// survived its filters.
+    pub fn read_dataset(path: &Path) -> Result<Self> {
+        Self::parse(path, &dataset_records(path)?, DataFormat::Auto)
+    }
+
+    fn parse(path: &Path, records: &[Value], format: DataFormat) -> Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            pairs: parse_preferences(records, format, path)?,
+        })
+    }
+}
+
+/// The records of a data set the synthesis wrote: none for an empty file, which the
+/// training phases report and pass over rather than ending the run.
+fn dataset_records(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    read_records(path)
+}
+
+/// Items tokenizing kept, and those it dropped because no response token fit within
+/// `max_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataCounts {
+    pub kept: usize,
+    pub dropped: usize,
+}
+
+/// What a training job did.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub data: DataCounts,
+    /// `None` when tokenizing left no item: nothing was trained or written.
+    pub training: Option<TrainingOutcome>,
+}
+
+/// Trains a fresh LoRA adapter with SFT on `data`, on the weights with any attached
+/// adapter folded in. `check_data` sees the counts once the data is tokenized, before
+/// training; its error ends the job.
+pub fn train_sft(
+    model: &mut Model,
+    data: &SftData,
+    config: &SftConfig,
+    options: &TrainingOptions,
+    check_data: impl FnOnce(DataCounts) -> Result<()>,
+) -> Result<JobOutcome> {
+    merge_adapters(&mut model.decoder)?;
+    let (examples, dropped) = tokenize_sft(model, &data.conversations, config.args.max_len)
+        .with_context(|| data.path.display().to_string())?;
+    let job = TrainingJob::Sft {
+        examples: &examples,
+        config,
+    };
+    train_checked(model, &job, examples.len(), dropped, options, check_data)
+}
+
+/// Trains a fresh LoRA adapter with DPO on `data`. Any attached adapter (the SFT one) is
+/// folded into the weights first, so the reference (adapters off) is that model.
+/// `check_data` as for `train_sft`.
+pub fn train_dpo(
+    model: &mut Model,
+    data: &PreferenceData,
+    config: &DpoConfig,
+    options: &TrainingOptions,
+    check_data: impl FnOnce(DataCounts) -> Result<()>,
+) -> Result<JobOutcome> {
+    merge_adapters(&mut model.decoder)?;
+    let (pairs, dropped) = tokenize_preferences(model, &data.pairs, config.args.max_len)
+        .with_context(|| data.path.display().to_string())?;
+    let job = TrainingJob::Dpo {
+        pairs: &pairs,
+        config,
+    };
+    train_checked(model, &job, pairs.len(), dropped, options, check_data)
+}
+
+fn train_checked(
+    model: &mut Model,
+    job: &TrainingJob,
+    kept: usize,
+    dropped: usize,
+    options: &TrainingOptions,
+    check_data: impl FnOnce(DataCounts) -> Result<()>,
+) -> Result<JobOutcome> {
+    let data = DataCounts { kept, dropped };
+    check_data(data)?;
+    let training = match kept {
+        0 => None,
+        _ => Some(train(&mut model.decoder, job, options)?),
+    };
+    Ok(JobOutcome { data, training })
+}
+
+/// Online DPO on `prompts`, grading samples in a sandbox whose calls each get
+/// `exec_timeout`.
+pub fn train_online_dpo(
+    model: &mut Model,
+    prompts: &[VerifiedPrompt],
+    config: &OnlineDpoConfig,
+    exec_timeout: Duration,
+    options: &OnlineOptions,
+) -> Result<Vec<IterationReport>> {
+    let sandbox = Sandbox::new(SandboxOptions {
+        timeout: exec_timeout,
+        ..SandboxOptions::default()
+    })?;
+    run_online_dpo(
+        model,
+        prompts,
+        config,
+        &mut |jobs| sandbox.run(jobs),
+        options,
+    )
+}

@@ -1,0 +1,90 @@
+//! The settings every training algorithm shares, and the checks they must pass.
+
+use super::optim::{AdamWConfig, ScheduleKind};
+use crate::model::lora::LoraConfig;
+use anyhow::{bail, Result};
+
+/// Settings every algorithm shares (transformers' `TrainingArguments` role).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingArgs {
+    pub epochs: usize,
+    /// Stop after this many optimizer steps even if the epochs are not done (the
+    /// schedule decays over these steps); 0: no limit.
+    #[serde(default)]
+    pub max_steps: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub schedule: ScheduleKind,
+    /// Fraction of the optimizer steps spent warming up linearly from 0.
+    pub warmup_ratio: f64,
+    /// Sequences (SFT) or pairs (DPO) per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Longer sequences are cut to this many tokens.
+    pub max_len: usize,
+    /// Pack items into rows of up to `max_len` tokens (each item still attends only to
+    /// itself) and take `batch_size` rows per micro-batch, instead of `batch_size` items:
+    /// steps of many short examples carry as many tokens as steps of long ones.
+    #[serde(default)]
+    pub packing: bool,
+    /// A micro-batch is run in pieces of at most this many padded tokens (at least one
+    /// sequence or pair each), accumulating gradients: the same update in bounded memory.
+    /// 0: no limit.
+    pub max_batch_tokens: usize,
+    /// Global gradient norm clip; 0 disables clipping.
+    pub max_grad_norm: f64,
+    pub adamw: AdamWConfig,
+    pub seed: u64,
+    /// Write a checkpoint every this many optimizer steps; 0: only the final adapter.
+    pub save_every: usize,
+    pub lora: LoraConfig,
+}
+
+impl Default for TrainingArgs {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            max_steps: 0,
+            lr: 2e-4,
+            schedule: ScheduleKind::Linear,
+            warmup_ratio: 0.1,
+            batch_size: 4,
+            grad_accum: 1,
+            max_len: 1024,
+            packing: false,
+            max_batch_tokens: 512,
+            max_grad_norm: 1.0,
+            adamw: AdamWConfig::default(),
+            seed: 42,
+            save_every: 0,
+            lora: LoraConfig::default(),
+        }
+    }
+}
+
+impl TrainingArgs {
+    /// Refuses settings the loop cannot run.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            bail!("epochs, batch size and gradient accumulation must be at least 1");
+        }
+        if self.max_len < 2 {
+            bail!("--max-len must be at least 2 tokens");
+        }
+        if self.lr.is_nan() || self.lr <= 0.0 {
+            bail!("the learning rate must be positive");
+        }
+        if self.lora.r == 0 {
+            bail!("LoRA rank must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.lora.lora_dropout) {
+            bail!(
+                "LoRA dropout must be in [0, 1), got {}",
+                self.lora.lora_dropout
+            );
+        }
+        Ok(())
+    }
+}
