@@ -8,6 +8,7 @@ mod export_support;
 use autoif::export::{load_adapter, save_adapter};
 use autoif::model::Model;
 use candle_core::{DType, Device, Tensor};
+use common::{fixture, max_abs_diff};
 use export_support::*;
 use std::collections::HashMap;
 use std::path::Path;

@@ -12,6 +12,7 @@ use autoif::export::{save_adapter, save_merged};
 use autoif::model::chat_template::Message;
 use autoif::model::Model;
 use candle_core::{DType, Device};
+use common::{autoif_command, fixture, max_abs_diff, smollm2};
 use export_support::*;
 use std::path::Path;
 use std::process::Command;
@@ -180,7 +181,7 @@ fn reference_check(
     let logprobs = dir.join("logprobs.jsonl");
     std::fs::write(&pairs, pairs_jsonl).unwrap();
     run_ok(
-        autoif()
+        autoif_command()
             .args(["logprobs", "--device", "cpu", "--model"])
             .arg(merged)
             .arg("--input")
@@ -231,7 +232,7 @@ fn cli_exports_match_the_library_and_the_reference() {
         // A checkpoint re-saved by `export peft` is byte for byte the same folder.
         let adapter = tmp.path().join("adapter");
         run_ok(
-            autoif()
+            autoif_command()
                 .args(["export", "peft", "--device", "cpu", "--model"])
                 .arg(&base)
                 .arg("--adapter")
@@ -249,7 +250,7 @@ fn cli_exports_match_the_library_and_the_reference() {
 
         let merged = tmp.path().join("merged");
         let said = run_ok(
-            autoif()
+            autoif_command()
                 .args(["export", "merged", "--device", "cpu", "--model"])
                 .arg(&base)
                 .arg("--adapter")
@@ -273,7 +274,7 @@ fn cli_errors_leave_no_output() {
 
     let missing = tmp.path().join("no-adapter");
     let err = run_err(
-        autoif()
+        autoif_command()
             .args(["export", "merged", "--device", "cpu", "--model"])
             .arg(&model)
             .arg("--adapter")
@@ -301,7 +302,7 @@ fn cli_errors_leave_no_output() {
     );
     candle_core::safetensors::save(&tensors, &weights).unwrap();
     let err = run_err(
-        autoif()
+        autoif_command()
             .args(["export", "merged", "--device", "cpu", "--model"])
             .arg(&model)
             .arg("--adapter")
@@ -315,7 +316,7 @@ fn cli_errors_leave_no_output() {
     );
     assert!(!out.exists());
     let err = run_err(
-        autoif()
+        autoif_command()
             .args(["export", "peft", "--device", "cpu", "--model"])
             .arg(&model)
             .arg("--adapter")
@@ -329,7 +330,7 @@ fn cli_errors_leave_no_output() {
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 
     let err = run_err(
-        autoif()
+        autoif_command()
             .args(["export", "peft", "--device", "cpu", "--model"])
             .arg(&model)
             .arg("--out")
@@ -341,7 +342,7 @@ fn cli_errors_leave_no_output() {
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "mine").unwrap();
     let err = run_err(
-        autoif()
+        autoif_command()
             .args(["export", "merged", "--device", "cpu", "--model"])
             .arg(&model)
             .arg("--out")

@@ -10,10 +10,6 @@ use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 use std::process::Command;
 
-// Not every test file that includes this module uses all three.
-#[allow(unused_imports)]
-pub use crate::common::{fixture, max_abs_diff, smollm2};
-
 pub fn load(spec: &Path) -> Model {
     Model::load(spec.to_str().unwrap(), &LoadOptions::cpu()).unwrap()
 }
@@ -64,10 +60,6 @@ pub fn sample_ids(vocab: usize) -> Tensor {
 pub fn logits(model: &Model, ids: &Tensor, adapters: bool) -> Tensor {
     let hidden = model.decoder.forward(ids, adapters).unwrap();
     model.decoder.logits(&hidden).unwrap()
-}
-
-pub fn autoif() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_autoif"))
 }
 
 /// A Python with torch, transformers and peft: `AUTOIF_REF_PYTHON`, else
