@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The quick start: fetch the embedded model, build autoif, and run the whole AutoIF loop
 # (configs/quickstart.toml) into runs/quickstart — IFEval before and after, SFT, DPO,
-# online DPO, a merged model, summary.json and report.html. The loop took 24–27 min on
-# 2 cores (README), plus about 8 min for the first release build.
+# online DPO, a merged model, summary.json and report.html. In the latest measured run
+# (2026-11-26, 2 cores; docs/benchmarks.md) the loop took 5 min 53 s; the first setup
+# (fetch and release build) took 8 min 34 s when it was measured (2026-11-25).
 # A run that is interrupted continues where it stopped when this script is run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."

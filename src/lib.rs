@@ -1,7 +1,14 @@
 //! autoif: AutoIF self-play with execution feedback in one process.
 //!
-//! The modules follow the data flow of DESIGN.md §3: `model` loads weights into one
-//! LoRA-ready decoder, `generate` samples from it, and the CLI in `cli` drives both.
+//! The modules, in the order the data flows through them: `io` reads and writes JSON
+//! Lines and complete-or-absent files; `model` loads weights, tokenizer and chat template
+//! into one LoRA-ready decoder; `generate` samples from it (or from an OpenAI-compatible
+//! server); `verify` runs model-written Python functions in a sandbox; `eval` scores
+//! responses on IFEval; `pipeline` synthesises the AutoIF data (instructions, their
+//! verification functions, graded responses, SFT and DPO sets) in a resumable run folder;
+//! `train` runs LoRA SFT, DPO and online DPO on the same weights; `export` writes merged
+//! models and PEFT adapters; `config` reads a run's TOML; `run` drives the whole loop and
+//! writes its `summary.json` and `report.html`; `cli` is the command line.
 
 pub mod cli;
 pub mod config;

@@ -4,18 +4,16 @@
 //! `scripts/make-tokenizer-fixtures.py`) for the SmolLM2 (ChatML, from the GGUF), Qwen2-Instruct
 //! and Llama-3-Instruct templates, plus one that uses the Python-isms real templates rely on.
 
+mod common;
+
 use autoif::model::chat_template::{ChatTemplate, Message};
 use candle_core::quantized::gguf_file::{Content, Value};
 use serde::Deserialize;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_templates")
-}
+use std::path::Path;
 
 fn template_source(name: &str) -> String {
-    let path = fixtures().join(format!("{name}.jinja"));
+    let path = common::fixture("chat_templates").join(format!("{name}.jinja"));
     std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 
@@ -46,7 +44,7 @@ struct Expected {
 }
 
 fn expected() -> Expected {
-    let path = fixtures().join("expected.json");
+    let path = common::fixture("chat_templates").join("expected.json");
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 

@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -16,7 +15,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Runs `autoif generate` on `model` and returns (exit code, stderr).
 fn generate(model: &str, out: &Path) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_autoif"))
+    let output = common::autoif_command()
         .args([
             "generate",
             "--device",
@@ -142,7 +141,7 @@ fn malformed_prompts_file() {
     let prompts = dir.path().join("p.jsonl");
     std::fs::write(&prompts, "{\"prompt\": \"ok\"}\n{not json\n").unwrap();
     let out = dir.path().join("out.jsonl");
-    let output = Command::new(env!("CARGO_BIN_EXE_autoif"))
+    let output = common::autoif_command()
         .args(["generate", "--device", "cpu", "--model"])
         .arg(common::fixture("tiny-llama"))
         .arg("--prompts")

@@ -9,6 +9,7 @@ use autoif::model::adapter_file::{load_adapter, save_adapter};
 use autoif::model::lora::Adapters;
 use autoif::model::Model;
 use candle_core::{DType, Device, Tensor};
+use common::{fixture, max_abs_diff};
 use export_support::*;
 use std::collections::HashMap;
 use std::path::Path;

@@ -14,6 +14,7 @@ use autoif::model::chat_template::Message;
 use autoif::model::lora::Adapters;
 use autoif::model::Model;
 use candle_core::{DType, Device};
+use common::{autoif_command, fixture, max_abs_diff, smollm2};
 use export_support::*;
 use std::path::Path;
 use std::process::Command;
@@ -182,7 +183,7 @@ fn reference_check(
     let logprobs = dir.join("logprobs.jsonl");
     std::fs::write(&pairs, pairs_jsonl).unwrap();
     run_ok(
-        autoif()
+        autoif_command()
             .args(["logprobs", "--device", "cpu", "--model"])
             .arg(merged)
             .arg("--input")
@@ -233,7 +234,7 @@ fn cli_exports_match_the_library_and_the_reference() {
         // A checkpoint re-saved by `export peft` is byte for byte the same folder.
         let adapter = tmp.path().join("adapter");
         run_ok(
-            autoif()
+            autoif_command()
                 .args(["export", "peft", "--device", "cpu", "--model"])
                 .arg(&base)
                 .arg("--adapter")
@@ -251,7 +252,7 @@ fn cli_exports_match_the_library_and_the_reference() {
 
         let merged = tmp.path().join("merged");
         let said = run_ok(
-            autoif()
+            autoif_command()
                 .args(["export", "merged", "--device", "cpu", "--model"])
                 .arg(&base)
                 .arg("--adapter")
@@ -275,7 +276,7 @@ fn cli_errors_leave_no_output() {
 
     let missing = tmp.path().join("no-adapter");
     let err = run_err(
-        autoif()
+        autoif_command()
             .args(["export", "merged", "--device", "cpu", "--model"])
             .arg(&model)
             .arg("--adapter")
@@ -303,7 +304,7 @@ fn cli_errors_leave_no_output() {
     );
     candle_core::safetensors::save(&tensors, &weights).unwrap();
     let err = run_err(
-        autoif()
+        autoif_command()
             .args(["export", "merged", "--device", "cpu", "--model"])
             .arg(&model)
             .arg("--adapter")
@@ -317,7 +318,7 @@ fn cli_errors_leave_no_output() {
     );
     assert!(!out.exists());
     let err = run_err(
-        autoif()
+        autoif_command()
             .args(["export", "peft", "--device", "cpu", "--model"])
             .arg(&model)
             .arg("--adapter")
@@ -331,7 +332,7 @@ fn cli_errors_leave_no_output() {
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 
     let err = run_err(
-        autoif()
+        autoif_command()
             .args(["export", "peft", "--device", "cpu", "--model"])
             .arg(&model)
             .arg("--out")
@@ -343,7 +344,7 @@ fn cli_errors_leave_no_output() {
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "mine").unwrap();
     let err = run_err(
-        autoif()
+        autoif_command()
             .args(["export", "merged", "--device", "cpu", "--model"])
             .arg(&model)
             .arg("--out")

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 /// Lays `tests/fixtures/tiny-qwen2` out as the hub cache does:
 /// `$HF_HOME/hub/models--owner--name/{refs/main, snapshots/<commit>/...}`.
 fn fake_cache(home: &std::path::Path) {
@@ -22,7 +20,7 @@ fn fake_cache(home: &std::path::Path) {
 }
 
 fn generate(home: &std::path::Path, model: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_autoif"))
+    common::autoif_command()
         .args([
             "generate",
             "--device",

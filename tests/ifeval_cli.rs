@@ -1,19 +1,15 @@
 //! `autoif eval ifeval --responses`: the binary scores a subset of GPT-4's responses and
 //! writes the reference evaluator's files; bad input fails with one line and no output.
 
+mod common;
+
+use common::autoif;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/ifeval");
-
-fn autoif(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_autoif"))
-        .args(args)
-        .output()
-        .expect("autoif runs")
-}
 
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)

@@ -573,7 +573,7 @@ fn llama_server_samples_stops_and_seeds() {
     assert_eq!(out[0].text, reference.text);
 
     // The CLI front: `autoif generate --backend openai`.
-    let out = Command::new(env!("CARGO_BIN_EXE_autoif"))
+    let out = common::autoif_command()
         .args([
             "generate",
             "--backend",
@@ -664,7 +664,7 @@ fn llama_server_restarted_mid_run_loses_and_duplicates_nothing() {
 
 #[test]
 fn cli_without_a_base_url_says_so_in_one_line() {
-    let out = Command::new(env!("CARGO_BIN_EXE_autoif"))
+    let out = common::autoif_command()
         .args([
             "generate",
             "--backend",
@@ -746,12 +746,11 @@ fn synthesis_stages_run_through_the_llama_cpp_server() {
     )
     .unwrap();
     let out = dir.path().join("run");
-    let result = Command::new(env!("CARGO_BIN_EXE_autoif"))
+    let result = common::autoif_command()
         .args(["run", "--config"])
         .arg(&config)
         .arg("--out")
         .arg(&out)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
     assert!(

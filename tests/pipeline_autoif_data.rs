@@ -3,6 +3,7 @@
 //! mining give what the released scripts' rules give on that data. The expected
 //! numbers come from re-running those rules in plain CPython (docs/pipeline.md).
 
+mod common;
 mod pipeline_support;
 
 use autoif::pipeline::crossval::{InstructionOutcome, Validated};
@@ -14,6 +15,7 @@ use autoif::pipeline::score::judge;
 use autoif::pipeline::{Pipeline, Stage};
 use autoif::train::autoif_rules::mine_pairs;
 use autoif::verify::{Sandbox, SandboxOptions};
+use common::python_available;
 use pipeline_support::*;
 use serde_json::Value;
 use std::time::Duration;
@@ -30,10 +32,10 @@ fn sandbox() -> Sandbox {
 /// instruction through the real stages and run folder.
 #[test]
 fn funcs_and_crossval_reproduce_the_released_rules() {
-    if !python_available() {
+    if !python_available(SANDBOX_NEEDS_PYTHON) {
         return;
     }
-    let records = read_jsonl("eval_func_rft.jsonl");
+    let records = read_data("eval_func_rft.jsonl");
     let dir = tempfile::tempdir().unwrap();
     let seeds = dir.path().join("seeds.txt");
     let instructions: Vec<String> = records
@@ -137,14 +139,14 @@ fn funcs_and_crossval_reproduce_the_released_rules() {
 /// recorded responses, with functions from the sample data.
 #[test]
 fn response_filter_matches_the_released_rule() {
-    if !python_available() {
+    if !python_available(SANDBOX_NEEDS_PYTHON) {
         return;
     }
     let sandbox = sandbox();
     let mut execute = |jobs: &[autoif::verify::Job]| sandbox.run(jobs);
     // query_rft.jsonl: 20 (query, instruction) rows x 16 responses; no response passes
     // the 4-syllable functions (CPython agrees: 0 kept).
-    let rows = read_jsonl("query_rft.jsonl");
+    let rows = read_data("query_rft.jsonl");
     let sampled: Vec<(QueryPair, Vec<String>)> = rows
         .iter()
         .enumerate()
@@ -174,7 +176,7 @@ fn response_filter_matches_the_released_rule() {
         (0, 0, 291),
         (4, 4, 287),
     ];
-    for (i, (b, want)) in read_jsonl("back_trans.jsonl")
+    for (i, (b, want)) in read_data("back_trans.jsonl")
         .iter()
         .zip(expected)
         .enumerate()
@@ -222,8 +224,8 @@ fn pair(i: usize, r: &Value) -> QueryPair {
 /// of query_score_filter.jsonl out of the 20 of query_rft_score.jsonl.
 #[test]
 fn score_filter_reproduces_the_recorded_output() {
-    let inputs = read_jsonl("query_rft_score.jsonl");
-    let expected = read_jsonl("query_score_filter.jsonl");
+    let inputs = read_data("query_rft_score.jsonl");
+    let expected = read_data("query_score_filter.jsonl");
     let mut kept = Vec::new();
     let mut dropped = 0;
     for r in &inputs {
@@ -264,7 +266,7 @@ fn score_filter_reproduces_the_recorded_output() {
 /// rejected = 0; draws are reproducible per seed.
 #[test]
 fn dpo_pair_mining_follows_the_paper_rule() {
-    let rows = read_jsonl("dpo_query_eval_score_results.jsonl");
+    let rows = read_data("dpo_query_eval_score_results.jsonl");
     let mut total = 0;
     let mut prompts_with_pairs = 0;
     for (i, row) in rows.iter().enumerate() {

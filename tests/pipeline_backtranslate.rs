@@ -4,13 +4,14 @@
 //! drift) do not. Similarities agree with sentence-transformers' recipe in
 //! transformers (mean pooling, normalised) to 1e-3.
 
+mod common;
 mod pipeline_support;
 
 use autoif::config::BacktranslateConfig;
 use autoif::pipeline::backtranslate::check;
 use autoif::pipeline::crossval::Validated;
 use autoif::pipeline::similarity::Embedder;
-use pipeline_support::read_jsonl;
+use pipeline_support::read_data;
 use std::path::Path;
 
 #[test]
@@ -25,7 +26,7 @@ fn minilm_separates_faithful_from_drifted_back_translations() {
     }
     let embedder = Embedder::load(&dir).unwrap();
     let threshold = BacktranslateConfig::default().min_similarity;
-    let rows = read_jsonl("back_trans.jsonl");
+    let rows = read_data("back_trans.jsonl");
     let validated = |i: usize| Validated {
         id: format!("i{i}"),
         instruction: rows[i]["instruction"].as_str().unwrap().to_string(),

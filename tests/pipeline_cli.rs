@@ -7,20 +7,11 @@ mod pipeline_support;
 
 use autoif::pipeline::run_dir::{RunDir, StageState};
 use autoif::pipeline::Stage;
-use pipeline_support::{config, python_available};
+use common::{autoif, python_available, ROOT};
+use pipeline_support::{config, SANDBOX_NEEDS_PYTHON};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn autoif(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_autoif"))
-        .args(args)
-        .current_dir(ROOT)
-        .output()
-        .unwrap()
-}
 
 /// The one error line of a failed command.
 fn error_line(out: &Output) -> String {
@@ -212,7 +203,7 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
         eprintln!("SKIP: the SmolLM2 model is missing (scripts/fetch-models.sh)");
         return;
     }
-    if !python_available() {
+    if !python_available(SANDBOX_NEEDS_PYTHON) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -269,7 +260,7 @@ impl Drop for Server {
 /// function really checks, and every later stage and data set file gets data.
 #[test]
 fn remote_supervisor_fills_every_stage() {
-    if !python_available() {
+    if !python_available(SANDBOX_NEEDS_PYTHON) {
         return;
     }
     use std::io::BufRead;

@@ -5,12 +5,14 @@
 //! prompt of every generating stage — self-instruct, functions for the new
 //! instructions, back-translation, responses, scores — goes to the real engine.
 
+mod common;
 mod pipeline_support;
 
 use autoif::generate::{Backend, EngineOptions, LocalEngine};
 use autoif::model::{LoadOptions, Model};
 use autoif::pipeline::run_dir::{RunDir, StageState};
 use autoif::pipeline::{Pipeline, Stage};
+use common::{python_available, read_jsonl};
 use pipeline_support::*;
 use serde_json::Value;
 use std::path::Path;
@@ -20,24 +22,16 @@ const MODEL: &str = concat!(
     "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 );
 
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn all_stages_with_the_real_engine() {
     if !Path::new(MODEL).exists() {
         eprintln!("SKIP: {MODEL} is missing (scripts/fetch-models.sh)");
         return;
     }
-    if !python_available() {
+    if !python_available(SANDBOX_NEEDS_PYTHON) {
         return;
     }
-    let records = read_jsonl("eval_func_rft.jsonl");
+    let records = read_data("eval_func_rft.jsonl");
     let chosen = [&records[0], &records[4]];
     let dir = tempfile::tempdir().unwrap();
     let seeds = dir.path().join("seeds.txt");
@@ -157,15 +151,15 @@ fn all_stages_with_the_real_engine() {
     );
 
     // Real engine text reached the artifacts of every generating stage after funcs.
-    let back = lines(&run.path("backtranslate", "instructions.jsonl"));
+    let back = read_jsonl(&run.path("backtranslate", "instructions.jsonl"));
     assert!(back
         .iter()
         .all(|b| !b["back_instructions"].as_array().unwrap().is_empty()));
-    let responses = lines(&run.path("responses", "all.jsonl"));
+    let responses = read_jsonl(&run.path("responses", "all.jsonl"));
     assert!(responses
         .iter()
         .any(|r| !r["response"].as_str().unwrap().is_empty()));
-    let scored = lines(&run.path("score", "all.jsonl"));
+    let scored = read_jsonl(&run.path("score", "all.jsonl"));
     assert!(scored
         .iter()
         .all(|s| !s["judgement"].as_str().unwrap().is_empty()));
@@ -182,8 +176,8 @@ fn all_stages_with_the_real_engine() {
         serde_json::from_str(&std::fs::read_to_string(lf.join("dataset_info.json")).unwrap())
             .unwrap();
     assert_eq!(info["autoif_dpo"]["ranking"], true);
-    let trl_sft = lines(&run.path("datasets", "trl/sft.jsonl"));
-    let trl_dpo = lines(&run.path("datasets", "trl/dpo.jsonl"));
+    let trl_sft = read_jsonl(&run.path("datasets", "trl/sft.jsonl"));
+    let trl_dpo = read_jsonl(&run.path("datasets", "trl/dpo.jsonl"));
     assert_eq!(sft.as_array().unwrap().len(), trl_sft.len());
     assert_eq!(dpo.as_array().unwrap().len(), trl_dpo.len());
     assert_eq!(trl_dpo.len(), funnel("datasets", "dpo_pairs").output);

@@ -5,6 +5,7 @@
 //! subprocess with `HF_HUB_OFFLINE=1`, so nothing reaches the network and no variable
 //! leaks into other tests.
 
+mod common;
 mod pipeline_support;
 
 use autoif::pipeline::queries::QueryPair;
@@ -12,7 +13,7 @@ use autoif::pipeline::run_dir::RunDir;
 use pipeline_support::config;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 const COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
 
@@ -70,8 +71,9 @@ fn fake_hub(home: &Path) {
     );
 }
 
-fn autoif(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_autoif"))
+/// Runs `autoif` offline against the hub cache faked in `home`.
+fn autoif_offline(home: &Path, args: &[&str]) -> Output {
+    common::autoif_command()
         .args(args)
         .env("HF_HOME", home)
         .env("HF_HUB_OFFLINE", "1")
@@ -102,7 +104,7 @@ fn queries_stage(dir: &Path, home: &Path, queries_file: &str) -> Output {
     ));
     let root = dir.join("run");
     RunDir::create(&root, &config, Value::Null, &["queries"]).unwrap();
-    autoif(home, &["stage", "queries", "--run", root.to_str().unwrap()])
+    autoif_offline(home, &["stage", "queries", "--run", root.to_str().unwrap()])
 }
 
 #[test]
@@ -189,7 +191,7 @@ fn bad_dataset_specs_are_one_clear_line() {
         )
         .unwrap();
         let out_dir = dir.path().join(format!("run{i}"));
-        let out = autoif(
+        let out = autoif_offline(
             &home,
             &[
                 "run",

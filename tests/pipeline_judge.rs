@@ -4,6 +4,7 @@
 //! why the others are dropped. With the real SmolLM2-135M engine: the stage runs and
 //! every answer is either read as a verdict or counted as `unparsed_judgement`.
 
+mod common;
 mod pipeline_support;
 
 use autoif::generate::Backend;

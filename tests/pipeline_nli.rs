@@ -2,6 +2,8 @@
 //! sequence classifiers made by `scripts/make-nli-fixtures.py`, whose `reference.json`
 //! holds transformers' logits for a padded batch of pairs (one truncated).
 
+mod common;
+
 use autoif::pipeline::nli::NliClassifier;
 use candle_core::Device;
 use serde::Deserialize;
@@ -16,10 +18,9 @@ struct Reference {
     labels: Vec<String>,
 }
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/nli")
-        .join(name)
+/// A classifier folder under `tests/fixtures/nli`.
+fn nli_fixture(name: &str) -> PathBuf {
+    common::fixture("nli").join(name)
 }
 
 fn reference(dir: &Path) -> Reference {
@@ -27,7 +28,7 @@ fn reference(dir: &Path) -> Reference {
     serde_json::from_str(&text).unwrap()
 }
 
-fn assert_close(name: &str, what: &str, got: &[Vec<f32>], want: &[Vec<f32>]) {
+fn assert_logits_close(name: &str, what: &str, got: &[Vec<f32>], want: &[Vec<f32>]) {
     assert_eq!(got.len(), want.len(), "{name} {what}: row count");
     for (row, (g, w)) in got.iter().zip(want).enumerate() {
         assert_eq!(g.len(), w.len(), "{name} {what}: pair {row} class count");
@@ -41,7 +42,7 @@ fn assert_close(name: &str, what: &str, got: &[Vec<f32>], want: &[Vec<f32>]) {
 }
 
 fn check_parity(name: &str, expected_labels: &[&str]) {
-    let dir = fixture(name);
+    let dir = nli_fixture(name);
     let want = reference(&dir);
     let classifier = NliClassifier::load(&dir, &Device::Cpu).unwrap();
     assert_eq!(
@@ -56,7 +57,7 @@ fn check_parity(name: &str, expected_labels: &[&str]) {
         .collect();
 
     let batched = classifier.logits(&pairs).unwrap();
-    assert_close(name, "padded batch", &batched, &want.logits);
+    assert_logits_close(name, "padded batch", &batched, &want.logits);
     let one_by_one: Vec<Vec<f32>> = pairs
         .iter()
         .map(|pair| {
@@ -66,7 +67,7 @@ fn check_parity(name: &str, expected_labels: &[&str]) {
                 .remove(0)
         })
         .collect();
-    assert_close(name, "one by one", &one_by_one, &want.logits);
+    assert_logits_close(name, "one by one", &one_by_one, &want.logits);
     // More pairs than one forward pass takes: the rows still line up with the pairs.
     let many: Vec<(&str, &str)> = pairs
         .iter()
@@ -81,7 +82,7 @@ fn check_parity(name: &str, expected_labels: &[&str]) {
         .take(many.len())
         .cloned()
         .collect();
-    assert_close(
+    assert_logits_close(
         name,
         "several batches",
         &classifier.logits(&many).unwrap(),
@@ -148,7 +149,7 @@ fn deberta_v3_matches_transformers() {
 fn broken_copy(config: Option<serde_json::Value>) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     for file in ["model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixture("bert").join(file), tmp.path().join(file)).unwrap();
+        std::fs::copy(nli_fixture("bert").join(file), tmp.path().join(file)).unwrap();
     }
     let config_path = tmp.path().join("config.json");
     if let Some(config) = config {
@@ -158,7 +159,7 @@ fn broken_copy(config: Option<serde_json::Value>) -> (tempfile::TempDir, PathBuf
 }
 
 fn bert_config() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture("bert").join("config.json")).unwrap();
+    let text = std::fs::read_to_string(nli_fixture("bert").join("config.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 

@@ -3,6 +3,7 @@
 //! with at least one back-translation the classifier does not call a contradiction,
 //! recording each verdict; a config naming the nli checker without a model is refused.
 
+mod common;
 mod pipeline_support;
 
 use autoif::pipeline::backtranslate::Checked;

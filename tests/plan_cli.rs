@@ -3,8 +3,11 @@
 //! attention (where the model's head size has a kernel) unless told `--composed-attention`. `autoif train` and `autoif run` make the
 //! same check with `--gpu-memory` before anything is loaded or written.
 
+mod common;
+
+use common::{autoif, autoif_command};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 const MODEL: &str = "tests/fixtures/tiny-qwen2";
@@ -13,7 +16,7 @@ const MODEL: &str = "tests/fixtures/tiny-qwen2";
 const QWEN2_7B: &str = "tests/fixtures/qwen2-7b-config";
 
 fn plan_model(model: &str, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_autoif"))
+    autoif_command()
         .args(["plan", "--model", model, "--batch", "2", "--seq-len", "256"])
         .args(extra)
         .output()
@@ -82,18 +85,15 @@ fn bad_sizes_and_missing_models_are_one_line_errors() {
     let out = plan(&["--gpu-memory", "lots"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`lots` is not a memory size"));
-    let out = Command::new(env!("CARGO_BIN_EXE_autoif"))
-        .args([
-            "plan",
-            "--model",
-            "nowhere/none",
-            "--batch",
-            "1",
-            "--seq-len",
-            "8",
-        ])
-        .output()
-        .unwrap();
+    let out = autoif(&[
+        "plan",
+        "--model",
+        "nowhere/none",
+        "--batch",
+        "1",
+        "--seq-len",
+        "8",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nowhere/none"), "{stderr}");
@@ -113,9 +113,10 @@ fn config_only_model(dir: &Path) -> String {
     model.to_string_lossy().into_owned()
 }
 
-fn autoif(args: &[&str]) -> (Output, Duration) {
+/// Runs `autoif` with error logs only and says how long it took.
+fn autoif_timed(args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_autoif"))
+    let out = autoif_command()
         .args(args)
         .env("AUTOIF_LOG", "error")
         .output()
@@ -156,7 +157,7 @@ fn train_refuses_before_loading_what_does_not_fit() {
     ] {
         let args = ["train", algo, "--model", &model, "--device", "cpu"];
         // 1 GiB is less than the plan's fixed overhead alone.
-        let (refused, took) = autoif(
+        let (refused, took) = autoif_timed(
             &[
                 &args[..],
                 &[input, file, "--out", out, "--gpu-memory", "1GiB"],
@@ -171,7 +172,7 @@ fn train_refuses_before_loading_what_does_not_fit() {
         );
         assert!(!Path::new(out).exists(), "{algo} wrote {out}");
         // A generous budget goes on to load the model, which this folder cannot give.
-        let (passed, _) = autoif(
+        let (passed, _) = autoif_timed(
             &[
                 &args[..],
                 &[input, file, "--out", out, "--gpu-memory", "80GiB"],
@@ -196,7 +197,7 @@ fn run_refuses_before_writing_what_does_not_fit() {
     )
     .unwrap();
     let out = dir.path().join("run");
-    let (refused, took) = autoif(&[
+    let (refused, took) = autoif_timed(&[
         "run",
         "--config",
         config.to_str().unwrap(),

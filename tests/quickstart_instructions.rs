@@ -4,6 +4,9 @@
 //! verification sandbox (so the stored accuracies and pass rates are the measured ones),
 //! and no instruction sentence is lifted from IFEval, the evaluation set.
 
+mod common;
+
+use common::python_available;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -63,20 +66,9 @@ fn records_have_unique_ids_enough_functions_and_cases_of_both_outcomes() {
     }
 }
 
-fn python_available() -> bool {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "pass"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("SKIP: python3 is not installed");
-    }
-    found
-}
-
 #[test]
 fn every_function_gives_every_case_its_expected_verdict_in_the_sandbox() {
-    if !python_available() {
+    if !python_available(None) {
         return;
     }
     let records = load();

@@ -7,19 +7,10 @@
 
 mod common;
 
+use common::{autoif, ROOT};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn autoif(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_autoif"))
-        .args(args)
-        .current_dir(ROOT)
-        .output()
-        .unwrap()
-}
+use std::process::Output;
 
 fn check(out: &Output) {
     assert!(

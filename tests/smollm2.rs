@@ -25,7 +25,8 @@ fn model() -> Option<&'static Model> {
         .as_ref()
 }
 
-fn fixture() -> serde_json::Value {
+/// transformers' log-probabilities and greedy tokens for SmolLM2.
+fn transformers_reference() -> serde_json::Value {
     let text = std::fs::read_to_string(common::fixture("smollm2_logprobs.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -41,7 +42,7 @@ fn u32_list(v: &serde_json::Value) -> Vec<u32> {
 #[test]
 fn logprobs_match_transformers_on_dequantized_weights() {
     let Some(model) = model() else { return };
-    let fx = fixture();
+    let fx = transformers_reference();
     let mut worst = 0f32;
     for case in fx["logprobs"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -84,7 +85,7 @@ fn logprobs_match_transformers_on_dequantized_weights() {
 #[test]
 fn greedy_tokens_match_transformers() {
     let Some(model) = model() else { return };
-    let fx = fixture();
+    let fx = transformers_reference();
     let requests: Vec<Request> = fx["greedy"]
         .as_array()
         .unwrap()

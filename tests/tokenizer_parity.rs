@@ -6,6 +6,8 @@
 //! * the `qwen2` and `llama-bpe` pre-tokenizers on small BPEs trained through those families' real
 //!   tokenizer.json pipelines, written here into GGUF files.
 
+mod common;
+
 use autoif::model::tokenizer::Tokenizer;
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use serde::Deserialize;
@@ -16,10 +18,6 @@ use std::path::{Path, PathBuf};
 use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(MANIFEST_DIR).join("tests/fixtures").join(name)
-}
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
     let text =
@@ -194,7 +192,7 @@ fn read_gguf(path: &Path) -> Content {
 #[test]
 fn smollm2_gguf_tokenizer_matches_hugging_face() {
     let Some(path) = smollm2_gguf() else { return };
-    let fixture: SmolLm2Fixture = read_json(&fixture("smollm2_tokenizer.json"));
+    let fixture: SmolLm2Fixture = read_json(&common::fixture("smollm2_tokenizer.json"));
     let tokenizer = Tokenizer::from_gguf(&read_gguf(&path), &path).unwrap();
 
     assert_eq!(tokenizer.bos_token(), Some(fixture.bos_token.as_str()));
@@ -225,7 +223,7 @@ fn smollm2_gguf_tokenizer_matches_hugging_face() {
 #[test]
 fn smollm2_tokenizer_json_round_trip_through_hf_files() {
     let Some(path) = smollm2_gguf() else { return };
-    let fixture: SmolLm2Fixture = read_json(&fixture("smollm2_tokenizer.json"));
+    let fixture: SmolLm2Fixture = read_json(&common::fixture("smollm2_tokenizer.json"));
     let from_gguf = Tokenizer::from_gguf(&read_gguf(&path), &path).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("tokenizer.json");
@@ -297,7 +295,8 @@ fn pre_tokenizer_splits(tokenizer: &Tokenizer, text: &str) -> Vec<String> {
 
 #[test]
 fn qwen2_and_llama3_gguf_tokenizers_match_hugging_face() {
-    let families: BTreeMap<String, FamilyFixture> = read_json(&fixture("bpe_families.json"));
+    let families: BTreeMap<String, FamilyFixture> =
+        read_json(&common::fixture("bpe_families.json"));
     assert_eq!(families.keys().collect::<Vec<_>>(), ["llama-bpe", "qwen2"]);
     let dir = tempfile::tempdir().unwrap();
     for (name, family) in &families {
@@ -338,7 +337,8 @@ fn qwen2_and_llama3_gguf_tokenizers_match_hugging_face() {
 
 #[test]
 fn unsupported_gguf_pre_tokenizer_is_refused_with_the_file_name() {
-    let families: BTreeMap<String, FamilyFixture> = read_json(&fixture("bpe_families.json"));
+    let families: BTreeMap<String, FamilyFixture> =
+        read_json(&common::fixture("bpe_families.json"));
     let mut family = families.into_values().next().unwrap();
     family.pre = "chatglm-bpe".into();
     let dir = tempfile::tempdir().unwrap();

@@ -7,10 +7,10 @@ mod common;
 
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Command;
 
-fn autoif(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_autoif"))
+/// Runs `autoif` with error logs only: whether it succeeded, and its stderr.
+fn autoif_quiet(args: &[&str]) -> (bool, String) {
+    let out = common::autoif_command()
         .args(args)
         .env("AUTOIF_LOG", "error")
         .output()
@@ -26,11 +26,7 @@ fn tiny() -> String {
 }
 
 fn metrics(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::read_jsonl(&dir.join("metrics.jsonl"))
 }
 
 #[test]
@@ -43,7 +39,7 @@ fn bad_records_fail_with_one_line_naming_the_file() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let (ok, stderr) = autoif(&[
+    let (ok, stderr) = autoif_quiet(&[
         "train",
         "sft",
         "--model",
@@ -63,7 +59,7 @@ fn bad_records_fail_with_one_line_naming_the_file() {
     );
     assert!(!out.join("adapter_model.safetensors").exists());
 
-    let (ok, stderr) = autoif(&[
+    let (ok, stderr) = autoif_quiet(&[
         "train",
         "dpo",
         "--model",
@@ -87,7 +83,7 @@ fn bad_records_fail_with_one_line_naming_the_file() {
         "{\"prompt\": \"hi\", \"funcs\": [\"def evaluate(r):\\n    return True\"]}\n{\"prompt\": \"no functions\"}\n",
     )
     .unwrap();
-    let (ok, stderr) = autoif(&[
+    let (ok, stderr) = autoif_quiet(&[
         "train",
         "online-dpo",
         "--model",
@@ -113,7 +109,7 @@ fn sft_then_dpo_on_the_merged_sft_adapter() {
     let dir = tempfile::tempdir().unwrap();
     let sft_out = dir.path().join("sft");
     let dpo_out = dir.path().join("dpo");
-    let (ok, stderr) = autoif(&[
+    let (ok, stderr) = autoif_quiet(&[
         "train",
         "sft",
         "--model",
@@ -152,7 +148,7 @@ fn sft_then_dpo_on_the_merged_sft_adapter() {
     }
     assert_eq!(metrics(&sft_out).len(), 4);
 
-    let (ok, stderr) = autoif(&[
+    let (ok, stderr) = autoif_quiet(&[
         "train",
         "dpo",
         "--model",
@@ -243,7 +239,7 @@ fn dpo_peak_memory_is_within_1_2x_of_sft() {
     let run = |algo: &str, batch: &str| {
         let data = dir.path().join(format!("{algo}.jsonl"));
         let out = dir.path().join(algo);
-        let (ok, stderr) = autoif(&[
+        let (ok, stderr) = autoif_quiet(&[
             "train",
             algo,
             "--model",

@@ -10,7 +10,7 @@ use autoif::model::{LoadOptions, Model};
 use autoif::train::online_dpo::IterationReport;
 use autoif::train::{run_online_dpo, OnlineDpoConfig, OnlineOptions, VerifiedPrompt};
 use autoif::verify::{Sandbox, SandboxOptions};
-use serde_json::Value;
+use common::read_jsonl;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -79,14 +79,6 @@ fn run(model_path: &Path, out: &Path, stop_after: Option<usize>) -> Vec<Iteratio
     .unwrap()
 }
 
-fn jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// What the functions above say of a response, computed here without the sandbox.
 fn expected_pass_rate(prompt_id: &str, text: &str) -> f64 {
     let lower = (text == text.to_lowercase()) as u8 as f64;
@@ -110,7 +102,7 @@ fn online_dpo_grades_pairs_trains_and_resumes() {
     let reports = run(&model_path, full.path(), None);
     assert_eq!(reports.len(), 2);
     assert_eq!(
-        jsonl(&full.path().join("iterations.jsonl")).len(),
+        read_jsonl(&full.path().join("iterations.jsonl")).len(),
         2,
         "one line per iteration"
     );
@@ -118,7 +110,7 @@ fn online_dpo_grades_pairs_trains_and_resumes() {
     let mut trained = 0;
     for report in &reports {
         let dir = full.path().join(format!("iter-{}", report.iteration));
-        let samples = jsonl(&dir.join("samples.jsonl"));
+        let samples = read_jsonl(&dir.join("samples.jsonl"));
         assert_eq!(samples.len(), 4 * 6, "K samples for every prompt");
         assert_eq!(report.samples, 24);
         // The sandbox's verdicts are the functions' real answers.
@@ -140,7 +132,7 @@ fn online_dpo_grades_pairs_trains_and_resumes() {
             / samples.len() as f64;
         assert!((report.mean_pass_rate - mean).abs() < 1e-12);
         // Pairs: chosen at or above 0.5, rejected exactly 0.
-        let pairs = jsonl(&dir.join("pairs.jsonl"));
+        let pairs = read_jsonl(&dir.join("pairs.jsonl"));
         assert_eq!(pairs.len(), report.pairs);
         for p in &pairs {
             assert!(rate_of[p["chosen"].as_str().unwrap()] >= 0.5);
@@ -151,14 +143,14 @@ fn online_dpo_grades_pairs_trains_and_resumes() {
             assert!(dir.join("adapter_model.safetensors").is_file());
             assert!(report.loss.is_some_and(f64::is_finite));
             assert_eq!(
-                jsonl(&dir.join("metrics.jsonl")).len(),
+                read_jsonl(&dir.join("metrics.jsonl")).len(),
                 report.pairs.div_ceil(4),
                 "one optimizer step per batch of 4 pairs"
             );
         }
     }
     assert!(trained > 0, "no iteration found a pair: {reports:?}");
-    let second = jsonl(&full.path().join("iter-2/samples.jsonl"));
+    let second = read_jsonl(&full.path().join("iter-2/samples.jsonl"));
 
     // Interrupted after iteration 1, then continued: iteration 2 is the same.
     let resumed = tempfile::tempdir().unwrap();
@@ -166,7 +158,7 @@ fn online_dpo_grades_pairs_trains_and_resumes() {
     let continued = run(&model_path, resumed.path(), None);
     assert_eq!(continued.len(), 2);
     assert_eq!(
-        jsonl(&resumed.path().join("iter-2/samples.jsonl")),
+        read_jsonl(&resumed.path().join("iter-2/samples.jsonl")),
         second,
         "the resumed run samples iteration 2 from the same weights"
     );

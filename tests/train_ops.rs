@@ -2,6 +2,8 @@
 //! `LoraLinear`) give the values and gradients
 //! of the plain candle op compositions they replace, in f32 on the CPU.
 
+mod common;
+
 use autoif::model::lora::{Adapters, LoraAdapter, LoraLinear};
 use autoif::model::ops::causal_attention::CausalAttention;
 use autoif::model::ops::train_ops;
@@ -37,14 +39,7 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
         .to_scalar::<f32>()
         .unwrap()
         .max(1.0);
-    let diff = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = common::max_abs_diff(got, want);
     assert!(
         diff <= TOLERANCE * scale,
         "{what}: max difference {diff} (scale {scale})"

@@ -2,6 +2,9 @@
 //! the verdicts that plain CPython gives (computed by scripts/verify_reference.py), and
 //! rejects malformed input with one clear line and no output file.
 
+mod common;
+
+use common::{autoif_command, python_available, read_jsonl};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,18 +12,6 @@ use serde_json::Value;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/autoif");
 const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_reference.py");
-
-fn python_available() -> bool {
-    let found = Command::new("python3")
-        .arg("-c")
-        .arg("pass")
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("SKIP: python3 is not installed");
-    }
-    found
-}
 
 fn python(args: &[&str]) {
     let status = Command::new("python3")
@@ -32,7 +23,7 @@ fn python(args: &[&str]) {
 }
 
 fn autoif_verify(input: &Path, out: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_autoif"))
+    autoif_command()
         .args([
             "verify",
             "--input",
@@ -44,14 +35,6 @@ fn autoif_verify(input: &Path, out: &Path) -> std::process::Output {
         ])
         .output()
         .unwrap()
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 /// (verdict, error kind) of every result, per id.
@@ -76,7 +59,7 @@ fn verdicts(lines: &[Value]) -> Vec<(String, Vec<(String, Value)>)> {
 
 #[test]
 fn sample_functions_match_plain_cpython() {
-    if !python_available() {
+    if !python_available(None) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -99,8 +82,8 @@ fn sample_functions_match_plain_cpython() {
     );
     eprintln!("{}", String::from_utf8_lossy(&output.stderr).trim());
 
-    let expected = verdicts(&read_lines(&expected));
-    let got = verdicts(&read_lines(&got));
+    let expected = verdicts(&read_jsonl(&expected));
+    let got = verdicts(&read_jsonl(&got));
     assert_eq!(got.len(), expected.len());
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     let mut mismatches = Vec::new();
@@ -152,7 +135,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn malformed_input_fails_with_one_line_and_no_output() {
-    if !python_available() {
+    if !python_available(None) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -202,7 +185,7 @@ fn malformed_input_fails_with_one_line_and_no_output() {
 
 #[test]
 fn function_errors_are_data_and_output_keeps_input_order() {
-    if !python_available() {
+    if !python_available(None) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -221,7 +204,7 @@ fn function_errors_are_data_and_output_keeps_input_order() {
         ),
     );
     let out = dir.path().join("out.jsonl");
-    let output = Command::new(env!("CARGO_BIN_EXE_autoif"))
+    let output = autoif_command()
         .args([
             "verify",
             "--input",
@@ -237,7 +220,7 @@ fn function_errors_are_data_and_output_keeps_input_order() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let lines = read_lines(&out);
+    let lines = read_jsonl(&out);
     let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["len", "broken", "none", "hang"]);
     let pass = serde_json::json!({"verdict": "pass", "error": null, "message": null});

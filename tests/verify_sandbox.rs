@@ -4,6 +4,8 @@
 //! with the Python guard (the normal configuration) and without it, where only the OS
 //! layers stand between the code and the machine.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -23,13 +25,7 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn start_sandbox(python_guard: bool, cache_entries: usize) -> Option<Sandbox> {
-    if std::process::Command::new("python3")
-        .arg("-c")
-        .arg("pass")
-        .status()
-        .is_err()
-    {
-        eprintln!("SKIP: python3 is not installed");
+    if !common::python_available(None) {
         return None;
     }
     let options = SandboxOptions {

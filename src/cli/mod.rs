@@ -39,13 +39,14 @@ enum Command {
     Verify(verify::Args),
     /// Score a model or a file of responses on a benchmark (IFEval).
     Eval(eval::Args),
-    /// Run the AutoIF data synthesis stages into a run folder (new or resumed).
+    /// Run the whole AutoIF loop into a run folder (new or resumed): IFEval before, data
+    /// synthesis, SFT, DPO, online DPO, IFEval after, export.
     Run(run::Args),
     /// Run one synthesis stage of an existing run folder.
     Stage(stage::Args),
     /// Write a merged Hugging Face model folder or a PEFT adapter folder.
     Export(export::Args),
-    /// Train a LoRA adapter in this process (SFT or DPO).
+    /// Train a LoRA adapter in this process (SFT, DPO or online DPO).
     Train(train::Args),
     /// Estimate the GPU memory of a training configuration; refuse one that will not fit.
     Plan(plan::Args),

@@ -11,10 +11,6 @@ use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 use std::process::Command;
 
-// Not every test file that includes this module uses all three.
-#[allow(unused_imports)]
-pub use crate::common::{fixture, max_abs_diff, smollm2};
-
 pub fn load(spec: &Path) -> Model {
     Model::load(spec.to_str().unwrap(), &LoadOptions::cpu()).unwrap()
 }
@@ -65,10 +61,6 @@ pub fn sample_ids(vocab: usize) -> Tensor {
 pub fn logits(model: &Model, ids: &Tensor, adapters: Adapters) -> Tensor {
     let hidden = model.decoder.forward(ids, adapters).unwrap();
     model.decoder.logits(&hidden, Precision::Exact).unwrap()
-}
-
-pub fn autoif() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_autoif"))
 }
 
 /// A Python with torch, transformers and peft: `AUTOIF_REF_PYTHON`, else

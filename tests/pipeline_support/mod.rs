@@ -11,24 +11,12 @@ use std::path::Path;
 
 pub const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/autoif");
 
-pub fn read_jsonl(name: &str) -> Vec<Value> {
-    std::fs::read_to_string(Path::new(DATA).join(name))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+/// What the pipeline tests' SKIP line gives as the reason they need python3.
+pub const SANDBOX_NEEDS_PYTHON: Option<&str> = Some("the verification sandbox needs it");
 
-pub fn python_available() -> bool {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "pass"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("SKIP: python3 is not installed (the verification sandbox needs it)");
-    }
-    found
+/// The records of one AutoIF sample data file.
+pub fn read_data(name: &str) -> Vec<Value> {
+    crate::common::read_jsonl(&Path::new(DATA).join(name))
 }
 
 /// Answers a prompt that contains a recorded key with the recorded texts (sample i
