@@ -21,10 +21,36 @@ use super::funcs::{self, FuncAnswers};
 use super::funnel::FunnelRow;
 use super::parse::case_output;
 use super::{pass_rate, Execute, Pipeline};
-use crate::config::CrossvalConfig;
 use crate::verify::{ErrorKind, Job, Outcome, Verdict};
 
 pub const STAGE: &str = "crossval";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrossvalConfig {
+    /// Distinct loadable functions an instruction needs (paper: 3).
+    pub min_funcs: usize,
+    /// Distinct test cases an instruction needs (paper: 10).
+    pub min_cases: usize,
+    /// A function is kept when its accuracy on the kept cases reaches this (paper: 0.8).
+    pub min_func_accuracy: f64,
+    /// A case is kept when at least this many functions agree with it (paper: 1).
+    pub min_case_agreement: usize,
+    /// Instruction-level preference pairs: chosen case inputs need this pass rate.
+    pub chosen_min_pass_rate: f64,
+}
+
+impl Default for CrossvalConfig {
+    fn default() -> Self {
+        Self {
+            min_funcs: 3,
+            min_cases: 10,
+            min_func_accuracy: 0.8,
+            min_case_agreement: 1,
+            chosen_min_pass_rate: 0.5,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredFunc {
@@ -82,14 +108,14 @@ struct Rejected {
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
-    let answers: Vec<FuncAnswers> = p.run.read_records(funcs::STAGE, "answers.jsonl")?;
-    let cfg = p.config.synthesis.crossval.clone();
-    let lenient = p.config.synthesis.funcs.string_case_outputs;
-    let run = p.run.clone();
-    let outcomes: Vec<InstructionOutcome> = run.chunked(
+    let answers: Vec<FuncAnswers> = p.files.read_records(funcs::STAGE, "answers.jsonl")?;
+    let cfg = p.synthesis.crossval.clone();
+    let lenient = p.synthesis.funcs.string_case_outputs;
+    let files = p.files.clone();
+    let outcomes: Vec<InstructionOutcome> = files.chunked(
         STAGE,
         &answers,
-        p.config.synthesis.chunk,
+        p.synthesis.chunk,
         |a| a.id.clone(),
         |units| cross_validate(units, &cfg, lenient, &mut |jobs| p.execute(jobs)),
     )?;
@@ -105,9 +131,9 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
             })
         })
         .collect();
-    p.run.write_records(STAGE, "instructions.jsonl", &kept)?;
-    p.run.write_records(STAGE, "details.jsonl", &outcomes)?;
-    p.run.write_records(STAGE, "rejected.jsonl", &rejected)?;
+    p.files.write_records(STAGE, "instructions.jsonl", &kept)?;
+    p.files.write_records(STAGE, "details.jsonl", &outcomes)?;
+    p.files.write_records(STAGE, "rejected.jsonl", &rejected)?;
     if kept.is_empty() {
         super::warn_empty(STAGE, "no instruction survived cross-validation");
     }

@@ -28,6 +28,24 @@ use crate::train::autoif_rules::{capitalise, mine_pairs, sft_prompt};
 
 pub const STAGE: &str = "datasets";
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetsConfig {
+    /// DPO chosen side: pass rate at or above this (paper: 0.5); rejected: pass rate 0.
+    pub chosen_min_pass_rate: f64,
+    /// Responses sampled per side when a side has two or more (paper: 2).
+    pub per_side: usize,
+}
+
+impl Default for DatasetsConfig {
+    fn default() -> Self {
+        Self {
+            chosen_min_pass_rate: 0.5,
+            per_side: 2,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PreferencePair {
     /// `query` or `instruction`.
@@ -40,10 +58,10 @@ pub struct PreferencePair {
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
-    let cfg = p.config.synthesis.datasets.clone();
-    let seed = p.config.seed;
-    let scored: Vec<ScoredResponse> = p.run.read_records(score::STAGE, "kept.jsonl")?;
-    let all: Vec<ResponseRecord> = p.run.read_records(responses::STAGE, "all.jsonl")?;
+    let cfg = p.synthesis.datasets.clone();
+    let seed = p.seed;
+    let scored: Vec<ScoredResponse> = p.files.read_records(score::STAGE, "kept.jsonl")?;
+    let all: Vec<ResponseRecord> = p.files.read_records(responses::STAGE, "all.jsonl")?;
     let instructions = backtranslate::kept_instructions(p)?;
 
     let mut sft_row = FunnelRow::new(STAGE, "sft_records");
@@ -125,7 +143,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
 }
 
 fn write_files(p: &Pipeline, sft: &[(String, String)], pairs: &[PreferencePair]) -> Result<()> {
-    let lf = p.run.stage_dir(STAGE).join("llamafactory");
+    let lf = p.files.stage_dir(STAGE).join("llamafactory");
     let alpaca: Vec<_> = sft
         .iter()
         .map(|(prompt, response)| json!({"instruction": prompt, "input": "", "output": response, "history": []}))
@@ -167,8 +185,8 @@ fn write_files(p: &Pipeline, sft: &[(String, String)], pairs: &[PreferencePair])
             "rejected": assistant(&x.rejected), "level": x.level, "source_id": x.source_id})
         })
         .collect();
-    p.run.write_records(STAGE, "trl/sft.jsonl", &trl_sft)?;
-    p.run.write_records(STAGE, "trl/dpo.jsonl", &trl_dpo)?;
-    p.run.write_records(STAGE, "pairs.jsonl", pairs)?;
+    p.files.write_records(STAGE, "trl/sft.jsonl", &trl_sft)?;
+    p.files.write_records(STAGE, "trl/dpo.jsonl", &trl_dpo)?;
+    p.files.write_records(STAGE, "pairs.jsonl", pairs)?;
     Ok(())
 }

@@ -9,6 +9,7 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use super::config::Sampling;
 use super::funnel::FunnelRow;
 use super::parse::parse_score;
 use super::prompts::fill;
@@ -16,6 +17,27 @@ use super::responses::{self, ResponseRecord};
 use super::Pipeline;
 
 pub const STAGE: &str = "score";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreConfig {
+    /// Off: every response that passed its functions goes on unscored (for a supervisor
+    /// too small to judge relevance; a 135M model's scores are noise).
+    pub enabled: bool,
+    /// Keep a response whose mean score is above this (the released script: > 8).
+    pub keep_score_above: f64,
+    pub sampling: Sampling,
+}
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            keep_score_above: 8.0,
+            sampling: Sampling::new(0.0, 384),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredResponse {
@@ -27,14 +49,14 @@ pub struct ScoredResponse {
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
-    let kept: Vec<ResponseRecord> = p.run.read_records(responses::STAGE, "kept.jsonl")?;
-    let cfg = p.config.synthesis.score.clone();
-    let template = p.config.synthesis.prompts.score.clone();
-    let run = p.run.clone();
-    let scored: Vec<ScoredResponse> = run.chunked(
+    let kept: Vec<ResponseRecord> = p.files.read_records(responses::STAGE, "kept.jsonl")?;
+    let cfg = p.synthesis.score.clone();
+    let template = p.synthesis.prompts.score.clone();
+    let files = p.files.clone();
+    let scored: Vec<ScoredResponse> = files.chunked(
         STAGE,
         &kept,
-        p.config.synthesis.chunk,
+        p.synthesis.chunk,
         |r| r.id.clone(),
         |units| {
             if !cfg.enabled {
@@ -70,8 +92,8 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         }
     }
     let kept: Vec<&ScoredResponse> = scored.iter().filter(|s| s.score_reason.is_none()).collect();
-    p.run.write_records(STAGE, "all.jsonl", &scored)?;
-    p.run.write_records(STAGE, "kept.jsonl", &kept)?;
+    p.files.write_records(STAGE, "all.jsonl", &scored)?;
+    p.files.write_records(STAGE, "kept.jsonl", &kept)?;
     if kept.is_empty() {
         super::warn_empty(STAGE, "no response passed quality scoring");
     }

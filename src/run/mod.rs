@@ -10,6 +10,7 @@
 //! its latest checkpoint. After every phase `summary.json` and `report.html` are
 //! rewritten, so an interrupted run still shows what it did.
 
+pub mod manifest;
 pub mod summary;
 
 use anyhow::{bail, Context, Result};
@@ -25,7 +26,6 @@ use crate::generate::openai::{Endpoint, OpenAiBackend, OpenAiConfig};
 use crate::generate::{Backend, EngineOptions, LocalEngine};
 use crate::model::{LoadOptions, Model};
 use crate::pipeline::funnel::{table, FunnelRow};
-use crate::pipeline::run_dir::{RunDir, StageState};
 use crate::pipeline::{Pipeline, Stage};
 use crate::train::data::{
     parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, DataFormat,
@@ -35,6 +35,7 @@ use crate::train::memory_plan::{Algorithm, TrainShape};
 use crate::train::online_dpo::read_verified_prompts;
 use crate::train::{run_online_dpo, train, Job, OnlineOptions, RunOptions};
 use crate::verify::{Sandbox, SandboxOptions};
+use manifest::{RunFolder, StageState};
 
 /// One step of the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,13 +136,13 @@ pub fn training_shapes(config: &RunConfig, phases: &[Phase], dtype: DType) -> Ve
 
 /// The loop's state: the run folder, its config, and the trained model once loaded.
 struct Loop {
-    run: RunDir,
+    run: RunFolder,
     config: RunConfig,
     model: Option<Model>,
 }
 
 /// The phases of `run` that are not done, in order.
-pub fn pending(run: &RunDir) -> Result<Vec<Phase>> {
+pub fn pending(run: &RunFolder) -> Result<Vec<Phase>> {
     run.manifest()?
         .stages
         .iter()
@@ -151,7 +152,7 @@ pub fn pending(run: &RunDir) -> Result<Vec<Phase>> {
 }
 
 /// Runs `phases` of `run` in order, then prints the funnel and the summary.
-pub fn execute(run: RunDir, phases: &[Phase]) -> Result<()> {
+pub fn execute(run: RunFolder, phases: &[Phase]) -> Result<()> {
     let config = run.manifest()?.config;
     let mut state = Loop {
         run,
@@ -276,10 +277,10 @@ impl Loop {
             (None, Some(e)) => Some(e),
             (None, None) => None,
         };
-        let mut pipeline = Pipeline::new(run, config, backend);
+        let mut pipeline = Pipeline::new(run.stage_files(), config.seed, config.synthesis, backend);
         for &stage in stages {
             eprintln!("stage {}", stage.name());
-            pipeline.run_stage(stage)?;
+            run.run_stage(&mut pipeline, stage)?;
         }
         Ok(())
     }
@@ -413,7 +414,7 @@ impl Loop {
 
 /// Rebuilds the trained weights of a resumed run: each finished training phase's
 /// adapter, merged before the next one is applied (as the phases themselves did).
-fn restore_trained_weights(model: &mut Model, run: &RunDir) -> Result<()> {
+fn restore_trained_weights(model: &mut Model, run: &RunFolder) -> Result<()> {
     let manifest = run.manifest()?;
     let done = |name: &str| {
         manifest
@@ -513,8 +514,7 @@ pub fn check_inputs(config: &RunConfig) -> Result<()> {
         crate::pipeline::augment::read_seeds(&synth.seeds)?;
     }
     if let Some(path) = &synth.verified_instructions {
-        let records: Vec<crate::pipeline::crossval::Validated> =
-            crate::pipeline::run_dir::read_lines(path)?;
+        let records: Vec<crate::pipeline::crossval::Validated> = crate::io::read_jsonl(path)?;
         if records.is_empty() {
             bail!("{}: no verified instruction", path.display());
         }

@@ -8,9 +8,10 @@ use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
+use super::manifest::{RunFolder, StageState};
 use super::Phase;
+use crate::io::read_jsonl;
 use crate::io::write_atomic;
-use crate::pipeline::run_dir::{read_lines, RunDir, StageState};
 
 pub const SUMMARY_FILE: &str = "summary.json";
 
@@ -20,7 +21,7 @@ const EXAMPLES: usize = 5;
 pub struct Summary(Value);
 
 impl Summary {
-    pub fn collect(run: &RunDir) -> Result<Summary> {
+    pub fn collect(run: &RunFolder) -> Result<Summary> {
         let root = run.root();
         let manifest = run.manifest()?;
         let state_of = |name: &str| {
@@ -195,7 +196,7 @@ fn last_line(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    Ok(read_lines::<Value>(path)?.pop())
+    Ok(read_jsonl::<Value>(path)?.pop())
 }
 
 /// The first instructions the queries stage paired, with their functions.
@@ -206,7 +207,7 @@ fn examples(root: &Path) -> Result<Vec<Value>> {
     }
     let mut seen = Vec::new();
     let mut out = Vec::new();
-    for pair in read_lines::<Value>(&path)? {
+    for pair in read_jsonl::<Value>(&path)? {
         let id = pair["instruction_id"].clone();
         if seen.contains(&id) {
             continue;
