@@ -155,7 +155,7 @@ fn response_filter_matches_the_released_rule() {
         return;
     }
     let sandbox = sandbox();
-    let mut execute = |jobs: &[autoif::verify::Job]| sandbox.run(jobs);
+    let mut execute = |jobs: &[autoif::verify::FunctionRun]| sandbox.run(jobs);
     // query_rft.jsonl: 20 (query, instruction) rows x 16 responses; no response passes
     // the 4-syllable functions (CPython agrees: 0 kept).
     let rows = read_jsonl("query_rft.jsonl");

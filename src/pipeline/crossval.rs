@@ -21,7 +21,7 @@ use super::funcs::{self, FuncAnswers};
 use super::funnel::FunnelRow;
 use super::parse::case_output;
 use super::{pass_rate, Execute, Pipeline};
-use crate::verify::{ErrorKind, Job, Outcome, Verdict};
+use crate::verify::{ErrorKind, FunctionRun, Outcome, Verdict};
 
 pub const STAGE: &str = "crossval";
 
@@ -212,7 +212,7 @@ pub fn cross_validate(
         }
         let first_job = jobs.len();
         for f in &funcs {
-            jobs.push(Job {
+            jobs.push(FunctionRun {
                 func: f.to_string(),
                 inputs: inputs.clone(),
             });

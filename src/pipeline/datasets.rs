@@ -46,8 +46,10 @@ impl Default for DatasetsConfig {
     }
 }
 
+/// A preference pair this stage mined, with where it came from: a record of
+/// `datasets/pairs.jsonl` (training reads the TRL file, `train::data::PreferencePair`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PreferencePair {
+pub struct MinedPair {
     /// `query` or `instruction`.
     pub level: String,
     /// The pair or instruction id the pair comes from.
@@ -77,7 +79,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         .collect();
 
     let mut prompts_row = FunnelRow::new(STAGE, "dpo_prompts");
-    let mut pairs: Vec<PreferencePair> = Vec::new();
+    let mut pairs: Vec<MinedPair> = Vec::new();
     let mut mine = |level: &str, source_id: &str, prompt: String, candidates: &[(String, f64)]| {
         let mined = mine_pairs(
             candidates,
@@ -98,7 +100,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
             prompts_row.keep();
         }
         for (chosen, rejected) in mined {
-            pairs.push(PreferencePair {
+            pairs.push(MinedPair {
                 level: level.to_string(),
                 source_id: source_id.to_string(),
                 prompt: prompt.clone(),
@@ -142,7 +144,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     Ok(vec![sft_row, prompts_row, pairs_row])
 }
 
-fn write_files(p: &Pipeline, sft: &[(String, String)], pairs: &[PreferencePair]) -> Result<()> {
+fn write_files(p: &Pipeline, sft: &[(String, String)], pairs: &[MinedPair]) -> Result<()> {
     let lf = p.files.stage_dir(STAGE).join("llamafactory");
     let alpaca: Vec<_> = sft
         .iter()

@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::generate::unit_seed;
 use crate::generate::{Backend, Prompt, Request, SamplingParams};
 pub use crate::verify::{pass_rate, Execute};
-use crate::verify::{Job, Sandbox, SandboxOptions, Verdict};
+use crate::verify::{FunctionRun, Sandbox, SandboxOptions, Verdict};
 use config::{Sampling, SynthesisConfig};
 use funnel::FunnelRow;
 use stage_files::StageFiles;
@@ -197,7 +197,7 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Runs functions on inputs in the sandbox (started on first use).
-    pub fn execute(&mut self, jobs: &[Job]) -> Result<Vec<Vec<Verdict>>> {
+    pub fn execute(&mut self, jobs: &[FunctionRun]) -> Result<Vec<Vec<Verdict>>> {
         if self.sandbox.is_none() {
             self.sandbox = Some(Sandbox::new(SandboxOptions {
                 timeout: Duration::from_millis(self.synthesis.exec_timeout_ms),
