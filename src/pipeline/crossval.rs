@@ -21,6 +21,7 @@ use super::funcs::{self, FuncAnswers};
 use super::funnel::FunnelRow;
 use super::parse::case_output;
 use super::{pass_rate, Execute, Pipeline};
+
 use crate::verify::{ErrorKind, FunctionRun, Outcome, Verdict};
 
 pub const STAGE: &str = "crossval";
@@ -182,17 +183,42 @@ fn result(v: &Verdict) -> Option<bool> {
     }
 }
 
-/// Cross-validates instructions; `execute` runs sandbox jobs (one call for all).
+/// Cross-validates instructions; `execute` runs the sandbox (one call for all).
 pub fn cross_validate(
     instructions: &[FuncAnswers],
     cfg: &CrossvalConfig,
     lenient: bool,
     execute: &mut Execute,
 ) -> Result<Vec<InstructionOutcome>> {
-    // Every distinct function of an instruction on every distinct case input of it.
-    let mut jobs = Vec::new();
-    let mut plans = Vec::new();
-    for ins in instructions {
+    let plans: Vec<RunPlan> = instructions.iter().map(RunPlan::new).collect();
+    let runs: Vec<FunctionRun> = plans.iter().flat_map(RunPlan::runs).collect();
+    let verdicts = if runs.is_empty() {
+        Vec::new()
+    } else {
+        execute(&runs)?
+    };
+    let mut first_run = 0;
+    let mut outcomes = Vec::with_capacity(instructions.len());
+    for (ins, plan) in instructions.iter().zip(&plans) {
+        let results = Results {
+            plan,
+            verdicts: &verdicts[first_run..first_run + plan.funcs.len()],
+        };
+        first_run += plan.funcs.len();
+        outcomes.push(decide(ins, &results, cfg, lenient));
+    }
+    Ok(outcomes)
+}
+
+/// What runs for one instruction: every distinct function on every distinct case input
+/// (one empty input when there is none, so a function still shows whether it loads).
+struct RunPlan<'a> {
+    funcs: Vec<&'a str>,
+    inputs: Vec<String>,
+}
+
+impl<'a> RunPlan<'a> {
+    fn new(ins: &'a FuncAnswers) -> Self {
         let mut funcs: Vec<&str> = Vec::new();
         for a in &ins.answers {
             if !funcs.contains(&a.func.as_str()) {
@@ -210,176 +236,260 @@ pub fn cross_validate(
         if inputs.is_empty() {
             inputs.push(String::new());
         }
-        let first_job = jobs.len();
-        for f in &funcs {
-            jobs.push(FunctionRun {
-                func: f.to_string(),
-                inputs: inputs.clone(),
-            });
-        }
-        plans.push((funcs, inputs, first_job));
+        Self { funcs, inputs }
     }
-    let verdicts = if jobs.is_empty() {
-        Vec::new()
+
+    fn runs(&self) -> impl Iterator<Item = FunctionRun> + '_ {
+        self.funcs.iter().map(|f| FunctionRun {
+            func: f.to_string(),
+            inputs: self.inputs.clone(),
+        })
+    }
+}
+
+/// One instruction's plan with its verdicts: `verdicts[f][i]` is function `f` of the
+/// plan on input `i`.
+struct Results<'a> {
+    plan: &'a RunPlan<'a>,
+    verdicts: &'a [Vec<Verdict>],
+}
+
+impl Results<'_> {
+    /// Function `f`'s answer on `input`; none when the call failed.
+    fn answer(&self, f: usize, input: &str) -> Option<bool> {
+        let i = self.plan.inputs.iter().position(|x| x == input)?;
+        result(&self.verdicts[f][i])
+    }
+
+    /// Verdicts of the functions `funcs` on `input`.
+    fn verdicts_on(&self, funcs: &[usize], input: &str) -> Vec<&Verdict> {
+        let i = self
+            .plan
+            .inputs
+            .iter()
+            .position(|x| x == input)
+            .expect("planned");
+        funcs.iter().map(|&f| &self.verdicts[f][i]).collect()
+    }
+}
+
+/// The functions and cases of an instruction's answers after loading and
+/// de-duplication, with the reports of those already dropped.
+struct Candidates {
+    /// Plan indices of the distinct functions that load, in answer order.
+    loading: Vec<usize>,
+    /// Distinct cases as written (input, output).
+    cases: Vec<(String, Value)>,
+    func_reports: Vec<FuncReport>,
+    case_reports: Vec<CaseReport>,
+}
+
+/// Decides one instruction from its functions' verdicts.
+fn decide(
+    ins: &FuncAnswers,
+    results: &Results,
+    cfg: &CrossvalConfig,
+    lenient: bool,
+) -> InstructionOutcome {
+    let mut candidates = candidates(ins, results);
+    let too_few = if candidates.loading.len() < cfg.min_funcs {
+        Some("too_few_functions")
+    } else if candidates.cases.len() < cfg.min_cases {
+        Some("too_few_cases")
     } else {
-        execute(&jobs)?
+        None
     };
-    let mut outcomes = Vec::new();
-    for (ins, (funcs, inputs, first_job)) in instructions.iter().zip(plans) {
-        let of = |func_index: usize, input: &str| -> Option<bool> {
-            let i = inputs.iter().position(|x| x == input)?;
-            result(&verdicts[first_job + func_index][i])
-        };
-        let mut func_reports: Vec<FuncReport> = Vec::new();
-        let mut loading: Vec<usize> = Vec::new();
-        let mut seen_funcs = HashSet::new();
-        let mut cases: Vec<(String, Value)> = Vec::new();
-        let mut case_reports: Vec<CaseReport> = Vec::new();
-        for a in &ins.answers {
-            let index = funcs.iter().position(|f| *f == a.func).expect("planned");
-            if does_not_load(&verdicts[first_job + index]) {
-                func_reports.push(FuncReport {
-                    source: a.func.clone(),
-                    accuracy: None,
-                    reason: Some("does_not_load".into()),
-                });
-                continue;
-            }
-            if seen_funcs.insert(index) {
-                loading.push(index);
-            } else {
-                func_reports.push(FuncReport {
-                    source: a.func.clone(),
-                    accuracy: None,
-                    reason: Some("duplicate".into()),
-                });
-            }
-            for case in &a.cases {
-                if cases.contains(case) {
-                    case_reports.push(CaseReport {
-                        input: case.0.clone(),
-                        output: case.1.clone(),
-                        agreeing_funcs: 0,
-                        reason: Some("duplicate".into()),
-                    });
-                } else {
-                    cases.push(case.clone());
-                }
-            }
-        }
-        let too_few = if loading.len() < cfg.min_funcs {
-            Some("too_few_functions")
-        } else if cases.len() < cfg.min_cases {
-            Some("too_few_cases")
-        } else {
-            None
-        };
-        if let Some(reason) = too_few {
-            for &f in &loading {
-                func_reports.push(FuncReport {
-                    source: funcs[f].to_string(),
-                    accuracy: None,
-                    reason: Some(format!("instruction_{reason}")),
-                });
-            }
-            for (input, output) in cases {
-                case_reports.push(CaseReport {
-                    input,
-                    output,
-                    agreeing_funcs: 0,
-                    reason: Some(format!("instruction_{reason}")),
-                });
-            }
-            outcomes.push(InstructionOutcome {
-                id: ins.id.clone(),
-                instruction: ins.instruction.clone(),
-                kept: None,
-                reason: Some(reason.into()),
-                funcs: func_reports,
-                cases: case_reports,
+    if let Some(reason) = too_few {
+        return too_few_outcome(ins, results.plan, candidates, reason);
+    }
+    let kept_cases = judge_cases(&mut candidates, results, cfg, lenient);
+    let kept_funcs = score_funcs(&mut candidates, results, &kept_cases, cfg);
+    let kept = (!kept_funcs.is_empty()).then(|| Validated {
+        id: ins.id.clone(),
+        instruction: ins.instruction.clone(),
+        funcs: kept_funcs
+            .iter()
+            .map(|&(f, accuracy)| ScoredFunc {
+                source: results.plan.funcs[f].to_string(),
+                accuracy,
+            })
+            .collect(),
+        cases: kept_case_rates(results, &kept_funcs, &kept_cases),
+    });
+    InstructionOutcome {
+        id: ins.id.clone(),
+        instruction: ins.instruction.clone(),
+        reason: kept.is_none().then(|| "no_accurate_function".to_string()),
+        kept,
+        funcs: candidates.func_reports,
+        cases: candidates.case_reports,
+    }
+}
+
+/// Drops the functions that do not load and repeated functions and cases.
+fn candidates(ins: &FuncAnswers, results: &Results) -> Candidates {
+    let mut out = Candidates {
+        loading: Vec::new(),
+        cases: Vec::new(),
+        func_reports: Vec::new(),
+        case_reports: Vec::new(),
+    };
+    let mut seen_funcs = HashSet::new();
+    for a in &ins.answers {
+        let index = results
+            .plan
+            .funcs
+            .iter()
+            .position(|f| *f == a.func)
+            .expect("planned");
+        if does_not_load(&results.verdicts[index]) {
+            out.func_reports.push(FuncReport {
+                source: a.func.clone(),
+                accuracy: None,
+                reason: Some("does_not_load".into()),
             });
             continue;
         }
-        let mut kept_cases: Vec<(String, bool)> = Vec::new();
-        for (input, output) in cases {
-            let expected = case_output(&output, lenient);
-            let agreeing = match expected {
-                Some(e) => loading
-                    .iter()
-                    .filter(|&&f| of(f, &input) == Some(e))
-                    .count(),
-                None => 0,
-            };
-            let reason = match expected {
-                None => Some("output_not_boolean"),
-                Some(_) if agreeing < cfg.min_case_agreement => Some("no_function_agrees"),
-                Some(e) => {
-                    kept_cases.push((input.clone(), e));
-                    None
-                }
-            };
-            case_reports.push(CaseReport {
-                input,
-                output,
-                agreeing_funcs: agreeing,
-                reason: reason.map(String::from),
+        if seen_funcs.insert(index) {
+            out.loading.push(index);
+        } else {
+            out.func_reports.push(FuncReport {
+                source: a.func.clone(),
+                accuracy: None,
+                reason: Some("duplicate".into()),
             });
         }
-        let mut kept_funcs: Vec<(usize, f64)> = Vec::new();
-        for &f in &loading {
-            let accuracy = if kept_cases.is_empty() {
-                0.0
+        for case in &a.cases {
+            if out.cases.contains(case) {
+                out.case_reports.push(CaseReport {
+                    input: case.0.clone(),
+                    output: case.1.clone(),
+                    agreeing_funcs: 0,
+                    reason: Some("duplicate".into()),
+                });
             } else {
-                kept_cases
-                    .iter()
-                    .filter(|(input, e)| of(f, input) == Some(*e))
-                    .count() as f64
-                    / kept_cases.len() as f64
-            };
-            let keep = accuracy >= cfg.min_func_accuracy;
-            if keep {
-                kept_funcs.push((f, accuracy));
+                out.cases.push(case.clone());
             }
-            func_reports.push(FuncReport {
-                source: funcs[f].to_string(),
-                accuracy: Some(accuracy),
-                reason: (!keep).then(|| "low_accuracy".to_string()),
-            });
         }
-        let kept = (!kept_funcs.is_empty()).then(|| Validated {
-            id: ins.id.clone(),
-            instruction: ins.instruction.clone(),
-            funcs: kept_funcs
-                .iter()
-                .map(|&(f, accuracy)| ScoredFunc {
-                    source: funcs[f].to_string(),
-                    accuracy,
-                })
-                .collect(),
-            cases: kept_cases
-                .iter()
-                .map(|(input, output)| {
-                    let i = inputs.iter().position(|x| x == input).expect("planned");
-                    let vs: Vec<&Verdict> = kept_funcs
-                        .iter()
-                        .map(|&(f, _)| &verdicts[first_job + f][i])
-                        .collect();
-                    KeptCase {
-                        input: input.clone(),
-                        output: *output,
-                        pass_rate: pass_rate(&vs),
-                    }
-                })
-                .collect(),
-        });
-        outcomes.push(InstructionOutcome {
-            id: ins.id.clone(),
-            instruction: ins.instruction.clone(),
-            reason: kept.is_none().then(|| "no_accurate_function".to_string()),
-            kept,
-            funcs: func_reports,
-            cases: case_reports,
+    }
+    out
+}
+
+/// An instruction with too few functions or cases: everything it has is dropped with it.
+fn too_few_outcome(
+    ins: &FuncAnswers,
+    plan: &RunPlan,
+    mut candidates: Candidates,
+    reason: &str,
+) -> InstructionOutcome {
+    for &f in &candidates.loading {
+        candidates.func_reports.push(FuncReport {
+            source: plan.funcs[f].to_string(),
+            accuracy: None,
+            reason: Some(format!("instruction_{reason}")),
         });
     }
-    Ok(outcomes)
+    for (input, output) in candidates.cases {
+        candidates.case_reports.push(CaseReport {
+            input,
+            output,
+            agreeing_funcs: 0,
+            reason: Some(format!("instruction_{reason}")),
+        });
+    }
+    InstructionOutcome {
+        id: ins.id.clone(),
+        instruction: ins.instruction.clone(),
+        kept: None,
+        reason: Some(reason.into()),
+        funcs: candidates.func_reports,
+        cases: candidates.case_reports,
+    }
+}
+
+/// Keeps a case when it has a boolean output and enough loading functions agree with
+/// it; returns the kept cases (input, expected output).
+fn judge_cases(
+    candidates: &mut Candidates,
+    results: &Results,
+    cfg: &CrossvalConfig,
+    lenient: bool,
+) -> Vec<(String, bool)> {
+    let mut kept_cases = Vec::new();
+    for (input, output) in std::mem::take(&mut candidates.cases) {
+        let expected = case_output(&output, lenient);
+        let agreeing = match expected {
+            Some(e) => candidates
+                .loading
+                .iter()
+                .filter(|&&f| results.answer(f, &input) == Some(e))
+                .count(),
+            None => 0,
+        };
+        let reason = match expected {
+            None => Some("output_not_boolean"),
+            Some(_) if agreeing < cfg.min_case_agreement => Some("no_function_agrees"),
+            Some(e) => {
+                kept_cases.push((input.clone(), e));
+                None
+            }
+        };
+        candidates.case_reports.push(CaseReport {
+            input,
+            output,
+            agreeing_funcs: agreeing,
+            reason: reason.map(String::from),
+        });
+    }
+    kept_cases
+}
+
+/// Keeps a loading function when its accuracy on the kept cases reaches
+/// `min_func_accuracy`; returns the kept functions (plan index, accuracy).
+fn score_funcs(
+    candidates: &mut Candidates,
+    results: &Results,
+    kept_cases: &[(String, bool)],
+    cfg: &CrossvalConfig,
+) -> Vec<(usize, f64)> {
+    let mut kept_funcs = Vec::new();
+    for &f in &candidates.loading {
+        let accuracy = if kept_cases.is_empty() {
+            0.0
+        } else {
+            kept_cases
+                .iter()
+                .filter(|(input, e)| results.answer(f, input) == Some(*e))
+                .count() as f64
+                / kept_cases.len() as f64
+        };
+        let keep = accuracy >= cfg.min_func_accuracy;
+        if keep {
+            kept_funcs.push((f, accuracy));
+        }
+        candidates.func_reports.push(FuncReport {
+            source: results.plan.funcs[f].to_string(),
+            accuracy: Some(accuracy),
+            reason: (!keep).then(|| "low_accuracy".to_string()),
+        });
+    }
+    kept_funcs
+}
+
+/// The kept cases with the pass rate of the kept functions on each (for
+/// instruction-level preference pairs).
+fn kept_case_rates(
+    results: &Results,
+    kept_funcs: &[(usize, f64)],
+    kept_cases: &[(String, bool)],
+) -> Vec<KeptCase> {
+    let funcs: Vec<usize> = kept_funcs.iter().map(|&(f, _)| f).collect();
+    kept_cases
+        .iter()
+        .map(|(input, output)| KeptCase {
+            input: input.clone(),
+            output: *output,
+            pass_rate: pass_rate(&results.verdicts_on(&funcs, input)),
+        })
+        .collect()
 }
