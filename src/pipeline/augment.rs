@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::config::Sampling;
-use super::funnel::FunnelRow;
+use super::funnel::{DropReason, FunnelRow};
 use super::parse::parse_instruction_list;
 use super::prompts::fill;
 use super::short_id;
@@ -72,7 +72,7 @@ struct RoundOutput {
 pub struct Rejected {
     pub round: usize,
     pub text: String,
-    pub reason: String,
+    pub reason: DropReason,
 }
 
 /// Seed instructions: one per non-empty line.
@@ -188,28 +188,28 @@ fn select(
     for output in outputs {
         let candidates = parse_instruction_list(&output.text);
         if candidates.is_empty() {
-            rounds_row.drop("no_list_lines");
+            rounds_row.drop(DropReason::NoListLines);
         } else {
             rounds_row.keep();
         }
         for text in candidates {
             let w = words(&text);
             let reason = if text.chars().count() < cfg.min_chars {
-                Some("too_short")
+                Some(DropReason::TooShort)
             } else if text.chars().count() > cfg.max_chars {
-                Some("too_long")
+                Some(DropReason::TooLong)
             } else if seeds.iter().any(|s| s.eq_ignore_ascii_case(&text)) {
-                Some("copies_seed")
+                Some(DropReason::CopiesSeed)
             } else if seed_words
                 .iter()
                 .any(|s| jaccard(s, &w) >= cfg.max_similarity)
             {
-                Some("near_seed")
+                Some(DropReason::NearSeed)
             } else if kept_words
                 .iter()
                 .any(|k| jaccard(k, &w) >= cfg.max_similarity)
             {
-                Some("near_duplicate")
+                Some(DropReason::NearDuplicate)
             } else {
                 None
             };
@@ -219,7 +219,7 @@ fn select(
                     rejected.push(Rejected {
                         round: output.round,
                         text,
-                        reason: reason.to_string(),
+                        reason,
                     });
                 }
                 None => {

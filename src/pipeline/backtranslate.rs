@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use super::config::Sampling;
 use super::crossval::{self, Validated};
-use super::funnel::FunnelRow;
+use super::funnel::{DropReason, FunnelRow};
 use super::nli::NliClassifier;
 use super::parse::{parse_back_translation, parse_judgement, JudgeLabel};
 use super::prompts::fill;
@@ -91,7 +91,7 @@ pub struct Checked {
     /// The `judge` checker's answers, one per judged back-translation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judgements: Option<Vec<Judgement>>,
-    pub reason: Option<String>,
+    pub reason: Option<DropReason>,
 }
 
 /// One back-translation as the judge saw it: what it wrote and the verdict read from
@@ -182,7 +182,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     for c in &checked {
         match &c.reason {
             None => row.keep(),
-            Some(r) => row.drop(r),
+            Some(r) => row.drop(*r),
         }
     }
     let (kept, rejected): (Vec<&Checked>, Vec<&Checked>) =
@@ -253,8 +253,8 @@ fn judge_chunk(
                 })
                 .collect();
             let reason = match judgements.iter().filter_map(|j| j.label).max() {
-                None => Some("unparsed_judgement"),
-                Some(JudgeLabel::Contradiction) => Some("inconsistent"),
+                None => Some(DropReason::UnparsedJudgement),
+                Some(JudgeLabel::Contradiction) => Some(DropReason::Inconsistent),
                 Some(JudgeLabel::Neutral | JudgeLabel::Consistent) => None,
             };
             Checked {
@@ -262,7 +262,7 @@ fn judge_chunk(
                 back_instructions: back,
                 similarity: None,
                 judgements: Some(judgements),
-                reason: reason.map(str::to_string),
+                reason,
             }
         })
         .collect())
@@ -323,7 +323,7 @@ fn nli_check(
         back_instructions: back,
         similarity: None,
         judgements: Some(judgements),
-        reason: all_contradict.then(|| "inconsistent".to_string()),
+        reason: all_contradict.then_some(DropReason::Inconsistent),
     })
 }
 
@@ -334,7 +334,7 @@ fn rejected_unparsed(v: &Validated, reason: &str) -> Checked {
         back_instructions: Vec::new(),
         similarity: None,
         judgements: None,
-        reason: Some(reason.to_string()),
+        reason: Some(DropReason::parsed(reason)),
     }
 }
 
@@ -369,6 +369,6 @@ pub fn check(
         back_instructions: back,
         similarity,
         judgements: None,
-        reason: (!consistent).then(|| "inconsistent".to_string()),
+        reason: (!consistent).then_some(DropReason::Inconsistent),
     })
 }

@@ -18,7 +18,7 @@ use serde_json::Value;
 use std::collections::HashSet;
 
 use super::funcs::{self, FuncAnswers};
-use super::funnel::FunnelRow;
+use super::funnel::{DropReason, FunnelRow};
 use super::parse::case_output;
 use super::{pass_rate, Execute, Pipeline};
 
@@ -79,7 +79,7 @@ pub struct FuncReport {
     pub source: String,
     pub accuracy: Option<f64>,
     /// Why it was dropped; none when kept.
-    pub reason: Option<String>,
+    pub reason: Option<DropReason>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,7 +87,7 @@ pub struct CaseReport {
     pub input: String,
     pub output: Value,
     pub agreeing_funcs: usize,
-    pub reason: Option<String>,
+    pub reason: Option<DropReason>,
 }
 
 /// The fate of one instruction, with every function and case.
@@ -96,7 +96,7 @@ pub struct InstructionOutcome {
     pub id: String,
     pub instruction: String,
     pub kept: Option<Validated>,
-    pub reason: Option<String>,
+    pub reason: Option<DropReason>,
     pub funcs: Vec<FuncReport>,
     pub cases: Vec<CaseReport>,
 }
@@ -105,7 +105,7 @@ pub struct InstructionOutcome {
 struct Rejected {
     id: String,
     instruction: String,
-    reason: String,
+    reason: DropReason,
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
@@ -128,7 +128,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
             o.reason.as_ref().map(|r| Rejected {
                 id: o.id.clone(),
                 instruction: o.instruction.clone(),
-                reason: r.clone(),
+                reason: *r,
             })
         })
         .collect();
@@ -148,18 +148,18 @@ fn funnel(outcomes: &[InstructionOutcome]) -> Vec<FunnelRow> {
     for o in outcomes {
         match &o.reason {
             None => instructions.keep(),
-            Some(r) => instructions.drop(r),
+            Some(r) => instructions.drop(*r),
         }
         for f in &o.funcs {
             match &f.reason {
                 None => functions.keep(),
-                Some(r) => functions.drop(r),
+                Some(r) => functions.drop(*r),
             }
         }
         for c in &o.cases {
             match &c.reason {
                 None => cases.keep(),
-                Some(r) => cases.drop(r),
+                Some(r) => cases.drop(*r),
             }
         }
     }
@@ -293,14 +293,17 @@ fn decide(
 ) -> InstructionOutcome {
     let mut candidates = candidates(ins, results);
     let too_few = if candidates.loading.len() < cfg.min_funcs {
-        Some("too_few_functions")
+        Some((
+            DropReason::TooFewFunctions,
+            DropReason::InstructionTooFewFunctions,
+        ))
     } else if candidates.cases.len() < cfg.min_cases {
-        Some("too_few_cases")
+        Some((DropReason::TooFewCases, DropReason::InstructionTooFewCases))
     } else {
         None
     };
-    if let Some(reason) = too_few {
-        return too_few_outcome(ins, results.plan, candidates, reason);
+    if let Some((reason, members_reason)) = too_few {
+        return too_few_outcome(ins, results.plan, candidates, reason, members_reason);
     }
     let kept_cases = judge_cases(&mut candidates, results, cfg, lenient);
     let kept_funcs = score_funcs(&mut candidates, results, &kept_cases, cfg);
@@ -319,7 +322,7 @@ fn decide(
     InstructionOutcome {
         id: ins.id.clone(),
         instruction: ins.instruction.clone(),
-        reason: kept.is_none().then(|| "no_accurate_function".to_string()),
+        reason: kept.is_none().then_some(DropReason::NoAccurateFunction),
         kept,
         funcs: candidates.func_reports,
         cases: candidates.case_reports,
@@ -346,7 +349,7 @@ fn candidates(ins: &FuncAnswers, results: &Results) -> Candidates {
             out.func_reports.push(FuncReport {
                 source: a.func.clone(),
                 accuracy: None,
-                reason: Some("does_not_load".into()),
+                reason: Some(DropReason::DoesNotLoad),
             });
             continue;
         }
@@ -356,7 +359,7 @@ fn candidates(ins: &FuncAnswers, results: &Results) -> Candidates {
             out.func_reports.push(FuncReport {
                 source: a.func.clone(),
                 accuracy: None,
-                reason: Some("duplicate".into()),
+                reason: Some(DropReason::Duplicate),
             });
         }
         for case in &a.cases {
@@ -365,7 +368,7 @@ fn candidates(ins: &FuncAnswers, results: &Results) -> Candidates {
                     input: case.0.clone(),
                     output: case.1.clone(),
                     agreeing_funcs: 0,
-                    reason: Some("duplicate".into()),
+                    reason: Some(DropReason::Duplicate),
                 });
             } else {
                 out.cases.push(case.clone());
@@ -380,13 +383,14 @@ fn too_few_outcome(
     ins: &FuncAnswers,
     plan: &RunPlan,
     mut candidates: Candidates,
-    reason: &str,
+    reason: DropReason,
+    members_reason: DropReason,
 ) -> InstructionOutcome {
     for &f in &candidates.loading {
         candidates.func_reports.push(FuncReport {
             source: plan.funcs[f].to_string(),
             accuracy: None,
-            reason: Some(format!("instruction_{reason}")),
+            reason: Some(members_reason),
         });
     }
     for (input, output) in candidates.cases {
@@ -394,14 +398,14 @@ fn too_few_outcome(
             input,
             output,
             agreeing_funcs: 0,
-            reason: Some(format!("instruction_{reason}")),
+            reason: Some(members_reason),
         });
     }
     InstructionOutcome {
         id: ins.id.clone(),
         instruction: ins.instruction.clone(),
         kept: None,
-        reason: Some(reason.into()),
+        reason: Some(reason),
         funcs: candidates.func_reports,
         cases: candidates.case_reports,
     }
@@ -427,8 +431,8 @@ fn judge_cases(
             None => 0,
         };
         let reason = match expected {
-            None => Some("output_not_boolean"),
-            Some(_) if agreeing < cfg.min_case_agreement => Some("no_function_agrees"),
+            None => Some(DropReason::OutputNotBoolean),
+            Some(_) if agreeing < cfg.min_case_agreement => Some(DropReason::NoFunctionAgrees),
             Some(e) => {
                 kept_cases.push((input.clone(), e));
                 None
@@ -438,7 +442,7 @@ fn judge_cases(
             input,
             output,
             agreeing_funcs: agreeing,
-            reason: reason.map(String::from),
+            reason,
         });
     }
     kept_cases
@@ -470,7 +474,7 @@ fn score_funcs(
         candidates.func_reports.push(FuncReport {
             source: results.plan.funcs[f].to_string(),
             accuracy: Some(accuracy),
-            reason: (!keep).then(|| "low_accuracy".to_string()),
+            reason: (!keep).then_some(DropReason::LowAccuracy),
         });
     }
     kept_funcs

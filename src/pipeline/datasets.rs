@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::backtranslate;
-use super::funnel::FunnelRow;
+use super::funnel::{DropReason, FunnelRow};
 use super::responses::{self, ResponseRecord};
 use super::score::{self, ScoredResponse};
 use super::Pipeline;
@@ -92,9 +92,9 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                 .iter()
                 .any(|(_, r)| *r >= cfg.chosen_min_pass_rate);
             prompts_row.drop(if has_positive {
-                "no_rejected"
+                DropReason::NoRejected
             } else {
-                "no_chosen"
+                DropReason::NoChosen
             });
         } else {
             prompts_row.keep();

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::augment::{self, Instruction};
 use super::config::Sampling;
-use super::funnel::FunnelRow;
+use super::funnel::{DropReason, FunnelRow};
 use super::parse::parse_func_answer;
 use super::prompts::fill;
 use super::Pipeline;
@@ -64,7 +64,7 @@ struct Samples {
 pub struct Rejected {
     pub id: String,
     pub sample: usize,
-    pub reason: String,
+    pub reason: DropReason,
     pub text: String,
 }
 
@@ -114,7 +114,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         merge(&mut rows[2], &sample_rows[1]);
         rejected.append(&mut rejects);
         if answers.answers.is_empty() {
-            rows[0].drop("no_parsable_answer");
+            rows[0].drop(DropReason::NoParsableAnswer);
         } else {
             rows[0].keep();
             parsed.push(answers);
@@ -152,7 +152,7 @@ pub fn parse_samples(
             Ok(answer) => {
                 samples_row.keep();
                 for reason in &answer.bad_cases {
-                    cases_row.drop(reason);
+                    cases_row.drop(DropReason::parsed(reason));
                 }
                 cases_row.input += answer.cases.len();
                 cases_row.output += answer.cases.len();
@@ -162,12 +162,13 @@ pub fn parse_samples(
                     cases: answer.cases,
                 });
             }
-            Err(reason) => {
+            Err(name) => {
+                let reason = DropReason::parsed(name);
                 samples_row.drop(reason);
                 rejected.push(Rejected {
                     id: id.to_string(),
                     sample,
-                    reason: reason.to_string(),
+                    reason,
                     text: text.clone(),
                 });
             }

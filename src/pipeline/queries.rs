@@ -25,7 +25,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::backtranslate;
-use super::funnel::FunnelRow;
+use super::funnel::{DropReason, FunnelRow};
 use super::short_id;
 use super::Pipeline;
 
@@ -72,7 +72,7 @@ pub struct QueryPair {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Rejected {
     query: String,
-    reason: String,
+    reason: DropReason,
 }
 
 /// Reads the query texts of a file or a hub dataset file (see the module docs for the
@@ -300,7 +300,7 @@ fn query_text(record: &Value, field: &str) -> Option<String> {
 pub fn filter_queries(
     queries: Vec<String>,
     cfg: &QueriesConfig,
-) -> (Vec<String>, Vec<(String, String)>, FunnelRow) {
+) -> (Vec<String>, Vec<(String, DropReason)>, FunnelRow) {
     let mut row = FunnelRow::new(STAGE, "queries");
     let mut seen = HashSet::new();
     let mut kept = Vec::new();
@@ -309,18 +309,18 @@ pub fn filter_queries(
         let q = q.trim().to_string();
         let n = q.chars().count();
         let reason = if n <= cfg.min_chars {
-            Some("too_short")
+            Some(DropReason::TooShort)
         } else if n >= cfg.max_chars {
-            Some("too_long")
+            Some(DropReason::TooLong)
         } else if !seen.insert(q.clone()) {
-            Some("duplicate")
+            Some(DropReason::Duplicate)
         } else {
             None
         };
         match reason {
             Some(r) => {
                 row.drop(r);
-                rejected.push((q, r.to_string()));
+                rejected.push((q, r));
             }
             None => {
                 row.keep();

@@ -11,7 +11,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::config::Sampling;
-use super::funnel::FunnelRow;
+use super::funnel::{DropReason, FunnelRow};
 use super::prompts::fill;
 use super::queries::{self, QueryPair};
 use super::{Execute, Pipeline};
@@ -49,7 +49,7 @@ pub struct ResponseRecord {
     pub response: String,
     pub pass_rate: f64,
     /// Why it is not kept; none when kept.
-    pub reason: Option<String>,
+    pub reason: Option<DropReason>,
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
@@ -84,7 +84,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     for r in &records {
         match &r.reason {
             None => row.keep(),
-            Some(reason) => row.drop(reason),
+            Some(reason) => row.drop(*reason),
         }
     }
     let kept: Vec<&ResponseRecord> = records.iter().filter(|r| r.reason.is_none()).collect();
@@ -111,9 +111,9 @@ pub fn judge_responses(
     for ((pair, responses), rates) in sampled.iter().zip(rates) {
         for (k, (response, rate)) in responses.iter().zip(rates).enumerate() {
             let reason = if response.trim().is_empty() {
-                Some("empty_response")
+                Some(DropReason::EmptyResponse)
             } else if rate <= keep_above {
-                Some("low_pass_rate")
+                Some(DropReason::LowPassRate)
             } else {
                 None
             };
@@ -125,7 +125,7 @@ pub fn judge_responses(
                 query: pair.query.clone(),
                 response: response.clone(),
                 pass_rate: rate,
-                reason: reason.map(String::from),
+                reason,
             });
         }
     }

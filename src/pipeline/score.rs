@@ -10,7 +10,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::config::Sampling;
-use super::funnel::FunnelRow;
+use super::funnel::{DropReason, FunnelRow};
 use super::parse::parse_score;
 use super::prompts::fill;
 use super::responses::{self, ResponseRecord};
@@ -45,7 +45,7 @@ pub struct ScoredResponse {
     pub response: ResponseRecord,
     pub score: Option<f64>,
     pub judgement: String,
-    pub score_reason: Option<String>,
+    pub score_reason: Option<DropReason>,
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
@@ -88,7 +88,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     for s in &scored {
         match &s.score_reason {
             None => row.keep(),
-            Some(reason) => row.drop(reason),
+            Some(reason) => row.drop(*reason),
         }
     }
     let kept: Vec<&ScoredResponse> = scored.iter().filter(|s| s.score_reason.is_none()).collect();
@@ -114,8 +114,8 @@ fn unscored(response: ResponseRecord) -> ScoredResponse {
 pub fn judge(response: ResponseRecord, judgement: String, keep_above: f64) -> ScoredResponse {
     let (score, reason) = match parse_score(&judgement) {
         Ok(s) if s > keep_above => (Some(s), None),
-        Ok(s) => (Some(s), Some("low_score".to_string())),
-        Err(reason) => (None, Some(reason.to_string())),
+        Ok(s) => (Some(s), Some(DropReason::LowScore)),
+        Err(name) => (None, Some(DropReason::parsed(name))),
     };
     ScoredResponse {
         response,

@@ -25,7 +25,7 @@ use crate::export::{load_adapter, save_merged};
 use crate::generate::openai::{Endpoint, OpenAiBackend, OpenAiConfig};
 use crate::generate::{Backend, EngineOptions, LocalEngine};
 use crate::model::{LoadOptions, Model};
-use crate::pipeline::funnel::{table, FunnelRow};
+use crate::pipeline::funnel::{table, DropReason, FunnelRow};
 use crate::pipeline::{Pipeline, Stage};
 use crate::train::data::{
     parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, DataFormat,
@@ -483,7 +483,7 @@ fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
 fn data_row(stage: &str, unit: &str, kept: usize, dropped: usize) -> FunnelRow {
     let mut row = FunnelRow::new(stage, unit);
     (0..kept).for_each(|_| row.keep());
-    (0..dropped).for_each(|_| row.drop("no_response_token_within_max_len"));
+    (0..dropped).for_each(|_| row.drop(DropReason::NoResponseTokenWithinMaxLen));
     row
 }
 
