@@ -1,7 +1,8 @@
 //! Run configuration for `autoif run` and `autoif stage`: TOML with `[model]` (the model
 //! that is trained), `[supervisor]` (the model that writes the data; the trained model
 //! itself for self-alignment), `[phases]` (which parts of the loop run), `[synthesis]`
-//! (the data stages), `[ifeval]`, and one section per training algorithm (`[sft]`,
+//! (the data stages: `pipeline::config::SynthesisConfig`, each stage's own config struct
+//! beside its stage), `[ifeval]`, and one section per training algorithm (`[sft]`,
 //! `[dpo]`, `[online_dpo]`, each the algorithm's own config struct). Every key has a
 //! default; a file only names what it changes. Unknown keys are errors so a typo never
 //! silently falls back to a default.
