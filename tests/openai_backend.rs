@@ -758,7 +758,7 @@ fn synthesis_stages_run_through_the_llama_cpp_server() {
         "{}",
         String::from_utf8_lossy(&result.stderr)
     );
-    let manifest = autoif::pipeline::run_dir::RunDir::open(&out)
+    let manifest = autoif::run::manifest::RunFolder::open(&out)
         .unwrap()
         .manifest()
         .unwrap();
@@ -779,7 +779,7 @@ fn synthesis_stages_run_through_the_llama_cpp_server() {
     for stage in &manifest.stages {
         assert_eq!(
             stage.state,
-            autoif::pipeline::run_dir::StageState::Done,
+            autoif::run::manifest::StageState::Done,
             "{}",
             stage.name
         );

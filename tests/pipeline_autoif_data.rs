@@ -10,9 +10,9 @@ use autoif::pipeline::crossval::{InstructionOutcome, Validated};
 use autoif::pipeline::funcs::FuncAnswers;
 use autoif::pipeline::queries::QueryPair;
 use autoif::pipeline::responses::judge_responses;
-use autoif::pipeline::run_dir::RunDir;
 use autoif::pipeline::score::judge;
 use autoif::pipeline::{Pipeline, Stage};
+use autoif::run::manifest::RunFolder;
 use autoif::train::autoif_rules::mine_pairs;
 use autoif::verify::{Sandbox, SandboxOptions};
 use common::python_available;
@@ -56,7 +56,7 @@ fn funcs_and_crossval_reproduce_the_released_rules() {
         seeds.display()
     ));
     let run_root = dir.path().join("run");
-    let run = RunDir::create(&run_root, &config, Value::Null, &Stage::names()).unwrap();
+    let run = RunFolder::create(&run_root, &config, Value::Null, &Stage::names()).unwrap();
     let mut replay = Replay::new(
         records
             .iter()
@@ -70,16 +70,24 @@ fn funcs_and_crossval_reproduce_the_released_rules() {
             })
             .collect(),
     );
-    let mut pipeline = Pipeline::new(run, config, Some(&mut replay));
+    let mut pipeline = Pipeline::new(
+        run.stage_files(),
+        config.seed,
+        config.synthesis,
+        Some(&mut replay),
+    );
     for stage in [Stage::Augment, Stage::Funcs, Stage::Crossval] {
-        pipeline.run_stage(stage).unwrap();
+        run.run_stage(&mut pipeline, stage).unwrap();
     }
     drop(pipeline);
     assert_eq!(replay.replayed, 5);
-    let run = RunDir::open(&run_root).unwrap();
+    let run = RunFolder::open(&run_root).unwrap();
 
     // Extraction: every recorded answer parses (they are all fenced JSON).
-    let answers: Vec<FuncAnswers> = run.read_records("funcs", "answers.jsonl").unwrap();
+    let answers: Vec<FuncAnswers> = run
+        .stage_files()
+        .read_records("funcs", "answers.jsonl")
+        .unwrap();
     assert_eq!(answers.iter().map(|a| a.answers.len()).sum::<usize>(), 40);
 
     // Per instruction, in file order: distinct loadable functions, distinct cases,
@@ -95,7 +103,10 @@ fn funcs_and_crossval_reproduce_the_released_rules() {
         (8, 18, 14, 6),
         (7, 24, 10, 7),
     ];
-    let outcomes: Vec<InstructionOutcome> = run.read_records("crossval", "details.jsonl").unwrap();
+    let outcomes: Vec<InstructionOutcome> = run
+        .stage_files()
+        .read_records("crossval", "details.jsonl")
+        .unwrap();
     assert_eq!(outcomes.len(), 5);
     for (o, (funcs, cases, kept_cases, kept_funcs)) in outcomes.iter().zip(expected) {
         let loading = o.funcs.iter().filter(|f| f.accuracy.is_some()).count();
@@ -118,7 +129,10 @@ fn funcs_and_crossval_reproduce_the_released_rules() {
         }
     }
     // Membership: the rhetorical-questions instruction loses every function.
-    let kept: Vec<Validated> = run.read_records("crossval", "instructions.jsonl").unwrap();
+    let kept: Vec<Validated> = run
+        .stage_files()
+        .read_records("crossval", "instructions.jsonl")
+        .unwrap();
     let kept_names: Vec<&str> = kept.iter().map(|v| v.instruction.as_str()).collect();
     assert_eq!(kept_names, [0, 1, 3, 4].map(|i| instructions[i].as_str()));
     assert_eq!(outcomes[2].reason.as_deref(), Some("no_accurate_function"));
@@ -143,7 +157,7 @@ fn response_filter_matches_the_released_rule() {
         return;
     }
     let sandbox = sandbox();
-    let mut execute = |jobs: &[autoif::verify::Job]| sandbox.run(jobs);
+    let mut execute = |jobs: &[autoif::verify::FunctionRun]| sandbox.run(jobs);
     // query_rft.jsonl: 20 (query, instruction) rows x 16 responses; no response passes
     // the 4-syllable functions (CPython agrees: 0 kept).
     let rows = read_data("query_rft.jsonl");

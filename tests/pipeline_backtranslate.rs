@@ -7,8 +7,7 @@
 mod common;
 mod pipeline_support;
 
-use autoif::config::BacktranslateConfig;
-use autoif::pipeline::backtranslate::check;
+use autoif::pipeline::backtranslate::{check, BacktranslateConfig};
 use autoif::pipeline::crossval::Validated;
 use autoif::pipeline::similarity::Embedder;
 use pipeline_support::read_data;

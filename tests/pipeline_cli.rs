@@ -5,8 +5,8 @@
 mod common;
 mod pipeline_support;
 
-use autoif::pipeline::run_dir::{RunDir, StageState};
 use autoif::pipeline::Stage;
+use autoif::run::manifest::{RunFolder, StageState};
 use common::{autoif, python_available, ROOT};
 use pipeline_support::{config, SANDBOX_NEEDS_PYTHON};
 use std::collections::BTreeMap;
@@ -129,7 +129,7 @@ fn bad_input_gives_one_clear_line_and_no_run_folder() {
     assert!(!out.exists());
 
     // An existing run folder: an unknown stage and a stage whose input is missing.
-    RunDir::create(&out, &config(""), serde_json::Value::Null, &Stage::names()).unwrap();
+    RunFolder::create(&out, &config(""), serde_json::Value::Null, &Stage::names()).unwrap();
     let line = error_line(&autoif(&["stage", "sample", "--run", out_arg]));
     assert!(
         line.contains("unknown stage `sample`") && line.contains("augment"),
@@ -137,7 +137,7 @@ fn bad_input_gives_one_clear_line_and_no_run_folder() {
     );
     let line = error_line(&autoif(&["stage", "datasets", "--run", out_arg]));
     assert!(line.contains("stage score has not finished"), "{line}");
-    let manifest = RunDir::open(&out).unwrap().manifest().unwrap();
+    let manifest = RunFolder::open(&out).unwrap().manifest().unwrap();
     assert!(manifest.stages.iter().all(|s| s.state != StageState::Done));
     let line = error_line(&autoif(&[
         "run",
@@ -321,7 +321,7 @@ fn remote_supervisor_fills_every_stage() {
         "{}",
         String::from_utf8_lossy(&result.stderr)
     );
-    let run = RunDir::open(&out).unwrap();
+    let run = RunFolder::open(&out).unwrap();
     let manifest = run.manifest().unwrap();
     let row = |stage: &str, unit: &str| {
         manifest
@@ -337,12 +337,14 @@ fn remote_supervisor_fills_every_stage() {
     let back = row("backtranslate", "instructions");
     assert_eq!((back.input, back.output), (5, 1));
     assert_eq!(back.dropped["inconsistent"], 4);
-    let kept: Vec<serde_json::Value> =
-        std::fs::read_to_string(run.path("backtranslate", "instructions.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let kept: Vec<serde_json::Value> = std::fs::read_to_string(
+        run.stage_files()
+            .path("backtranslate", "instructions.jsonl"),
+    )
+    .unwrap()
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
     assert_eq!(kept[0]["instruction"], "Answer without using any commas");
     assert_eq!(row("queries", "pairs").output, 2);
     let responses = row("responses", "responses");

@@ -10,8 +10,8 @@ mod pipeline_support;
 
 use autoif::generate::{Backend, EngineOptions, LocalEngine};
 use autoif::model::{LoadOptions, Model};
-use autoif::pipeline::run_dir::{RunDir, StageState};
 use autoif::pipeline::{Pipeline, Stage};
+use autoif::run::manifest::{RunFolder, StageState};
 use common::{python_available, read_jsonl};
 use pipeline_support::*;
 use serde_json::Value;
@@ -99,16 +99,21 @@ fn all_stages_with_the_real_engine() {
     );
     replay.fallback = Some(&mut engine as &mut dyn Backend);
     let root = dir.path().join("run");
-    let run = RunDir::create(&root, &config, Value::Null, &Stage::names()).unwrap();
+    let run = RunFolder::create(&root, &config, Value::Null, &Stage::names()).unwrap();
     let started = std::time::Instant::now();
-    let mut pipeline = Pipeline::new(run, config, Some(&mut replay));
+    let mut pipeline = Pipeline::new(
+        run.stage_files(),
+        config.seed,
+        config.synthesis,
+        Some(&mut replay),
+    );
     for stage in Stage::ALL {
-        pipeline.run_stage(stage).unwrap();
+        run.run_stage(&mut pipeline, stage).unwrap();
     }
     drop(pipeline);
     eprintln!("stages 1-8 in {:.1}s", started.elapsed().as_secs_f64());
     assert_eq!(replay.replayed, 2);
-    let run = RunDir::open(&root).unwrap();
+    let run = RunFolder::open(&root).unwrap();
     let manifest = run.manifest().unwrap();
     assert!(manifest.stages.iter().all(|s| s.state == StageState::Done));
     let funnel = |stage: &str, unit: &str| {
@@ -151,21 +156,24 @@ fn all_stages_with_the_real_engine() {
     );
 
     // Real engine text reached the artifacts of every generating stage after funcs.
-    let back = read_jsonl(&run.path("backtranslate", "instructions.jsonl"));
+    let back = read_jsonl(
+        &run.stage_files()
+            .path("backtranslate", "instructions.jsonl"),
+    );
     assert!(back
         .iter()
         .all(|b| !b["back_instructions"].as_array().unwrap().is_empty()));
-    let responses = read_jsonl(&run.path("responses", "all.jsonl"));
+    let responses = read_jsonl(&run.stage_files().path("responses", "all.jsonl"));
     assert!(responses
         .iter()
         .any(|r| !r["response"].as_str().unwrap().is_empty()));
-    let scored = read_jsonl(&run.path("score", "all.jsonl"));
+    let scored = read_jsonl(&run.stage_files().path("score", "all.jsonl"));
     assert!(scored
         .iter()
         .all(|s| !s["judgement"].as_str().unwrap().is_empty()));
 
     // Data set files in both layouts, consistent with each other.
-    let lf = run.stage_dir("datasets").join("llamafactory");
+    let lf = run.stage_files().stage_dir("datasets").join("llamafactory");
     let sft: Value =
         serde_json::from_str(&std::fs::read_to_string(lf.join("autoif_sft.json")).unwrap())
             .unwrap();
@@ -176,8 +184,8 @@ fn all_stages_with_the_real_engine() {
         serde_json::from_str(&std::fs::read_to_string(lf.join("dataset_info.json")).unwrap())
             .unwrap();
     assert_eq!(info["autoif_dpo"]["ranking"], true);
-    let trl_sft = read_jsonl(&run.path("datasets", "trl/sft.jsonl"));
-    let trl_dpo = read_jsonl(&run.path("datasets", "trl/dpo.jsonl"));
+    let trl_sft = read_jsonl(&run.stage_files().path("datasets", "trl/sft.jsonl"));
+    let trl_dpo = read_jsonl(&run.stage_files().path("datasets", "trl/dpo.jsonl"));
     assert_eq!(sft.as_array().unwrap().len(), trl_sft.len());
     assert_eq!(dpo.as_array().unwrap().len(), trl_dpo.len());
     assert_eq!(trl_dpo.len(), funnel("datasets", "dpo_pairs").output);

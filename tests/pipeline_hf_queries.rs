@@ -9,7 +9,7 @@ mod common;
 mod pipeline_support;
 
 use autoif::pipeline::queries::QueryPair;
-use autoif::pipeline::run_dir::RunDir;
+use autoif::run::manifest::RunFolder;
 use pipeline_support::config;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -103,7 +103,7 @@ fn queries_stage(dir: &Path, home: &Path, queries_file: &str) -> Output {
         verified.display()
     ));
     let root = dir.join("run");
-    RunDir::create(&root, &config, Value::Null, &["queries"]).unwrap();
+    RunFolder::create(&root, &config, Value::Null, &["queries"]).unwrap();
     autoif_offline(home, &["stage", "queries", "--run", root.to_str().unwrap()])
 }
 
@@ -122,15 +122,21 @@ fn the_single_data_file_of_a_cached_dataset() {
             "{spec}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let run = RunDir::open(&dir.path().join("run")).unwrap();
-        let pairs: Vec<QueryPair> = run.read_records("queries", "pairs.jsonl").unwrap();
+        let run = RunFolder::open(&dir.path().join("run")).unwrap();
+        let pairs: Vec<QueryPair> = run
+            .stage_files()
+            .read_records("queries", "pairs.jsonl")
+            .unwrap();
         let mut got: Vec<&str> = pairs.iter().map(|p| p.query.as_str()).collect();
         got.sort();
         let mut want = QUERIES.to_vec();
         want.sort();
         assert_eq!(got, want, "{spec}");
         assert!(pairs.iter().all(|p| p.instruction_id == "i1"));
-        let rejected: Vec<Value> = run.read_records("queries", "rejected.jsonl").unwrap();
+        let rejected: Vec<Value> = run
+            .stage_files()
+            .read_records("queries", "rejected.jsonl")
+            .unwrap();
         let reasons: Vec<&str> = rejected
             .iter()
             .map(|r| r["reason"].as_str().unwrap())

@@ -13,8 +13,8 @@ use autoif::model::{LoadOptions, Model};
 use autoif::pipeline::backtranslate::Checked;
 use autoif::pipeline::crossval::{ScoredFunc, Validated};
 use autoif::pipeline::parse::{parse_judgement, JudgeLabel};
-use autoif::pipeline::run_dir::RunDir;
 use autoif::pipeline::{Pipeline, Stage};
+use autoif::run::manifest::RunFolder;
 use pipeline_support::{config, Replay};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -38,15 +38,16 @@ fn validated(id: &str, instruction: &str, func_body: &str) -> Validated {
 }
 
 /// A run folder whose crossval stage is done with `instructions`.
-fn run_with(root: &Path, toml_text: &str, instructions: &[Validated]) -> RunDir {
-    let run = RunDir::create(
+fn run_with(root: &Path, toml_text: &str, instructions: &[Validated]) -> RunFolder {
+    let run = RunFolder::create(
         root,
         &config(toml_text),
         Value::Null,
         &["crossval", "backtranslate"],
     )
     .unwrap();
-    run.write_records("crossval", "instructions.jsonl", instructions)
+    run.stage_files()
+        .write_records("crossval", "instructions.jsonl", instructions)
         .unwrap();
     run.mark_running("crossval").unwrap();
     run.mark_done("crossval", Vec::new(), 0.0).unwrap();
@@ -62,15 +63,16 @@ fn backtranslate(
 ) -> (Vec<Checked>, BTreeMap<String, usize>, usize) {
     let run = run_with(root, toml_text, instructions);
     let cfg = config(toml_text);
-    let rows = Pipeline::new(run.clone(), cfg, Some(backend))
-        .run_stage(Stage::Backtranslate)
-        .unwrap();
+    let mut pipeline = Pipeline::new(run.stage_files(), cfg.seed, cfg.synthesis, Some(backend));
+    let rows = run.run_stage(&mut pipeline, Stage::Backtranslate).unwrap();
     let mut records: Vec<Checked> = run
+        .stage_files()
         .read_records("backtranslate", "instructions.jsonl")
         .unwrap();
     let kept = records.len();
     records.extend(
-        run.read_records::<Checked>("backtranslate", "rejected.jsonl")
+        run.stage_files()
+            .read_records::<Checked>("backtranslate", "rejected.jsonl")
             .unwrap(),
     );
     assert_eq!(rows.len(), 1);

@@ -10,8 +10,8 @@ use autoif::pipeline::backtranslate::Checked;
 use autoif::pipeline::crossval::{ScoredFunc, Validated};
 use autoif::pipeline::nli::NliClassifier;
 use autoif::pipeline::parse::JudgeLabel;
-use autoif::pipeline::run_dir::RunDir;
 use autoif::pipeline::{Pipeline, Stage};
+use autoif::run::manifest::RunFolder;
 use candle_core::Device;
 use pipeline_support::{config, Replay};
 use serde_json::Value;
@@ -66,20 +66,26 @@ fn nli_checker_keeps_what_the_classifier_does_not_call_a_contradiction() {
             .collect(),
     );
     let dir = tempfile::tempdir().unwrap();
-    let run = RunDir::create(
+    let run = RunFolder::create(
         dir.path(),
         &config(&toml_text),
         Value::Null,
         &["crossval", "backtranslate"],
     )
     .unwrap();
-    run.write_records("crossval", "instructions.jsonl", &instructions)
+    run.stage_files()
+        .write_records("crossval", "instructions.jsonl", &instructions)
         .unwrap();
     run.mark_running("crossval").unwrap();
     run.mark_done("crossval", Vec::new(), 0.0).unwrap();
-    let rows = Pipeline::new(run.clone(), config(&toml_text), Some(&mut replay))
-        .run_stage(Stage::Backtranslate)
-        .unwrap();
+    let cfg = config(&toml_text);
+    let mut pipeline = Pipeline::new(
+        run.stage_files(),
+        cfg.seed,
+        cfg.synthesis,
+        Some(&mut replay),
+    );
+    let rows = run.run_stage(&mut pipeline, Stage::Backtranslate).unwrap();
 
     // What the classifier says directly about the same pairs.
     let classifier = NliClassifier::load(&model, &Device::Cpu).unwrap();
@@ -97,9 +103,13 @@ fn nli_checker_keeps_what_the_classifier_does_not_call_a_contradiction() {
     );
 
     let kept: Vec<Checked> = run
+        .stage_files()
         .read_records("backtranslate", "instructions.jsonl")
         .unwrap();
-    let rejected: Vec<Checked> = run.read_records("backtranslate", "rejected.jsonl").unwrap();
+    let rejected: Vec<Checked> = run
+        .stage_files()
+        .read_records("backtranslate", "rejected.jsonl")
+        .unwrap();
     let kept_ids: Vec<String> = kept.iter().map(|c| c.validated.id.clone()).collect();
     assert_eq!(kept_ids, expected_kept);
     assert_eq!(rows[0].output, expected_kept.len());

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use autoif::pipeline::crossval::Validated;
-use autoif::verify::{Job, Outcome, Sandbox, SandboxOptions};
+use autoif::verify::{FunctionRun, Outcome, Sandbox, SandboxOptions};
 
 const INSTRUCTIONS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -79,11 +79,11 @@ fn every_function_gives_every_case_its_expected_verdict_in_the_sandbox() {
     })
     .expect("sandbox starts");
     // One job per function, on all of its instruction's case inputs.
-    let jobs: Vec<Job> = records
+    let jobs: Vec<FunctionRun> = records
         .iter()
         .flat_map(|r| {
             let inputs: Vec<String> = r.cases.iter().map(|c| c.input.clone()).collect();
-            r.funcs.iter().map(move |f| Job {
+            r.funcs.iter().map(move |f| FunctionRun {
                 func: f.source.clone(),
                 inputs: inputs.clone(),
             })

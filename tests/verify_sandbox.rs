@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use autoif::verify::{ErrorKind, Job, Outcome, Sandbox, SandboxOptions, Verdict};
+use autoif::verify::{ErrorKind, FunctionRun, Outcome, Sandbox, SandboxOptions, Verdict};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 /// Kill, reap and (after an earlier kill) a worker restart.
@@ -38,8 +38,8 @@ fn start_sandbox(python_guard: bool, cache_entries: usize) -> Option<Sandbox> {
     Some(Sandbox::new(options).expect("sandbox starts"))
 }
 
-fn job(func: &str, inputs: &[&str]) -> Job {
-    Job {
+fn job(func: &str, inputs: &[&str]) -> FunctionRun {
+    FunctionRun {
         func: func.to_string(),
         inputs: inputs.iter().map(|s| s.to_string()).collect(),
     }
@@ -50,7 +50,7 @@ fn outcomes(verdicts: &[Verdict]) -> Vec<Outcome> {
 }
 
 /// A benign job run beside each attack: 200 inputs, alternately passing and failing.
-fn peer_job() -> (Job, Vec<Outcome>) {
+fn peer_job() -> (FunctionRun, Vec<Outcome>) {
     let inputs: Vec<String> = (0..200)
         .map(|i| {
             if i % 2 == 0 {
@@ -71,7 +71,7 @@ fn peer_job() -> (Job, Vec<Outcome>) {
         .collect();
     let func = "import re\ndef evaluate(response):\n    return re.match(r'ok \\d+$', response) is not None";
     (
-        Job {
+        FunctionRun {
             func: func.into(),
             inputs,
         },
@@ -482,7 +482,7 @@ fn every_verdict_kind() {
         ("def evaluate(r):\n    return 'true'", Outcome::Error(ErrorKind::BadReturn)),
         ("def evaluate(r):\n    return None", Outcome::Error(ErrorKind::BadReturn)),
     ];
-    let jobs: Vec<Job> = cases.iter().map(|(func, _)| job(func, &["x"])).collect();
+    let jobs: Vec<FunctionRun> = cases.iter().map(|(func, _)| job(func, &["x"])).collect();
     let verdicts = sandbox.run(&jobs).unwrap();
     for ((func, expected), got) in cases.iter().zip(&verdicts) {
         assert_eq!(got[0].outcome, *expected, "{func:?}: {:?}", got[0].message);
@@ -585,7 +585,7 @@ fn results_come_back_in_input_order_across_the_pool() {
     };
     let digits: Vec<String> = (0..10).map(|d| d.to_string()).collect();
     let inputs: Vec<&str> = digits.iter().map(String::as_str).collect();
-    let jobs: Vec<Job> = (0..60)
+    let jobs: Vec<FunctionRun> = (0..60)
         .map(|k| {
             job(
                 &format!("def evaluate(r):\n    return r == '{}'", k % 10),

@@ -4,7 +4,7 @@
 use super::common::GpuMemoryArgs;
 use crate::config::RunConfig;
 use crate::model::LoadOptions;
-use crate::pipeline::run_dir::RunDir;
+use crate::run::manifest::RunFolder;
 use crate::run::{check_inputs, execute, pending, training_shapes, Phase};
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
@@ -32,7 +32,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let run = match (&args.config, &args.resume) {
         (_, Some(dir)) => {
-            let run = RunDir::open(dir)?;
+            let run = RunFolder::open(dir)?;
             let config = run.manifest()?.config;
             ensure_fits(&args.memory, &config, &pending(&run)?)?;
             run
@@ -47,7 +47,7 @@ pub fn run(args: Args) -> Result<()> {
             let phases = Phase::plan(&config);
             ensure_fits(&args.memory, &config, &phases)?;
             let names: Vec<&str> = phases.iter().map(|p| p.name()).collect();
-            RunDir::create(out, &config, model_identity(&config), &names)?
+            RunFolder::create(out, &config, model_identity(&config), &names)?
         }
         (None, None) => bail!("pass --config FILE --out DIR, or --resume DIR"),
     };

@@ -2,8 +2,8 @@
 //! stage is recomputed (and the later stages and phases reset); an interrupted one
 //! resumes.
 
-use crate::pipeline::run_dir::{RunDir, StageState};
 use crate::pipeline::Stage;
+use crate::run::manifest::{RunFolder, StageState};
 use crate::run::{execute, Phase};
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
@@ -20,7 +20,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let stage = Stage::from_name(&args.name)?;
-    let run = RunDir::open(&args.run)?;
+    let run = RunFolder::open(&args.run)?;
     let manifest = run.manifest()?;
     let state = manifest
         .stages

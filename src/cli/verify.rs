@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::io::AtomicWriter;
-use crate::verify::{Job, Outcome, Sandbox, SandboxOptions, Verdict};
+use crate::verify::{FunctionRun, Outcome, Sandbox, SandboxOptions, Verdict};
 
 /// Jobs handed to the sandbox at once: enough to keep every worker busy, few enough
 /// that output is written and progress shown as the run goes.
@@ -89,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let mut tally = Tally::default();
     let mut lines = BufReader::new(input);
-    let mut chunk: Vec<(String, Job)> = Vec::new();
+    let mut chunk: Vec<(String, FunctionRun)> = Vec::new();
     let mut line_number = 0;
     let mut requests = 0;
     let mut line = String::new();
@@ -110,7 +110,7 @@ pub fn run(args: Args) -> Result<()> {
                 })?;
                 chunk.push((
                     request.id,
-                    Job {
+                    FunctionRun {
                         func: request.func,
                         inputs: request.inputs,
                     },
@@ -119,7 +119,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         if chunk.len() >= JOBS_PER_CHUNK || (read == 0 && !chunk.is_empty()) {
-            let jobs: Vec<Job> = chunk.iter().map(|(_, job)| job.clone()).collect();
+            let jobs: Vec<FunctionRun> = chunk.iter().map(|(_, job)| job.clone()).collect();
             let verdicts = sandbox.run(&jobs)?;
             for ((id, _), results) in chunk.iter().zip(&verdicts) {
                 tally.add(results);

@@ -13,14 +13,46 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::funnel::FunnelRow;
+use super::config::Sampling;
+use super::funnel::{DropReason, FunnelRow};
 use super::parse::parse_instruction_list;
 use super::prompts::fill;
-use super::run_dir::short_id;
+use super::short_id;
 use super::Pipeline;
 use crate::generate::unit_seed;
 
 pub const STAGE: &str = "augment";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Self-instruct prompts sampled (the paper: K = 100).
+    pub rounds: usize,
+    /// Instructions each prompt asks for (the released script asks for 50).
+    pub per_round: usize,
+    /// Keep the seeds themselves in the instruction set.
+    pub include_seeds: bool,
+    /// Word-set Jaccard similarity at or above which an instruction is a near-duplicate
+    /// (of an earlier one or of a seed).
+    pub max_similarity: f64,
+    pub min_chars: usize,
+    pub max_chars: usize,
+    pub sampling: Sampling,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            rounds: 100,
+            per_round: 50,
+            include_seeds: true,
+            max_similarity: 0.8,
+            min_chars: 10,
+            max_chars: 300,
+            sampling: Sampling::new(0.7, 1024),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instruction {
@@ -40,7 +72,7 @@ struct RoundOutput {
 pub struct Rejected {
     pub round: usize,
     pub text: String,
-    pub reason: String,
+    pub reason: DropReason,
 }
 
 /// Seed instructions: one per non-empty line.
@@ -59,14 +91,14 @@ pub fn read_seeds(path: &Path) -> Result<Vec<String>> {
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
-    let cfg = p.config.synthesis.augment.clone();
-    let seeds = read_seeds(&p.config.synthesis.seeds)?;
-    let template = p.config.synthesis.prompts.augment.clone();
-    let run_seed = p.config.seed;
+    let cfg = p.synthesis.augment.clone();
+    let seeds = read_seeds(&p.synthesis.seeds)?;
+    let template = p.synthesis.prompts.augment.clone();
+    let run_seed = p.seed;
     let rounds: Vec<usize> = (0..cfg.rounds).collect();
-    let chunk = p.config.synthesis.chunk;
-    let run = p.run.clone();
-    let outputs: Vec<RoundOutput> = run.chunked(
+    let chunk = p.synthesis.chunk;
+    let files = p.files.clone();
+    let outputs: Vec<RoundOutput> = files.chunked(
         STAGE,
         &rounds,
         chunk,
@@ -105,8 +137,8 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         },
     )?;
     let (kept, rejected, rows) = select(&seeds, &outputs, &cfg);
-    p.run.write_records(STAGE, "instructions.jsonl", &kept)?;
-    p.run.write_records(STAGE, "rejected.jsonl", &rejected)?;
+    p.files.write_records(STAGE, "instructions.jsonl", &kept)?;
+    p.files.write_records(STAGE, "rejected.jsonl", &rejected)?;
     if kept.is_empty() {
         super::warn_empty(STAGE, "no instructions left after augmentation");
     }
@@ -134,7 +166,7 @@ fn jaccard(a: &BTreeSet<String>, b: &BTreeSet<String>) -> f64 {
 fn select(
     seeds: &[String],
     outputs: &[RoundOutput],
-    cfg: &crate::config::AugmentConfig,
+    cfg: &AugmentConfig,
 ) -> (Vec<Instruction>, Vec<Rejected>, Vec<FunnelRow>) {
     let mut rounds_row = FunnelRow::new(STAGE, "rounds");
     let mut row = FunnelRow::new(STAGE, "instructions");
@@ -156,28 +188,28 @@ fn select(
     for output in outputs {
         let candidates = parse_instruction_list(&output.text);
         if candidates.is_empty() {
-            rounds_row.drop("no_list_lines");
+            rounds_row.drop(DropReason::NoListLines);
         } else {
             rounds_row.keep();
         }
         for text in candidates {
             let w = words(&text);
             let reason = if text.chars().count() < cfg.min_chars {
-                Some("too_short")
+                Some(DropReason::TooShort)
             } else if text.chars().count() > cfg.max_chars {
-                Some("too_long")
+                Some(DropReason::TooLong)
             } else if seeds.iter().any(|s| s.eq_ignore_ascii_case(&text)) {
-                Some("copies_seed")
+                Some(DropReason::CopiesSeed)
             } else if seed_words
                 .iter()
                 .any(|s| jaccard(s, &w) >= cfg.max_similarity)
             {
-                Some("near_seed")
+                Some(DropReason::NearSeed)
             } else if kept_words
                 .iter()
                 .any(|k| jaccard(k, &w) >= cfg.max_similarity)
             {
-                Some("near_duplicate")
+                Some(DropReason::NearDuplicate)
             } else {
                 None
             };
@@ -187,7 +219,7 @@ fn select(
                     rejected.push(Rejected {
                         round: output.round,
                         text,
-                        reason: reason.to_string(),
+                        reason,
                     });
                 }
                 None => {

@@ -15,19 +15,71 @@
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
+use super::config::Sampling;
 use super::crossval::{self, Validated};
-use super::funnel::FunnelRow;
+use super::funnel::{DropReason, FunnelRow};
 use super::nli::NliClassifier;
 use super::parse::{parse_back_translation, parse_judgement, JudgeLabel};
 use super::prompts::fill;
-use super::run_dir::read_lines;
 use super::similarity::{cosine, Embedder};
 use super::Pipeline;
-use crate::config::{BacktranslateConfig, ConsistencyChecker};
+use crate::io::read_jsonl;
+
 use candle_core::Device;
 
 pub const STAGE: &str = "backtranslate";
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsistencyChecker {
+    /// Cosine similarity of MiniLM sentence embeddings.
+    Minilm,
+    /// The supervision model judges each back-translation against the original
+    /// (prompt `judge`): consistent, neutral or contradiction.
+    Judge,
+    /// An NLI sequence-classification model (`nli_model`, BERT or DeBERTa-v2/v3): drop
+    /// when every back-translation is classified as contradicting the original (the
+    /// paper's filter).
+    Nli,
+    /// Keep every instruction (back-translations are still recorded).
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BacktranslateConfig {
+    pub checker: ConsistencyChecker,
+    /// The sentence-embedding model folder (BERT, safetensors, tokenizer.json).
+    pub embedder: PathBuf,
+    /// The NLI classifier folder for `checker = "nli"` (config.json with `id2label`,
+    /// model.safetensors, tokenizer.json), e.g. a local copy of
+    /// MoritzLaurer/mDeBERTa-v3-base-xnli-multilingual-nli-2mil7.
+    pub nli_model: Option<PathBuf>,
+    /// Keep an instruction when its best back-translation reaches this cosine
+    /// similarity (docs/pipeline.md says how it was chosen).
+    pub min_similarity: f32,
+    /// Kept functions shown to the model (the released script shows up to 3).
+    pub max_funcs: usize,
+    pub sampling: Sampling,
+    /// The `judge` checker's answers: greedy, and short since one word is asked for.
+    pub judge_sampling: Sampling,
+}
+
+impl Default for BacktranslateConfig {
+    fn default() -> Self {
+        Self {
+            checker: ConsistencyChecker::Minilm,
+            embedder: PathBuf::from("models/all-MiniLM-L6-v2"),
+            nli_model: None,
+            min_similarity: 0.45,
+            max_funcs: 3,
+            sampling: Sampling::new(0.0, 256),
+            judge_sampling: Sampling::new(0.0, 64),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checked {
@@ -39,7 +91,7 @@ pub struct Checked {
     /// The `judge` checker's answers, one per judged back-translation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judgements: Option<Vec<Judgement>>,
-    pub reason: Option<String>,
+    pub reason: Option<DropReason>,
 }
 
 /// One back-translation as the judge saw it: what it wrote and the verdict read from
@@ -55,8 +107,8 @@ pub struct Judgement {
 /// configured file of already verified instructions (the stages up to here then do not
 /// run).
 pub fn kept_instructions(p: &Pipeline) -> Result<Vec<Checked>> {
-    match &p.config.synthesis.verified_instructions {
-        Some(path) => Ok(read_lines::<Validated>(path)?
+    match &p.synthesis.verified_instructions {
+        Some(path) => Ok(read_jsonl::<Validated>(path)?
             .into_iter()
             .map(|validated| Checked {
                 validated,
@@ -66,14 +118,16 @@ pub fn kept_instructions(p: &Pipeline) -> Result<Vec<Checked>> {
                 reason: None,
             })
             .collect()),
-        None => p.run.read_records(STAGE, "instructions.jsonl"),
+        None => p.files.read_records(STAGE, "instructions.jsonl"),
     }
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
-    let instructions: Vec<Validated> = p.run.read_records(crossval::STAGE, "instructions.jsonl")?;
-    let cfg = p.config.synthesis.backtranslate.clone();
-    let template = p.config.synthesis.prompts.backtranslate.clone();
+    let instructions: Vec<Validated> = p
+        .files
+        .read_records(crossval::STAGE, "instructions.jsonl")?;
+    let cfg = p.synthesis.backtranslate.clone();
+    let template = p.synthesis.prompts.backtranslate.clone();
     let embedder = match cfg.checker {
         ConsistencyChecker::Minilm => Some(Embedder::load(&cfg.embedder)?),
         ConsistencyChecker::Judge | ConsistencyChecker::Nli | ConsistencyChecker::None => None,
@@ -82,11 +136,11 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         (ConsistencyChecker::Nli, Some(dir)) => Some(NliClassifier::load(dir, &Device::Cpu)?),
         _ => None,
     };
-    let run = p.run.clone();
-    let checked: Vec<Checked> = run.chunked(
+    let files = p.files.clone();
+    let checked: Vec<Checked> = files.chunked(
         STAGE,
         &instructions,
-        p.config.synthesis.chunk,
+        p.synthesis.chunk,
         |i| i.id.clone(),
         |units| {
             let prompts: Vec<(String, String)> = units
@@ -128,13 +182,13 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     for c in &checked {
         match &c.reason {
             None => row.keep(),
-            Some(r) => row.drop(r),
+            Some(r) => row.drop(*r),
         }
     }
     let (kept, rejected): (Vec<&Checked>, Vec<&Checked>) =
         checked.iter().partition(|c| c.reason.is_none());
-    p.run.write_records(STAGE, "instructions.jsonl", &kept)?;
-    p.run.write_records(STAGE, "rejected.jsonl", &rejected)?;
+    p.files.write_records(STAGE, "instructions.jsonl", &kept)?;
+    p.files.write_records(STAGE, "rejected.jsonl", &rejected)?;
     if kept.is_empty() {
         super::warn_empty(STAGE, "no instruction passed the back-translation check");
     }
@@ -149,7 +203,7 @@ fn judge_chunk(
     units: &[Validated],
     back_texts: &[&str],
 ) -> Result<Vec<Checked>> {
-    let template = p.config.synthesis.prompts.judge.clone();
+    let template = p.synthesis.prompts.judge.clone();
     let parsed: Vec<Result<Vec<String>, &'static str>> = back_texts
         .iter()
         .map(|t| parse_back_translation(t))
@@ -199,8 +253,8 @@ fn judge_chunk(
                 })
                 .collect();
             let reason = match judgements.iter().filter_map(|j| j.label).max() {
-                None => Some("unparsed_judgement"),
-                Some(JudgeLabel::Contradiction) => Some("inconsistent"),
+                None => Some(DropReason::UnparsedJudgement),
+                Some(JudgeLabel::Contradiction) => Some(DropReason::Inconsistent),
                 Some(JudgeLabel::Neutral | JudgeLabel::Consistent) => None,
             };
             Checked {
@@ -208,7 +262,7 @@ fn judge_chunk(
                 back_instructions: back,
                 similarity: None,
                 judgements: Some(judgements),
-                reason: reason.map(str::to_string),
+                reason,
             }
         })
         .collect())
@@ -269,7 +323,7 @@ fn nli_check(
         back_instructions: back,
         similarity: None,
         judgements: Some(judgements),
-        reason: all_contradict.then(|| "inconsistent".to_string()),
+        reason: all_contradict.then_some(DropReason::Inconsistent),
     })
 }
 
@@ -280,7 +334,7 @@ fn rejected_unparsed(v: &Validated, reason: &str) -> Checked {
         back_instructions: Vec::new(),
         similarity: None,
         judgements: None,
-        reason: Some(reason.to_string()),
+        reason: Some(DropReason::parsed(reason)),
     }
 }
 
@@ -315,6 +369,6 @@ pub fn check(
         back_instructions: back,
         similarity,
         judgements: None,
-        reason: (!consistent).then(|| "inconsistent".to_string()),
+        reason: (!consistent).then_some(DropReason::Inconsistent),
     })
 }

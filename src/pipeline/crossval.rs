@@ -18,13 +18,40 @@ use serde_json::Value;
 use std::collections::HashSet;
 
 use super::funcs::{self, FuncAnswers};
-use super::funnel::FunnelRow;
+use super::funnel::{DropReason, FunnelRow};
 use super::parse::case_output;
 use super::{pass_rate, Execute, Pipeline};
-use crate::config::CrossvalConfig;
-use crate::verify::{ErrorKind, Job, Outcome, Verdict};
+
+use crate::verify::{ErrorKind, FunctionRun, Outcome, Verdict};
 
 pub const STAGE: &str = "crossval";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrossvalConfig {
+    /// Distinct loadable functions an instruction needs (paper: 3).
+    pub min_funcs: usize,
+    /// Distinct test cases an instruction needs (paper: 10).
+    pub min_cases: usize,
+    /// A function is kept when its accuracy on the kept cases reaches this (paper: 0.8).
+    pub min_func_accuracy: f64,
+    /// A case is kept when at least this many functions agree with it (paper: 1).
+    pub min_case_agreement: usize,
+    /// Instruction-level preference pairs: chosen case inputs need this pass rate.
+    pub chosen_min_pass_rate: f64,
+}
+
+impl Default for CrossvalConfig {
+    fn default() -> Self {
+        Self {
+            min_funcs: 3,
+            min_cases: 10,
+            min_func_accuracy: 0.8,
+            min_case_agreement: 1,
+            chosen_min_pass_rate: 0.5,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredFunc {
@@ -52,7 +79,7 @@ pub struct FuncReport {
     pub source: String,
     pub accuracy: Option<f64>,
     /// Why it was dropped; none when kept.
-    pub reason: Option<String>,
+    pub reason: Option<DropReason>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,7 +87,7 @@ pub struct CaseReport {
     pub input: String,
     pub output: Value,
     pub agreeing_funcs: usize,
-    pub reason: Option<String>,
+    pub reason: Option<DropReason>,
 }
 
 /// The fate of one instruction, with every function and case.
@@ -69,7 +96,7 @@ pub struct InstructionOutcome {
     pub id: String,
     pub instruction: String,
     pub kept: Option<Validated>,
-    pub reason: Option<String>,
+    pub reason: Option<DropReason>,
     pub funcs: Vec<FuncReport>,
     pub cases: Vec<CaseReport>,
 }
@@ -78,18 +105,18 @@ pub struct InstructionOutcome {
 struct Rejected {
     id: String,
     instruction: String,
-    reason: String,
+    reason: DropReason,
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
-    let answers: Vec<FuncAnswers> = p.run.read_records(funcs::STAGE, "answers.jsonl")?;
-    let cfg = p.config.synthesis.crossval.clone();
-    let lenient = p.config.synthesis.funcs.string_case_outputs;
-    let run = p.run.clone();
-    let outcomes: Vec<InstructionOutcome> = run.chunked(
+    let answers: Vec<FuncAnswers> = p.files.read_records(funcs::STAGE, "answers.jsonl")?;
+    let cfg = p.synthesis.crossval.clone();
+    let lenient = p.synthesis.funcs.string_case_outputs;
+    let files = p.files.clone();
+    let outcomes: Vec<InstructionOutcome> = files.chunked(
         STAGE,
         &answers,
-        p.config.synthesis.chunk,
+        p.synthesis.chunk,
         |a| a.id.clone(),
         |units| cross_validate(units, &cfg, lenient, &mut |jobs| p.execute(jobs)),
     )?;
@@ -101,13 +128,13 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
             o.reason.as_ref().map(|r| Rejected {
                 id: o.id.clone(),
                 instruction: o.instruction.clone(),
-                reason: r.clone(),
+                reason: *r,
             })
         })
         .collect();
-    p.run.write_records(STAGE, "instructions.jsonl", &kept)?;
-    p.run.write_records(STAGE, "details.jsonl", &outcomes)?;
-    p.run.write_records(STAGE, "rejected.jsonl", &rejected)?;
+    p.files.write_records(STAGE, "instructions.jsonl", &kept)?;
+    p.files.write_records(STAGE, "details.jsonl", &outcomes)?;
+    p.files.write_records(STAGE, "rejected.jsonl", &rejected)?;
     if kept.is_empty() {
         super::warn_empty(STAGE, "no instruction survived cross-validation");
     }
@@ -121,18 +148,18 @@ fn funnel(outcomes: &[InstructionOutcome]) -> Vec<FunnelRow> {
     for o in outcomes {
         match &o.reason {
             None => instructions.keep(),
-            Some(r) => instructions.drop(r),
+            Some(r) => instructions.drop(*r),
         }
         for f in &o.funcs {
             match &f.reason {
                 None => functions.keep(),
-                Some(r) => functions.drop(r),
+                Some(r) => functions.drop(*r),
             }
         }
         for c in &o.cases {
             match &c.reason {
                 None => cases.keep(),
-                Some(r) => cases.drop(r),
+                Some(r) => cases.drop(*r),
             }
         }
     }
@@ -156,17 +183,42 @@ fn result(v: &Verdict) -> Option<bool> {
     }
 }
 
-/// Cross-validates instructions; `execute` runs sandbox jobs (one call for all).
+/// Cross-validates instructions; `execute` runs the sandbox (one call for all).
 pub fn cross_validate(
     instructions: &[FuncAnswers],
     cfg: &CrossvalConfig,
     lenient: bool,
     execute: &mut Execute,
 ) -> Result<Vec<InstructionOutcome>> {
-    // Every distinct function of an instruction on every distinct case input of it.
-    let mut jobs = Vec::new();
-    let mut plans = Vec::new();
-    for ins in instructions {
+    let plans: Vec<RunPlan> = instructions.iter().map(RunPlan::new).collect();
+    let runs: Vec<FunctionRun> = plans.iter().flat_map(RunPlan::runs).collect();
+    let verdicts = if runs.is_empty() {
+        Vec::new()
+    } else {
+        execute(&runs)?
+    };
+    let mut first_run = 0;
+    let mut outcomes = Vec::with_capacity(instructions.len());
+    for (ins, plan) in instructions.iter().zip(&plans) {
+        let results = Results {
+            plan,
+            verdicts: &verdicts[first_run..first_run + plan.funcs.len()],
+        };
+        first_run += plan.funcs.len();
+        outcomes.push(decide(ins, &results, cfg, lenient));
+    }
+    Ok(outcomes)
+}
+
+/// What runs for one instruction: every distinct function on every distinct case input
+/// (one empty input when there is none, so a function still shows whether it loads).
+struct RunPlan<'a> {
+    funcs: Vec<&'a str>,
+    inputs: Vec<String>,
+}
+
+impl<'a> RunPlan<'a> {
+    fn new(ins: &'a FuncAnswers) -> Self {
         let mut funcs: Vec<&str> = Vec::new();
         for a in &ins.answers {
             if !funcs.contains(&a.func.as_str()) {
@@ -184,176 +236,264 @@ pub fn cross_validate(
         if inputs.is_empty() {
             inputs.push(String::new());
         }
-        let first_job = jobs.len();
-        for f in &funcs {
-            jobs.push(Job {
-                func: f.to_string(),
-                inputs: inputs.clone(),
-            });
-        }
-        plans.push((funcs, inputs, first_job));
+        Self { funcs, inputs }
     }
-    let verdicts = if jobs.is_empty() {
-        Vec::new()
+
+    fn runs(&self) -> impl Iterator<Item = FunctionRun> + '_ {
+        self.funcs.iter().map(|f| FunctionRun {
+            func: f.to_string(),
+            inputs: self.inputs.clone(),
+        })
+    }
+}
+
+/// One instruction's plan with its verdicts: `verdicts[f][i]` is function `f` of the
+/// plan on input `i`.
+struct Results<'a> {
+    plan: &'a RunPlan<'a>,
+    verdicts: &'a [Vec<Verdict>],
+}
+
+impl Results<'_> {
+    /// Function `f`'s answer on `input`; none when the call failed.
+    fn answer(&self, f: usize, input: &str) -> Option<bool> {
+        let i = self.plan.inputs.iter().position(|x| x == input)?;
+        result(&self.verdicts[f][i])
+    }
+
+    /// Verdicts of the functions `funcs` on `input`.
+    fn verdicts_on(&self, funcs: &[usize], input: &str) -> Vec<&Verdict> {
+        let i = self
+            .plan
+            .inputs
+            .iter()
+            .position(|x| x == input)
+            .expect("planned");
+        funcs.iter().map(|&f| &self.verdicts[f][i]).collect()
+    }
+}
+
+/// The functions and cases of an instruction's answers after loading and
+/// de-duplication, with the reports of those already dropped.
+struct Candidates {
+    /// Plan indices of the distinct functions that load, in answer order.
+    loading: Vec<usize>,
+    /// Distinct cases as written (input, output).
+    cases: Vec<(String, Value)>,
+    func_reports: Vec<FuncReport>,
+    case_reports: Vec<CaseReport>,
+}
+
+/// Decides one instruction from its functions' verdicts.
+fn decide(
+    ins: &FuncAnswers,
+    results: &Results,
+    cfg: &CrossvalConfig,
+    lenient: bool,
+) -> InstructionOutcome {
+    let mut candidates = candidates(ins, results);
+    let too_few = if candidates.loading.len() < cfg.min_funcs {
+        Some((
+            DropReason::TooFewFunctions,
+            DropReason::InstructionTooFewFunctions,
+        ))
+    } else if candidates.cases.len() < cfg.min_cases {
+        Some((DropReason::TooFewCases, DropReason::InstructionTooFewCases))
     } else {
-        execute(&jobs)?
+        None
     };
-    let mut outcomes = Vec::new();
-    for (ins, (funcs, inputs, first_job)) in instructions.iter().zip(plans) {
-        let of = |func_index: usize, input: &str| -> Option<bool> {
-            let i = inputs.iter().position(|x| x == input)?;
-            result(&verdicts[first_job + func_index][i])
-        };
-        let mut func_reports: Vec<FuncReport> = Vec::new();
-        let mut loading: Vec<usize> = Vec::new();
-        let mut seen_funcs = HashSet::new();
-        let mut cases: Vec<(String, Value)> = Vec::new();
-        let mut case_reports: Vec<CaseReport> = Vec::new();
-        for a in &ins.answers {
-            let index = funcs.iter().position(|f| *f == a.func).expect("planned");
-            if does_not_load(&verdicts[first_job + index]) {
-                func_reports.push(FuncReport {
-                    source: a.func.clone(),
-                    accuracy: None,
-                    reason: Some("does_not_load".into()),
-                });
-                continue;
-            }
-            if seen_funcs.insert(index) {
-                loading.push(index);
-            } else {
-                func_reports.push(FuncReport {
-                    source: a.func.clone(),
-                    accuracy: None,
-                    reason: Some("duplicate".into()),
-                });
-            }
-            for case in &a.cases {
-                if cases.contains(case) {
-                    case_reports.push(CaseReport {
-                        input: case.0.clone(),
-                        output: case.1.clone(),
-                        agreeing_funcs: 0,
-                        reason: Some("duplicate".into()),
-                    });
-                } else {
-                    cases.push(case.clone());
-                }
-            }
-        }
-        let too_few = if loading.len() < cfg.min_funcs {
-            Some("too_few_functions")
-        } else if cases.len() < cfg.min_cases {
-            Some("too_few_cases")
-        } else {
-            None
-        };
-        if let Some(reason) = too_few {
-            for &f in &loading {
-                func_reports.push(FuncReport {
-                    source: funcs[f].to_string(),
-                    accuracy: None,
-                    reason: Some(format!("instruction_{reason}")),
-                });
-            }
-            for (input, output) in cases {
-                case_reports.push(CaseReport {
-                    input,
-                    output,
-                    agreeing_funcs: 0,
-                    reason: Some(format!("instruction_{reason}")),
-                });
-            }
-            outcomes.push(InstructionOutcome {
-                id: ins.id.clone(),
-                instruction: ins.instruction.clone(),
-                kept: None,
-                reason: Some(reason.into()),
-                funcs: func_reports,
-                cases: case_reports,
+    if let Some((reason, members_reason)) = too_few {
+        return too_few_outcome(ins, results.plan, candidates, reason, members_reason);
+    }
+    let kept_cases = judge_cases(&mut candidates, results, cfg, lenient);
+    let kept_funcs = score_funcs(&mut candidates, results, &kept_cases, cfg);
+    let kept = (!kept_funcs.is_empty()).then(|| Validated {
+        id: ins.id.clone(),
+        instruction: ins.instruction.clone(),
+        funcs: kept_funcs
+            .iter()
+            .map(|&(f, accuracy)| ScoredFunc {
+                source: results.plan.funcs[f].to_string(),
+                accuracy,
+            })
+            .collect(),
+        cases: kept_case_rates(results, &kept_funcs, &kept_cases),
+    });
+    InstructionOutcome {
+        id: ins.id.clone(),
+        instruction: ins.instruction.clone(),
+        reason: kept.is_none().then_some(DropReason::NoAccurateFunction),
+        kept,
+        funcs: candidates.func_reports,
+        cases: candidates.case_reports,
+    }
+}
+
+/// Drops the functions that do not load and repeated functions and cases.
+fn candidates(ins: &FuncAnswers, results: &Results) -> Candidates {
+    let mut out = Candidates {
+        loading: Vec::new(),
+        cases: Vec::new(),
+        func_reports: Vec::new(),
+        case_reports: Vec::new(),
+    };
+    let mut seen_funcs = HashSet::new();
+    for a in &ins.answers {
+        let index = results
+            .plan
+            .funcs
+            .iter()
+            .position(|f| *f == a.func)
+            .expect("planned");
+        if does_not_load(&results.verdicts[index]) {
+            out.func_reports.push(FuncReport {
+                source: a.func.clone(),
+                accuracy: None,
+                reason: Some(DropReason::DoesNotLoad),
             });
             continue;
         }
-        let mut kept_cases: Vec<(String, bool)> = Vec::new();
-        for (input, output) in cases {
-            let expected = case_output(&output, lenient);
-            let agreeing = match expected {
-                Some(e) => loading
-                    .iter()
-                    .filter(|&&f| of(f, &input) == Some(e))
-                    .count(),
-                None => 0,
-            };
-            let reason = match expected {
-                None => Some("output_not_boolean"),
-                Some(_) if agreeing < cfg.min_case_agreement => Some("no_function_agrees"),
-                Some(e) => {
-                    kept_cases.push((input.clone(), e));
-                    None
-                }
-            };
-            case_reports.push(CaseReport {
-                input,
-                output,
-                agreeing_funcs: agreeing,
-                reason: reason.map(String::from),
+        if seen_funcs.insert(index) {
+            out.loading.push(index);
+        } else {
+            out.func_reports.push(FuncReport {
+                source: a.func.clone(),
+                accuracy: None,
+                reason: Some(DropReason::Duplicate),
             });
         }
-        let mut kept_funcs: Vec<(usize, f64)> = Vec::new();
-        for &f in &loading {
-            let accuracy = if kept_cases.is_empty() {
-                0.0
+        for case in &a.cases {
+            if out.cases.contains(case) {
+                out.case_reports.push(CaseReport {
+                    input: case.0.clone(),
+                    output: case.1.clone(),
+                    agreeing_funcs: 0,
+                    reason: Some(DropReason::Duplicate),
+                });
             } else {
-                kept_cases
-                    .iter()
-                    .filter(|(input, e)| of(f, input) == Some(*e))
-                    .count() as f64
-                    / kept_cases.len() as f64
-            };
-            let keep = accuracy >= cfg.min_func_accuracy;
-            if keep {
-                kept_funcs.push((f, accuracy));
+                out.cases.push(case.clone());
             }
-            func_reports.push(FuncReport {
-                source: funcs[f].to_string(),
-                accuracy: Some(accuracy),
-                reason: (!keep).then(|| "low_accuracy".to_string()),
-            });
         }
-        let kept = (!kept_funcs.is_empty()).then(|| Validated {
-            id: ins.id.clone(),
-            instruction: ins.instruction.clone(),
-            funcs: kept_funcs
-                .iter()
-                .map(|&(f, accuracy)| ScoredFunc {
-                    source: funcs[f].to_string(),
-                    accuracy,
-                })
-                .collect(),
-            cases: kept_cases
-                .iter()
-                .map(|(input, output)| {
-                    let i = inputs.iter().position(|x| x == input).expect("planned");
-                    let vs: Vec<&Verdict> = kept_funcs
-                        .iter()
-                        .map(|&(f, _)| &verdicts[first_job + f][i])
-                        .collect();
-                    KeptCase {
-                        input: input.clone(),
-                        output: *output,
-                        pass_rate: pass_rate(&vs),
-                    }
-                })
-                .collect(),
-        });
-        outcomes.push(InstructionOutcome {
-            id: ins.id.clone(),
-            instruction: ins.instruction.clone(),
-            reason: kept.is_none().then(|| "no_accurate_function".to_string()),
-            kept,
-            funcs: func_reports,
-            cases: case_reports,
+    }
+    out
+}
+
+/// An instruction with too few functions or cases: everything it has is dropped with it.
+fn too_few_outcome(
+    ins: &FuncAnswers,
+    plan: &RunPlan,
+    mut candidates: Candidates,
+    reason: DropReason,
+    members_reason: DropReason,
+) -> InstructionOutcome {
+    for &f in &candidates.loading {
+        candidates.func_reports.push(FuncReport {
+            source: plan.funcs[f].to_string(),
+            accuracy: None,
+            reason: Some(members_reason),
         });
     }
-    Ok(outcomes)
+    for (input, output) in candidates.cases {
+        candidates.case_reports.push(CaseReport {
+            input,
+            output,
+            agreeing_funcs: 0,
+            reason: Some(members_reason),
+        });
+    }
+    InstructionOutcome {
+        id: ins.id.clone(),
+        instruction: ins.instruction.clone(),
+        kept: None,
+        reason: Some(reason),
+        funcs: candidates.func_reports,
+        cases: candidates.case_reports,
+    }
+}
+
+/// Keeps a case when it has a boolean output and enough loading functions agree with
+/// it; returns the kept cases (input, expected output).
+fn judge_cases(
+    candidates: &mut Candidates,
+    results: &Results,
+    cfg: &CrossvalConfig,
+    lenient: bool,
+) -> Vec<(String, bool)> {
+    let mut kept_cases = Vec::new();
+    for (input, output) in std::mem::take(&mut candidates.cases) {
+        let expected = case_output(&output, lenient);
+        let agreeing = match expected {
+            Some(e) => candidates
+                .loading
+                .iter()
+                .filter(|&&f| results.answer(f, &input) == Some(e))
+                .count(),
+            None => 0,
+        };
+        let reason = match expected {
+            None => Some(DropReason::OutputNotBoolean),
+            Some(_) if agreeing < cfg.min_case_agreement => Some(DropReason::NoFunctionAgrees),
+            Some(e) => {
+                kept_cases.push((input.clone(), e));
+                None
+            }
+        };
+        candidates.case_reports.push(CaseReport {
+            input,
+            output,
+            agreeing_funcs: agreeing,
+            reason,
+        });
+    }
+    kept_cases
+}
+
+/// Keeps a loading function when its accuracy on the kept cases reaches
+/// `min_func_accuracy`; returns the kept functions (plan index, accuracy).
+fn score_funcs(
+    candidates: &mut Candidates,
+    results: &Results,
+    kept_cases: &[(String, bool)],
+    cfg: &CrossvalConfig,
+) -> Vec<(usize, f64)> {
+    let mut kept_funcs = Vec::new();
+    for &f in &candidates.loading {
+        let accuracy = if kept_cases.is_empty() {
+            0.0
+        } else {
+            kept_cases
+                .iter()
+                .filter(|(input, e)| results.answer(f, input) == Some(*e))
+                .count() as f64
+                / kept_cases.len() as f64
+        };
+        let keep = accuracy >= cfg.min_func_accuracy;
+        if keep {
+            kept_funcs.push((f, accuracy));
+        }
+        candidates.func_reports.push(FuncReport {
+            source: results.plan.funcs[f].to_string(),
+            accuracy: Some(accuracy),
+            reason: (!keep).then_some(DropReason::LowAccuracy),
+        });
+    }
+    kept_funcs
+}
+
+/// The kept cases with the pass rate of the kept functions on each (for
+/// instruction-level preference pairs).
+fn kept_case_rates(
+    results: &Results,
+    kept_funcs: &[(usize, f64)],
+    kept_cases: &[(String, bool)],
+) -> Vec<KeptCase> {
+    let funcs: Vec<usize> = kept_funcs.iter().map(|&(f, _)| f).collect();
+    kept_cases
+        .iter()
+        .map(|(input, output)| KeptCase {
+            input: input.clone(),
+            output: *output,
+            pass_rate: pass_rate(&results.verdicts_on(&funcs, input)),
+        })
+        .collect()
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::backtranslate;
-use super::funnel::FunnelRow;
+use super::funnel::{DropReason, FunnelRow};
 use super::responses::{self, ResponseRecord};
 use super::score::{self, ScoredResponse};
 use super::Pipeline;
@@ -28,8 +28,28 @@ use crate::train::autoif_rules::{capitalise, mine_pairs, sft_prompt};
 
 pub const STAGE: &str = "datasets";
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetsConfig {
+    /// DPO chosen side: pass rate at or above this (paper: 0.5); rejected: pass rate 0.
+    pub chosen_min_pass_rate: f64,
+    /// Responses sampled per side when a side has two or more (paper: 2).
+    pub per_side: usize,
+}
+
+impl Default for DatasetsConfig {
+    fn default() -> Self {
+        Self {
+            chosen_min_pass_rate: 0.5,
+            per_side: 2,
+        }
+    }
+}
+
+/// A preference pair this stage mined, with where it came from: a record of
+/// `datasets/pairs.jsonl` (training reads the TRL file, `train::data::PreferencePair`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PreferencePair {
+pub struct MinedPair {
     /// `query` or `instruction`.
     pub level: String,
     /// The pair or instruction id the pair comes from.
@@ -40,10 +60,10 @@ pub struct PreferencePair {
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
-    let cfg = p.config.synthesis.datasets.clone();
-    let seed = p.config.seed;
-    let scored: Vec<ScoredResponse> = p.run.read_records(score::STAGE, "kept.jsonl")?;
-    let all: Vec<ResponseRecord> = p.run.read_records(responses::STAGE, "all.jsonl")?;
+    let cfg = p.synthesis.datasets.clone();
+    let seed = p.seed;
+    let scored: Vec<ScoredResponse> = p.files.read_records(score::STAGE, "kept.jsonl")?;
+    let all: Vec<ResponseRecord> = p.files.read_records(responses::STAGE, "all.jsonl")?;
     let instructions = backtranslate::kept_instructions(p)?;
 
     let mut sft_row = FunnelRow::new(STAGE, "sft_records");
@@ -59,7 +79,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         .collect();
 
     let mut prompts_row = FunnelRow::new(STAGE, "dpo_prompts");
-    let mut pairs: Vec<PreferencePair> = Vec::new();
+    let mut pairs: Vec<MinedPair> = Vec::new();
     let mut mine = |level: &str, source_id: &str, prompt: String, candidates: &[(String, f64)]| {
         let mined = mine_pairs(
             candidates,
@@ -72,15 +92,15 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                 .iter()
                 .any(|(_, r)| *r >= cfg.chosen_min_pass_rate);
             prompts_row.drop(if has_positive {
-                "no_rejected"
+                DropReason::NoRejected
             } else {
-                "no_chosen"
+                DropReason::NoChosen
             });
         } else {
             prompts_row.keep();
         }
         for (chosen, rejected) in mined {
-            pairs.push(PreferencePair {
+            pairs.push(MinedPair {
                 level: level.to_string(),
                 source_id: source_id.to_string(),
                 prompt: prompt.clone(),
@@ -124,8 +144,8 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     Ok(vec![sft_row, prompts_row, pairs_row])
 }
 
-fn write_files(p: &Pipeline, sft: &[(String, String)], pairs: &[PreferencePair]) -> Result<()> {
-    let lf = p.run.stage_dir(STAGE).join("llamafactory");
+fn write_files(p: &Pipeline, sft: &[(String, String)], pairs: &[MinedPair]) -> Result<()> {
+    let lf = p.files.stage_dir(STAGE).join("llamafactory");
     let alpaca: Vec<_> = sft
         .iter()
         .map(|(prompt, response)| json!({"instruction": prompt, "input": "", "output": response, "history": []}))
@@ -167,8 +187,8 @@ fn write_files(p: &Pipeline, sft: &[(String, String)], pairs: &[PreferencePair])
             "rejected": assistant(&x.rejected), "level": x.level, "source_id": x.source_id})
         })
         .collect();
-    p.run.write_records(STAGE, "trl/sft.jsonl", &trl_sft)?;
-    p.run.write_records(STAGE, "trl/dpo.jsonl", &trl_dpo)?;
-    p.run.write_records(STAGE, "pairs.jsonl", pairs)?;
+    p.files.write_records(STAGE, "trl/sft.jsonl", &trl_sft)?;
+    p.files.write_records(STAGE, "trl/dpo.jsonl", &trl_dpo)?;
+    p.files.write_records(STAGE, "pairs.jsonl", pairs)?;
     Ok(())
 }

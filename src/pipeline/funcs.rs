@@ -10,12 +10,34 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::augment::{self, Instruction};
-use super::funnel::FunnelRow;
+use super::config::Sampling;
+use super::funnel::{DropReason, FunnelRow};
 use super::parse::parse_func_answer;
 use super::prompts::fill;
 use super::Pipeline;
 
 pub const STAGE: &str = "funcs";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FuncsConfig {
+    /// `{"func", "cases"}` samples per instruction.
+    pub samples: usize,
+    /// Accept "True"/"False" strings as case outputs. The released script compares them
+    /// with booleans, so such cases never agree with a function; off reproduces that.
+    pub string_case_outputs: bool,
+    pub sampling: Sampling,
+}
+
+impl Default for FuncsConfig {
+    fn default() -> Self {
+        Self {
+            samples: 8,
+            string_case_outputs: true,
+            sampling: Sampling::new(0.7, 768),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
@@ -42,20 +64,20 @@ struct Samples {
 pub struct Rejected {
     pub id: String,
     pub sample: usize,
-    pub reason: String,
+    pub reason: DropReason,
     pub text: String,
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     let instructions: Vec<Instruction> =
-        p.run.read_records(augment::STAGE, "instructions.jsonl")?;
-    let cfg = p.config.synthesis.funcs.clone();
-    let template = p.config.synthesis.prompts.funcs.clone();
-    let run = p.run.clone();
-    let samples: Vec<Samples> = run.chunked(
+        p.files.read_records(augment::STAGE, "instructions.jsonl")?;
+    let cfg = p.synthesis.funcs.clone();
+    let template = p.synthesis.prompts.funcs.clone();
+    let files = p.files.clone();
+    let samples: Vec<Samples> = files.chunked(
         STAGE,
         &instructions,
-        p.config.synthesis.chunk,
+        p.synthesis.chunk,
         |i| i.id.clone(),
         |units| {
             let prompts: Vec<(String, String)> = units
@@ -92,14 +114,14 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         merge(&mut rows[2], &sample_rows[1]);
         rejected.append(&mut rejects);
         if answers.answers.is_empty() {
-            rows[0].drop("no_parsable_answer");
+            rows[0].drop(DropReason::NoParsableAnswer);
         } else {
             rows[0].keep();
             parsed.push(answers);
         }
     }
-    p.run.write_records(STAGE, "answers.jsonl", &parsed)?;
-    p.run.write_records(STAGE, "rejected.jsonl", &rejected)?;
+    p.files.write_records(STAGE, "answers.jsonl", &parsed)?;
+    p.files.write_records(STAGE, "rejected.jsonl", &rejected)?;
     if parsed.is_empty() {
         super::warn_empty(STAGE, "no instruction got a parsable verification function");
     }
@@ -130,7 +152,7 @@ pub fn parse_samples(
             Ok(answer) => {
                 samples_row.keep();
                 for reason in &answer.bad_cases {
-                    cases_row.drop(reason);
+                    cases_row.drop(DropReason::parsed(reason));
                 }
                 cases_row.input += answer.cases.len();
                 cases_row.output += answer.cases.len();
@@ -140,12 +162,13 @@ pub fn parse_samples(
                     cases: answer.cases,
                 });
             }
-            Err(reason) => {
+            Err(name) => {
+                let reason = DropReason::parsed(name);
                 samples_row.drop(reason);
                 rejected.push(Rejected {
                     id: id.to_string(),
                     sample,
-                    reason: reason.to_string(),
+                    reason,
                     text: text.clone(),
                 });
             }

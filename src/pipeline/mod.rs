@@ -4,6 +4,7 @@
 
 pub mod augment;
 pub mod backtranslate;
+pub mod config;
 pub mod crossval;
 pub mod datasets;
 pub mod funcs;
@@ -13,20 +14,21 @@ pub mod parse;
 pub mod prompts;
 pub mod queries;
 pub mod responses;
-pub mod run_dir;
 pub mod score;
 pub mod similarity;
+pub mod stage_files;
 
 use anyhow::{bail, Context, Result};
-use std::time::{Duration, Instant};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
 
-use crate::config::{RunConfig, Sampling};
 use crate::generate::unit_seed;
 use crate::generate::{Backend, Prompt, Request, SamplingParams};
 pub use crate::verify::{pass_rate, Execute};
-use crate::verify::{Job, Sandbox, SandboxOptions, Verdict};
+use crate::verify::{FunctionRun, Sandbox, SandboxOptions, Verdict};
+use config::{Sampling, SynthesisConfig};
 use funnel::FunnelRow;
-use run_dir::RunDir;
+use stage_files::StageFiles;
 
 /// The stages in execution order, by their stable names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,37 +89,62 @@ impl Stage {
     pub fn names() -> Vec<&'static str> {
         Stage::ALL.iter().map(|s| s.name()).collect()
     }
+
+    /// The stages whose files this stage reads, in the order it reads them. Verified
+    /// instructions from a file (`verified_instructions`) replace backtranslate's.
+    pub fn reads(self, synthesis: &SynthesisConfig) -> Vec<Stage> {
+        let instructions = match synthesis.verified_instructions {
+            Some(_) => None,
+            None => Some(Stage::Backtranslate),
+        };
+        match self {
+            Stage::Augment => Vec::new(),
+            Stage::Funcs => vec![Stage::Augment],
+            Stage::Crossval => vec![Stage::Funcs],
+            Stage::Backtranslate => vec![Stage::Crossval],
+            Stage::Queries => instructions.into_iter().collect(),
+            Stage::Responses => vec![Stage::Queries],
+            Stage::Score => vec![Stage::Responses],
+            Stage::Datasets => [Stage::Score, Stage::Responses]
+                .into_iter()
+                .chain(instructions)
+                .collect(),
+        }
+    }
 }
 
-/// Everything a stage needs: the run folder, the resolved config, the generation
-/// backend (absent when only non-generating stages run) and a lazily started sandbox.
+/// Everything a stage needs: its files, the run seed, the synthesis config, the
+/// generation backend (absent when only non-generating stages run) and a lazily started
+/// sandbox.
 pub struct Pipeline<'a> {
-    pub run: RunDir,
-    pub config: RunConfig,
+    pub files: StageFiles,
+    /// Base of every generation seed and sampling decision.
+    pub seed: u64,
+    pub synthesis: SynthesisConfig,
     backend: Option<&'a mut (dyn Backend + 'a)>,
     sandbox: Option<Sandbox>,
 }
 
 impl<'a> Pipeline<'a> {
     pub fn new(
-        run: RunDir,
-        config: RunConfig,
+        files: StageFiles,
+        seed: u64,
+        synthesis: SynthesisConfig,
         backend: Option<&'a mut (dyn Backend + 'a)>,
     ) -> Self {
         Self {
-            run,
-            config,
+            files,
+            seed,
+            synthesis,
             backend,
             sandbox: None,
         }
     }
 
-    /// Runs one stage: marks it running, computes it (reusing finished parts), records
-    /// its funnel and timing, and marks it done.
+    /// Computes one stage (reusing finished parts) and returns its funnel. Recording the
+    /// stage in the run manifest is the caller's (`crate::run::manifest`).
     pub fn run_stage(&mut self, stage: Stage) -> Result<Vec<FunnelRow>> {
-        let started = Instant::now();
-        self.run.mark_running(stage.name())?;
-        let rows = match stage {
+        match stage {
             Stage::Augment => augment::run(self),
             Stage::Funcs => funcs::run(self),
             Stage::Crossval => crossval::run(self),
@@ -127,10 +154,7 @@ impl<'a> Pipeline<'a> {
             Stage::Score => score::run(self),
             Stage::Datasets => datasets::run(self),
         }
-        .with_context(|| format!("stage {}", stage.name()))?;
-        self.run
-            .mark_done(stage.name(), rows.clone(), started.elapsed().as_secs_f64())?;
-        Ok(rows)
+        .with_context(|| format!("stage {}", stage.name()))
     }
 
     /// Samples `n` texts for each (unit key, prompt) with a seed fixed by the key, so a
@@ -142,7 +166,7 @@ impl<'a> Pipeline<'a> {
         n: usize,
         sampling: &Sampling,
     ) -> Result<Vec<Vec<String>>> {
-        let seed = self.config.seed;
+        let seed = self.seed;
         let backend = self
             .backend
             .as_deref_mut()
@@ -173,10 +197,10 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Runs functions on inputs in the sandbox (started on first use).
-    pub fn execute(&mut self, jobs: &[Job]) -> Result<Vec<Vec<Verdict>>> {
+    pub fn execute(&mut self, jobs: &[FunctionRun]) -> Result<Vec<Vec<Verdict>>> {
         if self.sandbox.is_none() {
             self.sandbox = Some(Sandbox::new(SandboxOptions {
-                timeout: Duration::from_millis(self.config.synthesis.exec_timeout_ms),
+                timeout: Duration::from_millis(self.synthesis.exec_timeout_ms),
                 ..SandboxOptions::default()
             })?);
         }
@@ -188,4 +212,10 @@ impl<'a> Pipeline<'a> {
 /// inputs and the funnel shows where everything was dropped).
 fn warn_empty(stage: &str, what: &str) {
     eprintln!("warning: stage {stage}: {what}");
+}
+
+/// A short stable id from text, for provenance (`i3fa9...`).
+pub fn short_id(prefix: &str, text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    format!("{prefix}{:x}", digest)[..prefix.len() + 10].to_string()
 }

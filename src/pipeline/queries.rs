@@ -25,13 +25,38 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::backtranslate;
-use super::funnel::FunnelRow;
-use super::run_dir::short_id;
+use super::funnel::{DropReason, FunnelRow};
+use super::short_id;
 use super::Pipeline;
-use crate::config::QueriesConfig;
+
 use crate::generate::unit_seed;
 
 pub const STAGE: &str = "queries";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueriesConfig {
+    /// Queries paired with each instruction (paper: 16).
+    pub per_instruction: usize,
+    /// Dotted path of the query text in each JSON record; empty: auto-detect (`query`,
+    /// `prompt`, `instruction`, `text`, a string line, ShareGPT `conversations`,
+    /// `messages`).
+    pub field: String,
+    /// Paper's filter: 20 < characters < 300.
+    pub min_chars: usize,
+    pub max_chars: usize,
+}
+
+impl Default for QueriesConfig {
+    fn default() -> Self {
+        Self {
+            per_instruction: 16,
+            field: String::new(),
+            min_chars: 20,
+            max_chars: 300,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueryPair {
@@ -47,7 +72,7 @@ pub struct QueryPair {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Rejected {
     query: String,
-    reason: String,
+    reason: DropReason,
 }
 
 /// Reads the query texts of a file or a hub dataset file (see the module docs for the
@@ -275,7 +300,7 @@ fn query_text(record: &Value, field: &str) -> Option<String> {
 pub fn filter_queries(
     queries: Vec<String>,
     cfg: &QueriesConfig,
-) -> (Vec<String>, Vec<(String, String)>, FunnelRow) {
+) -> (Vec<String>, Vec<(String, DropReason)>, FunnelRow) {
     let mut row = FunnelRow::new(STAGE, "queries");
     let mut seen = HashSet::new();
     let mut kept = Vec::new();
@@ -284,18 +309,18 @@ pub fn filter_queries(
         let q = q.trim().to_string();
         let n = q.chars().count();
         let reason = if n <= cfg.min_chars {
-            Some("too_short")
+            Some(DropReason::TooShort)
         } else if n >= cfg.max_chars {
-            Some("too_long")
+            Some(DropReason::TooLong)
         } else if !seen.insert(q.clone()) {
-            Some("duplicate")
+            Some(DropReason::Duplicate)
         } else {
             None
         };
         match reason {
             Some(r) => {
                 row.drop(r);
-                rejected.push((q, r.to_string()));
+                rejected.push((q, r));
             }
             None => {
                 row.keep();
@@ -307,8 +332,8 @@ pub fn filter_queries(
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
-    let cfg = p.config.synthesis.queries.clone();
-    let path = p.config.synthesis.queries_file.clone();
+    let cfg = p.synthesis.queries.clone();
+    let path = p.synthesis.queries_file.clone();
     let queries = read_queries(&path, &cfg.field)?;
     let (kept, rejected, queries_row) = filter_queries(queries, &cfg);
     if kept.is_empty() {
@@ -324,7 +349,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     let mut pairs_row = FunnelRow::new(STAGE, "pairs");
     for ins in &instructions {
         let v = &ins.validated;
-        let mut rng = ChaCha8Rng::seed_from_u64(unit_seed(p.config.seed, STAGE, &v.id));
+        let mut rng = ChaCha8Rng::seed_from_u64(unit_seed(p.seed, STAGE, &v.id));
         for q in kept.choose_multiple(&mut rng, cfg.per_instruction.min(kept.len())) {
             let query_id = short_id("q", q);
             pairs_row.keep();
@@ -342,8 +367,8 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         .into_iter()
         .map(|(query, reason)| Rejected { query, reason })
         .collect();
-    p.run.write_records(STAGE, "pairs.jsonl", &pairs)?;
-    p.run.write_records(STAGE, "rejected.jsonl", &rejected)?;
+    p.files.write_records(STAGE, "pairs.jsonl", &pairs)?;
+    p.files.write_records(STAGE, "rejected.jsonl", &rejected)?;
     Ok(vec![queries_row, pairs_row])
 }
 

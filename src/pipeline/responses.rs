@@ -10,13 +10,34 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::funnel::FunnelRow;
+use super::config::Sampling;
+use super::funnel::{DropReason, FunnelRow};
 use super::prompts::fill;
 use super::queries::{self, QueryPair};
 use super::{Execute, Pipeline};
 use crate::verify::pass_rates;
 
 pub const STAGE: &str = "responses";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesConfig {
+    /// Responses per (query, instruction) (paper: K = 8).
+    pub samples: usize,
+    /// Keep a response whose pass rate is above this (the released script: > 0).
+    pub keep_pass_rate_above: f64,
+    pub sampling: Sampling,
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        Self {
+            samples: 8,
+            keep_pass_rate_above: 0.0,
+            sampling: Sampling::new(0.8, 512),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResponseRecord {
@@ -28,18 +49,18 @@ pub struct ResponseRecord {
     pub response: String,
     pub pass_rate: f64,
     /// Why it is not kept; none when kept.
-    pub reason: Option<String>,
+    pub reason: Option<DropReason>,
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
-    let pairs: Vec<QueryPair> = p.run.read_records(queries::STAGE, "pairs.jsonl")?;
-    let cfg = p.config.synthesis.responses.clone();
-    let template = p.config.synthesis.prompts.response.clone();
-    let run = p.run.clone();
-    let records: Vec<ResponseRecord> = run.chunked(
+    let pairs: Vec<QueryPair> = p.files.read_records(queries::STAGE, "pairs.jsonl")?;
+    let cfg = p.synthesis.responses.clone();
+    let template = p.synthesis.prompts.response.clone();
+    let files = p.files.clone();
+    let records: Vec<ResponseRecord> = files.chunked(
         STAGE,
         &pairs,
-        p.config.synthesis.chunk,
+        p.synthesis.chunk,
         |pair| pair.id.clone(),
         |units| {
             let prompts: Vec<(String, String)> = units
@@ -63,12 +84,12 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     for r in &records {
         match &r.reason {
             None => row.keep(),
-            Some(reason) => row.drop(reason),
+            Some(reason) => row.drop(*reason),
         }
     }
     let kept: Vec<&ResponseRecord> = records.iter().filter(|r| r.reason.is_none()).collect();
-    p.run.write_records(STAGE, "all.jsonl", &records)?;
-    p.run.write_records(STAGE, "kept.jsonl", &kept)?;
+    p.files.write_records(STAGE, "all.jsonl", &records)?;
+    p.files.write_records(STAGE, "kept.jsonl", &kept)?;
     if kept.is_empty() {
         super::warn_empty(STAGE, "no response passed its verification functions");
     }
@@ -90,9 +111,9 @@ pub fn judge_responses(
     for ((pair, responses), rates) in sampled.iter().zip(rates) {
         for (k, (response, rate)) in responses.iter().zip(rates).enumerate() {
             let reason = if response.trim().is_empty() {
-                Some("empty_response")
+                Some(DropReason::EmptyResponse)
             } else if rate <= keep_above {
-                Some("low_pass_rate")
+                Some(DropReason::LowPassRate)
             } else {
                 None
             };
@@ -104,7 +125,7 @@ pub fn judge_responses(
                 query: pair.query.clone(),
                 response: response.clone(),
                 pass_rate: rate,
-                reason: reason.map(String::from),
+                reason,
             });
         }
     }

@@ -9,7 +9,8 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::funnel::FunnelRow;
+use super::config::Sampling;
+use super::funnel::{DropReason, FunnelRow};
 use super::parse::parse_score;
 use super::prompts::fill;
 use super::responses::{self, ResponseRecord};
@@ -17,24 +18,45 @@ use super::Pipeline;
 
 pub const STAGE: &str = "score";
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreConfig {
+    /// Off: every response that passed its functions goes on unscored (for a supervisor
+    /// too small to judge relevance; a 135M model's scores are noise).
+    pub enabled: bool,
+    /// Keep a response whose mean score is above this (the released script: > 8).
+    pub keep_score_above: f64,
+    pub sampling: Sampling,
+}
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            keep_score_above: 8.0,
+            sampling: Sampling::new(0.0, 384),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredResponse {
     #[serde(flatten)]
     pub response: ResponseRecord,
     pub score: Option<f64>,
     pub judgement: String,
-    pub score_reason: Option<String>,
+    pub score_reason: Option<DropReason>,
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
-    let kept: Vec<ResponseRecord> = p.run.read_records(responses::STAGE, "kept.jsonl")?;
-    let cfg = p.config.synthesis.score.clone();
-    let template = p.config.synthesis.prompts.score.clone();
-    let run = p.run.clone();
-    let scored: Vec<ScoredResponse> = run.chunked(
+    let kept: Vec<ResponseRecord> = p.files.read_records(responses::STAGE, "kept.jsonl")?;
+    let cfg = p.synthesis.score.clone();
+    let template = p.synthesis.prompts.score.clone();
+    let files = p.files.clone();
+    let scored: Vec<ScoredResponse> = files.chunked(
         STAGE,
         &kept,
-        p.config.synthesis.chunk,
+        p.synthesis.chunk,
         |r| r.id.clone(),
         |units| {
             if !cfg.enabled {
@@ -66,12 +88,12 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     for s in &scored {
         match &s.score_reason {
             None => row.keep(),
-            Some(reason) => row.drop(reason),
+            Some(reason) => row.drop(*reason),
         }
     }
     let kept: Vec<&ScoredResponse> = scored.iter().filter(|s| s.score_reason.is_none()).collect();
-    p.run.write_records(STAGE, "all.jsonl", &scored)?;
-    p.run.write_records(STAGE, "kept.jsonl", &kept)?;
+    p.files.write_records(STAGE, "all.jsonl", &scored)?;
+    p.files.write_records(STAGE, "kept.jsonl", &kept)?;
     if kept.is_empty() {
         super::warn_empty(STAGE, "no response passed quality scoring");
     }
@@ -92,8 +114,8 @@ fn unscored(response: ResponseRecord) -> ScoredResponse {
 pub fn judge(response: ResponseRecord, judgement: String, keep_above: f64) -> ScoredResponse {
     let (score, reason) = match parse_score(&judgement) {
         Ok(s) if s > keep_above => (Some(s), None),
-        Ok(s) => (Some(s), Some("low_score".to_string())),
-        Err(reason) => (None, Some(reason.to_string())),
+        Ok(s) => (Some(s), Some(DropReason::LowScore)),
+        Err(name) => (None, Some(DropReason::parsed(name))),
     };
     ScoredResponse {
         response,

@@ -11,6 +11,7 @@
 //! rewritten, so an interrupted run still shows what it did.
 
 pub mod layout;
+pub mod manifest;
 pub mod report;
 pub mod summary;
 
@@ -27,8 +28,7 @@ use crate::generate::openai::{Endpoint, OpenAiBackend, OpenAiConfig};
 use crate::generate::{Backend, EngineOptions, LocalEngine};
 use crate::model::adapter_file::load_adapter;
 use crate::model::{LoadOptions, Model};
-use crate::pipeline::funnel::{table, FunnelRow};
-use crate::pipeline::run_dir::{RunDir, StageState};
+use crate::pipeline::funnel::{table, DropReason, FunnelRow};
 use crate::pipeline::{Pipeline, Stage};
 use crate::train::adapters::merge_adapters;
 use crate::train::memory_plan::{Algorithm, TrainShape};
@@ -38,6 +38,7 @@ use crate::train::{
     TrainingOptions,
 };
 use layout::RunLayout;
+use manifest::{RunFolder, StageState};
 use summary::Summary;
 
 /// One step of the loop.
@@ -139,13 +140,13 @@ pub fn training_shapes(config: &RunConfig, phases: &[Phase], dtype: DType) -> Ve
 
 /// The loop's state: the run folder, its config, and the trained model once loaded.
 struct Loop {
-    run: RunDir,
+    run: RunFolder,
     config: RunConfig,
     model: Option<Model>,
 }
 
 /// The phases of `run` that are not done, in order.
-pub fn pending(run: &RunDir) -> Result<Vec<Phase>> {
+pub fn pending(run: &RunFolder) -> Result<Vec<Phase>> {
     run.manifest()?
         .stages
         .iter()
@@ -155,7 +156,7 @@ pub fn pending(run: &RunDir) -> Result<Vec<Phase>> {
 }
 
 /// Runs `phases` of `run` in order, then prints the funnel and the summary.
-pub fn execute(run: RunDir, phases: &[Phase]) -> Result<()> {
+pub fn execute(run: RunFolder, phases: &[Phase]) -> Result<()> {
     let config = run.manifest()?.config;
     let mut state = Loop {
         run,
@@ -284,10 +285,10 @@ impl Loop {
             (None, Some(e)) => Some(e),
             (None, None) => None,
         };
-        let mut pipeline = Pipeline::new(run, config, backend);
+        let mut pipeline = Pipeline::new(run.stage_files(), config.seed, config.synthesis, backend);
         for &stage in stages {
             eprintln!("stage {}", stage.name());
-            pipeline.run_stage(stage)?;
+            run.run_stage(&mut pipeline, stage)?;
         }
         Ok(())
     }
@@ -384,7 +385,7 @@ impl Loop {
 
 /// Rebuilds the trained weights of a resumed run: each finished training phase's
 /// adapter, merged before the next one is applied (as the phases themselves did).
-fn restore_trained_weights(model: &mut Model, run: &RunDir) -> Result<()> {
+fn restore_trained_weights(model: &mut Model, run: &RunFolder) -> Result<()> {
     let manifest = run.manifest()?;
     let done = |name: &str| {
         manifest
@@ -420,7 +421,7 @@ fn restore_trained_weights(model: &mut Model, run: &RunDir) -> Result<()> {
 fn data_row(stage: &str, unit: &str, counts: DataCounts) -> FunnelRow {
     let mut row = FunnelRow::new(stage, unit);
     (0..counts.kept).for_each(|_| row.keep());
-    (0..counts.dropped).for_each(|_| row.drop("no_response_token_within_max_len"));
+    (0..counts.dropped).for_each(|_| row.drop(DropReason::NoResponseTokenWithinMaxLen));
     row
 }
 
@@ -451,8 +452,7 @@ pub fn check_inputs(config: &RunConfig) -> Result<()> {
         crate::pipeline::augment::read_seeds(&synth.seeds)?;
     }
     if let Some(path) = &synth.verified_instructions {
-        let records: Vec<crate::pipeline::crossval::Validated> =
-            crate::pipeline::run_dir::read_lines(path)?;
+        let records: Vec<crate::pipeline::crossval::Validated> = crate::io::read_jsonl(path)?;
         if records.is_empty() {
             bail!("{}: no verified instruction", path.display());
         }

@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::layout::RunLayout;
+use super::manifest::{RunFolder, StageState};
 use super::Phase;
 use crate::eval::ifeval::Summary as IfevalScores;
 use crate::io::{read_jsonl, read_jsonl_if_exists, write_atomic};
 use crate::pipeline::funnel::FunnelRow;
-use crate::pipeline::run_dir::{RunDir, StageState};
 
 /// Example instructions shown in the summary and the report.
 const EXAMPLES: usize = 5;
@@ -119,7 +119,7 @@ pub struct Example {
 }
 
 impl Summary {
-    pub fn collect(run: &RunDir) -> Result<Summary> {
+    pub fn collect(run: &RunFolder) -> Result<Summary> {
         let layout = RunLayout::new(run.root());
         let manifest = run.manifest()?;
         let state_of = |name: &str| {

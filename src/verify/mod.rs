@@ -107,7 +107,7 @@ impl Default for SandboxOptions {
 
 /// One verification function and the inputs to run it on.
 #[derive(Clone, Debug)]
-pub struct Job {
+pub struct FunctionRun {
     pub func: String,
     pub inputs: Vec<String>,
 }
@@ -186,7 +186,7 @@ impl Sandbox {
     /// Runs every job's function on each of its inputs; verdicts come back per job, in
     /// input order. Errors in the functions are verdicts; `Err` means the sandbox itself
     /// failed (for example python could not be started).
-    pub fn run(&self, jobs: &[Job]) -> Result<Vec<Vec<Verdict>>> {
+    pub fn run(&self, jobs: &[FunctionRun]) -> Result<Vec<Vec<Verdict>>> {
         let mut results: Vec<Vec<Option<Verdict>>> = jobs
             .iter()
             .map(|job| vec![None; job.inputs.len()])
@@ -251,7 +251,11 @@ impl Sandbox {
 
     /// Answers what the cache knows and groups the rest into batches, one function
     /// each; with caching on, an input repeated for the same function runs once.
-    fn plan<'a>(&self, jobs: &'a [Job], results: &mut [Vec<Option<Verdict>>]) -> Vec<Batch<'a>> {
+    fn plan<'a>(
+        &self,
+        jobs: &'a [FunctionRun],
+        results: &mut [Vec<Option<Verdict>>],
+    ) -> Vec<Batch<'a>> {
         let caching = self.cache_entries > 0;
         let cache = lock(&self.cache);
         let mut batches: Vec<Batch> = Vec::new();

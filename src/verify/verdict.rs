@@ -157,7 +157,7 @@ impl<'de> Deserialize<'de> for Verdict {
 }
 
 /// Runs sandbox jobs: the sandbox itself, or a test's stand-in.
-pub type Execute<'e> = dyn FnMut(&[super::Job]) -> anyhow::Result<Vec<Vec<Verdict>>> + 'e;
+pub type Execute<'e> = dyn FnMut(&[super::FunctionRun]) -> anyhow::Result<Vec<Vec<Verdict>>> + 'e;
 
 /// The released scripts' pass rate of one response: the mean of the boolean results,
 /// ignoring calls that raised (0 when every call raised).
@@ -184,10 +184,10 @@ pub fn pass_rates(
     groups: &[(&[String], &[String])],
     execute: &mut Execute,
 ) -> anyhow::Result<Vec<Vec<f64>>> {
-    let jobs: Vec<super::Job> = groups
+    let jobs: Vec<super::FunctionRun> = groups
         .iter()
         .flat_map(|(funcs, responses)| {
-            funcs.iter().map(move |f| super::Job {
+            funcs.iter().map(move |f| super::FunctionRun {
                 func: f.clone(),
                 inputs: responses.to_vec(),
             })

@@ -1,0 +1,92 @@
+//! The `[synthesis]` section of a run configuration: what every stage shares (inputs,
+//! chunk size, prompts, sandbox deadline) and each stage's own config struct, which
+//! lives beside its stage.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use super::augment::AugmentConfig;
+use super::backtranslate::BacktranslateConfig;
+use super::crossval::CrossvalConfig;
+use super::datasets::DatasetsConfig;
+use super::funcs::FuncsConfig;
+use super::prompts::PromptTemplates;
+use super::queries::QueriesConfig;
+use super::responses::ResponsesConfig;
+use super::score::ScoreConfig;
+
+/// Sampling shared by the generating stages; each stage sets its own length.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+}
+
+impl Sampling {
+    /// Nucleus sampling at top-p 0.95, the stages' shared default.
+    pub fn new(temperature: f32, max_new_tokens: usize) -> Self {
+        Self {
+            temperature,
+            top_p: 0.95,
+            max_new_tokens,
+        }
+    }
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self::new(0.7, 512)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynthesisConfig {
+    /// Seed instructions, one per line.
+    pub seeds: PathBuf,
+    /// User queries: JSONL/JSON (see `queries.field`), ShareGPT or `messages` layouts;
+    /// a local file or `hf://datasets/OWNER/NAME[/PATH]` (a `.json`/`.jsonl` file of a
+    /// Hugging Face dataset, through the hub cache).
+    pub queries_file: PathBuf,
+    /// Instructions that already have verified functions (records of crossval's
+    /// `instructions.jsonl`: `{id, instruction, funcs: [{source, accuracy}], cases}`).
+    /// When set, the augment, funcs, crossval and backtranslate stages do not run and
+    /// these instructions go straight to the queries stage.
+    pub verified_instructions: Option<PathBuf>,
+    /// Units of work per resumable part file.
+    pub chunk: usize,
+    pub augment: AugmentConfig,
+    pub funcs: FuncsConfig,
+    pub crossval: CrossvalConfig,
+    pub backtranslate: BacktranslateConfig,
+    pub queries: QueriesConfig,
+    pub responses: ResponsesConfig,
+    pub score: ScoreConfig,
+    pub datasets: DatasetsConfig,
+    pub prompts: PromptTemplates,
+    /// Sandbox wall-clock deadline of one `evaluate` call (the released scripts use 5 s).
+    pub exec_timeout_ms: u64,
+}
+
+impl Default for SynthesisConfig {
+    fn default() -> Self {
+        Self {
+            seeds: PathBuf::from("data/seed_instructions.txt"),
+            queries_file: PathBuf::from("data/queries.jsonl"),
+            verified_instructions: None,
+            chunk: 8,
+            augment: AugmentConfig::default(),
+            funcs: FuncsConfig::default(),
+            crossval: CrossvalConfig::default(),
+            backtranslate: BacktranslateConfig::default(),
+            queries: QueriesConfig::default(),
+            responses: ResponsesConfig::default(),
+            score: ScoreConfig::default(),
+            datasets: DatasetsConfig::default(),
+            prompts: PromptTemplates::default(),
+            exec_timeout_ms: 5000,
+        }
+    }
+}
