@@ -27,6 +27,12 @@ use crate::io::write_atomic;
 use crate::train::autoif_rules::{capitalise, mine_pairs, sft_prompt};
 
 pub const STAGE: &str = "datasets";
+/// The SFT records for TRL (conversational `messages`), inside the stage folder.
+pub const TRL_SFT_FILE: &str = "trl/sft.jsonl";
+/// The preference records for TRL (`prompt`/`chosen`/`rejected` message lists).
+pub const TRL_DPO_FILE: &str = "trl/dpo.jsonl";
+/// LLaMA-Factory's files (`autoif_sft.json`, `autoif_dpo.json`, `dataset_info.json`).
+pub const LLAMAFACTORY_DIR: &str = "llamafactory";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -145,7 +151,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
 }
 
 fn write_files(p: &Pipeline, sft: &[(String, String)], pairs: &[MinedPair]) -> Result<()> {
-    let lf = p.files.stage_dir(STAGE).join("llamafactory");
+    let lf = p.files.stage_dir(STAGE).join(LLAMAFACTORY_DIR);
     let alpaca: Vec<_> = sft
         .iter()
         .map(|(prompt, response)| json!({"instruction": prompt, "input": "", "output": response, "history": []}))
@@ -187,8 +193,8 @@ fn write_files(p: &Pipeline, sft: &[(String, String)], pairs: &[MinedPair]) -> R
             "rejected": assistant(&x.rejected), "level": x.level, "source_id": x.source_id})
         })
         .collect();
-    p.files.write_records(STAGE, "trl/sft.jsonl", &trl_sft)?;
-    p.files.write_records(STAGE, "trl/dpo.jsonl", &trl_dpo)?;
+    p.files.write_records(STAGE, TRL_SFT_FILE, &trl_sft)?;
+    p.files.write_records(STAGE, TRL_DPO_FILE, &trl_dpo)?;
     p.files.write_records(STAGE, "pairs.jsonl", pairs)?;
     Ok(())
 }

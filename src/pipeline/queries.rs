@@ -32,6 +32,8 @@ use super::Pipeline;
 use crate::generate::unit_seed;
 
 pub const STAGE: &str = "queries";
+/// Every (query, instruction) pair with the instruction's functions.
+pub const PAIRS_FILE: &str = "pairs.jsonl";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -367,7 +369,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         .into_iter()
         .map(|(query, reason)| Rejected { query, reason })
         .collect();
-    p.files.write_records(STAGE, "pairs.jsonl", &pairs)?;
+    p.files.write_records(STAGE, PAIRS_FILE, &pairs)?;
     p.files.write_records(STAGE, "rejected.jsonl", &rejected)?;
     Ok(vec![queries_row, pairs_row])
 }

@@ -53,7 +53,7 @@ pub struct ResponseRecord {
 }
 
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
-    let pairs: Vec<QueryPair> = p.files.read_records(queries::STAGE, "pairs.jsonl")?;
+    let pairs: Vec<QueryPair> = p.files.read_records(queries::STAGE, queries::PAIRS_FILE)?;
     let cfg = p.synthesis.responses.clone();
     let template = p.synthesis.prompts.response.clone();
     let files = p.files.clone();

@@ -15,6 +15,8 @@
 use std::path::{Path, PathBuf};
 
 use super::Phase;
+use crate::eval::ifeval::results;
+use crate::pipeline::{datasets, queries, Stage};
 use crate::train::metrics::METRICS_FILE;
 use crate::train::online_dpo::{iteration_dir, ITERATIONS_FILE};
 
@@ -34,6 +36,10 @@ impl RunLayout {
         &self.root
     }
 
+    pub fn manifest(&self) -> PathBuf {
+        self.root.join("manifest.json")
+    }
+
     pub fn summary(&self) -> PathBuf {
         self.root.join("summary.json")
     }
@@ -47,9 +53,14 @@ impl RunLayout {
         self.root.join(phase.name())
     }
 
+    /// A synthesis stage's folder (docs/pipeline.md lists its files).
+    pub fn stage_dir(&self, stage: Stage) -> PathBuf {
+        self.phase_dir(Phase::Synthesis(stage))
+    }
+
     /// An IFEval phase's scores, as `eval::ifeval` writes them.
     pub fn ifeval_summary(&self, phase: Phase) -> PathBuf {
-        self.phase_dir(phase).join("summary.json")
+        self.phase_dir(phase).join(results::SUMMARY_FILE)
     }
 
     /// A training phase's metrics, one line per optimizer step (online DPO: per
@@ -71,22 +82,23 @@ impl RunLayout {
 
     /// The SFT data set the `datasets` stage writes (TRL conversational records).
     pub fn sft_dataset(&self) -> PathBuf {
-        self.root.join("datasets/trl/sft.jsonl")
+        self.stage_dir(Stage::Datasets).join(datasets::TRL_SFT_FILE)
     }
 
     /// The offline DPO data set the `datasets` stage writes (TRL preference records).
     pub fn dpo_dataset(&self) -> PathBuf {
-        self.root.join("datasets/trl/dpo.jsonl")
+        self.stage_dir(Stage::Datasets).join(datasets::TRL_DPO_FILE)
     }
 
     pub fn llamafactory_datasets(&self) -> PathBuf {
-        self.root.join("datasets/llamafactory")
+        self.stage_dir(Stage::Datasets)
+            .join(datasets::LLAMAFACTORY_DIR)
     }
 
     /// The (query, instruction, functions) pairs of the `queries` stage: online DPO's
     /// prompts and the summary's examples.
     pub fn verified_prompts(&self) -> PathBuf {
-        self.root.join("queries/pairs.jsonl")
+        self.stage_dir(Stage::Queries).join(queries::PAIRS_FILE)
     }
 
     pub fn merged_model(&self) -> PathBuf {

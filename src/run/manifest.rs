@@ -8,13 +8,12 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::layout::RunLayout;
 use crate::config::RunConfig;
 use crate::io::write_atomic;
 use crate::pipeline::funnel::FunnelRow;
 use crate::pipeline::stage_files::StageFiles;
 use crate::pipeline::{Pipeline, Stage};
-
-pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,7 +62,7 @@ impl RunFolder {
     /// Creates a new run folder (it must not exist or be empty) with a fresh manifest
     /// listing `phases` as pending.
     pub fn create(root: &Path, config: &RunConfig, model: Value, phases: &[&str]) -> Result<Self> {
-        if root.join(MANIFEST_FILE).exists() {
+        if RunLayout::new(root).manifest().exists() {
             bail!(
                 "{}: already holds a run (use --resume to continue it)",
                 root.display()
@@ -110,13 +109,18 @@ impl RunFolder {
         &self.root
     }
 
+    /// Where each of the run's files lives.
+    pub fn layout(&self) -> RunLayout {
+        RunLayout::new(&self.root)
+    }
+
     /// The synthesis stages' folders of this run.
     pub fn stage_files(&self) -> StageFiles {
         StageFiles::new(&self.root)
     }
 
     pub fn manifest(&self) -> Result<RunManifest> {
-        let path = self.root.join(MANIFEST_FILE);
+        let path = self.layout().manifest();
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("{}: cannot read (not a run folder?)", path.display()))?;
         serde_json::from_str(&text)
@@ -125,7 +129,7 @@ impl RunFolder {
 
     fn save(&self, manifest: &RunManifest) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(manifest)?;
-        write_atomic(&self.root.join(MANIFEST_FILE), &bytes)
+        write_atomic(&self.layout().manifest(), &bytes)
     }
 
     fn update_stage(&self, stage: &str, change: impl FnOnce(&mut StageRecord)) -> Result<()> {

@@ -213,7 +213,7 @@ impl Loop {
     }
 
     fn layout(&self) -> RunLayout {
-        RunLayout::new(self.run.root())
+        self.run.layout()
     }
 
     /// The trained model, loaded on first use with the adapters of the finished training
@@ -393,7 +393,7 @@ fn restore_trained_weights(model: &mut Model, run: &RunFolder) -> Result<()> {
             .iter()
             .any(|s| s.name == name && s.state == StageState::Done)
     };
-    let layout = RunLayout::new(run.root());
+    let layout = run.layout();
     let mut adapters: Vec<PathBuf> = Vec::new();
     for phase in [Phase::Sft, Phase::Dpo] {
         let dir = layout.phase_dir(phase);

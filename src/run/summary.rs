@@ -120,7 +120,7 @@ pub struct Example {
 
 impl Summary {
     pub fn collect(run: &RunFolder) -> Result<Summary> {
-        let layout = RunLayout::new(run.root());
+        let layout = run.layout();
         let manifest = run.manifest()?;
         let state_of = |name: &str| {
             manifest

@@ -52,6 +52,9 @@ pub fn generate_responses(
     Ok(texts)
 }
 
+/// The scores file `write_results` writes beside the responses and verdicts.
+pub const SUMMARY_FILE: &str = "summary.json";
+
 fn jsonl(lines: impl Iterator<Item = String>) -> Vec<u8> {
     lines
         .flat_map(|line| [line, "\n".to_string()])
@@ -87,5 +90,5 @@ pub fn write_results(
         meta.extend(fields);
     }
     let text = serde_json::to_string_pretty(&Value::Object(meta))? + "\n";
-    write_atomic(&out.join("summary.json"), text.as_bytes())
+    write_atomic(&out.join(SUMMARY_FILE), text.as_bytes())
 }
