@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::Phase;
+use super::phase::Phase;
 use crate::eval::ifeval::results;
 use crate::pipeline::{datasets, queries, Stage};
 use crate::train::metrics::METRICS_FILE;

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::layout::RunLayout;
 use super::manifest::{RunFolder, StageState};
-use super::Phase;
+use super::phase::Phase;
 use crate::eval::ifeval::Summary as IfevalScores;
 use crate::io::{read_jsonl, read_jsonl_if_exists, write_atomic};
 use crate::pipeline::funnel::FunnelRow;

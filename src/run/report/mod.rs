@@ -13,8 +13,8 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::layout::RunLayout;
+use super::phase::Phase;
 use super::summary::{IfevalResult, Summary};
-use super::Phase;
 use crate::io::{read_jsonl_if_exists, write_atomic};
 use svg::{
     BarGroup, BarOptions, BarSeries, LineOptions, Series, ValueFormat, CHART_WIDTH, MUTED, PALETTE,
