@@ -53,6 +53,11 @@ pub fn to_jsonl<T: Serialize>(records: &[T]) -> Result<Vec<u8>> {
 }
 
 fn parse_lines<T: DeserializeOwned>(text: &str, path: &Path) -> Result<Vec<T>> {
+    parse_jsonl(text, &path.display().to_string())
+}
+
+/// The records of JSON Lines `text`; errors name `source` (a path, or a hub address).
+pub fn parse_jsonl<T: DeserializeOwned>(text: &str, source: &str) -> Result<Vec<T>> {
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
@@ -63,7 +68,7 @@ fn parse_lines<T: DeserializeOwned>(text: &str, path: &Path) -> Result<Vec<T>> {
                 } else {
                     "not valid JSON"
                 };
-                anyhow!("{}:{}: {what}: {e}", path.display(), i + 1)
+                anyhow!("{source}:{}: {what}: {e}", i + 1)
             })
         })
         .collect()

@@ -6,4 +6,6 @@ pub mod jsonl;
 pub mod safetensors;
 
 pub use atomic::{write_atomic, write_atomically, AtomicWriter};
-pub use jsonl::{read_json_records, read_jsonl, read_jsonl_if_exists, to_jsonl, write_jsonl};
+pub use jsonl::{
+    parse_jsonl, read_json_records, read_jsonl, read_jsonl_if_exists, to_jsonl, write_jsonl,
+};

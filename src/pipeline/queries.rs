@@ -30,6 +30,7 @@ use super::short_id;
 use super::Pipeline;
 
 use crate::generate::unit_seed;
+use crate::io::parse_jsonl;
 
 pub const STAGE: &str = "queries";
 /// Every (query, instruction) pair with the instruction's functions.
@@ -88,14 +89,7 @@ pub fn read_queries(path: &Path, field: &str) -> Result<Vec<String>> {
         .with_context(|| format!("{name}: cannot read the query file"))?;
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let records: Vec<Value> = match extension {
-        "jsonl" => text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                serde_json::from_str(l).with_context(|| format!("{name}:{}: not valid JSON", i + 1))
-            })
-            .collect::<Result<_>>()?,
+        "jsonl" => parse_jsonl(&text, &name)?,
         "json" => {
             match serde_json::from_str(&text).with_context(|| format!("{name}: not valid JSON"))? {
                 Value::Array(items) => items,

@@ -68,26 +68,9 @@ pub struct TokenizedPair {
     pub rejected: Tokenized,
 }
 
-/// Reads a JSON Lines or JSON array file of records.
+/// The records of a JSON Lines or JSON array file; a file without records is refused.
 pub fn read_records(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let records: Vec<Value> = if text.trim_start().starts_with('[') {
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow!("{}: not a valid JSON array: {e}", path.display()))?
-    } else {
-        let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            out.push(
-                serde_json::from_str(line)
-                    .map_err(|e| anyhow!("{}:{}: not valid JSON: {e}", path.display(), i + 1))?,
-            );
-        }
-        out
-    };
+    let records = crate::io::read_json_records(path)?;
     if records.is_empty() {
         bail!("{}: no records", path.display());
     }

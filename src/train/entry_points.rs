@@ -11,6 +11,7 @@ use super::data::{
 use super::online_dpo::{run_online_dpo, IterationReport, OnlineDpoConfig, OnlineOptions};
 use super::trainer::{train, TrainingOptions, TrainingOutcome};
 use super::{DpoConfig, SftConfig, TrainingJob, VerifiedPrompt};
+use crate::io::read_json_records;
 use crate::model::Model;
 use crate::verify::{Sandbox, SandboxOptions};
 use anyhow::{Context, Result};
@@ -33,7 +34,7 @@ impl SftData {
     /// A data set the synthesis wrote (layout detected per record): empty when no
     /// example survived its filters.
     pub fn read_dataset(path: &Path) -> Result<Self> {
-        Self::parse(path, &dataset_records(path)?, DataFormat::Auto)
+        Self::parse(path, &read_json_records(path)?, DataFormat::Auto)
     }
 
     fn parse(path: &Path, records: &[Value], format: DataFormat) -> Result<Self> {
@@ -59,7 +60,7 @@ impl PreferenceData {
     /// A data set the synthesis wrote (layout detected per record): empty when no pair
     /// survived its filters.
     pub fn read_dataset(path: &Path) -> Result<Self> {
-        Self::parse(path, &dataset_records(path)?, DataFormat::Auto)
+        Self::parse(path, &read_json_records(path)?, DataFormat::Auto)
     }
 
     fn parse(path: &Path, records: &[Value], format: DataFormat) -> Result<Self> {
@@ -68,17 +69,6 @@ impl PreferenceData {
             pairs: parse_preferences(records, format, path)?,
         })
     }
-}
-
-/// The records of a data set the synthesis wrote: none for an empty file, which the
-/// training phases report and pass over rather than ending the run.
-fn dataset_records(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    read_records(path)
 }
 
 /// Items tokenizing kept, and those it dropped because no response token fit within

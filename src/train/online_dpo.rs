@@ -22,7 +22,7 @@ use super::metrics::StepMetrics;
 use super::trainer::{train, TrainingOptions};
 use crate::generate::unit_seed;
 use crate::generate::{Backend, EngineOptions, LocalEngine, Prompt, Request, SamplingParams};
-use crate::io::write_atomic;
+use crate::io::{read_jsonl_if_exists, write_jsonl};
 use crate::model::adapter_file::load_adapter;
 use crate::model::chat_template::Message;
 use crate::model::lora::Adapters;
@@ -404,36 +404,9 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
-    let mut text = String::new();
-    for r in records {
-        text.push_str(&serde_json::to_string(r)?);
-        text.push('\n');
-    }
-    write_atomic(path, text.as_bytes())
-}
-
 /// The iteration records of an online DPO folder (none when it has not started).
 pub fn read_iterations(out: &Path) -> Result<Vec<IterationReport>> {
-    let path = out.join(ITERATIONS_FILE);
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| {
-                format!(
-                    "{}: line {} is not an iteration record",
-                    path.display(),
-                    i + 1
-                )
-            })
-        })
-        .collect()
+    Ok(read_jsonl_if_exists(&out.join(ITERATIONS_FILE))?.unwrap_or_default())
 }
 
 fn write_iterations(out: &Path, reports: &[IterationReport]) -> Result<()> {
