@@ -19,45 +19,39 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// SFT conversations read from a data file.
-pub struct SftData {
+/// Training items read from a data file: SFT conversations or preference pairs.
+pub struct TrainingData<T> {
     pub path: PathBuf,
-    pub conversations: Vec<Conversation>,
+    pub items: Vec<T>,
 }
 
-impl SftData {
+pub type SftData = TrainingData<Conversation>;
+pub type PreferenceData = TrainingData<PreferencePair>;
+
+/// An item type of a training data file and how records become items.
+pub trait FromRecords: Sized {
+    fn from_records(records: &[Value], format: DataFormat, path: &Path) -> Result<Vec<Self>>;
+}
+
+impl FromRecords for Conversation {
+    fn from_records(records: &[Value], format: DataFormat, path: &Path) -> Result<Vec<Self>> {
+        parse_sft(records, format, path)
+    }
+}
+
+impl FromRecords for PreferencePair {
+    fn from_records(records: &[Value], format: DataFormat, path: &Path) -> Result<Vec<Self>> {
+        parse_preferences(records, format, path)
+    }
+}
+
+impl<T: FromRecords> TrainingData<T> {
     /// The records of `path` in `format`; a file without records is refused.
     pub fn read(path: &Path, format: DataFormat) -> Result<Self> {
         Self::parse(path, &read_records(path)?, format)
     }
 
-    /// A data set the synthesis wrote (layout detected per record): empty when no
-    /// example survived its filters.
-    pub fn read_dataset(path: &Path) -> Result<Self> {
-        Self::parse(path, &read_json_records(path)?, DataFormat::Auto)
-    }
-
-    fn parse(path: &Path, records: &[Value], format: DataFormat) -> Result<Self> {
-        Ok(Self {
-            path: path.to_path_buf(),
-            conversations: parse_sft(records, format, path)?,
-        })
-    }
-}
-
-/// Preference pairs read from a data file.
-pub struct PreferenceData {
-    pub path: PathBuf,
-    pub pairs: Vec<PreferencePair>,
-}
-
-impl PreferenceData {
-    /// The records of `path` in `format`; a file without records is refused.
-    pub fn read(path: &Path, format: DataFormat) -> Result<Self> {
-        Self::parse(path, &read_records(path)?, format)
-    }
-
-    /// A data set the synthesis wrote (layout detected per record): empty when no pair
+    /// A data set the synthesis wrote (layout detected per record): empty when nothing
     /// survived its filters.
     pub fn read_dataset(path: &Path) -> Result<Self> {
         Self::parse(path, &read_json_records(path)?, DataFormat::Auto)
@@ -66,7 +60,7 @@ impl PreferenceData {
     fn parse(path: &Path, records: &[Value], format: DataFormat) -> Result<Self> {
         Ok(Self {
             path: path.to_path_buf(),
-            pairs: parse_preferences(records, format, path)?,
+            items: T::from_records(records, format, path)?,
         })
     }
 }
@@ -98,7 +92,7 @@ pub fn train_sft(
     check_data: impl FnOnce(DataCounts) -> Result<()>,
 ) -> Result<JobOutcome> {
     merge_adapters(&mut model.decoder)?;
-    let (examples, dropped) = tokenize_sft(model, &data.conversations, config.args.max_len)
+    let (examples, dropped) = tokenize_sft(model, &data.items, config.args.max_len)
         .with_context(|| data.path.display().to_string())?;
     let job = TrainingJob::Sft {
         examples: &examples,
@@ -118,7 +112,7 @@ pub fn train_dpo(
     check_data: impl FnOnce(DataCounts) -> Result<()>,
 ) -> Result<JobOutcome> {
     merge_adapters(&mut model.decoder)?;
-    let (pairs, dropped) = tokenize_preferences(model, &data.pairs, config.args.max_len)
+    let (pairs, dropped) = tokenize_preferences(model, &data.items, config.args.max_len)
         .with_context(|| data.path.display().to_string())?;
     let job = TrainingJob::Dpo {
         pairs: &pairs,
