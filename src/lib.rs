@@ -1,7 +1,8 @@
 //! autoif: AutoIF self-play with execution feedback in one process.
 //!
 //! The modules, in the order the data flows through them: `io` reads and writes JSON
-//! Lines and complete-or-absent files; `model` loads weights, tokenizer and chat template
+//! Lines and complete-or-absent files; `pyjson` writes JSON as Python's `json.dumps`
+//! does (chat templates, IFEval's files); `model` loads weights, tokenizer and chat template
 //! into one LoRA-ready decoder; `generate` samples from it (or from an OpenAI-compatible
 //! server); `verify` runs model-written Python functions in a sandbox; `eval` scores
 //! responses on IFEval; `pipeline` synthesises the AutoIF data (instructions, their
