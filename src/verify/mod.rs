@@ -65,9 +65,9 @@ pub const DEFAULT_ALLOWED_MODULES: &[&str] = &[
 
 /// Hard CPU-time limit over a worker's life; it is replaced after half of it.
 const WORKER_CPU_SECONDS: u64 = 3600;
-/// Inputs per batch sent to one worker: large enough to amortise the round trip, small
-/// enough to spread one big job over the pool.
-const MAX_BATCH_INPUTS: usize = 256;
+/// Inputs per batch sent to one worker: large enough to amortise the round trip and the
+/// fork of a fresh process per batch, small enough to spread one big job over the pool.
+const MAX_BATCH_INPUTS: usize = 512;
 
 #[derive(Clone, Debug)]
 pub struct SandboxOptions {

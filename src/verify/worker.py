@@ -21,10 +21,12 @@
 import ast
 import builtins
 import ctypes
+import gc
 import json
 import mmap
 import os
 import resource
+import signal
 import struct
 import sys
 import time
@@ -135,8 +137,9 @@ class Guard:
         return self.view(module)
 
     def view(self, module):
-        """A per-function copy of a module's public names, so patching it stays local
-        and private helpers (`random._os`, `statistics.sys`) stay out of reach."""
+        """A copy of a module's public names, so private helpers (`random._os`,
+        `statistics.sys`) stay out of reach. Built in the zygote: each function's process
+        gets its own copy of it with the fork, so patching it stays there."""
         found = self.views.get(module.__name__)
         if found is not None:
             return found
@@ -243,6 +246,9 @@ class Worker:
         self.guarded = cfg["python_guard"]
         self.available = [m for m in cfg["allowed_modules"] if self._preimport(m)]
         self.guard = Guard(self.state, cfg["allowed_modules"]) if self.guarded else None
+        if self.guard:
+            for name in self.available:
+                self.guard.view(sys.modules[name])
         self.req_fd = cfg["req_fd"]
         self.resp_fd = cfg["resp_fd"]
         self.progress = mmap.mmap(cfg["progress_fd"], PROGRESS.size)
@@ -271,6 +277,10 @@ class Worker:
         sys.stdout = sys.stderr = self.sink
         if self.serving_filter:
             self.serving_filter.install()
+        # Every later collection in a function's process skips (so does not copy) the
+        # zygote's objects.
+        gc.collect()
+        gc.freeze()
         self.send({"ready": True, "python": sys.version.split()[0], "modules": self.available})
         while True:
             header = read_exact(self.req_fd, REQUEST_HEADER_BYTES)
@@ -302,12 +312,15 @@ class Worker:
                 self.function_filter.install()
             results = self.run_batch(request["seq"], request["func"], request["inputs"])
             write_all(result_fd, encode(results))
+            os.close(result_fd)
             status = 0
         finally:
             EXIT(status)
 
     def collect(self, child, fd, count):
-        """The child's results, checked and capped, or why there are none."""
+        """The child's results, checked and capped, or why there are none. The child is
+        gone when this returns: with complete results it has nothing left to do and is
+        killed rather than waited for."""
         cap = count * RESULT_BYTES_PER_INPUT + (1 << 20)
         chunks, size = [], 0
         while size <= cap:
@@ -317,18 +330,29 @@ class Worker:
             chunks.append(chunk)
             size += len(chunk)
         os.close(fd)
+        results = checked_results(b"".join(chunks), count) if size <= cap else None
+        if results is not None:
+            self.reap(child)
+            return {"results": results}
         _, status = os.waitpid(child, 0)
         if size > cap:
             return {"failed": "flooded"}
         if os.WIFSIGNALED(status):
             return {"died": {"signal": os.WTERMSIG(status)}}
-        data = b"".join(chunks)
-        if not data:
+        if not chunks:
             return {"died": {"status": os.WEXITSTATUS(status)}}
-        results = checked_results(data, count)
-        if results is None or os.WEXITSTATUS(status) != 0:
-            return {"failed": "malformed"}
-        return {"results": results}
+        return {"failed": "malformed"}
+
+    @staticmethod
+    def reap(child):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:  # gone already, or outside a PID namespace (own pid only)
+            pass
+        try:
+            os.waitpid(child, 0)
+        except ChildProcessError:
+            pass
 
     def send(self, message):
         write_all(self.resp_fd, encode(message) + b"\n")
@@ -382,11 +406,9 @@ class Worker:
             return None, ["memory", describe(error)]
         except Exception as error:  # SyntaxError, ValueError (NUL bytes), RecursionError
             return None, ["compile", describe(error)]
-        if self.guarded:
-            builtins_copy = dict(self.guard.base_builtins)
-        else:
-            builtins_copy = dict(vars(builtins))
-        namespace = {"__builtins__": builtins_copy, "__name__": "__evaluate__"}
+        # This process is the function's own: no copies needed.
+        own_builtins = self.guard.base_builtins if self.guarded else vars(builtins)
+        namespace = {"__builtins__": own_builtins, "__name__": "__evaluate__"}
         try:
             exec(code, namespace)
         except BaseException as error:
