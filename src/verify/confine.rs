@@ -17,8 +17,9 @@ use std::process::{Command, Stdio};
 
 use libc::c_int;
 
-use super::filesystem::FsView;
+use super::filesystem::{fresh_workdir, FsView};
 use super::seccomp::{BpfProgram, Filters};
+use super::syscall::check;
 
 /// The confinement layers; rlimits, the session and descriptor hygiene always apply.
 /// `Sandbox::new` refuses to start unless all of them work here (or the caller allowed a
@@ -229,14 +230,6 @@ unsafe fn hold(init: libc::pid_t) -> ! {
     libc::_exit(libc::WEXITSTATUS(status))
 }
 
-pub(crate) fn check(result: c_int) -> io::Result<()> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// Starts `python` under all layers and, if that fails, under each on its own; returns
 /// the layers that work here and, for each one that does not, its name and why.
 /// `filters` is None where this architecture has no system-call table.
@@ -315,7 +308,7 @@ fn probe(
     start: Option<&BpfProgram>,
     layers: Layers,
 ) -> Result<(), String> {
-    let workdir = super::worker::fresh_workdir().map_err(|e| e.to_string())?;
+    let workdir = fresh_workdir().map_err(|e| e.to_string())?;
     let result = (|| {
         let view = if layers.filesystem {
             Some(FsView::new(&workdir, python).map_err(|e| e.to_string())?)

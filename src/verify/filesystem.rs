@@ -11,8 +11,9 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::confine::check;
+use super::syscall::check;
 
 /// Top-level entries bound (folders) or recreated (symlinks) when they exist.
 const SYSTEM_ENTRIES: &[&str] = &[
@@ -240,4 +241,17 @@ fn relative(path: &Path) -> PathBuf {
 fn cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::other(format!("{} contains a NUL byte", path.display())))
+}
+
+/// A new empty directory: the worker's cwd and the mount point of its view.
+pub(crate) fn fresh_workdir() -> io::Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "autoif-verify-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let dir = std::env::temp_dir().join(name);
+    std::fs::create_dir(&dir)?;
+    Ok(dir)
 }

@@ -11,6 +11,7 @@
 mod confine;
 mod filesystem;
 mod seccomp;
+mod syscall;
 mod verdict;
 mod worker;
 

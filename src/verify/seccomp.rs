@@ -19,7 +19,7 @@ use std::io;
 use libc::{c_int, c_long, sock_filter};
 use serde_json::{json, Value};
 
-use super::confine::check;
+use super::syscall::check;
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: Option<u32> = Some(0xC000_003E);

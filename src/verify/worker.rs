@@ -10,7 +10,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::confine::{Confinement, Layers, Limits};
-use super::filesystem::FsView;
+use super::filesystem::{fresh_workdir, FsView};
 use super::seccomp::Filters;
 use super::verdict::{ErrorKind, Verdict};
 
@@ -566,19 +565,6 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
         }
         Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
     }
-}
-
-/// A new empty directory: the worker's cwd and the mount point of its file-system view.
-pub(crate) fn fresh_workdir() -> io::Result<PathBuf> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        "autoif-verify-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let dir = std::env::temp_dir().join(name);
-    fs::create_dir(&dir)?;
-    Ok(dir)
 }
 
 /// The page the worker rewrites before every call, shared through a memfd.
