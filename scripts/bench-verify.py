@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Throughput of `autoif verify` against the paper's in-process exec loop, on the same
 work (the AutoIF sample functions x their cases and responses, repeated), in one run on
-one machine. Prints a Markdown table for docs/verify.md.
+one machine. Prints the date, CPU model and load average, and a Markdown table for
+docs/verify.md. With --baseline, a second `autoif` binary (say, one built before a
+change) is measured in the same run, its runs interleaved with the first one's.
 
     scripts/bench-verify.py [--repeat 50] [--runs 3] [--no-build]
+                            [--binary target/release/autoif] [--baseline OTHER_AUTOIF]
 """
 import argparse
+import datetime
 import json
 import os
 import re
@@ -30,15 +34,29 @@ def timed(command):
     return seconds, result
 
 
+def machine():
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), "unknown CPU")
+    load = " ".join(open("/proc/loadavg").read().split()[:3])
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{now}, {os.cpu_count()} x {model}, load average {load}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=50, help="copies of the sample work")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement; the median is reported")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "autoif")
-    parser.add_argument("--no-build", action="store_true", help="use the existing release binary")
+    parser.add_argument("--no-build", action="store_true", help="use the existing binary")
+    parser.add_argument("--binary", type=Path, default=BINARY, help="the autoif binary to measure")
+    parser.add_argument("--baseline", type=Path, help="a second autoif binary, measured in the same run")
     args = parser.parse_args()
-    if not args.no_build:
+    if not args.no_build and args.binary == BINARY:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    binaries = [("", args.binary)]
+    if args.baseline:
+        binaries = [("baseline: ", args.baseline), ("", args.binary)]
+    print(f"start: {machine()}")
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -55,27 +73,32 @@ def main():
             paper.append(json.loads(result.stdout)["evals_per_s"])
 
         def verify(path, *flags):
-            """(end-to-end evals/s, the command's own evals/s after start-up)."""
-            total, inner = [], []
+            """Per binary: (end-to-end evals/s, the command's own evals/s after start-up)."""
+            total = {name: [] for name, _ in binaries}
+            inner = {name: [] for name, _ in binaries}
             count = sum(len(json.loads(line)["inputs"]) for line in path.open())
             for _ in range(args.runs):
-                seconds, result = timed([BINARY, "verify", "--input", path, "--out", out, *flags])
-                total.append(count / seconds)
-                inner.append(float(re.search(r"\(([\d.]+) evals/s\)", result.stderr).group(1)))
-            return statistics.median(total), statistics.median(inner), count
+                for name, binary in binaries:
+                    seconds, result = timed([binary, "verify", "--input", path, "--out", out, *flags])
+                    total[name].append(count / seconds)
+                    inner[name].append(float(re.search(r"\(([\d.]+) evals/s\)", result.stderr).group(1)))
+            return {name: (statistics.median(total[name]), statistics.median(inner[name]), count)
+                    for name, _ in binaries}
 
-        cold_total, cold_inner, _ = verify(jobs, "--no-cache")
-        warm_total, warm_inner, _ = verify(jobs)
-        once_total, once_inner, once_evals = verify(one)
+        cold = verify(jobs, "--no-cache")
+        warm = verify(jobs)
+        once = verify(one)
 
     base = statistics.median(paper)
-    rows = [
-        ("paper loop: exec + SIGALRM, one process (loop only)", evals, base, base),
-        ("autoif verify --no-cache, end to end", evals, cold_total, cold_inner),
-        ("autoif verify (cache on), end to end", evals, warm_total, warm_inner),
-        ("autoif verify, sample once (start-up dominated)", once_evals, once_total, once_inner),
-    ]
-    print(f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}, median of {args.runs} runs\n")
+    rows = [("paper loop: exec + SIGALRM, one process (loop only)", evals, base, base)]
+    for name, _ in binaries:
+        rows += [
+            (f"{name}autoif verify --no-cache, end to end", evals, *cold[name][:2]),
+            (f"{name}autoif verify (cache on), end to end", evals, *warm[name][:2]),
+            (f"{name}autoif verify, sample once (start-up dominated)", once[name][2], *once[name][:2]),
+        ]
+    print(f"end:   {machine()}")
+    print(f"python {sys.version.split()[0]}, median of {args.runs} runs\n")
     print("| run | evals | evals/s (end to end) | evals/s (after start-up) | vs paper loop |")
     print("|---|---:|---:|---:|---:|")
     for name, count, total, inner in rows:

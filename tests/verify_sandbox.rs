@@ -269,11 +269,9 @@ fn attacks(file: &str, port: u16) -> Vec<Attack> {
     ]
 }
 
-/// Python processes forked by a worker (rather than the workers themselves) that are
-/// still alive. The test process is a child subreaper, so orphans stay visible here.
-fn stray_processes() -> Vec<String> {
-    let me = std::process::id() as i64;
-    let mut procs: HashMap<i64, (i64, i64, char, String)> = HashMap::new();
+/// Every process on the machine: pid -> (parent pid, state, command line).
+fn processes() -> HashMap<i64, (i64, char, String)> {
+    let mut procs = HashMap::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i64>() else {
             continue;
@@ -288,48 +286,51 @@ fn stray_processes() -> Vec<String> {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let state = fields[0].chars().next().unwrap_or('?');
-        procs.insert(
-            pid,
-            (
-                fields[1].parse().unwrap(),
-                fields[3].parse().unwrap(),
-                state,
-                cmdline,
-            ),
-        );
+        procs.insert(pid, (fields[1].parse().unwrap(), state, cmdline));
     }
-    let is_worker = |pid: i64| {
-        procs.get(&pid).is_some_and(|(ppid, session, _, cmd)| {
-            *ppid == me && *session == pid && cmd.contains("autoif-verify-worker")
-        })
+    procs
+}
+
+fn is_worker_command(cmd: &str) -> bool {
+    cmd.contains("autoif-verify-worker")
+}
+
+/// Processes forked by a worker's python (rather than the workers themselves) that are
+/// still alive: a function's process outliving its batch, or anything it started. The
+/// test process is a child subreaper, so orphans stay visible here (a python reparented
+/// to this process lost the holder that kept it, and counts too).
+fn stray_processes() -> Vec<String> {
+    let me = std::process::id() as i64;
+    let procs = processes();
+    let worker_command = |pid: &i64| {
+        procs
+            .get(pid)
+            .is_some_and(|(_, _, cmd)| is_worker_command(cmd))
     };
     procs
         .iter()
-        .filter(|(_, (_, _, state, _))| *state != 'Z' && *state != 'X')
-        .filter(|(pid, (ppid, _, _, cmd))| {
-            !is_worker(**pid)
-                && (is_worker(*ppid) || (*ppid == me && cmd.contains("autoif-verify-worker")))
-        })
-        .map(|(pid, (_, _, _, cmd))| format!("{pid}: {}", cmd.chars().take(80).collect::<String>()))
+        .filter(|(_, (_, state, _))| *state != 'Z' && *state != 'X')
+        .filter(|(pid, (ppid, _, _))| worker_command(ppid) || (*ppid == me && worker_command(pid)))
+        .map(|(pid, (_, _, cmd))| format!("{pid}: {}", cmd.chars().take(80).collect::<String>()))
         .collect()
 }
 
+/// Live worker pythons anywhere below this process.
 fn live_workers() -> usize {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|entry| {
-            let pid = entry.file_name().to_string_lossy().to_string();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let after = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            fields.len() > 1
-                && fields[0] != "Z"
-                && fields[1] == me
-                && String::from_utf8_lossy(&cmdline).contains("autoif-verify-worker")
-        })
+    let me = std::process::id() as i64;
+    let procs = processes();
+    let below_me = |mut pid: i64| {
+        while let Some((ppid, _, _)) = procs.get(&pid) {
+            if *ppid == me {
+                return true;
+            }
+            pid = *ppid;
+        }
+        false
+    };
+    procs
+        .iter()
+        .filter(|(pid, (_, state, cmd))| *state != 'Z' && is_worker_command(cmd) && below_me(**pid))
         .count()
 }
 

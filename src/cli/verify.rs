@@ -44,6 +44,14 @@ pub struct Args {
     /// Run every (function, input) pair even when it repeats (for benchmarks).
     #[arg(long)]
     pub no_cache: bool,
+    /// Run even when a sandbox layer (namespaces, file-system view, seccomp) cannot be
+    /// set up here, with a warning per missing layer, instead of refusing.
+    #[arg(long)]
+    pub allow_weaker_sandbox: bool,
+    /// After a call times out, give the rest of that function's batch `timeout`
+    /// without running it.
+    #[arg(long)]
+    pub skip_after_timeout: bool,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +85,8 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             defaults.cache_entries
         },
+        allow_weaker_sandbox: args.allow_weaker_sandbox,
+        skip_after_timeout: args.skip_after_timeout,
         ..defaults
     })?;
     let started = Instant::now();

@@ -1,7 +1,10 @@
-//! OS-level confinement of a worker process, applied between `fork` and `exec` so that
-//! the Python interpreter itself starts confined: a new session (one `killpg` reaches
-//! everything), death with the supervisor, an unprivileged user + network namespace,
-//! resource limits and a seccomp filter. docs/verify.md says what each layer stops.
+//! OS-level confinement of a worker, applied between `fork` and `exec` so that the
+//! Python interpreter itself starts confined. In order: a new session (one `killpg`
+//! reaches everything), death with the supervisor, every descriptor but stdio and the
+//! worker's three channels closed at `exec`, user + network + PID +
+//! mount namespaces with a read-only view of only the interpreter's files (see
+//! `filesystem`), an init process that holds the PID namespace, resource limits and the
+//! seccomp allow-list (see `seccomp`). docs/verify.md says what each layer stops.
 //!
 //! Everything the child runs is prepared in the parent: after `fork` only
 //! async-signal-safe system calls run, with no allocation.
@@ -12,16 +15,33 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use libc::{c_int, c_long, sock_filter};
+use libc::c_int;
 
-/// Which optional layers this kernel grants; rlimits and the session are always applied.
+use super::filesystem::{fresh_workdir, FsView};
+use super::seccomp::{BpfProgram, Filters};
+use super::syscall::check;
+
+/// The confinement layers; rlimits, the session and descriptor hygiene always apply.
+/// `Sandbox::new` refuses to start unless all of them work here (or the caller allowed a
+/// weaker sandbox).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layers {
-    /// Unprivileged user + network namespace: no network, not even loopback.
+    /// User, network and PID namespaces: no network, not even loopback; no process
+    /// outside the worker is visible or can be signalled; the worker dies with its
+    /// supervisor because the supervisor's child holds the namespace's init.
     pub namespaces: bool,
-    /// Seccomp filter: no sockets, new processes, file creation or writes, or signals to
-    /// other processes.
+    /// A mount namespace whose root is a read-only view of only what Python needs.
+    pub filesystem: bool,
+    /// Seccomp allow-list with argument filters.
     pub seccomp: bool,
+}
+
+impl Layers {
+    pub const ALL: Layers = Layers {
+        namespaces: true,
+        filesystem: true,
+        seccomp: true,
+    };
 }
 
 /// Resource limits of one worker process.
@@ -33,34 +53,51 @@ pub(crate) struct Limits {
     pub open_files: u64,
 }
 
+/// The worker's user and group id inside its user namespace: not root there.
+const INNER_ID: u32 = 1000;
+
 /// What a child applies to itself before `exec`.
 pub(crate) struct Confinement {
-    limits: [(c_int, u64); 8],
+    limits: [(c_int, u64); 7],
     namespaces: bool,
-    filter: Option<SeccompFilter>,
-    inherited_fds: Vec<RawFd>,
+    /// `/proc/self/uid_map` and `gid_map` lines for the new user namespace.
+    id_maps: [Vec<u8>; 2],
+    view: Option<FsView>,
+    filter: Option<BpfProgram>,
+    channels: [RawFd; 3],
 }
 
 impl Confinement {
-    pub fn new(limits: Limits, layers: Layers, inherited_fds: Vec<RawFd>) -> Self {
+    /// `start_filter` and `view` take effect when their layer is on; `channels` are the
+    /// descriptors the worker keeps besides stdio (-1: none).
+    pub fn new(
+        limits: Limits,
+        layers: Layers,
+        start_filter: Option<&BpfProgram>,
+        view: Option<FsView>,
+        channels: [RawFd; 3],
+    ) -> Self {
         Confinement {
             limits: [
                 (libc::RLIMIT_AS as c_int, limits.memory_bytes),
                 (libc::RLIMIT_CPU as c_int, limits.cpu_seconds),
                 (libc::RLIMIT_NOFILE as c_int, limits.open_files),
-                (libc::RLIMIT_NPROC as c_int, 0),
                 (libc::RLIMIT_FSIZE as c_int, 0),
                 (libc::RLIMIT_CORE as c_int, 0),
                 (libc::RLIMIT_MEMLOCK as c_int, 0),
                 (libc::RLIMIT_MSGQUEUE as c_int, 0),
             ],
             namespaces: layers.namespaces,
-            filter: if layers.seccomp {
-                SeccompFilter::build()
-            } else {
-                None
+            // SAFETY: geteuid and getegid have no preconditions.
+            id_maps: unsafe {
+                [
+                    format!("{INNER_ID} {} 1", libc::geteuid()).into_bytes(),
+                    format!("{INNER_ID} {} 1", libc::getegid()).into_bytes(),
+                ]
             },
-            inherited_fds,
+            view: if layers.filesystem { view } else { None },
+            filter: start_filter.filter(|_| layers.seccomp).cloned(),
+            channels,
         }
     }
 
@@ -81,8 +118,31 @@ impl Confinement {
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
             ))?;
+            self.close_others_on_exec()?;
             if self.namespaces {
-                check(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET))?;
+                let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWPID;
+                if self.view.is_some() {
+                    flags |= libc::CLONE_NEWNS;
+                }
+                check(libc::unshare(flags))?;
+                self.map_ids()?;
+            }
+            if let Some(view) = &self.view {
+                view.enter()?;
+            }
+            if self.namespaces {
+                // The next child is the PID namespace's init: it runs python, this
+                // process stays outside and holds it.
+                let init = libc::fork();
+                check(init)?;
+                if init > 0 {
+                    hold(init);
+                }
+                // Dies with the holder, which dies with the supervisor's spawner thread.
+                check(libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                ))?;
             }
             for &(resource, value) in &self.limits {
                 let limit = libc::rlimit {
@@ -91,396 +151,189 @@ impl Confinement {
                 };
                 check(libc::setrlimit(resource as _, &limit))?;
             }
-            for &fd in &self.inherited_fds {
-                check(libc::fcntl(fd, libc::F_SETFD, 0))?;
-            }
             if let Some(filter) = &mut self.filter {
-                filter.install(libc::getpid())?;
+                filter.install(libc::getpid(), self.namespaces)?;
             }
         }
         Ok(())
     }
-}
 
-fn check(result: c_int) -> io::Result<()> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+    /// Maps the caller's user and group to `INNER_ID` in its new user namespace: files it
+    /// creates while building the view need an owner there, and as a non-root user
+    /// there python keeps no capabilities after `exec`.
+    unsafe fn map_ids(&self) -> io::Result<()> {
+        write_file(c"/proc/self/setgroups", b"deny")?;
+        write_file(c"/proc/self/uid_map", &self.id_maps[0])?;
+        write_file(c"/proc/self/gid_map", &self.id_maps[1])
+    }
+
+    /// Marks every descriptor above stderr close-on-exec except the channels (which lose
+    /// the mark): whatever the launching process left open is gone in the worker.
+    /// Marking rather than closing keeps `Command`'s own error pipe working until `exec`.
+    unsafe fn close_others_on_exec(&self) -> io::Result<()> {
+        let mut keep = self.channels;
+        keep.sort_unstable();
+        let mut first: libc::c_uint = 3;
+        for fd in keep.into_iter().filter(|&fd| fd >= 3) {
+            let fd = fd as libc::c_uint;
+            if fd > first {
+                close_range_on_exec(first, fd - 1)?;
+            }
+            first = fd + 1;
+            check(libc::fcntl(fd as c_int, libc::F_SETFD, 0))?;
+        }
+        close_range_on_exec(first, libc::c_uint::MAX)
     }
 }
 
-/// Finds which optional layers work here by starting `python` under each one; a layer
-/// that fails comes back with the reason.
-pub(crate) fn probe_layers(python: &Path, limits: Limits) -> (Layers, Vec<(&'static str, String)>) {
+unsafe fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
+    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+    check(fd)?;
+    let written = libc::write(fd, data.as_ptr().cast(), data.len());
+    libc::close(fd);
+    if written != data.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `close_range(first, last, CLOSE_RANGE_CLOEXEC)`.
+unsafe fn close_range_on_exec(first: libc::c_uint, last: libc::c_uint) -> io::Result<()> {
+    check(libc::syscall(
+        libc::SYS_close_range,
+        first,
+        last,
+        libc::CLOSE_RANGE_CLOEXEC,
+    ) as c_int)
+}
+
+/// The holder's whole life after forking the namespace's init: close everything, wait,
+/// and end the way init ended so the supervisor sees the worker's real fate.
+unsafe fn hold(init: libc::pid_t) -> ! {
+    libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0);
+    let mut status = 0;
+    while libc::waitpid(init, &mut status, 0) < 0 {
+        if *libc::__errno_location() != libc::EINTR {
+            libc::_exit(127);
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        let signal = libc::WTERMSIG(status);
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::kill(libc::getpid(), signal);
+        libc::_exit(128 + signal);
+    }
+    libc::_exit(libc::WEXITSTATUS(status))
+}
+
+/// Starts `python` under all layers and, if that fails, under each on its own; returns
+/// the layers that work here and, for each one that does not, its name and why.
+/// `filters` is None where this architecture has no system-call table.
+pub(crate) fn probe_layers(
+    python: &Path,
+    limits: Limits,
+    filters: Option<&Filters>,
+) -> (Layers, Vec<(&'static str, String)>) {
+    let start = filters.map(|f| &f.start);
+    if start.is_some() && probe(python, limits, start, Layers::ALL).is_ok() {
+        return (Layers::ALL, Vec::new());
+    }
     let mut problems = Vec::new();
-    let mut works = |layers: Layers, name: &'static str| match run_probe(python, limits, layers) {
-        Ok(()) => true,
-        Err(err) => {
-            problems.push((name, err.to_string()));
+    let mut works = |name, layers| {
+        probe(python, limits, start, layers)
+            .map_err(|reason| problems.push((name, reason)))
+            .is_ok()
+    };
+    let none = Layers {
+        namespaces: false,
+        filesystem: false,
+        seccomp: false,
+    };
+    let namespaces = works(
+        "namespaces (user, network, PID)",
+        Layers {
+            namespaces: true,
+            ..none
+        },
+    );
+    let filesystem = namespaces
+        && works(
+            "filesystem (mount namespace view)",
+            Layers {
+                namespaces: true,
+                filesystem: true,
+                ..none
+            },
+        );
+    let seccomp = match start {
+        Some(_) => works(
+            "seccomp",
+            Layers {
+                seccomp: true,
+                ..none
+            },
+        ),
+        None => {
+            problems.push((
+                "seccomp",
+                format!("no system-call table for {}", std::env::consts::ARCH),
+            ));
             false
         }
     };
-    let namespaces = works(
-        Layers {
-            namespaces: true,
-            seccomp: false,
-        },
-        "namespaces",
-    );
-    let seccomp = if SeccompFilter::build().is_some() {
-        works(
-            Layers {
-                namespaces: false,
-                seccomp: true,
-            },
-            "seccomp",
-        )
-    } else {
+    if problems.is_empty() {
         problems.push((
-            "seccomp",
-            format!("no system-call table for {}", std::env::consts::ARCH),
+            "all layers together",
+            "each starts python on its own, all of them together do not".to_string(),
         ));
-        false
-    };
+        return (none, problems);
+    }
     (
         Layers {
             namespaces,
+            filesystem,
             seccomp,
         },
         problems,
     )
 }
 
-fn run_probe(python: &Path, limits: Limits, layers: Layers) -> io::Result<()> {
-    let mut command = Command::new(python);
-    command.args(["-I", "-B", "-c", "pass"]).env_clear();
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    Confinement::new(limits, layers, Vec::new()).attach(&mut command);
-    let status = command.status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!("python exited with {status}")))
-    }
-}
-
-/// A classic-BPF seccomp program; the worker's own pid is patched in after `fork`.
-struct SeccompFilter {
-    program: Vec<sock_filter>,
-    own_pid_slots: Vec<usize>,
-}
-
-#[cfg(target_arch = "x86_64")]
-const AUDIT_ARCH: Option<u32> = Some(0xC000_003E);
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH: Option<u32> = Some(0xC000_00B7);
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-const AUDIT_ARCH: Option<u32> = None;
-
-/// `fchmodat2`, newer than the libc crate's tables; the same number on both architectures.
-const SYS_FCHMODAT2: c_long = 452;
-
-/// Refused with EPERM: new processes and threads, file-system changes, other processes,
-/// kernel facilities a text checker never needs.
-const DENIED: &[c_long] = &[
-    libc::SYS_clone,
-    libc::SYS_mkdirat,
-    libc::SYS_unlinkat,
-    libc::SYS_renameat,
-    libc::SYS_renameat2,
-    libc::SYS_linkat,
-    libc::SYS_symlinkat,
-    libc::SYS_fchmod,
-    libc::SYS_fchmodat,
-    SYS_FCHMODAT2,
-    libc::SYS_fchown,
-    libc::SYS_fchownat,
-    libc::SYS_truncate,
-    libc::SYS_ftruncate,
-    libc::SYS_fallocate,
-    libc::SYS_mknodat,
-    libc::SYS_utimensat,
-    libc::SYS_setxattr,
-    libc::SYS_lsetxattr,
-    libc::SYS_fsetxattr,
-    libc::SYS_removexattr,
-    libc::SYS_lremovexattr,
-    libc::SYS_fremovexattr,
-    libc::SYS_open_by_handle_at,
-    libc::SYS_memfd_create,
-    libc::SYS_pidfd_open,
-    libc::SYS_pidfd_send_signal,
-    libc::SYS_pidfd_getfd,
-    libc::SYS_ptrace,
-    libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev,
-    libc::SYS_process_madvise,
-    libc::SYS_kcmp,
-    libc::SYS_setpriority,
-    libc::SYS_sched_setaffinity,
-    libc::SYS_sched_setscheduler,
-    libc::SYS_sched_setparam,
-    libc::SYS_ioprio_set,
-    libc::SYS_migrate_pages,
-    libc::SYS_move_pages,
-    libc::SYS_setsid,
-    libc::SYS_setpgid,
-    libc::SYS_unshare,
-    libc::SYS_setns,
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_chroot,
-    libc::SYS_move_mount,
-    libc::SYS_open_tree,
-    libc::SYS_fsopen,
-    libc::SYS_fsmount,
-    libc::SYS_fsconfig,
-    libc::SYS_fspick,
-    libc::SYS_mount_setattr,
-    libc::SYS_bpf,
-    libc::SYS_perf_event_open,
-    libc::SYS_userfaultfd,
-    libc::SYS_keyctl,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load,
-    libc::SYS_reboot,
-    libc::SYS_swapon,
-    libc::SYS_swapoff,
-    libc::SYS_acct,
-    libc::SYS_quotactl,
-    libc::SYS_syslog,
-    libc::SYS_fanotify_init,
-    libc::SYS_shmget,
-    libc::SYS_shmat,
-    libc::SYS_shmctl,
-    libc::SYS_msgget,
-    libc::SYS_msgsnd,
-    libc::SYS_msgrcv,
-    libc::SYS_msgctl,
-    libc::SYS_semget,
-    libc::SYS_semop,
-    libc::SYS_semctl,
-    libc::SYS_semtimedop,
-    libc::SYS_mq_open,
-    libc::SYS_mq_unlink,
-];
-
-/// The x86_64 system calls that newer architectures replaced by the `*at` forms above.
-#[cfg(target_arch = "x86_64")]
-const DENIED_LEGACY: &[c_long] = &[
-    libc::SYS_fork,
-    libc::SYS_vfork,
-    libc::SYS_creat,
-    libc::SYS_mkdir,
-    libc::SYS_rmdir,
-    libc::SYS_unlink,
-    libc::SYS_rename,
-    libc::SYS_link,
-    libc::SYS_symlink,
-    libc::SYS_chmod,
-    libc::SYS_chown,
-    libc::SYS_lchown,
-    libc::SYS_mknod,
-    libc::SYS_utime,
-    libc::SYS_utimes,
-    libc::SYS_futimesat,
-];
-#[cfg(not(target_arch = "x86_64"))]
-const DENIED_LEGACY: &[c_long] = &[];
-
-/// Answered with ENOSYS so that libc falls back to a call the filter can inspect
-/// (their arguments live behind pointers).
-const UNSUPPORTED: &[c_long] = &[
-    libc::SYS_clone3,
-    libc::SYS_openat2,
-    libc::SYS_io_uring_setup,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
-];
-
-/// Sockets of any family, Unix ones included, are refused with EACCES.
-const NO_SOCKETS: &[c_long] = &[libc::SYS_socket, libc::SYS_socketpair];
-
-/// Calls whose first argument is a pid: allowed for the worker itself (or 0) only.
-const OWN_PID_ONLY: &[c_long] = &[
-    libc::SYS_kill,
-    libc::SYS_tkill,
-    libc::SYS_tgkill,
-    libc::SYS_rt_sigqueueinfo,
-    libc::SYS_rt_tgsigqueueinfo,
-    libc::SYS_prlimit64,
-];
-
-/// `open`-style calls and the index of their flags argument: only read-only opens pass.
-#[cfg(target_arch = "x86_64")]
-const OPENS: &[(c_long, u32)] = &[(libc::SYS_openat, 2), (libc::SYS_open, 1)];
-#[cfg(not(target_arch = "x86_64"))]
-const OPENS: &[(c_long, u32)] = &[(libc::SYS_openat, 2)];
-
-const WRITE_FLAGS: u32 =
-    (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND) as u32;
-
-/// Offsets into `struct seccomp_data`.
-const NR_OFFSET: u32 = 0;
-const ARCH_OFFSET: u32 = 4;
-const fn arg_low_offset(index: u32) -> u32 {
-    16 + 8 * index
-}
-
-fn statement(code: u32, k: u32) -> sock_filter {
-    sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
-    sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    }
-}
-
-fn load(offset: u32) -> sock_filter {
-    statement(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset)
-}
-
-fn ret(action: u32) -> sock_filter {
-    statement(libc::BPF_RET | libc::BPF_K, action)
-}
-
-fn ret_errno(errno: c_int) -> sock_filter {
-    ret(libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA))
-}
-
-/// Jumps `skip` instructions ahead unless the loaded syscall number is `nr`.
-fn unless_nr(nr: c_long, skip: u8) -> sock_filter {
-    jump(
-        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-        nr as u32,
-        0,
-        skip,
-    )
-}
-
-impl SeccompFilter {
-    fn build() -> Option<Self> {
-        let arch = AUDIT_ARCH?;
-        let mut program = vec![
-            load(ARCH_OFFSET),
-            jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, arch, 1, 0),
-            ret(libc::SECCOMP_RET_KILL_PROCESS),
-            load(NR_OFFSET),
-        ];
-        if cfg!(target_arch = "x86_64") {
-            // The x32 ABI numbers its calls from 0x40000000 and would slip past the table.
-            program.push(jump(
-                libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
-                0x4000_0000,
-                0,
-                1,
-            ));
-            program.push(ret_errno(libc::ENOSYS));
-        }
-        let simple = DENIED
-            .iter()
-            .chain(DENIED_LEGACY)
-            .map(|&nr| (nr, libc::EPERM))
-            .chain(UNSUPPORTED.iter().map(|&nr| (nr, libc::ENOSYS)))
-            .chain(NO_SOCKETS.iter().map(|&nr| (nr, libc::EACCES)));
-        for (nr, errno) in simple {
-            program.push(unless_nr(nr, 1));
-            program.push(ret_errno(errno));
-        }
-        for &(nr, flags_arg) in OPENS {
-            program.push(unless_nr(nr, 4));
-            program.push(load(arg_low_offset(flags_arg)));
-            program.push(jump(
-                libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K,
-                WRITE_FLAGS,
-                0,
-                1,
-            ));
-            program.push(ret_errno(libc::EACCES));
-            program.push(ret(libc::SECCOMP_RET_ALLOW));
-        }
-        let mut own_pid_slots = Vec::new();
-        for &nr in OWN_PID_ONLY {
-            program.push(unless_nr(nr, 5));
-            program.push(load(arg_low_offset(0)));
-            own_pid_slots.push(program.len());
-            program.push(jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 2, 0));
-            program.push(jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, 0));
-            program.push(ret_errno(libc::EPERM));
-            program.push(ret(libc::SECCOMP_RET_ALLOW));
-        }
-        program.push(ret(libc::SECCOMP_RET_ALLOW));
-        Some(SeccompFilter {
-            program,
-            own_pid_slots,
-        })
-    }
-
-    /// Runs in the child: patches in its pid and loads the filter.
-    fn install(&mut self, own_pid: libc::pid_t) -> io::Result<()> {
-        for &slot in &self.own_pid_slots {
-            self.program[slot].k = own_pid as u32;
-        }
-        let program = libc::sock_fprog {
-            len: self.program.len() as u16,
-            filter: self.program.as_mut_ptr(),
+fn probe(
+    python: &Path,
+    limits: Limits,
+    start: Option<&BpfProgram>,
+    layers: Layers,
+) -> Result<(), String> {
+    let workdir = fresh_workdir().map_err(|e| e.to_string())?;
+    let result = (|| {
+        let view = if layers.filesystem {
+            Some(FsView::new(&workdir, python).map_err(|e| e.to_string())?)
+        } else {
+            None
         };
-        // SAFETY: `program` points into `self.program`, alive for the duration of the call.
-        unsafe {
-            check(libc::prctl(
-                libc::PR_SET_NO_NEW_PRIVS,
-                1 as libc::c_ulong,
-                0,
-                0,
-                0,
-            ))?;
-            check(libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                &program as *const libc::sock_fprog as libc::c_ulong,
-            ))
+        let mut command = Command::new(python);
+        // ctypes: the worker installs its per-function filter through it.
+        command
+            .args(["-I", "-B", "-c", "import ctypes"])
+            .env_clear()
+            .current_dir(&workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Confinement::new(limits, layers, start, view, [-1; 3]).attach(&mut command);
+        let output = command.output().map_err(|e| e.to_string())?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let last = stderr.lines().last().unwrap_or("").trim().to_string();
+            Err(format!("python exited with {}: {last}", output.status))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filter_jumps_stay_inside_the_program() {
-        let Some(filter) = SeccompFilter::build() else {
-            return;
-        };
-        let last = filter.program.len() - 1;
-        for (index, insn) in filter.program.iter().enumerate() {
-            let is_jump = insn.code as u32 & 0x07 == libc::BPF_JMP;
-            if is_jump {
-                assert!(
-                    index + 1 + insn.jt as usize <= last && index + 1 + insn.jf as usize <= last
-                );
-            }
-        }
-        assert_eq!(filter.program[last].k, libc::SECCOMP_RET_ALLOW);
-        assert_eq!(filter.own_pid_slots.len(), OWN_PID_ONLY.len());
-    }
+    })();
+    let _ = std::fs::remove_dir(&workdir);
+    result
 }

@@ -9,12 +9,15 @@
 //! describes the layers and the measured throughput.
 
 mod confine;
+mod filesystem;
+mod seccomp;
+mod syscall;
 mod verdict;
 mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,6 +28,7 @@ pub use confine::Layers;
 pub use verdict::{pass_rate, pass_rates, ErrorKind, Execute, Outcome, Verdict};
 
 use confine::Limits;
+use seccomp::Filters;
 use worker::{BatchOutcome, Spawner, Worker, WorkerSetup};
 
 /// Modules a verification function may import: text processing only. Optional ones
@@ -62,9 +66,9 @@ pub const DEFAULT_ALLOWED_MODULES: &[&str] = &[
 
 /// Hard CPU-time limit over a worker's life; it is replaced after half of it.
 const WORKER_CPU_SECONDS: u64 = 3600;
-/// Inputs per batch sent to one worker: large enough to amortise the round trip, small
-/// enough to spread one big job over the pool.
-const MAX_BATCH_INPUTS: usize = 256;
+/// Inputs per batch sent to one worker: large enough to amortise the round trip and the
+/// fork of a fresh process per batch, small enough to spread one big job over the pool.
+const MAX_BATCH_INPUTS: usize = 512;
 
 #[derive(Clone, Debug)]
 pub struct SandboxOptions {
@@ -85,6 +89,12 @@ pub struct SandboxOptions {
     /// The Python-level guard (import allow-list, restricted builtins, source checks).
     /// Turning it off leaves only the OS layers: for testing those, never for real use.
     pub python_guard: bool,
+    /// Run even when a confinement layer cannot be set up here (with a warning per
+    /// missing layer) instead of refusing.
+    pub allow_weaker_sandbox: bool,
+    /// After a call times out, give the batch's inputs after it `timeout` without
+    /// running them.
+    pub skip_after_timeout: bool,
 }
 
 impl Default for SandboxOptions {
@@ -101,6 +111,8 @@ impl Default for SandboxOptions {
             max_output_chars: 1 << 20,
             cache_entries: 1 << 20,
             python_guard: true,
+            allow_weaker_sandbox: false,
+            skip_after_timeout: false,
         }
     }
 }
@@ -123,6 +135,7 @@ pub struct Sandbox {
     setup: Arc<WorkerSetup>,
     cache: Mutex<HashMap<CacheKey, Verdict>>,
     cache_entries: usize,
+    skip_after_timeout: bool,
 }
 
 impl Sandbox {
@@ -139,11 +152,13 @@ impl Sandbox {
             cpu_seconds: WORKER_CPU_SECONDS,
             open_files: 64,
         };
-        let (layers, problems) = confine::probe_layers(&python, limits);
-        warn_about_missing_layers(&problems);
+        let filters = Filters::build();
+        let (layers, problems) = confine::probe_layers(&python, limits, filters.as_ref());
+        require_layers(&problems, options.allow_weaker_sandbox)?;
         let setup = Arc::new(WorkerSetup {
             python,
             layers,
+            filters,
             limits,
             timeout: options.timeout,
             allowed_modules: options.allowed_modules,
@@ -158,6 +173,7 @@ impl Sandbox {
             setup,
             cache: Mutex::new(HashMap::new()),
             cache_entries: options.cache_entries,
+            skip_after_timeout: options.skip_after_timeout,
         };
         // Start every worker now so a broken interpreter fails here, not mid-run.
         std::thread::scope(|scope| {
@@ -173,7 +189,7 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// The optional OS layers in force.
+    /// The OS layers in force (all of them unless `allow_weaker_sandbox`).
     pub fn layers(&self) -> Layers {
         self.setup.layers
     }
@@ -325,7 +341,19 @@ impl Sandbox {
                 BatchOutcome::Died { at, verdict } => {
                     *slot = None;
                     match at {
-                        Some(at) => verdicts[pending.remove(at)] = Some(verdict),
+                        Some(at) => {
+                            let timed_out = verdict.error_kind() == Some(ErrorKind::Timeout);
+                            verdicts[pending.remove(at)] = Some(verdict);
+                            if timed_out && self.skip_after_timeout {
+                                let skipped = Verdict::error(
+                                    ErrorKind::Timeout,
+                                    "not run: an earlier input of this function timed out",
+                                );
+                                pending.drain(at..).for_each(|position| {
+                                    verdicts[position] = Some(skipped.clone())
+                                });
+                            }
+                        }
                         None => pending
                             .drain(..)
                             .for_each(|position| verdicts[position] = Some(verdict.clone())),
@@ -392,25 +420,20 @@ fn resolve_python(python: &Path) -> Result<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
-fn warn_about_missing_layers(problems: &[(&str, String)]) {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if problems.is_empty() || WARNED.swap(true, Ordering::Relaxed) {
-        return;
+/// Fails closed: one line naming the first layer that cannot be set up, unless the
+/// caller allowed a weaker sandbox (then a warning per missing layer).
+fn require_layers(problems: &[(&str, String)], allow_weaker: bool) -> Result<()> {
+    if let Some((layer, reason)) = problems.first().filter(|_| !allow_weaker) {
+        bail!(
+            "verification sandbox: the {layer} layer cannot be set up here ({reason}); \
+             refusing to run model-written code (--allow-weaker-sandbox runs it anyway, less contained)"
+        );
     }
     for (layer, reason) in problems {
-        if *layer == "namespaces" {
-            tracing::warn!(
-                "verification sandbox: no unprivileged user+network namespace ({reason}); \
-                 the seccomp filter (if any) is what keeps functions off the network"
-            );
-        } else {
-            tracing::warn!(
-                "verification sandbox: no seccomp filter ({reason}); sockets, file creation, signals to \
-                 other processes and new processes are stopped only by the namespace, rlimits and the \
-                 Python guard{}",
-                // SAFETY: geteuid has no preconditions.
-                if unsafe { libc::geteuid() } == 0 { " (RLIMIT_NPROC does not bind root)" } else { "" }
-            );
-        }
+        tracing::warn!(
+            "verification sandbox: RUNNING WITHOUT the {layer} layer ({reason}) because a weaker \
+             sandbox was allowed; model-written code is less contained (see docs/verify.md)"
+        );
     }
+    Ok(())
 }

@@ -1,29 +1,49 @@
 # autoif verification worker: runs model-written `evaluate(response)` functions for the
 # Rust supervisor in src/verify/. The supervisor has already confined this process
-# (rlimits, namespaces, seccomp; see docs/verify.md); this file adds the Python-level
-# layers: an import allow-list, restricted builtins, a fresh namespace per function and
-# capped stdout/stderr.
+# (namespaces, rlimits, seccomp; see docs/verify.md); this file adds the Python-level
+# layers (an import allow-list, restricted builtins, capped stdout/stderr) and keeps
+# functions apart: this process is a zygote that never runs model code. For every batch
+# (one function, many inputs) it forks a child that runs the function and exits, so each
+# function starts from the same clean, pre-imported state; the child reports its results
+# to the zygote through a pipe of its own, and only the zygote can answer the supervisor.
 #
 # Protocol (argv[2] is a JSON config):
-#   requests  on fd cfg.req_fd:  one JSON line {"seq", "func", "inputs": [str]}
-#   responses on fd cfg.resp_fd: one JSON line {"seq", "results", "cpu"} per request, where a
-#       result is true (pass), false (fail) or [kind, message] (error)
+#   requests  on fd cfg.req_fd: a 16-byte header (body length, decimal, newline), the JSON
+#       body {"seq", "func", "inputs": [str]}, then a 32-byte nonce. The zygote forks the
+#       child before it reads the nonce, so no child ever holds it.
+#   responses on fd cfg.resp_fd: one JSON line {"seq", "nonce", "cpu"} per request, plus
+#       "results" (a result is true (pass), false (fail) or [kind, message] (error)),
+#       "died" ({"signal": n} or {"status": n}: the child died without results) or
+#       "failed" ("flooded" or "malformed": the child's report was refused).
 #   progress  in the shared page on fd cfg.progress_fd: (index, start_ns, seq) as three
 #       little-endian i64, rewritten before every call (index -1 while loading the
 #       function) so the supervisor can enforce a wall-clock deadline per call.
 import ast
 import builtins
+import ctypes
+import gc
 import json
 import mmap
 import os
 import resource
+import signal
 import struct
 import sys
 import time
 import types
 
 PROGRESS = struct.Struct("<qqq")
+# One classic-BPF instruction (struct sock_filter).
+SOCK_FILTER = struct.Struct("=HBBI")
+REQUEST_HEADER_BYTES = 16
+NONCE_BYTES = 32
+# Bytes of results a child may report per input (plus a fixed allowance).
+RESULT_BYTES_PER_INPUT = 4096
 MESSAGE_CHARS = 300
+ERROR_KINDS = frozenset({"compile", "missing_evaluate", "runtime", "timeout", "memory",
+                         "forbidden", "bad_return", "crashed"})
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 # Attribute names that lead from ordinary objects to frames, globals or getattr-by-string.
 INTROSPECTION_ATTRS = frozenset({
     "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await",
@@ -117,8 +137,9 @@ class Guard:
         return self.view(module)
 
     def view(self, module):
-        """A per-function copy of a module's public names, so patching it stays local
-        and private helpers (`random._os`, `statistics.sys`) stay out of reach."""
+        """A copy of a module's public names, so private helpers (`random._os`,
+        `statistics.sys`) stay out of reach. Built in the zygote: each function's process
+        gets its own copy of it with the fork, so patching it stays there."""
         found = self.views.get(module.__name__)
         if found is not None:
             return found
@@ -194,6 +215,29 @@ class Guard:
 REAL_IMPORT = builtins.__import__
 
 
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class SeccompFilter:
+    """A BPF program from the supervisor, packed once in the zygote; `install` patches
+    in the caller's pid where the program compares against it, then loads it."""
+
+    def __init__(self, spec, prctl):
+        self.buffer = ctypes.create_string_buffer(
+            b"".join(SOCK_FILTER.pack(*insn) for insn in spec["program"]))
+        self.own_pid_slots = spec["own_pid_slots"]
+        self.program = SockFprog(len(spec["program"]), ctypes.addressof(self.buffer))
+        self.prctl = prctl
+
+    def install(self):
+        pid = os.getpid()
+        for slot in self.own_pid_slots:
+            struct.pack_into("=I", self.buffer, slot * SOCK_FILTER.size + 4, pid)
+        if self.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.program), 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "cannot install a seccomp filter")
+
+
 class Worker:
     def __init__(self, cfg):
         self.state = CallState()
@@ -202,14 +246,21 @@ class Worker:
         self.guarded = cfg["python_guard"]
         self.available = [m for m in cfg["allowed_modules"] if self._preimport(m)]
         self.guard = Guard(self.state, cfg["allowed_modules"]) if self.guarded else None
-        self.full_builtins = dict(vars(builtins))
-        self.code_cache = {}
-        self.requests = os.fdopen(cfg["req_fd"], "rb")
+        if self.guard:
+            for name in self.available:
+                self.guard.view(sys.modules[name])
+        self.req_fd = cfg["req_fd"]
         self.resp_fd = cfg["resp_fd"]
         self.progress = mmap.mmap(cfg["progress_fd"], PROGRESS.size)
         os.close(cfg["progress_fd"])
         self.mark = PROGRESS.pack_into
         self.cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
+                          ctypes.c_ulong]
+        filters = cfg["filters"]
+        self.serving_filter = filters and SeccompFilter(filters["serving"], prctl)
+        self.function_filter = filters and SeccompFilter(filters["function"], prctl)
 
     @staticmethod
     def _preimport(name):
@@ -224,22 +275,87 @@ class Worker:
         os.dup2(1, 2)
         sys.stdin = None
         sys.stdout = sys.stderr = self.sink
+        if self.serving_filter:
+            self.serving_filter.install()
+        # Every later collection in a function's process skips (so does not copy) the
+        # zygote's objects.
+        gc.collect()
+        gc.freeze()
         self.send({"ready": True, "python": sys.version.split()[0], "modules": self.available})
         while True:
-            line = self.requests.readline()
-            if not line:
+            header = read_exact(self.req_fd, REQUEST_HEADER_BYTES)
+            if header is None:
                 return
-            request = json.loads(line)
+            request = json.loads(read_exact(self.req_fd, int(header)))
+            seq, count = request["seq"], len(request["inputs"])
+            self.mark(self.progress, 0, -1, time.monotonic_ns(), seq)
+            result_read, result_write = os.pipe()
+            child = os.fork()
+            if child == 0:
+                os.close(result_read)
+                self.run_child(result_write, request)
+            os.close(result_write)
+            nonce = read_exact(self.req_fd, NONCE_BYTES)
+            if nonce is None:
+                return
+            reply = self.collect(child, result_read, count)
+            reply.update(seq=seq, nonce=nonce.decode("ascii"), cpu=cpu_seconds())
+            self.send(reply)
+
+    def run_child(self, result_fd, request):
+        """Runs one batch in the forked child and exits; never returns."""
+        status = 1
+        try:
+            os.close(self.req_fd)
+            os.close(self.resp_fd)
+            if self.function_filter:
+                self.function_filter.install()
             results = self.run_batch(request["seq"], request["func"], request["inputs"])
-            self.send({"seq": request["seq"], "results": results, "cpu": cpu_seconds()})
+            write_all(result_fd, encode(results))
+            os.close(result_fd)
+            status = 0
+        finally:
+            EXIT(status)
+
+    def collect(self, child, fd, count):
+        """The child's results, checked and capped, or why there are none. The child is
+        gone when this returns: with complete results it has nothing left to do and is
+        killed rather than waited for."""
+        cap = count * RESULT_BYTES_PER_INPUT + (1 << 20)
+        chunks, size = [], 0
+        while size <= cap:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        os.close(fd)
+        results = checked_results(b"".join(chunks), count) if size <= cap else None
+        if results is not None:
+            self.reap(child)
+            return {"results": results}
+        _, status = os.waitpid(child, 0)
+        if size > cap:
+            return {"failed": "flooded"}
+        if os.WIFSIGNALED(status):
+            return {"died": {"signal": os.WTERMSIG(status)}}
+        if not chunks:
+            return {"died": {"status": os.WEXITSTATUS(status)}}
+        return {"failed": "malformed"}
+
+    @staticmethod
+    def reap(child):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:  # gone already, or outside a PID namespace (own pid only)
+            pass
+        try:
+            os.waitpid(child, 0)
+        except ChildProcessError:
+            pass
 
     def send(self, message):
-        # Lone surrogates from model strings become "?" instead of invalid JSON escapes.
-        data = (json.dumps(message, ensure_ascii=False) + "\n").encode("utf-8", "replace")
-        view = memoryview(data)
-        while view:
-            written = os.write(self.resp_fd, view)
-            view = view[written:]
+        write_all(self.resp_fd, encode(message) + b"\n")
 
     def run_batch(self, seq, source, inputs):
         self.limit_cpu(len(inputs))
@@ -257,7 +373,7 @@ class Worker:
             mark(progress, 0, index, clock(), seq)
             try:
                 value = evaluate(response)
-            except BaseException as error:  # SystemExit too: the worker keeps serving
+            except BaseException as error:  # SystemExit too: the batch goes on
                 result = error_result(error)
             else:
                 if value is True:
@@ -265,13 +381,13 @@ class Worker:
                 elif value is False:
                     result = False
                 else:
-                    result = ["bad_return", f"evaluate returned {type(value).__name__}, not bool"]
+                    result = ["bad_return",
+                              clip(f"evaluate returned {type(value).__name__}, not bool")]
             if state.forbidden is not None:
-                result = ["forbidden", state.forbidden]
+                result = ["forbidden", clip(state.forbidden)]
             elif state.output_exceeded:
                 result = ["runtime", f"output limit exceeded: more than {sink.cap} characters printed"]
             results.append(result)
-        self.restore_builtins()
         return results
 
     def load(self, source):
@@ -282,33 +398,26 @@ class Worker:
         state.output_exceeded = False
         self.sink.used = 0
         try:
-            code = self.code_cache.get(source)
-            if code is None:
-                parsed = self.guard.check_source(source, "exec") if self.guarded else source
-                code = compile(parsed, "<evaluate>", "exec")
-                if len(self.code_cache) > 4096:
-                    self.code_cache.clear()
-                self.code_cache[source] = code
+            parsed = self.guard.check_source(source, "exec") if self.guarded else source
+            code = compile(parsed, "<evaluate>", "exec")
         except Forbidden:
-            return None, ["forbidden", state.forbidden]
+            return None, ["forbidden", clip(state.forbidden)]
         except MemoryError as error:
             return None, ["memory", describe(error)]
         except Exception as error:  # SyntaxError, ValueError (NUL bytes), RecursionError
             return None, ["compile", describe(error)]
-        if self.guarded:
-            self.guard.views = {}
-            namespace = {"__builtins__": dict(self.guard.base_builtins), "__name__": "__evaluate__"}
-        else:
-            namespace = {"__builtins__": dict(self.full_builtins), "__name__": "__evaluate__"}
+        # This process is the function's own: no copies needed.
+        own_builtins = self.guard.base_builtins if self.guarded else vars(builtins)
+        namespace = {"__builtins__": own_builtins, "__name__": "__evaluate__"}
         try:
             exec(code, namespace)
         except BaseException as error:
             failure = error_result(error)
             if state.forbidden is not None:
-                failure = ["forbidden", state.forbidden]
+                failure = ["forbidden", clip(state.forbidden)]
             return None, failure
         if state.forbidden is not None:
-            return None, ["forbidden", state.forbidden]
+            return None, ["forbidden", clip(state.forbidden)]
         evaluate = namespace.get("evaluate")
         if not callable(evaluate):
             return None, ["missing_evaluate", "the source defines no callable `evaluate`"]
@@ -321,15 +430,55 @@ class Worker:
         soft = budget if hard == resource.RLIM_INFINITY else min(budget, hard)
         resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
-    def restore_builtins(self):
-        """Undoes changes that unguarded code made to the real builtins module."""
-        if self.guarded:
-            return
-        live = vars(builtins)
-        if len(live) != len(self.full_builtins) or any(
-                live.get(k) is not v for k, v in self.full_builtins.items()):
-            live.clear()
-            live.update(self.full_builtins)
+
+EXIT = os._exit
+
+
+def read_exact(fd, size):
+    """Exactly `size` bytes from fd; None at end-of-file."""
+    parts = []
+    while size:
+        chunk = os.read(fd, size)
+        if not chunk:
+            return None
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def encode(message):
+    # Lone surrogates from model strings become "?" instead of invalid JSON escapes.
+    return json.dumps(message, ensure_ascii=False).encode("utf-8", "replace")
+
+
+def checked_results(data, count):
+    """A child's report as a list of `count` well-formed results, or None."""
+    try:
+        results = json.loads(data)
+    except ValueError:
+        return None
+    if type(results) is not list or len(results) != count:
+        return None
+    for index, result in enumerate(results):
+        if type(result) is bool:
+            continue
+        if (type(result) is not list or len(result) != 2 or type(result[0]) is not str
+                or result[0] not in ERROR_KINDS or type(result[1]) is not str):
+            return None
+        results[index] = [result[0], clip(result[1])]
+    return results
+
+
+def clip(text):
+    if len(text) > MESSAGE_CHARS:
+        text = text[:MESSAGE_CHARS - 3] + "..."
+    return text
 
 
 def cpu_seconds():
@@ -352,9 +501,7 @@ def describe(error):
         tb = tb.tb_next
     if line is not None:
         text += f" (line {line})"
-    if len(text) > MESSAGE_CHARS:
-        text = text[:MESSAGE_CHARS - 3] + "..."
-    return text
+    return clip(text)
 
 
 def error_result(error):

@@ -1,14 +1,15 @@
-//! One confined `python3` worker process and the supervision of its batches: the request
-//! and response pipes, the shared progress page, the per-call wall-clock deadline, and
-//! killing the whole process group when the deadline passes.
+//! One confined `python3` worker and the supervision of its batches: the request and
+//! response pipes, the shared progress page, the per-call wall-clock deadline, killing
+//! the whole process group when the deadline passes, and checking that every response
+//! answers the batch just sent (sequence number and a per-batch nonce that no function
+//! process ever holds; see worker.py).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::confine::{Confinement, Layers, Limits};
+use super::filesystem::{fresh_workdir, FsView};
+use super::seccomp::Filters;
 use super::verdict::{ErrorKind, Verdict};
 
 const WORKER_SOURCE: &str = include_str!("worker.py");
@@ -31,11 +34,15 @@ const FIRST_PROGRESS_POLL_NS: u64 = 2_000_000;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Response bytes allowed per input before the worker counts as flooding the channel.
 const RESPONSE_BYTES_PER_INPUT: usize = 4096;
+/// Characters kept of a verdict message (the worker clips at the same length).
+const MESSAGE_CHARS: usize = 300;
 
 /// Everything needed to start a worker; shared by all workers of a sandbox.
 pub(crate) struct WorkerSetup {
     pub python: PathBuf,
     pub layers: Layers,
+    /// None where this architecture has no system-call table.
+    pub filters: Option<Filters>,
     pub limits: Limits,
     pub timeout: Duration,
     pub allowed_modules: Vec<String>,
@@ -125,11 +132,22 @@ struct Request<'a> {
     inputs: &'a [&'a str],
 }
 
+/// The zygote's answer to one batch: `results`, or why the function's process gave none.
 #[derive(Deserialize)]
 struct Response {
     seq: i64,
-    results: Vec<WireResult>,
+    nonce: String,
+    results: Option<Vec<WireResult>>,
+    died: Option<Death>,
+    failed: Option<String>,
     cpu: f64,
+}
+
+/// How a function's process ended without reporting results.
+#[derive(Deserialize)]
+struct Death {
+    signal: Option<i32>,
+    status: Option<i32>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +166,8 @@ struct WorkerConfig<'a> {
     max_output_chars: usize,
     python_guard: bool,
     allowed_modules: &'a [String],
+    /// The `serving` and `function` seccomp stages, installed by the worker itself.
+    filters: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +191,7 @@ impl Worker {
         let (response_read, response_write) = pipe()?;
         let (progress, progress_fd) = ProgressPage::create()?;
         let workdir = fresh_workdir()?;
+        let filters = setup.filters.as_ref().filter(|_| setup.layers.seccomp);
         let config = WorkerConfig {
             req_fd: request_read.as_raw_fd(),
             resp_fd: response_write.as_raw_fd(),
@@ -179,6 +200,14 @@ impl Worker {
             max_output_chars: setup.max_output_chars,
             python_guard: setup.python_guard,
             allowed_modules: &setup.allowed_modules,
+            filters: filters.map(|f| {
+                serde_json::json!({"serving": f.serving.to_json(), "function": f.function.to_json()})
+            }),
+        };
+        let view = if setup.layers.filesystem {
+            Some(FsView::new(&workdir, &setup.python)?)
+        } else {
+            None
         };
         let mut command = Command::new(&setup.python);
         command
@@ -197,13 +226,20 @@ impl Worker {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let inherited = vec![config.req_fd, config.resp_fd, config.progress_fd];
-        Confinement::new(setup.limits, setup.layers, inherited).attach(&mut command);
+        let channels = [config.req_fd, config.resp_fd, config.progress_fd];
+        Confinement::new(
+            setup.limits,
+            setup.layers,
+            filters.map(|f| &f.start),
+            view,
+            channels,
+        )
+        .attach(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("spawning {}", setup.python.display()));
-        // Once deleted, the folder stays the worker's cwd: empty for good, nothing can be
-        // created in it, and nothing is left behind even if this process is killed.
+        // The worker is past `exec` (its view built, if any); the folder is not needed
+        // any more, and nothing is left behind even if this process is killed.
         let _ = fs::remove_dir(&workdir);
         let child = child?;
         // The child's ends close here, so a dead worker reads as end-of-file.
@@ -248,12 +284,19 @@ impl Worker {
         }
     }
 
-    /// Runs `func` on every input in one fresh namespace, enforcing the per-call deadline.
+    /// Runs `func` on every input in a process of its own, enforcing the per-call deadline.
     pub fn run_batch(&mut self, func: &str, inputs: &[&str]) -> Result<BatchOutcome> {
+        // Whatever arrived since the last batch cannot answer this one.
+        if !self.discard_pending()? {
+            return Ok(BatchOutcome::NotStarted);
+        }
         self.next_seq += 1;
         let seq = self.next_seq;
-        let mut message = serde_json::to_vec(&Request { seq, func, inputs })?;
-        message.push(b'\n');
+        let nonce = new_nonce();
+        let body = serde_json::to_vec(&Request { seq, func, inputs })?;
+        let mut message = format!("{:015}\n", body.len()).into_bytes();
+        message.extend_from_slice(&body);
+        message.extend_from_slice(nonce.as_bytes());
         let sent_at = monotonic_ns();
         if self.requests.write_all(&message).is_err() {
             return Ok(BatchOutcome::NotStarted);
@@ -287,7 +330,7 @@ impl Worker {
                 let status = self.child.wait()?;
                 return Ok(BatchOutcome::Died {
                     at: call_index(current),
-                    verdict: death_verdict(status),
+                    verdict: death_verdict(status.signal(), status.code()),
                 });
             }
             if self.buffer.len() > max_response {
@@ -301,7 +344,8 @@ impl Worker {
                 });
             }
             if let Some(line) = self.take_line() {
-                return Ok(self.finish_batch(&line, seq, inputs.len(), current));
+                self.adopt_progress(seq, sent_at, monotonic_ns(), &mut current);
+                return Ok(self.finish_batch(&line, seq, &nonce, inputs.len(), current));
             }
         }
     }
@@ -317,31 +361,48 @@ impl Worker {
         &mut self,
         line: &[u8],
         seq: i64,
+        nonce: &str,
         count: usize,
         current: Option<(i64, u64)>,
     ) -> BatchOutcome {
+        let at = call_index(current);
+        let crashed = |message: &str| BatchOutcome::Died {
+            at,
+            verdict: Verdict::error(ErrorKind::Crashed, message),
+        };
         let response = match serde_json::from_slice::<Response>(line) {
-            Ok(response) if response.seq == seq && response.results.len() == count => response,
+            Ok(response) if response.seq == seq && response.nonce == nonce => response,
             _ => {
                 self.kill();
-                return BatchOutcome::Died {
-                    at: call_index(current),
-                    verdict: Verdict::error(ErrorKind::Crashed, "worker sent a malformed response"),
-                };
+                return crashed("worker sent a malformed response");
             }
         };
-        let verdicts = response
-            .results
-            .into_iter()
-            .map(|result| match result {
-                WireResult::Decided(true) => Verdict::pass(),
-                WireResult::Decided(false) => Verdict::fail(),
-                WireResult::Error(kind, message) => Verdict::error(kind, message),
-            })
-            .collect();
-        BatchOutcome::Done {
-            verdicts,
-            retire: response.cpu > self.cpu_retire_seconds,
+        match (response.results, response.died, response.failed) {
+            (Some(results), None, None) if results.len() == count => {
+                let verdicts = results
+                    .into_iter()
+                    .map(|result| match result {
+                        WireResult::Decided(true) => Verdict::pass(),
+                        WireResult::Decided(false) => Verdict::fail(),
+                        WireResult::Error(kind, message) => Verdict::error(kind, clip(message)),
+                    })
+                    .collect();
+                BatchOutcome::Done {
+                    verdicts,
+                    retire: response.cpu > self.cpu_retire_seconds,
+                }
+            }
+            (None, Some(death), None) => BatchOutcome::Died {
+                at,
+                verdict: death_verdict(death.signal, death.status),
+            },
+            (None, None, Some(reason)) if reason == "flooded" => {
+                crashed("worker flooded its response channel")
+            }
+            _ => {
+                self.kill();
+                crashed("worker sent a malformed response")
+            }
         }
     }
 
@@ -362,6 +423,31 @@ impl Worker {
         BatchOutcome::Died {
             at,
             verdict: Verdict::error(ErrorKind::Timeout, message),
+        }
+    }
+
+    /// Drops buffered and already-written response bytes; false at end-of-file (the
+    /// worker died).
+    fn discard_pending(&mut self) -> Result<bool> {
+        self.buffer.clear();
+        loop {
+            let mut poll = libc::pollfd {
+                fd: self.responses.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+            if ready <= 0 {
+                return Ok(true);
+            }
+            let mut chunk = [0u8; 1 << 16];
+            match self.responses.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err.into()),
+            }
         }
     }
 
@@ -425,8 +511,9 @@ fn call_index(current: Option<(i64, u64)>) -> Option<usize> {
     current.and_then(|(index, _)| usize::try_from(index).ok())
 }
 
-fn death_verdict(status: ExitStatus) -> Verdict {
-    match status.signal() {
+/// The verdict for a process that ended by `signal` or with exit `status`.
+fn death_verdict(signal: Option<i32>, status: Option<i32>) -> Verdict {
+    match signal {
         Some(libc::SIGXCPU) => Verdict::error(ErrorKind::Timeout, "CPU time limit exceeded"),
         Some(signal) => Verdict::error(
             ErrorKind::Crashed,
@@ -434,9 +521,26 @@ fn death_verdict(status: ExitStatus) -> Verdict {
         ),
         None => Verdict::error(
             ErrorKind::Crashed,
-            format!("worker exited with status {}", status.code().unwrap_or(-1)),
+            format!("worker exited with status {}", status.unwrap_or(-1)),
         ),
     }
+}
+
+/// A message cut to `MESSAGE_CHARS` characters, the way the worker cuts them.
+fn clip(message: String) -> String {
+    match message.char_indices().nth(MESSAGE_CHARS) {
+        None => message,
+        Some(_) => {
+            let keep: String = message.chars().take(MESSAGE_CHARS - 3).collect();
+            keep + "..."
+        }
+    }
+}
+
+/// 32 hex characters from the operating system's random source.
+fn new_nonce() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock Python's `time.monotonic_ns` reads.
@@ -461,19 +565,6 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
         }
         Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
     }
-}
-
-/// A new empty directory for the worker's cwd.
-fn fresh_workdir() -> io::Result<PathBuf> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        "autoif-verify-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let dir = std::env::temp_dir().join(name);
-    fs::create_dir(&dir)?;
-    Ok(dir)
 }
 
 /// The page the worker rewrites before every call, shared through a memfd.
