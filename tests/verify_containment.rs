@@ -5,6 +5,8 @@
 //! supervisor, writing into descriptors the launcher left open, reading private files,
 //! and one function changing the verdicts of the functions after it.
 
+mod common;
+
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -12,7 +14,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use autoif::verify::{ErrorKind, Job, Outcome, Sandbox, SandboxOptions};
+use autoif::verify::{ErrorKind, FunctionRun, Outcome, Sandbox, SandboxOptions};
+use common::{autoif_command, python_available};
 
 const TIMEOUT: Duration = Duration::from_millis(1000);
 
@@ -22,20 +25,9 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn python_available() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "pass"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("SKIP: python3 is not installed");
-    }
-    found
-}
-
 /// One worker, no cache, the guard off: what a function that escaped the guard sees.
 fn unguarded(workers: usize) -> Option<Sandbox> {
-    if !python_available() {
+    if !python_available(None) {
         return None;
     }
     let sandbox = Sandbox::new(SandboxOptions {
@@ -49,8 +41,8 @@ fn unguarded(workers: usize) -> Option<Sandbox> {
     Some(sandbox)
 }
 
-fn job(func: &str, inputs: &[&str]) -> Job {
-    Job {
+fn job(func: &str, inputs: &[&str]) -> FunctionRun {
+    FunctionRun {
         func: func.to_string(),
         inputs: inputs.iter().map(|s| s.to_string()).collect(),
     }
@@ -179,7 +171,7 @@ fn write_jobs(dir: &Path, lines: &[(&str, &str, &[&str])]) -> std::path::PathBuf
 }
 
 fn autoif_verify(input: &Path, out: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_autoif"));
+    let mut command = autoif_command();
     command.args([
         "verify",
         "--input",
@@ -226,7 +218,7 @@ fn signal_attack_past_the_guard() -> String {
 #[test]
 fn the_supervisor_survives_an_attack_on_itself_and_no_worker_outlives_the_command() {
     let _serial = serial();
-    if !python_available() {
+    if !python_available(None) {
         return;
     }
     become_subreaper();
@@ -333,7 +325,7 @@ fn the_supervisor_process_survives_an_unguarded_attack_on_itself() {
 #[test]
 fn a_pipe_inherited_from_the_launcher_receives_nothing() {
     let _serial = serial();
-    if !python_available() {
+    if !python_available(None) {
         return;
     }
     // A pipe without close-on-exec, as a launching shell would leave one.
@@ -452,7 +444,7 @@ fn a_function_cannot_change_the_next_functions_verdicts() {
 #[test]
 fn messages_are_capped_and_a_timeout_can_skip_the_rest_of_the_batch() {
     let _serial = serial();
-    if !python_available() {
+    if !python_available(None) {
         return;
     }
     let sandbox = Sandbox::new(SandboxOptions {
