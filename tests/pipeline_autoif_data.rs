@@ -6,12 +6,13 @@
 mod common;
 mod pipeline_support;
 
+use autoif::generate::FinishReason;
 use autoif::pipeline::crossval::{InstructionOutcome, Validated};
 use autoif::pipeline::funcs::FuncAnswers;
 use autoif::pipeline::queries::QueryPair;
 use autoif::pipeline::responses::judge_responses;
 use autoif::pipeline::score::judge;
-use autoif::pipeline::{Pipeline, Stage};
+use autoif::pipeline::{Generated, Pipeline, Stage};
 use autoif::run::manifest::RunFolder;
 use autoif::train::autoif_rules::mine_pairs;
 use autoif::verify::{Sandbox, SandboxOptions};
@@ -161,10 +162,10 @@ fn response_filter_matches_the_released_rule() {
     // query_rft.jsonl: 20 (query, instruction) rows x 16 responses; no response passes
     // the 4-syllable functions (CPython agrees: 0 kept).
     let rows = read_data("query_rft.jsonl");
-    let sampled: Vec<(QueryPair, Vec<String>)> = rows
+    let sampled: Vec<(QueryPair, Vec<Generated>)> = rows
         .iter()
         .enumerate()
-        .map(|(i, r)| (pair(i, r), strings(&r["gpt-answer"])))
+        .map(|(i, r)| (pair(i, r), finished(strings(&r["gpt-answer"]))))
         .collect();
     let records = judge_responses(&sampled, 0.0, &mut execute).unwrap();
     assert_eq!(records.len(), 320);
@@ -202,7 +203,8 @@ fn response_filter_matches_the_released_rule() {
             .iter()
             .map(|f| f[0].as_str().unwrap().to_string())
             .collect();
-        let records = judge_responses(&[(p, responses.clone())], 0.0, &mut execute).unwrap();
+        let records =
+            judge_responses(&[(p, finished(responses.clone()))], 0.0, &mut execute).unwrap();
         let kept = records.iter().filter(|r| r.reason.is_none()).count();
         let positive = records.iter().filter(|r| r.pass_rate >= 0.5).count();
         let negative = records.iter().filter(|r| r.pass_rate == 0.0).count();
@@ -216,6 +218,11 @@ fn strings(v: &Value) -> Vec<String> {
         .iter()
         .map(|s| s.as_str().unwrap().to_string())
         .collect()
+}
+
+/// Recorded responses, each one that ended on its own.
+fn finished(texts: Vec<String>) -> Vec<Generated> {
+    texts.into_iter().map(Generated::finished).collect()
 }
 
 fn pair(i: usize, r: &Value) -> QueryPair {
@@ -250,6 +257,7 @@ fn score_filter_reproduces_the_recorded_output() {
             instruction: r["instruction"].as_str().unwrap().to_string(),
             query: r["query"].as_str().unwrap().to_string(),
             response: r["response"].as_str().unwrap().to_string(),
+            finish_reason: FinishReason::Stop,
             pass_rate: 1.0,
             reason: None,
         };

@@ -156,7 +156,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                     (v.id.clone(), fill(&template, &[("funcs", &funcs)]))
                 })
                 .collect();
-            let texts = p.generate(STAGE, &prompts, 1, &cfg.sampling)?;
+            let texts = p.generate_texts(STAGE, &prompts, 1, &cfg.sampling)?;
             match cfg.checker {
                 ConsistencyChecker::Minilm | ConsistencyChecker::None => units
                     .iter()
@@ -229,7 +229,7 @@ fn judge_chunk(
     let answers = if prompts.is_empty() {
         Vec::new()
     } else {
-        p.generate(STAGE, &prompts, 1, &cfg.judge_sampling)?
+        p.generate_texts(STAGE, &prompts, 1, &cfg.judge_sampling)?
     };
     let mut answers = answers.into_iter().map(|mut t| t.remove(0));
     Ok(units

@@ -70,6 +70,8 @@ pub enum DropReason {
     UnparsedJudgement,
     /// responses: the response is blank.
     EmptyResponse,
+    /// responses: generation stopped at `max_new_tokens`, so the text is a fragment.
+    Truncated,
     /// responses: the pass rate is not above `keep_pass_rate_above`.
     LowPassRate,
     /// score: no `Score: N` in the judgement.
@@ -87,7 +89,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 37] = [
+    pub const ALL: [DropReason; 38] = [
         DropReason::NoListLines,
         DropReason::TooShort,
         DropReason::TooLong,
@@ -118,6 +120,7 @@ impl DropReason {
         DropReason::Inconsistent,
         DropReason::UnparsedJudgement,
         DropReason::EmptyResponse,
+        DropReason::Truncated,
         DropReason::LowPassRate,
         DropReason::NoScore,
         DropReason::ScoreOutOfRange,
@@ -160,6 +163,7 @@ impl DropReason {
             DropReason::Inconsistent => "inconsistent",
             DropReason::UnparsedJudgement => "unparsed_judgement",
             DropReason::EmptyResponse => "empty_response",
+            DropReason::Truncated => "truncated",
             DropReason::LowPassRate => "low_pass_rate",
             DropReason::NoScore => "no_score",
             DropReason::ScoreOutOfRange => "score_out_of_range",
