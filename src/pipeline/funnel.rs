@@ -78,7 +78,7 @@ pub enum DropReason {
     NoScore,
     /// score: a score above 10.
     ScoreOutOfRange,
-    /// score: the score is not above `keep_score_above`.
+    /// score: the score is below `min_score`.
     LowScore,
     /// datasets: no response with pass rate 0 to pair against.
     NoRejected,
