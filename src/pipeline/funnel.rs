@@ -64,6 +64,8 @@ pub enum DropReason {
     NoAccurateFunction,
     /// backtranslate: the model wrote nothing.
     EmptyBackTranslation,
+    /// backtranslate: the answer is text, not a list of back-translations.
+    BackTranslationNotAList,
     /// backtranslate: the back-translations drift from the instruction.
     Inconsistent,
     /// backtranslate: no judge answer names a verdict.
@@ -89,7 +91,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 38] = [
+    pub const ALL: [DropReason; 39] = [
         DropReason::NoListLines,
         DropReason::TooShort,
         DropReason::TooLong,
@@ -117,6 +119,7 @@ impl DropReason {
         DropReason::LowAccuracy,
         DropReason::NoAccurateFunction,
         DropReason::EmptyBackTranslation,
+        DropReason::BackTranslationNotAList,
         DropReason::Inconsistent,
         DropReason::UnparsedJudgement,
         DropReason::EmptyResponse,
@@ -160,6 +163,7 @@ impl DropReason {
             DropReason::LowAccuracy => "low_accuracy",
             DropReason::NoAccurateFunction => "no_accurate_function",
             DropReason::EmptyBackTranslation => "empty_back_translation",
+            DropReason::BackTranslationNotAList => "back_translation_not_a_list",
             DropReason::Inconsistent => "inconsistent",
             DropReason::UnparsedJudgement => "unparsed_judgement",
             DropReason::EmptyResponse => "empty_response",
@@ -280,6 +284,7 @@ mod tests {
         }
         for name in [
             parse_back_translation("").unwrap_err(),
+            parse_back_translation("Answer in French.").unwrap_err(),
             parse_score("").unwrap_err(),
         ] {
             DropReason::parsed(name);
