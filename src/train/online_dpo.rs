@@ -264,8 +264,10 @@ fn run_iteration(
     let stage = format!("online_dpo-{iteration}");
     let seed = config.dpo.args.seed;
 
-    let (responses, finish_reasons) =
-        sample(model, &selected, config, seed, &stage, options.progress)?;
+    let Sampled {
+        texts: responses,
+        finish_reasons,
+    } = sample(model, &selected, config, seed, &stage, options.progress)?;
     let rates = score(&selected, &responses, execute)?;
 
     let mut samples = Vec::new();
@@ -368,8 +370,13 @@ fn run_iteration(
     Ok(report)
 }
 
-/// K responses per prompt from the live weights, seeded per (iteration, prompt), and
-/// why each ended.
+/// An iteration's responses, K per prompt, and why each ended.
+struct Sampled {
+    texts: Vec<Vec<String>>,
+    finish_reasons: Vec<Vec<FinishReason>>,
+}
+
+/// K responses per prompt from the live weights, seeded per (iteration, prompt).
 fn sample(
     model: &Model,
     prompts: &[&VerifiedPrompt],
@@ -377,7 +384,7 @@ fn sample(
     seed: u64,
     stage: &str,
     progress: bool,
-) -> Result<(Vec<Vec<String>>, Vec<Vec<FinishReason>>)> {
+) -> Result<Sampled> {
     let requests: Vec<Request> = prompts
         .iter()
         .map(|p| Request {
@@ -407,7 +414,10 @@ fn sample(
         texts[c.request_index][c.sample_index] = c.text;
         finish_reasons[c.request_index][c.sample_index] = c.finish_reason;
     }
-    Ok((texts, finish_reasons))
+    Ok(Sampled {
+        texts,
+        finish_reasons,
+    })
 }
 
 /// Pass rate of every response over its prompt's functions.
