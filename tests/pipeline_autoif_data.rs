@@ -6,12 +6,13 @@
 mod common;
 mod pipeline_support;
 
+use autoif::generate::FinishReason;
 use autoif::pipeline::crossval::{InstructionOutcome, Validated};
 use autoif::pipeline::funcs::FuncAnswers;
 use autoif::pipeline::queries::QueryPair;
 use autoif::pipeline::responses::judge_responses;
 use autoif::pipeline::score::judge;
-use autoif::pipeline::{Pipeline, Stage};
+use autoif::pipeline::{Generated, Pipeline, Stage};
 use autoif::run::manifest::RunFolder;
 use autoif::train::autoif_rules::mine_pairs;
 use autoif::verify::{Sandbox, SandboxOptions};
@@ -161,10 +162,10 @@ fn response_filter_matches_the_released_rule() {
     // query_rft.jsonl: 20 (query, instruction) rows x 16 responses; no response passes
     // the 4-syllable functions (CPython agrees: 0 kept).
     let rows = read_data("query_rft.jsonl");
-    let sampled: Vec<(QueryPair, Vec<String>)> = rows
+    let sampled: Vec<(QueryPair, Vec<Generated>)> = rows
         .iter()
         .enumerate()
-        .map(|(i, r)| (pair(i, r), strings(&r["gpt-answer"])))
+        .map(|(i, r)| (pair(i, r), finished(strings(&r["gpt-answer"]))))
         .collect();
     let records = judge_responses(&sampled, 0.0, &mut execute).unwrap();
     assert_eq!(records.len(), 320);
@@ -202,7 +203,8 @@ fn response_filter_matches_the_released_rule() {
             .iter()
             .map(|f| f[0].as_str().unwrap().to_string())
             .collect();
-        let records = judge_responses(&[(p, responses.clone())], 0.0, &mut execute).unwrap();
+        let records =
+            judge_responses(&[(p, finished(responses.clone()))], 0.0, &mut execute).unwrap();
         let kept = records.iter().filter(|r| r.reason.is_none()).count();
         let positive = records.iter().filter(|r| r.pass_rate >= 0.5).count();
         let negative = records.iter().filter(|r| r.pass_rate == 0.0).count();
@@ -216,6 +218,11 @@ fn strings(v: &Value) -> Vec<String> {
         .iter()
         .map(|s| s.as_str().unwrap().to_string())
         .collect()
+}
+
+/// Recorded responses, each one that ended on its own.
+fn finished(texts: Vec<String>) -> Vec<Generated> {
+    texts.into_iter().map(Generated::finished).collect()
 }
 
 fn pair(i: usize, r: &Value) -> QueryPair {
@@ -234,8 +241,9 @@ fn pair(i: usize, r: &Value) -> QueryPair {
     }
 }
 
-/// Quality scoring: `Score: N` on the last line, keep above 8 — exactly the 16 records
-/// of query_score_filter.jsonl out of the 20 of query_rft_score.jsonl.
+/// Quality scoring: `Score: N` on the last line; the released script's rule (keep
+/// above 8, i.e. at least 9 for these integer scores) keeps exactly the 16 records of
+/// query_score_filter.jsonl out of the 20 of query_rft_score.jsonl.
 #[test]
 fn score_filter_reproduces_the_recorded_output() {
     let inputs = read_data("query_rft_score.jsonl");
@@ -250,10 +258,11 @@ fn score_filter_reproduces_the_recorded_output() {
             instruction: r["instruction"].as_str().unwrap().to_string(),
             query: r["query"].as_str().unwrap().to_string(),
             response: r["response"].as_str().unwrap().to_string(),
+            finish_reason: FinishReason::Stop,
             pass_rate: 1.0,
             reason: None,
         };
-        let scored = judge(response, r["gen"][0].as_str().unwrap().to_string(), 8.0);
+        let scored = judge(response, r["gen"][0].as_str().unwrap().to_string(), 9.0);
         assert!(scored.score.is_some());
         match scored.score_reason.as_deref() {
             None => kept.push(scored.response.response),
@@ -273,6 +282,41 @@ fn score_filter_reproduces_the_recorded_output() {
     let mut want_sorted = want;
     want_sorted.sort();
     assert_eq!(kept_sorted, want_sorted);
+}
+
+/// The paper's rule (score ≥ 8, the default) on the same data also keeps the three
+/// responses scored exactly 8: 19 of 20, only the one scored 5 dropped.
+#[test]
+fn score_filter_keeps_eight_and_above_by_default() {
+    let min_score = autoif::pipeline::score::ScoreConfig::default().min_score;
+    let scores: Vec<(Option<f64>, bool)> = read_data("query_rft_score.jsonl")
+        .iter()
+        .map(|r| {
+            let response = autoif::pipeline::responses::ResponseRecord {
+                id: String::new(),
+                pair_id: String::new(),
+                instruction_id: String::new(),
+                instruction: r["instruction"].as_str().unwrap().to_string(),
+                query: r["query"].as_str().unwrap().to_string(),
+                response: r["response"].as_str().unwrap().to_string(),
+                finish_reason: FinishReason::Stop,
+                pass_rate: 1.0,
+                reason: None,
+            };
+            let scored = judge(
+                response,
+                r["gen"][0].as_str().unwrap().to_string(),
+                min_score,
+            );
+            (scored.score, scored.score_reason.is_none())
+        })
+        .collect();
+    let kept = scores.iter().filter(|(_, kept)| *kept).count();
+    let kept_eights = scores
+        .iter()
+        .filter(|(s, kept)| *s == Some(8.0) && *kept)
+        .count();
+    assert_eq!((kept, kept_eights), (19, 3));
 }
 
 /// DPO mining on dpo_query_eval_score_results.jsonl (recorded pass rates): the

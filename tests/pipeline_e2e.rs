@@ -62,6 +62,7 @@ fn all_stages_with_the_real_engine() {
         min_cases = 1
         [synthesis.backtranslate]
         embedder = "{crate_root}/models/all-MiniLM-L6-v2"
+        rule = "any_agrees"
         min_similarity = 0.0
         sampling = {{ temperature = 0.0, top_p = 1.0, max_new_tokens = 32 }}
         [synthesis.queries]
@@ -71,7 +72,7 @@ fn all_stages_with_the_real_engine() {
         keep_pass_rate_above = -1.0
         sampling = {{ temperature = 0.8, top_p = 0.95, max_new_tokens = 32 }}
         [synthesis.score]
-        keep_score_above = -1.0
+        min_score = -1.0
         sampling = {{ temperature = 0.0, top_p = 1.0, max_new_tokens = 24 }}
         "#,
         seeds = seeds.display()

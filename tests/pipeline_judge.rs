@@ -86,13 +86,13 @@ const JUDGE_CONFIG: &str = r#"
     chunk = 2
     [synthesis.backtranslate]
     checker = "judge"
+    rule = "any_agrees"
 "#;
 
 /// Five instructions, each with one function tagged by a comment the recorded
-/// back-translation is keyed on; the judge's answers are keyed on the back-translation.
-#[test]
-fn judge_verdicts_decide_membership_and_reasons() {
-    let instructions = [
+/// back-translation is keyed on.
+fn five_instructions() -> [Validated; 5] {
+    [
         validated(
             "i1",
             "Answer in lowercase letters only.",
@@ -118,9 +118,14 @@ fn judge_verdicts_decide_membership_and_reasons() {
             "Use exactly three bullet points.",
             "return response.count('\\n* ') == 3  # unit-bullets",
         ),
-    ];
+    ]
+}
+
+/// The recorded back-translations, keyed on the function tags, and the judge's
+/// answers, keyed on the back-translation.
+fn recorded_answers() -> Vec<(String, Vec<String>)> {
     let recorded = |key: &str, text: &str| (key.to_string(), vec![text.to_string()]);
-    let mut replay = Replay::new(vec![
+    vec![
         // Back-translations.
         recorded("# unit-lower", "[\"Answer using only lowercase letters.\"]"),
         recorded(
@@ -142,7 +147,14 @@ fn judge_verdicts_decide_membership_and_reasons() {
             "**Contradiction** (B moves the word to the start).",
         ),
         recorded("Instruction B: Put the answer in quotation marks.", "I am not sure what you mean."),
-    ]);
+    ]
+}
+
+/// Under the earlier `any_agrees` rule: the best verdict decides.
+#[test]
+fn judge_verdicts_decide_membership_and_reasons() {
+    let instructions = five_instructions();
+    let mut replay = Replay::new(recorded_answers());
     let dir = tempfile::tempdir().unwrap();
     let (records, dropped, kept) = backtranslate(
         &dir.path().join("judge"),
@@ -238,6 +250,30 @@ fn judge_verdicts_decide_membership_and_reasons() {
     );
 }
 
+/// The paper's rule (the default): one contradicting back-translation drops the
+/// instruction, even when another is judged neutral.
+#[test]
+fn one_contradicting_back_translation_drops_the_instruction() {
+    let instructions = five_instructions();
+    let mut replay = Replay::new(recorded_answers());
+    let dir = tempfile::tempdir().unwrap();
+    let config = JUDGE_CONFIG.replace("rule = \"any_agrees\"", "");
+    let (records, dropped, kept) = backtranslate(
+        &dir.path().join("judge"),
+        &config,
+        &instructions,
+        &mut replay,
+    );
+    let reasons: BTreeMap<&str, Option<&str>> = records
+        .iter()
+        .map(|c| (c.validated.id.as_str(), c.reason.as_deref()))
+        .collect();
+    assert_eq!(reasons["i1"], None);
+    assert_eq!(reasons["i2"], Some("inconsistent"));
+    assert_eq!(kept, 1);
+    assert_eq!(dropped["inconsistent"], 2);
+}
+
 /// The real engine writes both the back-translations and the judgements; a 135M model
 /// is no reliable judge, so this shows only that every answer is accounted for.
 #[test]
@@ -294,7 +330,11 @@ fn judge_with_the_real_engine() {
     assert_eq!(records.len(), 3);
     for c in &records {
         eprintln!("{} -> {:?}", c.validated.instruction, c.back_instructions);
-        if c.reason.as_deref() == Some("empty_back_translation") {
+        // An answer that is no list is not judged.
+        if matches!(
+            c.reason.as_deref(),
+            Some("empty_back_translation" | "back_translation_not_a_list")
+        ) {
             assert!(c.judgements.is_none());
             continue;
         }
@@ -305,8 +345,9 @@ fn judge_with_the_real_engine() {
             assert!(c.back_instructions.contains(&j.back_instruction));
             assert_eq!(j.label, parse_judgement(&j.text).ok());
         }
-        let best = judgements.iter().filter_map(|j| j.label).max();
-        let want = match best {
+        // The paper's rule: the worst readable verdict decides.
+        let worst = judgements.iter().filter_map(|j| j.label).min();
+        let want = match worst {
             None => Some("unparsed_judgement"),
             Some(JudgeLabel::Contradiction) => Some("inconsistent"),
             Some(_) => None,

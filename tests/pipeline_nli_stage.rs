@@ -134,3 +134,86 @@ fn nli_checker_keeps_what_the_classifier_does_not_call_a_contradiction() {
         "{err}"
     );
 }
+
+/// Runs the stage on one instruction whose recorded answer is `back` and returns why it
+/// was dropped (none when kept).
+fn nli_reason(model: &Path, rule: &str, instruction: &str, back: &[&str]) -> Option<String> {
+    let toml_text = format!(
+        "[synthesis.backtranslate]\nchecker = \"nli\"\nrule = \"{rule}\"\nnli_model = \"{}\"\n",
+        model.display()
+    );
+    let validated = Validated {
+        id: "i0".into(),
+        instruction: instruction.into(),
+        funcs: vec![ScoredFunc {
+            source: "def evaluate(response):\n    return True  # unit-0".into(),
+            accuracy: 1.0,
+        }],
+        cases: Vec::new(),
+    };
+    let mut replay = Replay::new(vec![(
+        "# unit-0".into(),
+        vec![serde_json::to_string(back).unwrap()],
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&toml_text);
+    let run = RunFolder::create(
+        dir.path(),
+        &cfg,
+        Value::Null,
+        &["crossval", "backtranslate"],
+    )
+    .unwrap();
+    run.stage_files()
+        .write_records("crossval", "instructions.jsonl", &[validated])
+        .unwrap();
+    run.mark_running("crossval").unwrap();
+    run.mark_done("crossval", Vec::new(), 0.0).unwrap();
+    let mut pipeline = Pipeline::new(
+        run.stage_files(),
+        cfg.seed,
+        cfg.synthesis,
+        Some(&mut replay),
+    );
+    let rows = run.run_stage(&mut pipeline, Stage::Backtranslate).unwrap();
+    rows[0].dropped.keys().next().cloned()
+}
+
+/// The paper's rule: one back-translation the classifier calls a contradiction drops
+/// the instruction even when another one holds; `any_agrees` keeps it.
+#[test]
+fn one_contradicting_back_translation_drops_the_instruction() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nli/bert");
+    let classifier = NliClassifier::load(&model, &Device::Cpu).unwrap();
+    // An instruction whose own back-translation holds, and another text the classifier
+    // says contradicts it.
+    let found = INSTRUCTIONS.iter().find_map(|&(instruction, own)| {
+        let holds = !classifier.contradicts(&classifier.predict(&[(instruction, own)]).unwrap()[0]);
+        let contradicting = INSTRUCTIONS.iter().map(|(_, b)| *b).find(|b| {
+            classifier.contradicts(&classifier.predict(&[(instruction, *b)]).unwrap()[0])
+        });
+        holds
+            .then_some(())
+            .and(contradicting.map(|c| (instruction, own, c)))
+    });
+    let (instruction, own, contradicting) =
+        found.expect("the fixture calls some pair a contradiction and some not");
+    assert_eq!(
+        nli_reason(&model, "none_contradicts", instruction, &[own]),
+        None
+    );
+    assert_eq!(
+        nli_reason(
+            &model,
+            "none_contradicts",
+            instruction,
+            &[own, contradicting]
+        )
+        .as_deref(),
+        Some("inconsistent")
+    );
+    assert_eq!(
+        nli_reason(&model, "any_agrees", instruction, &[own, contradicting]),
+        None
+    );
+}

@@ -115,9 +115,14 @@ fn online_dpo_grades_pairs_trains_and_resumes() {
         assert_eq!(report.samples, 24);
         // The sandbox's verdicts are the functions' real answers.
         let mut rate_of: HashMap<String, f64> = HashMap::new();
+        let mut finish_of: HashMap<String, String> = HashMap::new();
         for s in &samples {
             let text = s["response"].as_str().unwrap();
             let rate = s["pass_rate"].as_f64().unwrap();
+            finish_of.insert(
+                text.to_string(),
+                s["finish_reason"].as_str().unwrap().to_string(),
+            );
             assert_eq!(
                 rate,
                 expected_pass_rate(s["prompt_id"].as_str().unwrap(), text),
@@ -137,7 +142,18 @@ fn online_dpo_grades_pairs_trains_and_resumes() {
         for p in &pairs {
             assert!(rate_of[p["chosen"].as_str().unwrap()] >= 0.5);
             assert_eq!(rate_of[p["rejected"].as_str().unwrap()], 0.0);
+            // Neither side is cut by the token limit or empty.
+            for side in ["chosen", "rejected"] {
+                let text = p[side].as_str().unwrap();
+                assert_eq!(finish_of[text], "stop", "{side} {text:?}");
+                assert!(!text.trim().is_empty(), "empty {side}");
+            }
         }
+        let truncated = samples
+            .iter()
+            .filter(|s| s["finish_reason"] == "length")
+            .count();
+        assert_eq!(report.truncated, truncated);
         if report.pairs > 0 {
             trained += 1;
             assert!(dir.join("adapter_model.safetensors").is_file());

@@ -125,7 +125,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                     (round.to_string(), prompt)
                 })
                 .collect();
-            let texts = p.generate(STAGE, &prompts, 1, &cfg.sampling)?;
+            let texts = p.generate_texts(STAGE, &prompts, 1, &cfg.sampling)?;
             Ok(units
                 .iter()
                 .zip(texts)

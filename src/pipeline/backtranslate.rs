@@ -1,13 +1,16 @@
 //! Stage `backtranslate`: the model turns each instruction's kept functions back into
-//! instructions; a consistency check drops an instruction whose back-translations all
-//! drift from the original. The paper uses an NLI model and drops *contradiction*; the
-//! default here is the embedded MiniLM sentence embedder (offline): keep when the best
-//! back-translation's cosine similarity reaches `min_similarity`. The `judge` checker
-//! asks the supervision model instead, once per distinct back-translation (at most
-//! `max_funcs`), and keeps the instruction unless its best verdict is *contradiction*
-//! (`inconsistent`) or no answer names a verdict (`unparsed_judgement`). The `nli`
-//! checker classifies (instruction, back-translation) pairs with an NLI model and drops
-//! the instruction when every back-translation contradicts it.
+//! a list of instructions; a consistency check drops an instruction whose
+//! back-translations drift from the original. The paper uses an NLI model and drops an
+//! instruction when any back-translation contradicts it (`rule = "none_contradicts"`,
+//! the default). The default checker is the embedded MiniLM sentence embedder
+//! (offline): keep when the least similar back-translation's cosine similarity reaches
+//! `min_similarity`. The `judge` checker asks the supervision model instead, once per
+//! distinct back-translation (at most `max_funcs`), and drops the instruction when a
+//! verdict is *contradiction* (`inconsistent`) or no answer names a verdict
+//! (`unparsed_judgement`). The `nli` checker classifies (instruction, back-translation)
+//! pairs with an NLI model and drops the instruction when one contradicts it. An answer
+//! that is not a list is `back_translation_not_a_list`. `rule = "any_agrees"` keeps the
+//! earlier, laxer rule: the best back-translation decides, and prose counts as one.
 //!
 //! Output `backtranslate/instructions.jsonl`: the crossval record plus
 //! `back_instructions`, `similarity` and, with the judge, `judgements`;
@@ -47,18 +50,35 @@ pub enum ConsistencyChecker {
     None,
 }
 
+/// How the verdicts on an instruction's back-translations combine.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsistencyRule {
+    /// The paper's: every back-translation must hold. Dropped when any is judged a
+    /// contradiction (`judge`, `nli`) or the least similar one is below `min_similarity`
+    /// (`minilm`); an answer that is not a list is a parse failure.
+    #[default]
+    NoneContradicts,
+    /// The earlier rule: kept when the best back-translation holds (best verdict not a
+    /// contradiction, not every NLI verdict a contradiction, the most similar one at
+    /// `min_similarity`); an answer that is not a list is read as one back-translation.
+    AnyAgrees,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BacktranslateConfig {
     pub checker: ConsistencyChecker,
+    pub rule: ConsistencyRule,
     /// The sentence-embedding model folder (BERT, safetensors, tokenizer.json).
     pub embedder: PathBuf,
     /// The NLI classifier folder for `checker = "nli"` (config.json with `id2label`,
     /// model.safetensors, tokenizer.json), e.g. a local copy of
     /// MoritzLaurer/mDeBERTa-v3-base-xnli-multilingual-nli-2mil7.
     pub nli_model: Option<PathBuf>,
-    /// Keep an instruction when its best back-translation reaches this cosine
-    /// similarity (docs/pipeline.md says how it was chosen).
+    /// Keep an instruction when its least similar back-translation (its best one under
+    /// `any_agrees`) reaches this cosine similarity (docs/pipeline.md says how it was
+    /// chosen).
     pub min_similarity: f32,
     /// Kept functions shown to the model (the released script shows up to 3).
     pub max_funcs: usize,
@@ -71,6 +91,7 @@ impl Default for BacktranslateConfig {
     fn default() -> Self {
         Self {
             checker: ConsistencyChecker::Minilm,
+            rule: ConsistencyRule::NoneContradicts,
             embedder: PathBuf::from("models/all-MiniLM-L6-v2"),
             nli_model: None,
             min_similarity: 0.45,
@@ -86,7 +107,8 @@ pub struct Checked {
     #[serde(flatten)]
     pub validated: Validated,
     pub back_instructions: Vec<String>,
-    /// Best cosine similarity to the original (absent without a checker).
+    /// The deciding cosine similarity to the original: the least similar
+    /// back-translation's (the best one's under `any_agrees`); absent without MiniLM.
     pub similarity: Option<f32>,
     /// The `judge` checker's answers, one per judged back-translation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,12 +178,12 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                     (v.id.clone(), fill(&template, &[("funcs", &funcs)]))
                 })
                 .collect();
-            let texts = p.generate(STAGE, &prompts, 1, &cfg.sampling)?;
+            let texts = p.generate_texts(STAGE, &prompts, 1, &cfg.sampling)?;
             match cfg.checker {
                 ConsistencyChecker::Minilm | ConsistencyChecker::None => units
                     .iter()
                     .zip(texts)
-                    .map(|(v, t)| check(v, &t[0], embedder.as_ref(), cfg.min_similarity))
+                    .map(|(v, t)| check(v, &t[0], embedder.as_ref(), cfg.min_similarity, cfg.rule))
                     .collect(),
                 ConsistencyChecker::Judge => {
                     let back: Vec<&str> = texts.iter().map(|t| t[0].as_str()).collect();
@@ -172,7 +194,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                     units
                         .iter()
                         .zip(texts)
-                        .map(|(v, t)| nli_check(v, &t[0], classifier, cfg.max_funcs))
+                        .map(|(v, t)| nli_check(v, &t[0], classifier, cfg.max_funcs, cfg.rule))
                         .collect()
                 }
             }
@@ -206,7 +228,7 @@ fn judge_chunk(
     let template = p.synthesis.prompts.judge.clone();
     let parsed: Vec<Result<Vec<String>, &'static str>> = back_texts
         .iter()
-        .map(|t| parse_back_translation(t))
+        .map(|t| back_translations(t, cfg.rule))
         .collect();
     let mut prompts = Vec::new();
     let mut judged: Vec<Vec<String>> = Vec::with_capacity(units.len());
@@ -229,7 +251,7 @@ fn judge_chunk(
     let answers = if prompts.is_empty() {
         Vec::new()
     } else {
-        p.generate(STAGE, &prompts, 1, &cfg.judge_sampling)?
+        p.generate_texts(STAGE, &prompts, 1, &cfg.judge_sampling)?
     };
     let mut answers = answers.into_iter().map(|mut t| t.remove(0));
     Ok(units
@@ -252,7 +274,12 @@ fn judge_chunk(
                     }
                 })
                 .collect();
-            let reason = match judgements.iter().filter_map(|j| j.label).max() {
+            let labels = judgements.iter().filter_map(|j| j.label);
+            let deciding = match cfg.rule {
+                ConsistencyRule::NoneContradicts => labels.min(),
+                ConsistencyRule::AnyAgrees => labels.max(),
+            };
+            let reason = match deciding {
                 None => Some(DropReason::UnparsedJudgement),
                 Some(JudgeLabel::Contradiction) => Some(DropReason::Inconsistent),
                 Some(JudgeLabel::Neutral | JudgeLabel::Consistent) => None,
@@ -269,15 +296,17 @@ fn judge_chunk(
 }
 
 /// The `nli` checker for one instruction: premise = the instruction, hypothesis = each
-/// distinct back-translation (at most `max_funcs`); dropped when all contradict. The
-/// verdicts are recorded as judgements (entailment counts as consistent).
+/// distinct back-translation (at most `max_funcs`); dropped when one contradicts (all,
+/// under `any_agrees`). The verdicts are recorded as judgements (entailment counts as
+/// consistent).
 fn nli_check(
     v: &Validated,
     text: &str,
     classifier: &NliClassifier,
     max_funcs: usize,
+    rule: ConsistencyRule,
 ) -> Result<Checked> {
-    let back = match parse_back_translation(text) {
+    let back = match back_translations(text, rule) {
         Ok(back) => back,
         Err(reason) => return Ok(rejected_unparsed(v, reason)),
     };
@@ -315,16 +344,29 @@ fn nli_check(
             }
         })
         .collect();
-    let all_contradict = judgements
-        .iter()
-        .all(|j| j.label == Some(JudgeLabel::Contradiction));
+    let contradicts = |j: &Judgement| j.label == Some(JudgeLabel::Contradiction);
+    let inconsistent = match rule {
+        ConsistencyRule::NoneContradicts => judgements.iter().any(contradicts),
+        ConsistencyRule::AnyAgrees => judgements.iter().all(contradicts),
+    };
     Ok(Checked {
         validated: v.clone(),
         back_instructions: back,
         similarity: None,
         judgements: Some(judgements),
-        reason: all_contradict.then_some(DropReason::Inconsistent),
+        reason: inconsistent.then_some(DropReason::Inconsistent),
     })
+}
+
+/// The back-translations in the model's answer. Under `any_agrees` an answer that is
+/// not a list is read as one back-translation, as before the paper's rule.
+fn back_translations(text: &str, rule: ConsistencyRule) -> Result<Vec<String>, &'static str> {
+    match (parse_back_translation(text), rule) {
+        (Err("back_translation_not_a_list"), ConsistencyRule::AnyAgrees) => {
+            Ok(vec![text.split_whitespace().collect::<Vec<_>>().join(" ")])
+        }
+        (parsed, _) => parsed,
+    }
 }
 
 /// An instruction whose back-translation text could not be read.
@@ -338,14 +380,16 @@ fn rejected_unparsed(v: &Validated, reason: &str) -> Checked {
     }
 }
 
-/// Decides one instruction from its back-translation text.
+/// Decides one instruction from its back-translation text: the least similar
+/// back-translation decides (the most similar under `any_agrees`).
 pub fn check(
     v: &Validated,
     text: &str,
     embedder: Option<&Embedder>,
     min_similarity: f32,
+    rule: ConsistencyRule,
 ) -> Result<Checked> {
-    let back = match parse_back_translation(text) {
+    let back = match back_translations(text, rule) {
         Ok(back) => back,
         Err(reason) => return Ok(rejected_unparsed(v, reason)),
     };
@@ -355,12 +399,14 @@ pub fn check(
             let mut texts = vec![v.instruction.clone()];
             texts.extend(back.iter().cloned());
             let vectors = e.embed(&texts)?;
+            let deciding = match rule {
+                ConsistencyRule::NoneContradicts => f32::min,
+                ConsistencyRule::AnyAgrees => f32::max,
+            };
             vectors[1..]
                 .iter()
                 .map(|b| cosine(&vectors[0], b))
-                .fold(None, |best: Option<f32>, s| {
-                    Some(best.map_or(s, |b| b.max(s)))
-                })
+                .reduce(deciding)
         }
     };
     let consistent = similarity.is_none_or(|s| s >= min_similarity);

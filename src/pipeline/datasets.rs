@@ -5,8 +5,10 @@
 //!   and instruction (`sft_prompt`).
 //! * DPO, query level: per (query, instruction) pair, chosen = responses with pass rate
 //!   ≥ `chosen_min_pass_rate`, rejected = pass rate 0; the paper's sampling rule
-//!   (`mine_pairs`); instruction level: the same rule over the kept test cases of each
-//!   instruction (case inputs as responses to the bare instruction).
+//!   (`mine_pairs`); blank and truncated responses are on neither side
+//!   (`is_preference_candidate`); instruction level: the same rule over the kept,
+//!   non-blank test cases of each instruction (case inputs as responses to the bare
+//!   instruction).
 //!
 //! Files: `datasets/llamafactory/{autoif_sft.json, autoif_dpo.json,
 //! dataset_info.json}` (alpaca SFT; alpaca preference records with `chosen`/`rejected`)
@@ -24,7 +26,7 @@ use super::score::{self, ScoredResponse};
 use super::Pipeline;
 use crate::generate::unit_seed;
 use crate::io::write_atomic;
-use crate::train::autoif_rules::{capitalise, mine_pairs, sft_prompt};
+use crate::train::autoif_rules::{capitalise, is_preference_candidate, mine_pairs, sft_prompt};
 
 pub const STAGE: &str = "datasets";
 /// The SFT records for TRL (conversational `messages`), inside the stage folder.
@@ -120,6 +122,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         let candidates: Vec<(String, f64)> = v
             .cases
             .iter()
+            .filter(|c| !c.input.trim().is_empty())
             .map(|c| (c.input.clone(), c.pass_rate))
             .collect();
         mine(
@@ -139,6 +142,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
         let group: Vec<&ResponseRecord> = all.iter().filter(|r| r.pair_id == pair_id).collect();
         let candidates: Vec<(String, f64)> = group
             .iter()
+            .filter(|r| is_preference_candidate(&r.response, r.finish_reason))
             .map(|r| (r.response.clone(), r.pass_rate))
             .collect();
         let prompt = sft_prompt(&group[0].query, &group[0].instruction);

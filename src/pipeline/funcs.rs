@@ -89,7 +89,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                     )
                 })
                 .collect();
-            let texts = p.generate(STAGE, &prompts, cfg.samples, &cfg.sampling)?;
+            let texts = p.generate_texts(STAGE, &prompts, cfg.samples, &cfg.sampling)?;
             Ok(units
                 .iter()
                 .zip(texts)

@@ -64,19 +64,23 @@ pub enum DropReason {
     NoAccurateFunction,
     /// backtranslate: the model wrote nothing.
     EmptyBackTranslation,
+    /// backtranslate: the answer is text, not a list of back-translations.
+    BackTranslationNotAList,
     /// backtranslate: the back-translations drift from the instruction.
     Inconsistent,
     /// backtranslate: no judge answer names a verdict.
     UnparsedJudgement,
     /// responses: the response is blank.
     EmptyResponse,
+    /// responses: generation stopped at `max_new_tokens`, so the text is a fragment.
+    Truncated,
     /// responses: the pass rate is not above `keep_pass_rate_above`.
     LowPassRate,
     /// score: no `Score: N` in the judgement.
     NoScore,
     /// score: a score above 10.
     ScoreOutOfRange,
-    /// score: the score is not above `keep_score_above`.
+    /// score: the score is below `min_score`.
     LowScore,
     /// datasets: no response with pass rate 0 to pair against.
     NoRejected,
@@ -87,7 +91,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 37] = [
+    pub const ALL: [DropReason; 39] = [
         DropReason::NoListLines,
         DropReason::TooShort,
         DropReason::TooLong,
@@ -115,9 +119,11 @@ impl DropReason {
         DropReason::LowAccuracy,
         DropReason::NoAccurateFunction,
         DropReason::EmptyBackTranslation,
+        DropReason::BackTranslationNotAList,
         DropReason::Inconsistent,
         DropReason::UnparsedJudgement,
         DropReason::EmptyResponse,
+        DropReason::Truncated,
         DropReason::LowPassRate,
         DropReason::NoScore,
         DropReason::ScoreOutOfRange,
@@ -157,9 +163,11 @@ impl DropReason {
             DropReason::LowAccuracy => "low_accuracy",
             DropReason::NoAccurateFunction => "no_accurate_function",
             DropReason::EmptyBackTranslation => "empty_back_translation",
+            DropReason::BackTranslationNotAList => "back_translation_not_a_list",
             DropReason::Inconsistent => "inconsistent",
             DropReason::UnparsedJudgement => "unparsed_judgement",
             DropReason::EmptyResponse => "empty_response",
+            DropReason::Truncated => "truncated",
             DropReason::LowPassRate => "low_pass_rate",
             DropReason::NoScore => "no_score",
             DropReason::ScoreOutOfRange => "score_out_of_range",
@@ -276,6 +284,7 @@ mod tests {
         }
         for name in [
             parse_back_translation("").unwrap_err(),
+            parse_back_translation("Answer in French.").unwrap_err(),
             parse_score("").unwrap_err(),
         ] {
             DropReason::parsed(name);

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 use crate::generate::unit_seed;
-use crate::generate::{Backend, Prompt, Request, SamplingParams};
+use crate::generate::{Backend, FinishReason, Prompt, Request, SamplingParams};
 pub use crate::verify::{pass_rate, Execute};
 use crate::verify::{FunctionRun, Sandbox, SandboxOptions, Verdict};
 use config::{Sampling, SynthesisConfig};
@@ -158,14 +158,15 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Samples `n` texts for each (unit key, prompt) with a seed fixed by the key, so a
-    /// unit gives the same texts whenever and with whatever else it runs.
+    /// unit gives the same texts whenever and with whatever else it runs. Each text
+    /// keeps its finish reason: a text cut by `max_new_tokens` is not a finished answer.
     pub fn generate(
         &mut self,
         stage: &str,
         prompts: &[(String, String)],
         n: usize,
         sampling: &Sampling,
-    ) -> Result<Vec<Vec<String>>> {
+    ) -> Result<Vec<Vec<Generated>>> {
         let seed = self.seed;
         let backend = self
             .backend
@@ -188,12 +189,31 @@ impl<'a> Pipeline<'a> {
         let completions = backend.generate(&requests)?;
         let mut out = vec![Vec::with_capacity(n); prompts.len()];
         for c in completions {
-            out[c.request_index].push(c.text);
+            out[c.request_index].push(Generated {
+                text: c.text,
+                finish_reason: c.finish_reason,
+            });
         }
         if out.iter().any(|texts| texts.len() != n) {
             bail!("the backend returned a wrong number of completions");
         }
         Ok(out)
+    }
+
+    /// `generate` for stages whose records keep the text alone: a cut function answer,
+    /// back-translation or judgement fails its parser and is counted there.
+    pub fn generate_texts(
+        &mut self,
+        stage: &str,
+        prompts: &[(String, String)],
+        n: usize,
+        sampling: &Sampling,
+    ) -> Result<Vec<Vec<String>>> {
+        let generated = self.generate(stage, prompts, n, sampling)?;
+        Ok(generated
+            .into_iter()
+            .map(|texts| texts.into_iter().map(|g| g.text).collect())
+            .collect())
     }
 
     /// Runs functions on inputs in the sandbox (started on first use).
@@ -205,6 +225,23 @@ impl<'a> Pipeline<'a> {
             })?);
         }
         self.sandbox.as_ref().expect("just started").run(jobs)
+    }
+}
+
+/// One generated text and why generation ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub text: String,
+    pub finish_reason: FinishReason,
+}
+
+impl Generated {
+    /// A text that ended on its own (end of sequence or a stop string).
+    pub fn finished(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            finish_reason: FinishReason::Stop,
+        }
     }
 }
 

@@ -243,8 +243,9 @@ pub fn parse_instruction_list(text: &str) -> Vec<String> {
     out
 }
 
-/// Back-translated instructions: a JSON (or Python) list of strings, else list lines,
-/// else the whole text as one instruction.
+/// Back-translated instructions: a JSON (or Python) list of strings, else list lines.
+/// Any other text is `back_translation_not_a_list`: the prompt asks for a list, and
+/// reading prose as one instruction would let a model that ignores it pass the check.
 pub fn parse_back_translation(text: &str) -> Result<Vec<String>, &'static str> {
     if let Ok(Value::Array(items)) = extract_json(text, '[') {
         let strings: Vec<String> = items
@@ -260,11 +261,10 @@ pub fn parse_back_translation(text: &str) -> Result<Vec<String>, &'static str> {
     if !listed.is_empty() {
         return Ok(listed);
     }
-    let whole = text.trim();
-    if whole.is_empty() {
+    if text.trim().is_empty() {
         Err("empty_back_translation")
     } else {
-        Ok(vec![whole.split_whitespace().collect::<Vec<_>>().join(" ")])
+        Err("back_translation_not_a_list")
     }
 }
 
@@ -393,8 +393,8 @@ mod tests {
             vec!["Answer in French.", "Use French."]
         );
         assert_eq!(
-            parse_back_translation("Write fewer than ten words.").unwrap(),
-            vec!["Write fewer than ten words."]
+            parse_back_translation("Write fewer than ten words."),
+            Err("back_translation_not_a_list")
         );
     }
 

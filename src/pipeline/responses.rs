@@ -1,11 +1,12 @@
 //! Stage `responses`: K responses per (query, instruction) with the paper's prompt,
 //! rejection sampling by execution. Every response gets its pass rate over the
 //! instruction's functions (the released script's: mean of the boolean results, calls
-//! that raise left out); a response is kept when the rate is above
-//! `keep_pass_rate_above` (released script: > 0). All rates feed query-level DPO.
+//! that raise left out); a response is kept when it is not blank, was not cut by
+//! `max_new_tokens` (`truncated`) and its rate is above `keep_pass_rate_above`
+//! (released script: > 0). All rates feed query-level DPO.
 //!
 //! Output `responses/all.jsonl` and `responses/kept.jsonl`: `{id, pair_id,
-//! instruction_id, instruction, query, response, pass_rate, reason}`.
+//! instruction_id, instruction, query, response, finish_reason, pass_rate, reason}`.
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,8 @@ use super::config::Sampling;
 use super::funnel::{DropReason, FunnelRow};
 use super::prompts::fill;
 use super::queries::{self, QueryPair};
-use super::{Execute, Pipeline};
+use super::{Execute, Generated, Pipeline};
+use crate::generate::FinishReason;
 use crate::verify::pass_rates;
 
 pub const STAGE: &str = "responses";
@@ -47,6 +49,8 @@ pub struct ResponseRecord {
     pub instruction: String,
     pub query: String,
     pub response: String,
+    /// `length` when generation hit `max_new_tokens`: the response is a fragment.
+    pub finish_reason: FinishReason,
     pub pass_rate: f64,
     /// Why it is not kept; none when kept.
     pub reason: Option<DropReason>,
@@ -74,7 +78,8 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                 })
                 .collect();
             let texts = p.generate(STAGE, &prompts, cfg.samples, &cfg.sampling)?;
-            let sampled: Vec<(QueryPair, Vec<String>)> = units.iter().cloned().zip(texts).collect();
+            let sampled: Vec<(QueryPair, Vec<Generated>)> =
+                units.iter().cloned().zip(texts).collect();
             judge_responses(&sampled, cfg.keep_pass_rate_above, &mut |jobs| {
                 p.execute(jobs)
             })
@@ -98,20 +103,27 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
 
 /// Runs each pair's functions on its responses and decides each response.
 pub fn judge_responses(
-    sampled: &[(QueryPair, Vec<String>)],
+    sampled: &[(QueryPair, Vec<Generated>)],
     keep_above: f64,
     execute: &mut Execute,
 ) -> Result<Vec<ResponseRecord>> {
+    let texts: Vec<Vec<String>> = sampled
+        .iter()
+        .map(|(_, responses)| responses.iter().map(|g| g.text.clone()).collect())
+        .collect();
     let groups: Vec<(&[String], &[String])> = sampled
         .iter()
-        .map(|(pair, responses)| (pair.funcs.as_slice(), responses.as_slice()))
+        .zip(&texts)
+        .map(|((pair, _), texts)| (pair.funcs.as_slice(), texts.as_slice()))
         .collect();
     let rates = pass_rates(&groups, execute)?;
     let mut records = Vec::new();
     for ((pair, responses), rates) in sampled.iter().zip(rates) {
         for (k, (response, rate)) in responses.iter().zip(rates).enumerate() {
-            let reason = if response.trim().is_empty() {
+            let reason = if response.text.trim().is_empty() {
                 Some(DropReason::EmptyResponse)
+            } else if response.finish_reason == FinishReason::Length {
+                Some(DropReason::Truncated)
             } else if rate <= keep_above {
                 Some(DropReason::LowPassRate)
             } else {
@@ -123,7 +135,8 @@ pub fn judge_responses(
                 instruction_id: pair.instruction_id.clone(),
                 instruction: pair.instruction.clone(),
                 query: pair.query.clone(),
-                response: response.clone(),
+                response: response.text.clone(),
+                finish_reason: response.finish_reason,
                 pass_rate: rate,
                 reason,
             });

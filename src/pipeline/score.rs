@@ -1,7 +1,7 @@
 //! Stage `score`: the model judges each kept response's relevance to its query, 0–10,
 //! with the paper's prompt; the score is parsed from `Score: N` (see `parse_score`) and
-//! a response is kept when it is above `keep_score_above` (released script: > 8). With
-//! `enabled = false` every response passes through unscored.
+//! a response is kept when it reaches `min_score` (the paper: 8 and above; its released
+//! script keeps > 8). With `enabled = false` every response passes through unscored.
 //!
 //! Output `score/kept.jsonl` and `score/all.jsonl`: the response record plus `score`,
 //! `judgement` and `score_reason`.
@@ -24,8 +24,8 @@ pub struct ScoreConfig {
     /// Off: every response that passed its functions goes on unscored (for a supervisor
     /// too small to judge relevance; a 135M model's scores are noise).
     pub enabled: bool,
-    /// Keep a response whose mean score is above this (the released script: > 8).
-    pub keep_score_above: f64,
+    /// Keep a response whose score is at least this (the paper's rule: ≥ 8).
+    pub min_score: f64,
     pub sampling: Sampling,
 }
 
@@ -33,7 +33,7 @@ impl Default for ScoreConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            keep_score_above: 8.0,
+            min_score: 8.0,
             sampling: Sampling::new(0.0, 384),
         }
     }
@@ -76,11 +76,11 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                     (r.id.clone(), prompt)
                 })
                 .collect();
-            let texts = p.generate(STAGE, &prompts, 1, &cfg.sampling)?;
+            let texts = p.generate_texts(STAGE, &prompts, 1, &cfg.sampling)?;
             Ok(units
                 .iter()
                 .zip(texts)
-                .map(|(r, mut t)| judge(r.clone(), t.remove(0), cfg.keep_score_above))
+                .map(|(r, mut t)| judge(r.clone(), t.remove(0), cfg.min_score))
                 .collect())
         },
     )?;
@@ -110,10 +110,10 @@ fn unscored(response: ResponseRecord) -> ScoredResponse {
     }
 }
 
-/// Decides one response from the judge's text.
-pub fn judge(response: ResponseRecord, judgement: String, keep_above: f64) -> ScoredResponse {
+/// Decides one response from the judge's text: kept when its score reaches `min_score`.
+pub fn judge(response: ResponseRecord, judgement: String, min_score: f64) -> ScoredResponse {
     let (score, reason) = match parse_score(&judgement) {
-        Ok(s) if s > keep_above => (Some(s), None),
+        Ok(s) if s >= min_score => (Some(s), None),
         Ok(s) => (Some(s), Some(DropReason::LowScore)),
         Err(name) => (None, Some(DropReason::parsed(name))),
     };
@@ -122,5 +122,38 @@ pub fn judge(response: ResponseRecord, judgement: String, keep_above: f64) -> Sc
         score,
         judgement,
         score_reason: reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::FinishReason;
+
+    fn scored(judgement: &str) -> ScoredResponse {
+        let response = ResponseRecord {
+            id: "p-s0".into(),
+            pair_id: "p".into(),
+            instruction_id: "i".into(),
+            instruction: "Answer briefly".into(),
+            query: "What is rain?".into(),
+            response: "Water falling from clouds.".into(),
+            finish_reason: FinishReason::Stop,
+            pass_rate: 1.0,
+            reason: None,
+        };
+        judge(response, judgement.into(), ScoreConfig::default().min_score)
+    }
+
+    #[test]
+    fn score_eight_is_kept_and_seven_dropped() {
+        assert_eq!(ScoreConfig::default().min_score, 8.0);
+        let eight = scored("Relevant and complete.\nScore: 8");
+        assert_eq!((eight.score, eight.score_reason), (Some(8.0), None));
+        let seven = scored("Mostly relevant.\nScore: 7");
+        assert_eq!(
+            (seven.score, seven.score_reason),
+            (Some(7.0), Some(DropReason::LowScore))
+        );
     }
 }

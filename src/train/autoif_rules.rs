@@ -2,6 +2,7 @@
 //! query and an instruction make one training prompt, and how graded samples make
 //! preference pairs.
 
+use crate::generate::FinishReason;
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -25,6 +26,14 @@ pub fn sft_prompt(query: &str, instruction: &str) -> String {
     } else {
         format!("{query}. {instruction}.")
     }
+}
+
+/// Whether a sampled response may be either side of a preference pair. A blank one
+/// is no answer at all. One cut by the token limit is neither: as a chosen it teaches
+/// stopping mid-sentence, and as a rejected its failed checks may be the cut's doing
+/// (an unfinished ending, a word count not reached), so it is left out of both sides.
+pub fn is_preference_candidate(text: &str, finish_reason: FinishReason) -> bool {
+    !text.trim().is_empty() && finish_reason != FinishReason::Length
 }
 
 /// The paper's DPO sampling rule over (text, pass rate) candidates: positives have a

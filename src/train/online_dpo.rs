@@ -5,7 +5,9 @@
 //! 2. sample K responses per prompt at temperature 0.8 with the engine on those weights;
 //! 3. run each prompt's verification functions on the responses in the sandbox; a
 //!    response's reward is its pass rate;
-//! 4. pair chosen (pass rate ≥ 0.5) with rejected (pass rate 0) by the paper's rule;
+//! 4. pair chosen (pass rate ≥ 0.5) with rejected (pass rate 0) by the paper's rule,
+//!    leaving out blank responses and those cut by `max_new_tokens`
+//!    (`is_preference_candidate`);
 //! 5. train a fresh adapter with DPO on the pairs.
 //!
 //! Every iteration writes `iter-N/` (samples with pass rates, pairs, the adapter and its
@@ -14,14 +16,16 @@
 //! seeded per (iteration, prompt), so a redone iteration samples the same texts.
 
 use super::adapters::merge_adapters;
-use super::autoif_rules::{mine_pairs, sft_prompt};
+use super::autoif_rules::{is_preference_candidate, mine_pairs, sft_prompt};
 use super::data::{tokenize_preferences, PreferencePair};
 use super::dpo::DpoConfig;
 use super::job::TrainingJob;
 use super::metrics::StepMetrics;
 use super::trainer::{train, TrainingOptions};
 use crate::generate::unit_seed;
-use crate::generate::{Backend, EngineOptions, LocalEngine, Prompt, Request, SamplingParams};
+use crate::generate::{
+    Backend, EngineOptions, FinishReason, LocalEngine, Prompt, Request, SamplingParams,
+};
 use crate::io::{read_jsonl_if_exists, write_jsonl};
 use crate::model::adapter_file::load_adapter;
 use crate::model::chat_template::Message;
@@ -94,6 +98,9 @@ pub struct IterationReport {
     pub iteration: usize,
     pub prompts: usize,
     pub samples: usize,
+    /// Samples cut by `max_new_tokens`: graded, but never a side of a pair.
+    #[serde(default)]
+    pub truncated: usize,
     /// Mean pass rate of the sampled responses: the policy's reward before this
     /// iteration's update.
     pub mean_pass_rate: f64,
@@ -236,6 +243,7 @@ struct SampleRecord<'a> {
     prompt_id: &'a str,
     sample: usize,
     response: &'a str,
+    finish_reason: FinishReason,
     pass_rate: f64,
 }
 
@@ -256,23 +264,33 @@ fn run_iteration(
     let stage = format!("online_dpo-{iteration}");
     let seed = config.dpo.args.seed;
 
-    let responses = sample(model, &selected, config, seed, &stage, options.progress)?;
+    let Sampled {
+        texts: responses,
+        finish_reasons,
+    } = sample(model, &selected, config, seed, &stage, options.progress)?;
     let rates = score(&selected, &responses, execute)?;
 
     let mut samples = Vec::new();
     let mut pairs = Vec::new();
-    for ((p, texts), rates) in selected.iter().zip(&responses).zip(&rates) {
+    for (((p, texts), finished), rates) in selected
+        .iter()
+        .zip(&responses)
+        .zip(&finish_reasons)
+        .zip(&rates)
+    {
         let candidates: Vec<(String, f64)> = texts
             .iter()
+            .zip(finished)
             .zip(rates)
-            .filter(|(t, _)| !t.trim().is_empty())
-            .map(|(t, &r)| (t.clone(), r))
+            .filter(|((t, &f), _)| is_preference_candidate(t, f))
+            .map(|((t, _), &r)| (t.clone(), r))
             .collect();
-        for (k, (t, &r)) in texts.iter().zip(rates).enumerate() {
+        for (k, ((t, &f), &r)) in texts.iter().zip(finished).zip(rates).enumerate() {
             samples.push(SampleRecord {
                 prompt_id: &p.id,
                 sample: k,
                 response: t,
+                finish_reason: f,
                 pass_rate: r,
             });
         }
@@ -300,6 +318,11 @@ fn run_iteration(
         iteration,
         prompts: selected.len(),
         samples: all_rates.len(),
+        truncated: finish_reasons
+            .iter()
+            .flatten()
+            .filter(|&&f| f == FinishReason::Length)
+            .count(),
         mean_pass_rate: mean(&all_rates),
         chosen_share: all_rates
             .iter()
@@ -347,6 +370,12 @@ fn run_iteration(
     Ok(report)
 }
 
+/// An iteration's responses, K per prompt, and why each ended.
+struct Sampled {
+    texts: Vec<Vec<String>>,
+    finish_reasons: Vec<Vec<FinishReason>>,
+}
+
 /// K responses per prompt from the live weights, seeded per (iteration, prompt).
 fn sample(
     model: &Model,
@@ -355,7 +384,7 @@ fn sample(
     seed: u64,
     stage: &str,
     progress: bool,
-) -> Result<Vec<Vec<String>>> {
+) -> Result<Sampled> {
     let requests: Vec<Request> = prompts
         .iter()
         .map(|p| Request {
@@ -379,11 +408,16 @@ fn sample(
             ..EngineOptions::default()
         },
     );
-    let mut out = vec![vec![String::new(); config.samples]; prompts.len()];
+    let mut texts = vec![vec![String::new(); config.samples]; prompts.len()];
+    let mut finish_reasons = vec![vec![FinishReason::Stop; config.samples]; prompts.len()];
     for c in engine.generate(&requests)? {
-        out[c.request_index][c.sample_index] = c.text;
+        texts[c.request_index][c.sample_index] = c.text;
+        finish_reasons[c.request_index][c.sample_index] = c.finish_reason;
     }
-    Ok(out)
+    Ok(Sampled {
+        texts,
+        finish_reasons,
+    })
 }
 
 /// Pass rate of every response over its prompt's functions.
