@@ -334,13 +334,13 @@ fn live_workers() -> usize {
         .count()
 }
 
-/// Live workers once those already killed have had `limit` to finish exiting: a
-/// worker's holder is reaped at once, the namespace's init it held a moment later.
-fn live_workers_after(limit: Duration) -> usize {
+/// What `count` finds once processes already killed have had `limit` to finish exiting:
+/// a worker's holder is reaped at once, the namespace's init it held a moment later.
+fn after_exits<T: Default + PartialEq>(limit: Duration, count: impl Fn() -> T) -> T {
     let started = Instant::now();
     loop {
-        let left = live_workers();
-        if left == 0 || started.elapsed() > limit {
+        let left = count();
+        if left == T::default() || started.elapsed() > limit {
             return left;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -434,7 +434,7 @@ fn run_attacks(python_guard: bool) {
             attack.name
         );
         assert_eq!(
-            stray_processes(),
+            after_exits(Duration::from_secs(2), stray_processes),
             Vec::<String>::new(),
             "{}: processes survived",
             attack.name
@@ -451,7 +451,7 @@ fn run_attacks(python_guard: bool) {
     }
     drop(sandbox);
     assert_eq!(
-        live_workers_after(Duration::from_secs(2)),
+        after_exits(Duration::from_secs(2), live_workers),
         0,
         "workers outlived the sandbox"
     );
