@@ -85,6 +85,7 @@ fn truncated_and_empty_responses_stay_out_of_the_data_sets() {
         instruction: "say yes".into(),
         query: "Will it rain tomorrow?".into(),
         funcs: vec![PASSES_ON_YES.into()],
+        parts: Vec::new(),
     };
     files
         .write_records("backtranslate", "instructions.jsonl", &[instruction])

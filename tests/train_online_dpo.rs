@@ -23,6 +23,7 @@ fn prompts() -> Vec<VerifiedPrompt> {
         id: id.to_string(),
         prompt: prompt.to_string(),
         funcs: funcs.iter().map(|f| f.to_string()).collect(),
+        parts: Vec::new(),
     };
     vec![
         p(

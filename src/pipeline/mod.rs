@@ -4,6 +4,7 @@
 
 pub mod augment;
 pub mod backtranslate;
+pub mod compose;
 pub mod config;
 pub mod crossval;
 pub mod datasets;

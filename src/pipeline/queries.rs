@@ -12,8 +12,11 @@
 //! dataset, resolved through the hub cache (`HF_HOME`; with `HF_HUB_OFFLINE` set only
 //! the cache is used). Without a path the dataset must have exactly one such data file.
 //!
+//! With `compose.count` set, composed pairs follow: several instructions on one query
+//! (see `compose`).
+//!
 //! Output `queries/pairs.jsonl`: `{id, instruction_id, query_id, instruction, query,
-//! funcs}`; `queries/rejected.jsonl`: `{query, reason}`.
+//! funcs}` (composed pairs add `parts`); `queries/rejected.jsonl`: `{query, reason}`.
 
 use anyhow::{bail, Context, Result};
 use rand::seq::IndexedRandom;
@@ -25,6 +28,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::backtranslate;
+use super::compose::{compose, ComposeConfig};
 use super::funnel::{DropReason, FunnelRow};
 use super::short_id;
 use super::Pipeline;
@@ -48,6 +52,8 @@ pub struct QueriesConfig {
     /// Paper's filter: 20 < characters < 300.
     pub min_chars: usize,
     pub max_chars: usize,
+    /// Pairs of several instructions at once (`compose.count`; none by default).
+    pub compose: ComposeConfig,
 }
 
 impl Default for QueriesConfig {
@@ -57,6 +63,7 @@ impl Default for QueriesConfig {
             field: String::new(),
             min_chars: 20,
             max_chars: 300,
+            compose: ComposeConfig::default(),
         }
     }
 }
@@ -70,6 +77,10 @@ pub struct QueryPair {
     pub query: String,
     /// The instruction's kept verification functions.
     pub funcs: Vec<String>,
+    /// For a composed instruction, how many of `funcs` belong to each of its parts, in
+    /// order (every part must be followed); empty for a single instruction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -356,16 +367,30 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                 instruction: v.instruction.clone(),
                 query: q.clone(),
                 funcs: v.funcs.iter().map(|f| f.source.clone()).collect(),
+                parts: Vec::new(),
             });
         }
     }
+    let validated: Vec<_> = instructions.into_iter().map(|c| c.validated).collect();
+    let (composed, composed_row) = compose(
+        &validated,
+        &kept,
+        &cfg.compose,
+        unit_seed(p.seed, STAGE, "compose"),
+        &mut |jobs| p.execute(jobs),
+    )?;
+    pairs.extend(composed);
     let rejected: Vec<Rejected> = rejected
         .into_iter()
         .map(|(query, reason)| Rejected { query, reason })
         .collect();
     p.files.write_records(STAGE, PAIRS_FILE, &pairs)?;
     p.files.write_records(STAGE, "rejected.jsonl", &rejected)?;
-    Ok(vec![queries_row, pairs_row])
+    let mut rows = vec![queries_row, pairs_row];
+    if cfg.compose.count > 0 {
+        rows.push(composed_row);
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Stage `responses`: K responses per (query, instruction) with the paper's prompt,
 //! rejection sampling by execution. Every response gets its pass rate over the
 //! instruction's functions (the released script's: mean of the boolean results, calls
-//! that raise left out); a response is kept when it is not blank, was not cut by
+//! that raise left out; a composed instruction's is its weakest part's); a response is kept when it is not blank, was not cut by
 //! `max_new_tokens` (`truncated`) and its rate is above `keep_pass_rate_above`
 //! (released script: > 0). All rates feed query-level DPO.
 //!
@@ -17,7 +17,7 @@ use super::prompts::fill;
 use super::queries::{self, QueryPair};
 use super::{Execute, Generated, Pipeline};
 use crate::generate::FinishReason;
-use crate::verify::pass_rates;
+use crate::verify::combined_pass_rates;
 
 pub const STAGE: &str = "responses";
 
@@ -111,12 +111,18 @@ pub fn judge_responses(
         .iter()
         .map(|(_, responses)| responses.iter().map(|g| g.text.clone()).collect())
         .collect();
-    let groups: Vec<(&[String], &[String])> = sampled
+    let groups: Vec<(&[String], &[usize], &[String])> = sampled
         .iter()
         .zip(&texts)
-        .map(|((pair, _), texts)| (pair.funcs.as_slice(), texts.as_slice()))
+        .map(|((pair, _), texts)| {
+            (
+                pair.funcs.as_slice(),
+                pair.parts.as_slice(),
+                texts.as_slice(),
+            )
+        })
         .collect();
-    let rates = pass_rates(&groups, execute)?;
+    let rates = combined_pass_rates(&groups, execute)?;
     let mut records = Vec::new();
     for ((pair, responses), rates) in sampled.iter().zip(rates) {
         for (k, (response, rate)) in responses.iter().zip(rates).enumerate() {

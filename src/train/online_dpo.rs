@@ -31,7 +31,7 @@ use crate::model::adapter_file::load_adapter;
 use crate::model::chat_template::Message;
 use crate::model::lora::Adapters;
 use crate::model::Model;
-use crate::verify::{pass_rates, Execute};
+use crate::verify::{combined_pass_rates, function_runs, Execute};
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -90,6 +90,9 @@ pub struct VerifiedPrompt {
     pub id: String,
     pub prompt: String,
     pub funcs: Vec<String>,
+    /// How many of `funcs` belong to each instruction of a composed prompt (all must
+    /// be followed: the weakest one's rate counts); empty for one instruction.
+    pub parts: Vec<usize>,
 }
 
 /// What one iteration did (a line of `iterations.jsonl`).
@@ -426,12 +429,12 @@ fn score(
     responses: &[Vec<String>],
     execute: &mut Execute,
 ) -> Result<Vec<Vec<f64>>> {
-    let groups: Vec<(&[String], &[String])> = prompts
+    let groups: Vec<(&[String], &[usize], &[String])> = prompts
         .iter()
         .zip(responses)
-        .map(|(p, texts)| (p.funcs.as_slice(), texts.as_slice()))
+        .map(|(p, texts)| (p.funcs.as_slice(), p.parts.as_slice(), texts.as_slice()))
         .collect();
-    pass_rates(&groups, execute)
+    combined_pass_rates(&groups, execute)
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -448,7 +451,8 @@ fn write_iterations(out: &Path, reports: &[IterationReport]) -> Result<()> {
 }
 
 /// Reads prompts with their functions: JSON Lines (or a JSON array) of
-/// `{"prompt", "funcs"}` records, or the pipeline's `queries/pairs.jsonl`
+/// `{"prompt", "funcs"}` records (`parts` for a composed prompt), or the pipeline's
+/// `queries/pairs.jsonl`
 /// (`{"id", "instruction", "query", "funcs"}`, assembled into the paper's training
 /// prompt). `funcs` holds sources or `{"source": ...}` objects.
 pub fn read_verified_prompts(path: &Path) -> Result<Vec<VerifiedPrompt>> {
@@ -479,11 +483,22 @@ pub fn read_verified_prompts(path: &Path) -> Result<Vec<VerifiedPrompt>> {
         if funcs.is_empty() {
             return Err(bad("`funcs` is empty"));
         }
+        let parts: Vec<usize> = match r.get("parts") {
+            None => Vec::new(),
+            Some(parts) => serde_json::from_value(parts.clone())
+                .map_err(|_| bad("`parts` is not a list of counts"))?,
+        };
+        function_runs(&funcs, &parts).map_err(|e| bad(&e.to_string()))?;
         let id = r["id"]
             .as_str()
             .map(String::from)
             .unwrap_or_else(|| format!("p{}", i + 1));
-        out.push(VerifiedPrompt { id, prompt, funcs });
+        out.push(VerifiedPrompt {
+            id,
+            prompt,
+            funcs,
+            parts,
+        });
     }
     Ok(out)
 }

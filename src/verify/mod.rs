@@ -25,7 +25,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 pub use confine::Layers;
-pub use verdict::{pass_rate, pass_rates, ErrorKind, Execute, Outcome, Verdict};
+pub use verdict::{
+    combined_pass_rates, function_runs, pass_rate, pass_rates, ErrorKind, Execute, Outcome, Verdict,
+};
 
 use confine::Limits;
 use seccomp::Filters;

@@ -212,6 +212,63 @@ pub fn pass_rates(
     Ok(rates)
 }
 
+/// Every response's pass rate when it must follow several instructions at once. Each
+/// group's functions are `parts` consecutive runs, one per instruction (no parts: one
+/// instruction); a response's rate is its lowest instruction's rate, so 1 means every
+/// function of every instruction passed and 0 that some instruction failed outright.
+pub fn combined_pass_rates(
+    groups: &[(&[String], &[usize], &[String])],
+    execute: &mut Execute,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut split: Vec<(&[String], &[String])> = Vec::new();
+    let mut instructions_per_group = Vec::with_capacity(groups.len());
+    for (funcs, parts, responses) in groups {
+        let runs = function_runs(funcs, parts)?;
+        instructions_per_group.push(runs.len());
+        split.extend(runs.into_iter().map(|f| (f, *responses)));
+    }
+    let rates = pass_rates(&split, execute)?;
+    let mut rates = rates.into_iter();
+    Ok(instructions_per_group
+        .into_iter()
+        .map(|n| {
+            let per_instruction: Vec<Vec<f64>> = rates.by_ref().take(n).collect();
+            (0..per_instruction[0].len())
+                .map(|k| {
+                    per_instruction
+                        .iter()
+                        .map(|r| r[k])
+                        .fold(f64::INFINITY, f64::min)
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// `funcs` cut into the consecutive runs `parts` gives (all of them when `parts` is
+/// empty); the lengths must add up.
+pub fn function_runs<'f>(
+    funcs: &'f [String],
+    parts: &[usize],
+) -> anyhow::Result<Vec<&'f [String]>> {
+    if parts.is_empty() {
+        return Ok(vec![funcs]);
+    }
+    if parts.iter().sum::<usize>() != funcs.len() || parts.contains(&0) {
+        anyhow::bail!(
+            "instruction parts {parts:?} do not split {} functions",
+            funcs.len()
+        );
+    }
+    let mut runs = Vec::with_capacity(parts.len());
+    let mut start = 0;
+    for &n in parts {
+        runs.push(&funcs[start..start + n]);
+        start += n;
+    }
+    Ok(runs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +293,35 @@ mod tests {
             r#"{"verdict":"error","error":null,"message":null}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn combined_rate_is_the_weakest_instructions() {
+        let funcs: Vec<String> = ["a1", "a2", "b1"].iter().map(|s| s.to_string()).collect();
+        let responses = vec!["r0".to_string(), "r1".to_string()];
+        // a1 passes both, a2 passes r0 only, b1 passes r1 only.
+        let mut execute =
+            |jobs: &[crate::verify::FunctionRun]| -> anyhow::Result<Vec<Vec<Verdict>>> {
+                Ok(jobs
+                    .iter()
+                    .map(|j| {
+                        j.inputs
+                            .iter()
+                            .map(|r| match (j.func.as_str(), r.as_str()) {
+                                ("a1", _) | ("a2", "r0") | ("b1", "r1") => Verdict::pass(),
+                                _ => Verdict::fail(),
+                            })
+                            .collect()
+                    })
+                    .collect())
+            };
+        let groups = [(funcs.as_slice(), &[2usize, 1][..], responses.as_slice())];
+        let rates = combined_pass_rates(&groups, &mut execute).unwrap();
+        assert_eq!(rates, vec![vec![0.0, 0.5]]);
+        let single = [(funcs.as_slice(), &[][..], responses.as_slice())];
+        let rates = combined_pass_rates(&single, &mut execute).unwrap();
+        assert_eq!(rates, vec![vec![2.0 / 3.0, 2.0 / 3.0]]);
+        assert!(function_runs(&funcs, &[2, 2]).is_err());
+        assert!(function_runs(&funcs, &[3, 0]).is_err());
     }
 }
