@@ -9,6 +9,7 @@ use autoif::model::chat_template::Message;
 use autoif::model::lora::LoraConfig;
 use autoif::model::{LoadOptions, Model};
 use autoif::train::data::{tokenize_preferences, tokenize_sft, Conversation, PreferencePair};
+use autoif::train::entry_points::{train_dpo, PreferenceData};
 use autoif::train::optim::ScheduleKind;
 use autoif::train::{
     train, DpoConfig, SftConfig, StepMetrics, TrainingArgs, TrainingJob, TrainingOptions,
@@ -174,6 +175,41 @@ fn dpo_reaches_full_accuracy() {
     assert_eq!(last_dpo.accuracy, 1.0);
     assert!(last.loss < 0.1, "{last:?}");
     assert!(last_dpo.margin > 2.0);
+}
+
+/// Held-out pairs: 40 prompts whose chosen reply is always "YES" and rejected "no", a
+/// fifth of the prompts kept out. The policy learns the preference, not the prompts, so
+/// it must prefer the chosen reply on prompts it never trained on.
+#[test]
+fn dpo_held_out_pairs_are_scored_on_prompts_never_trained() {
+    let mut model = tiny();
+    let items: Vec<PreferencePair> = (0..40)
+        .map(|i| PreferencePair {
+            prompt: vec![Message::new("user", format!("Question number {i}?"))],
+            chosen: "YES".into(),
+            rejected: "no".into(),
+        })
+        .collect();
+    let data = PreferenceData {
+        path: "pairs.jsonl".into(),
+        items,
+    };
+    let config = DpoConfig {
+        args: args(1e-2, 3, 8),
+        held_out: 0.2,
+        ..DpoConfig::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let outcome = train_dpo(&mut model, &data, &config, &options(out.path()), |_| Ok(())).unwrap();
+    let held = outcome.held_out.expect("pairs were held out");
+    assert!(held.pairs > 0 && held.pairs < 40, "{held:?}");
+    assert_eq!(outcome.data.kept + held.pairs, 40);
+    assert_eq!(held.reward_accuracy, 1.0, "{held:?}");
+    assert!(held.mean_margin > 0.0);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("held_out.json")).unwrap())
+            .unwrap();
+    assert_eq!(written["pairs"], held.pairs);
 }
 
 /// SFT with accumulation over 8 examples: 4 batches of 2, 2 per step, 3 epochs = 6 steps.

@@ -253,6 +253,10 @@ pub struct DpoArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub dpo: DpoFlags,
+    /// Share of prompts whose pairs are kept out of training and scored after it: reward
+    /// accuracy on pairs the policy never saw, in held_out.json.
+    #[arg(long, default_value_t = 0.0)]
+    pub held_out: f64,
 }
 
 /// The DPO loss settings (offline and online).
@@ -286,6 +290,7 @@ impl DpoFlags {
             loss_type: self.loss_type.into(),
             label_smoothing: self.label_smoothing,
             precompute_ref_log_probs: self.precompute_ref_log_probs,
+            held_out: defaults.held_out,
         })
     }
 }
@@ -378,7 +383,13 @@ fn run_sft(args: SftArgs) -> Result<()> {
 fn run_dpo(args: DpoArgs) -> Result<()> {
     let c = &args.common;
     let data = PreferenceData::read(&c.data, c.format.into())?;
-    let config = args.dpo.config(&c.flags, DpoConfig::default())?;
+    if !(0.0..1.0).contains(&args.held_out) {
+        bail!("--held-out must be in [0, 1), got {}", args.held_out);
+    }
+    let config = DpoConfig {
+        held_out: args.held_out,
+        ..args.dpo.config(&c.flags, DpoConfig::default())?
+    };
     let mut model = load_for_training(&c.model, &c.memory, &config.args, Algorithm::Dpo, 0)?;
     let outcome = train_dpo(
         &mut model,
@@ -442,6 +453,12 @@ fn print_summary(outcome: &JobOutcome, out: &Path) {
             "trained {} steps: loss {first:.4} → {last:.4}; adapter and metrics.jsonl in {}",
             training.total_steps,
             out.display()
+        );
+    }
+    if let Some(held) = &outcome.held_out {
+        eprintln!(
+            "held out {} pairs: reward accuracy {:.3}, mean margin {:.4}",
+            held.pairs, held.reward_accuracy, held.mean_margin
         );
     }
     if let Some(kib) = peak_rss_kib() {

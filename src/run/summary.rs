@@ -14,6 +14,7 @@ use super::phase::Phase;
 use crate::eval::ifeval::Summary as IfevalScores;
 use crate::io::{read_jsonl, read_jsonl_if_exists, write_atomic};
 use crate::pipeline::funnel::FunnelRow;
+use crate::train::held_out::{HeldOutScores, HELD_OUT_FILE};
 
 /// Example instructions shown in the summary and the report.
 const EXAMPLES: usize = 5;
@@ -68,6 +69,9 @@ pub struct LastMetrics {
     pub sft: Option<Value>,
     pub dpo: Option<Value>,
     pub online_dpo: Option<Value>,
+    /// Offline DPO's held-out pairs scored after training (`dpo.held_out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo_held_out: Option<HeldOutScores>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +167,7 @@ impl Summary {
                 sft: last_line(&layout.training_metrics(Phase::Sft))?,
                 dpo: last_line(&layout.training_metrics(Phase::Dpo))?,
                 online_dpo: last_line(&layout.training_metrics(Phase::OnlineDpo))?,
+                dpo_held_out: held_out_scores(&layout.phase_dir(Phase::Dpo).join(HELD_OUT_FILE))?,
             },
             phases,
             exports: Some(exports(&layout)?),
@@ -334,4 +339,16 @@ fn examples(layout: &RunLayout) -> Result<Vec<Example>> {
         }
     }
     Ok(out)
+}
+
+/// The held-out scores a DPO phase wrote, if it held pairs out.
+fn held_out_scores(path: &std::path::Path) -> Result<Option<HeldOutScores>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let scores = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid held-out scores", path.display()))?;
+    Ok(Some(scores))
 }

@@ -36,6 +36,10 @@ pub struct DpoConfig {
     /// instead of a reference forward pass in every step.
     #[serde(default)]
     pub precompute_ref_log_probs: bool,
+    /// Share of prompts whose pairs are kept out of training and scored after it
+    /// (`held_out.json`: reward accuracy on pairs the policy never saw); 0: none.
+    #[serde(default)]
+    pub held_out: f64,
 }
 
 impl Default for DpoConfig {
@@ -54,6 +58,7 @@ impl Default for DpoConfig {
             loss_type: DpoLossType::Sigmoid,
             label_smoothing: 0.0,
             precompute_ref_log_probs: false,
+            held_out: 0.0,
         }
     }
 }
@@ -188,14 +193,15 @@ pub fn dpo_loss(
     Ok((loss, stats))
 }
 
-/// The reference log-probability sums `[chosen, rejected]` of every pair: the weights with
-/// adapters off, in length-grouped batches within the step's token budget. `tokens[i]` is
-/// pair i's two sequences together.
-pub fn reference_logps(
+/// The log-probability sums `[chosen, rejected]` of every pair with the adapters run as
+/// `adapters` (`Off`: the reference), in length-grouped batches within the step's token
+/// budget. `tokens[i]` is pair i's two sequences together.
+pub fn pair_logps(
     decoder: &Decoder,
     pairs: &[TokenizedPair],
     tokens: &[usize],
     args: &TrainingArgs,
+    adapters: Adapters,
     progress: bool,
 ) -> Result<Vec<[f32; 2]>> {
     let batches: Vec<Vec<usize>> = length_grouped_batches(tokens, args.batch_size)
@@ -208,7 +214,7 @@ pub fn reference_logps(
         ProgressBar::hidden()
     };
     bar.set_style(
-        ProgressStyle::with_template("reference log-probs {pos}/{len} pairs [{bar:30}] ETA {eta}")
+        ProgressStyle::with_template("pair log-probs {pos}/{len} pairs [{bar:30}] ETA {eta}")
             .expect("valid template")
             .progress_chars("=> "),
     );
@@ -220,7 +226,7 @@ pub fn reference_logps(
             .chain(batch.iter().map(|&i| &pairs[i].rejected))
             .collect();
         let tb = TokenBatch::new(&seqs, decoder.device())?;
-        let tokens = batch_target_logprobs(decoder, &tb, Adapters::Off)?.to_vec1::<f32>()?;
+        let tokens = batch_target_logprobs(decoder, &tb, adapters)?.to_vec1::<f32>()?;
         let mut offset = 0;
         for (row, &count) in tb.targets_per_sequence.iter().enumerate() {
             let sum: f32 = tokens[offset..offset + count].iter().sum();

@@ -8,10 +8,11 @@ use super::data::{
     parse_preferences, parse_sft, read_records, tokenize_preferences, tokenize_sft, Conversation,
     DataFormat, PreferencePair,
 };
+use super::held_out::{score_held_out, split_by_prompt, HeldOutScores, HELD_OUT_FILE};
 use super::online_dpo::{run_online_dpo, IterationReport, OnlineDpoConfig, OnlineOptions};
 use super::trainer::{train, TrainingOptions, TrainingOutcome};
 use super::{DpoConfig, SftConfig, TrainingJob, VerifiedPrompt};
-use crate::io::read_json_records;
+use crate::io::{read_json_records, write_atomic};
 use crate::model::Model;
 use crate::verify::{Sandbox, SandboxOptions};
 use anyhow::{Context, Result};
@@ -79,6 +80,8 @@ pub struct JobOutcome {
     pub data: DataCounts,
     /// `None` when tokenizing left no item: nothing was trained or written.
     pub training: Option<TrainingOutcome>,
+    /// DPO with `held_out`: the held-out pairs' scores after training.
+    pub held_out: Option<HeldOutScores>,
 }
 
 /// Trains a fresh LoRA adapter with SFT on `data`, on the weights with any attached
@@ -102,7 +105,8 @@ pub fn train_sft(
 }
 
 /// Trains a fresh LoRA adapter with DPO on `data`. Any attached adapter (the SFT one) is
-/// folded into the weights first, so the reference (adapters off) is that model.
+/// folded into the weights first, so the reference (adapters off) is that model. With
+/// `held_out`, the held-out prompts' pairs are scored after training (`held_out.json`).
 /// `check_data` as for `train_sft`.
 pub fn train_dpo(
     model: &mut Model,
@@ -112,13 +116,34 @@ pub fn train_dpo(
     check_data: impl FnOnce(DataCounts) -> Result<()>,
 ) -> Result<JobOutcome> {
     merge_adapters(&mut model.decoder)?;
-    let (pairs, dropped) = tokenize_preferences(model, &data.items, config.args.max_len)
-        .with_context(|| data.path.display().to_string())?;
+    let (trained, held) = split_by_prompt(data.items.clone(), config.held_out, config.args.seed);
+    let tokenize = |items: &[PreferencePair]| {
+        tokenize_preferences(model, items, config.args.max_len)
+            .with_context(|| data.path.display().to_string())
+    };
+    let (pairs, dropped) = tokenize(&trained)?;
+    let (held, held_dropped) = tokenize(&held)?;
     let job = TrainingJob::Dpo {
         pairs: &pairs,
         config,
     };
-    train_checked(model, &job, pairs.len(), dropped, options, check_data)
+    let mut outcome = train_checked(
+        model,
+        &job,
+        pairs.len(),
+        dropped + held_dropped,
+        options,
+        check_data,
+    )?;
+    if outcome.training.is_some() && !held.is_empty() {
+        let scores = score_held_out(&model.decoder, &held, &config.args, config.beta)?;
+        write_atomic(
+            &options.out.join(HELD_OUT_FILE),
+            serde_json::to_string_pretty(&scores)?.as_bytes(),
+        )?;
+        outcome.held_out = Some(scores);
+    }
+    Ok(outcome)
 }
 
 fn train_checked(
@@ -135,7 +160,11 @@ fn train_checked(
         0 => None,
         _ => Some(train(&mut model.decoder, job, options)?),
     };
-    Ok(JobOutcome { data, training })
+    Ok(JobOutcome {
+        data,
+        training,
+        held_out: None,
+    })
 }
 
 /// Online DPO on `prompts`, grading samples in a sandbox whose calls each get

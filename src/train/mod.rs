@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod dpo;
 pub mod entry_points;
+pub mod held_out;
 pub mod job;
 pub mod memory_plan;
 pub mod metrics;

@@ -3,9 +3,10 @@
 //! computed for the same data on the same weights.
 
 use super::data::TokenizedPair;
-use super::dpo::reference_logps;
+use super::dpo::pair_logps;
 use super::training_args::TrainingArgs;
 use crate::model::decoder::Decoder;
+use crate::model::lora::Adapters;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -49,7 +50,7 @@ pub fn cached_reference_logps(
     let record = ReferenceCache {
         data_fingerprint: data_fingerprint.to_string(),
         weights_fingerprint,
-        logps: reference_logps(decoder, pairs, tokens, args, progress)?,
+        logps: pair_logps(decoder, pairs, tokens, args, Adapters::Off, progress)?,
     };
     // Through a JSON value, which holds the sums as f64: the file's numbers stay as they
     // have always been written.
