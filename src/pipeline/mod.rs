@@ -9,6 +9,7 @@ pub mod crossval;
 pub mod datasets;
 pub mod funcs;
 pub mod funnel;
+pub mod ngrams;
 pub mod nli;
 pub mod parse;
 pub mod prompts;
