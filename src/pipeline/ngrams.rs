@@ -158,13 +158,19 @@ mod tests {
 
     #[test]
     fn a_reference_shorter_than_n_matches_only_whole() {
-        let idx = NgramIndex::new(&["Write a riddle about Camilla that doesn't use commas.".into()], 13);
+        let idx = NgramIndex::new(
+            &["Write a riddle about Camilla that doesn't use commas.".into()],
+            13,
+        );
         let whole = "Here: write a riddle about Camilla that doesn't use commas, please.";
         assert_eq!(
             idx.find(whole).map(|o| o.ngram),
             Some("write a riddle about camilla that doesn t use commas".into())
         );
-        assert_eq!(idx.find("Write a riddle about Camilla that does use commas."), None);
+        assert_eq!(
+            idx.find("Write a riddle about Camilla that does use commas."),
+            None
+        );
     }
 
     #[test]
