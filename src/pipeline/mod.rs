@@ -1,7 +1,7 @@
 //! The AutoIF data-synthesis stages (DESIGN.md §1, steps 1–7, plus decontamination and
-//! data set files),
-//! each a function from artifacts in the run folder to new artifacts there, with
-//! provenance ids and funnel counts. `docs/pipeline.md` lists every file and rule.
+//! data set files), each a function from artifacts in the run folder to new artifacts
+//! there, with provenance ids and funnel counts. `docs/pipeline.md` lists every file and
+//! rule.
 
 pub mod augment;
 pub mod backtranslate;
