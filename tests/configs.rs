@@ -35,6 +35,7 @@ fn quickstart_runs_the_whole_loop_from_verified_instructions() {
             "queries",
             "responses",
             "score",
+            "decontaminate",
             "datasets",
             "sft",
             "dpo",

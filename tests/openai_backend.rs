@@ -773,6 +773,7 @@ fn synthesis_stages_run_through_the_llama_cpp_server() {
             "queries",
             "responses",
             "score",
+            "decontaminate",
             "datasets"
         ]
     );

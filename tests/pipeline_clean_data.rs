@@ -59,7 +59,14 @@ fn truncated_and_empty_responses_stay_out_of_the_data_sets() {
         &dir.path().join("run"),
         &cfg,
         Value::Null,
-        &["backtranslate", "queries", "responses", "score", "datasets"],
+        &[
+            "backtranslate",
+            "queries",
+            "responses",
+            "score",
+            "decontaminate",
+            "datasets",
+        ],
     )
     .unwrap();
     let files = run.stage_files();
@@ -107,7 +114,12 @@ fn truncated_and_empty_responses_stay_out_of_the_data_sets() {
     ]);
     let mut pipeline = Pipeline::new(files.clone(), cfg.seed, cfg.synthesis, Some(&mut backend));
     let mut funnel = BTreeMap::new();
-    for stage in [Stage::Responses, Stage::Score, Stage::Datasets] {
+    for stage in [
+        Stage::Responses,
+        Stage::Score,
+        Stage::Decontaminate,
+        Stage::Datasets,
+    ] {
         for row in run.run_stage(&mut pipeline, stage).unwrap() {
             funnel.insert(format!("{}/{}", row.stage, row.unit), row);
         }

@@ -136,7 +136,10 @@ fn bad_input_gives_one_clear_line_and_no_run_folder() {
         "{line}"
     );
     let line = error_line(&autoif(&["stage", "datasets", "--run", out_arg]));
-    assert!(line.contains("stage score has not finished"), "{line}");
+    assert!(
+        line.contains("stage decontaminate has not finished"),
+        "{line}"
+    );
     let manifest = RunFolder::open(&out).unwrap().manifest().unwrap();
     assert!(manifest.stages.iter().all(|s| s.state != StageState::Done));
     let line = error_line(&autoif(&[

@@ -1,4 +1,4 @@
-//! Stages 1–8 end to end with the real SmolLM2-135M engine on a tiny budget. The 135M
+//! Stages 1–9 end to end with the real SmolLM2-135M engine on a tiny budget. The 135M
 //! model cannot write `{"func", "cases"}` JSON (its funcs samples all fail to parse),
 //! so for the two recorded sample-data instructions the `funcs` stage replays the
 //! recorded GPT-4 answers (strong-to-weak supervision for that stage); every other
@@ -112,7 +112,7 @@ fn all_stages_with_the_real_engine() {
         run.run_stage(&mut pipeline, stage).unwrap();
     }
     drop(pipeline);
-    eprintln!("stages 1-8 in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!("stages 1-9 in {:.1}s", started.elapsed().as_secs_f64());
     assert_eq!(replay.replayed, 2);
     let run = RunFolder::open(&root).unwrap();
     let manifest = run.manifest().unwrap();

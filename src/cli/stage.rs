@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// augment, funcs, crossval, backtranslate, queries, responses, score or datasets.
+    /// augment, funcs, crossval, backtranslate, queries, responses, score, decontaminate
+    /// or datasets.
     pub name: String,
     /// The run folder (created by `autoif run`).
     #[arg(long)]

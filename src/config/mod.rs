@@ -189,6 +189,7 @@ impl RunConfig {
                 bail!("{name} must be at least 1");
             }
         }
+        s.decontaminate.validate()?;
         let bt = &s.backtranslate;
         if bt.checker == ConsistencyChecker::Nli && bt.nli_model.is_none() {
             bail!(

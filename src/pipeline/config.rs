@@ -9,6 +9,7 @@ use super::augment::AugmentConfig;
 use super::backtranslate::BacktranslateConfig;
 use super::crossval::CrossvalConfig;
 use super::datasets::DatasetsConfig;
+use super::decontaminate::DecontaminateConfig;
 use super::funcs::FuncsConfig;
 use super::prompts::PromptTemplates;
 use super::queries::QueriesConfig;
@@ -64,6 +65,7 @@ pub struct SynthesisConfig {
     pub queries: QueriesConfig,
     pub responses: ResponsesConfig,
     pub score: ScoreConfig,
+    pub decontaminate: DecontaminateConfig,
     pub datasets: DatasetsConfig,
     pub prompts: PromptTemplates,
     /// Sandbox wall-clock deadline of one `evaluate` call (the released scripts use 5 s).
@@ -84,6 +86,7 @@ impl Default for SynthesisConfig {
             queries: QueriesConfig::default(),
             responses: ResponsesConfig::default(),
             score: ScoreConfig::default(),
+            decontaminate: DecontaminateConfig::default(),
             datasets: DatasetsConfig::default(),
             prompts: PromptTemplates::default(),
             exec_timeout_ms: 5000,

@@ -1,5 +1,5 @@
 //! Stage `datasets`: SFT records and offline DPO pairs, written for LLaMA-Factory and
-//! TRL.
+//! TRL, from what `decontaminate` kept.
 //!
 //! * SFT: every scored, kept response; the prompt is the paper's assembly of query
 //!   and instruction (`sft_prompt`).
@@ -19,10 +19,11 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::backtranslate;
+use super::crossval::Validated;
+use super::decontaminate;
 use super::funnel::{DropReason, FunnelRow};
-use super::responses::{self, ResponseRecord};
-use super::score::{self, ScoredResponse};
+use super::responses::ResponseRecord;
+use super::score::ScoredResponse;
 use super::Pipeline;
 use crate::generate::unit_seed;
 use crate::io::write_atomic;
@@ -70,9 +71,13 @@ pub struct MinedPair {
 pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
     let cfg = p.synthesis.datasets.clone();
     let seed = p.seed;
-    let scored: Vec<ScoredResponse> = p.files.read_records(score::STAGE, "kept.jsonl")?;
-    let all: Vec<ResponseRecord> = p.files.read_records(responses::STAGE, "all.jsonl")?;
-    let instructions = backtranslate::kept_instructions(p)?;
+    let files = &p.files;
+    let scored: Vec<ScoredResponse> =
+        files.read_records(decontaminate::STAGE, decontaminate::SCORED_FILE)?;
+    let all: Vec<ResponseRecord> =
+        files.read_records(decontaminate::STAGE, decontaminate::RESPONSES_FILE)?;
+    let instructions: Vec<Validated> =
+        files.read_records(decontaminate::STAGE, decontaminate::INSTRUCTIONS_FILE)?;
 
     let mut sft_row = FunnelRow::new(STAGE, "sft_records");
     let sft: Vec<(String, String)> = scored
@@ -117,8 +122,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
             });
         }
     };
-    for ins in &instructions {
-        let v = &ins.validated;
+    for v in &instructions {
         let candidates: Vec<(String, f64)> = v
             .cases
             .iter()

@@ -82,6 +82,8 @@ pub enum DropReason {
     ScoreOutOfRange,
     /// score: the score is below `min_score`.
     LowScore,
+    /// decontaminate: shares a word n-gram with an evaluation prompt.
+    Contaminated,
     /// datasets: no response with pass rate 0 to pair against.
     NoRejected,
     /// datasets: no response reaches `chosen_min_pass_rate`.
@@ -91,7 +93,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 39] = [
+    pub const ALL: [DropReason; 40] = [
         DropReason::NoListLines,
         DropReason::TooShort,
         DropReason::TooLong,
@@ -128,6 +130,7 @@ impl DropReason {
         DropReason::NoScore,
         DropReason::ScoreOutOfRange,
         DropReason::LowScore,
+        DropReason::Contaminated,
         DropReason::NoRejected,
         DropReason::NoChosen,
         DropReason::NoResponseTokenWithinMaxLen,
@@ -172,6 +175,7 @@ impl DropReason {
             DropReason::NoScore => "no_score",
             DropReason::ScoreOutOfRange => "score_out_of_range",
             DropReason::LowScore => "low_score",
+            DropReason::Contaminated => "contaminated",
             DropReason::NoRejected => "no_rejected",
             DropReason::NoChosen => "no_chosen",
             DropReason::NoResponseTokenWithinMaxLen => "no_response_token_within_max_len",

@@ -1,6 +1,7 @@
-//! The AutoIF data-synthesis stages (DESIGN.md §1, steps 1–7, plus data set files),
-//! each a function from artifacts in the run folder to new artifacts there, with
-//! provenance ids and funnel counts. `docs/pipeline.md` lists every file and rule.
+//! The AutoIF data-synthesis stages (DESIGN.md §1, steps 1–7, plus decontamination and
+//! data set files), each a function from artifacts in the run folder to new artifacts
+//! there, with provenance ids and funnel counts. `docs/pipeline.md` lists every file and
+//! rule.
 
 pub mod augment;
 pub mod backtranslate;
@@ -8,8 +9,10 @@ pub mod compose;
 pub mod config;
 pub mod crossval;
 pub mod datasets;
+pub mod decontaminate;
 pub mod funcs;
 pub mod funnel;
+pub mod ngrams;
 pub mod nli;
 pub mod parse;
 pub mod prompts;
@@ -41,11 +44,12 @@ pub enum Stage {
     Queries,
     Responses,
     Score,
+    Decontaminate,
     Datasets,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 8] = [
+    pub const ALL: [Stage; 9] = [
         Stage::Augment,
         Stage::Funcs,
         Stage::Crossval,
@@ -53,6 +57,7 @@ impl Stage {
         Stage::Queries,
         Stage::Responses,
         Stage::Score,
+        Stage::Decontaminate,
         Stage::Datasets,
     ];
 
@@ -65,6 +70,7 @@ impl Stage {
             Stage::Queries => "queries",
             Stage::Responses => "responses",
             Stage::Score => "score",
+            Stage::Decontaminate => "decontaminate",
             Stage::Datasets => "datasets",
         }
     }
@@ -106,10 +112,11 @@ impl Stage {
             Stage::Queries => instructions.into_iter().collect(),
             Stage::Responses => vec![Stage::Queries],
             Stage::Score => vec![Stage::Responses],
-            Stage::Datasets => [Stage::Score, Stage::Responses]
+            Stage::Decontaminate => instructions
                 .into_iter()
-                .chain(instructions)
+                .chain([Stage::Queries, Stage::Responses, Stage::Score])
                 .collect(),
+            Stage::Datasets => vec![Stage::Decontaminate],
         }
     }
 }
@@ -153,6 +160,7 @@ impl<'a> Pipeline<'a> {
             Stage::Queries => queries::run(self),
             Stage::Responses => responses::run(self),
             Stage::Score => score::run(self),
+            Stage::Decontaminate => decontaminate::run(self),
             Stage::Datasets => datasets::run(self),
         }
         .with_context(|| format!("stage {}", stage.name()))

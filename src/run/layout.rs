@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::phase::Phase;
 use crate::eval::ifeval::results;
-use crate::pipeline::{datasets, queries, Stage};
+use crate::pipeline::{datasets, decontaminate, Stage};
 use crate::train::metrics::METRICS_FILE;
 use crate::train::online_dpo::{iteration_dir, ITERATIONS_FILE};
 
@@ -95,10 +95,12 @@ impl RunLayout {
             .join(datasets::LLAMAFACTORY_DIR)
     }
 
-    /// The (query, instruction, functions) pairs of the `queries` stage: online DPO's
-    /// prompts and the summary's examples.
+    /// The (query, instruction, functions) pairs of the `queries` stage that share no
+    /// n-gram with an evaluation prompt (`decontaminate`): online DPO's prompts and the
+    /// summary's examples.
     pub fn verified_prompts(&self) -> PathBuf {
-        self.stage_dir(Stage::Queries).join(queries::PAIRS_FILE)
+        self.stage_dir(Stage::Decontaminate)
+            .join(decontaminate::PAIRS_FILE)
     }
 
     pub fn merged_model(&self) -> PathBuf {

@@ -394,6 +394,10 @@ pub fn check_inputs(config: &RunConfig) -> Result<()> {
             );
         }
     }
+    let decontaminate = &synth.decontaminate;
+    if needs(Phase::Synthesis(Stage::Decontaminate)) && decontaminate.enabled {
+        crate::pipeline::decontaminate::read_eval_prompts(&decontaminate.eval_prompts)?;
+    }
     if needs(Phase::IfevalBefore) || needs(Phase::IfevalAfter) {
         load_input_data(&config.ifeval.data)?;
     }
