@@ -84,6 +84,7 @@ fn pair(id: &str, query: &str) -> QueryPair {
         instruction: INSTRUCTION.into(),
         query: query.into(),
         funcs: vec![NO_COMMAS.into()],
+        parts: Vec::new(),
     }
 }
 
