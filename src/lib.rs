@@ -22,4 +22,5 @@ pub mod pipeline;
 pub mod pyjson;
 pub mod run;
 pub mod train;
+pub mod validation;
 pub mod verify;

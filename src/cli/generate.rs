@@ -1,6 +1,6 @@
 //! `autoif generate`: prompts in, completions out as JSON lines.
 
-use super::common::{read_jsonl, write_jsonl, ModelArgs};
+use super::common::{check_output_file, read_jsonl, write_jsonl, ModelArgs};
 use crate::generate::openai::{ChatFormat, Endpoint, OpenAiBackend, OpenAiConfig};
 use crate::generate::{
     Backend, Completion, EngineOptions, LocalEngine, Prompt, Request, SamplingParams,
@@ -106,6 +106,9 @@ pub struct ServerArgs {
 pub fn run(args: Args) -> Result<()> {
     if args.n == 0 {
         bail!("-n must be at least 1");
+    }
+    if let Some(out) = &args.out {
+        check_output_file(out)?;
     }
     let texts = match (&args.prompt, &args.prompts) {
         (Some(p), _) => vec![PromptInput::Text(p.clone())],

@@ -1,6 +1,6 @@
 //! `autoif logprobs`: per-token log-probabilities of given completions.
 
-use super::common::{read_jsonl, write_jsonl, ModelArgs};
+use super::common::{check_output_file, read_jsonl, write_jsonl, ModelArgs};
 use crate::model::logprobs::completion_logprobs;
 use crate::model::lora::Adapters;
 use anyhow::{Context, Result};
@@ -26,6 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    check_output_file(&args.out)?;
     let lines = read_jsonl(&args.input)?;
     let mut texts = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {

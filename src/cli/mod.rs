@@ -52,7 +52,7 @@ enum Command {
     Plan(plan::Args),
 }
 
-/// Runs the CLI and returns the process exit code. Errors print as one line.
+/// Runs the CLI and returns the process exit code. Errors print as one line per problem.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -78,7 +78,10 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Several problems found together (a config's bad values) are one line each.
+            for line in format!("{err:#}").lines() {
+                eprintln!("error: {line}");
+            }
             1
         }
     }

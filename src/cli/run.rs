@@ -34,7 +34,20 @@ pub fn run(args: Args) -> Result<()> {
         (_, Some(dir)) => {
             let run = RunFolder::open(dir)?;
             let config = run.manifest()?.config;
-            ensure_fits(&args.memory, &config, &pending(&run)?)?;
+            let manifest = run.layout().manifest();
+            config.problems().into_result().map_err(|problems| {
+                let lines = problems.to_string();
+                let named: Vec<String> = lines
+                    .lines()
+                    .map(|l| format!("{}: {l}", manifest.display()))
+                    .collect();
+                anyhow::anyhow!(named.join("\n"))
+            })?;
+            let phases = pending(&run)?;
+            if !phases.is_empty() {
+                check_inputs(&config, &phases)?;
+            }
+            ensure_fits(&args.memory, &config, &phases)?;
             run
         }
         (Some(config_path), None) => {
@@ -43,8 +56,8 @@ pub fn run(args: Args) -> Result<()> {
             };
             let config = RunConfig::load(config_path, &args.overrides)?;
             // Check the inputs and the memory before anything is written.
-            check_inputs(&config)?;
             let phases = Phase::plan(&config);
+            check_inputs(&config, &phases)?;
             ensure_fits(&args.memory, &config, &phases)?;
             let names: Vec<&str> = phases.iter().map(|p| p.name()).collect();
             RunFolder::create(out, &config, model_identity(&config), &names)?

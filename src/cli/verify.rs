@@ -14,6 +14,7 @@ use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use super::common::check_output_file;
 use crate::io::AtomicWriter;
 use crate::verify::{FunctionRun, Outcome, Sandbox, SandboxOptions, Verdict};
 
@@ -71,6 +72,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.timeout_ms == 0 {
         bail!("--timeout-ms must be positive");
     }
+    check_output_file(&args.out)?;
     let input = File::open(&args.input)
         .with_context(|| format!("{}: cannot open", args.input.display()))?;
     let input_bytes = input.metadata().map(|m| m.len()).unwrap_or(0);
