@@ -242,8 +242,7 @@ impl PromptInput {
 
 fn read_prompts(path: &Path) -> Result<Vec<PromptInput>> {
     if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = crate::io::read_text(path)?;
         let prompts: Vec<_> = text
             .lines()
             .filter(|l| !l.trim().is_empty())

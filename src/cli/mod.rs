@@ -63,6 +63,12 @@ pub fn main() -> i32 {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
+    // Temporary outputs are removed if the user interrupts (Ctrl-C) or the process is
+    // terminated.
+    if let Err(err) = crate::io::temporaries::remove_on_signal() {
+        eprintln!("error: {err:#}");
+        return 1;
+    }
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Logprobs(args) => logprobs::run(args),

@@ -186,8 +186,7 @@ impl RunConfig {
     /// or on the `--set` that brought it; values out of range are refused together, one
     /// line each, naming the key (and the `--set` when one set it).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = crate::io::read_text(path)?;
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e.to_string())))?;
         let mut config = Self::deserialize_table(table.clone())
