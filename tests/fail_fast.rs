@@ -25,6 +25,7 @@ fn run_autoif(args: &[&str]) -> (i32, Vec<String>) {
         .args(args)
         .env("AUTOIF_LOG", "error")
         .env("HF_HUB_OFFLINE", "1")
+        .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap();
     result(&output)
@@ -407,6 +408,48 @@ fn train_refuses_bad_flags_and_an_out_file_before_reading_anything() {
             file.display()
         )]
     );
+}
+
+/// SFT whose first step fails: the tokenizer has an added token (id 400) past the
+/// model's 320 embeddings, and the data uses it, so the first forward pass errs.
+#[test]
+fn sft_failing_in_its_first_step_leaves_no_metrics_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_with_config(dir.path(), |_| {});
+    let path = model.join("tokenizer.json");
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tokenizer["added_tokens"].as_array_mut().unwrap().push(
+        serde_json::json!({"id": 400, "content": "<|oops|>", "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false, "special": false}),
+    );
+    std::fs::write(&path, tokenizer.to_string()).unwrap();
+    let data = write(
+        &dir.path().join("sft.jsonl"),
+        "{\"instruction\": \"a <|oops|> b\", \"output\": \"c <|oops|> d\"}\n",
+    );
+    let out = dir.path().join("adapter");
+    let (code, lines) = run_autoif(&[
+        "train",
+        "sft",
+        "--device",
+        "cpu",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--epochs",
+        "1",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        lines,
+        ["error: index-select invalid index 320 with dim size 320"]
+    );
+    assert!(!out.join("metrics.jsonl").exists());
+    assert!(!out.exists(), "an empty output folder was left");
 }
 
 #[test]

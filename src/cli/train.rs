@@ -353,11 +353,23 @@ pub struct OnlineDpoArgs {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    match args.command {
+    let out = match &args.command {
+        TrainCommand::Sft(a) => a.common.out.clone(),
+        TrainCommand::Dpo(a) => a.common.out.clone(),
+        TrainCommand::OnlineDpo(a) => a.out.clone(),
+    };
+    let fresh = !out.exists();
+    let result = match args.command {
         TrainCommand::Sft(a) => run_sft(a),
         TrainCommand::Dpo(a) => run_dpo(a),
         TrainCommand::OnlineDpo(a) => run_online(a),
+    };
+    if result.is_err() && fresh {
+        // A run that failed before writing anything leaves no empty folder (one that
+        // holds checkpoints or a reference cache is kept: remove_dir refuses it).
+        let _ = std::fs::remove_dir(&out);
     }
+    result
 }
 
 /// Refuses data that tokenizing emptied and reports what it dropped, before training.
