@@ -161,6 +161,51 @@ fn run_with_a_missing_model_and_data_writes_nothing() {
     assert!(!out.exists());
 }
 
+/// A run folder holding only a manifest for `config`, as `autoif run` writes it.
+fn run_folder(root: &Path, config: &autoif::config::RunConfig) -> Vec<u8> {
+    let phases = autoif::run::Phase::plan(config);
+    let names: Vec<&str> = phases.iter().map(|p| p.name()).collect();
+    autoif::run::manifest::RunFolder::create(root, config, serde_json::json!({}), &names).unwrap();
+    std::fs::read(root.join("manifest.json")).unwrap()
+}
+
+#[test]
+fn resume_checks_the_manifest_config_and_the_model_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = autoif::config::RunConfig::default();
+    config.sft.args.batch_size = 0;
+    let root = dir.path().join("run");
+    let manifest = run_folder(&root, &config);
+    let (code, lines) = run_autoif(&["run", "--resume", s(&root)]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        lines,
+        [format!(
+            "error: {}: sft.args.batch_size = 0: must be at least 1",
+            root.join("manifest.json").display()
+        )]
+    );
+    assert_eq!(entries(&root), ["manifest.json"]);
+    assert_eq!(std::fs::read(root.join("manifest.json")).unwrap(), manifest);
+
+    let mut config = autoif::config::RunConfig::default();
+    let model = dir.path().join("gone.gguf");
+    config.model.path = model.display().to_string();
+    let root = dir.path().join("run2");
+    let manifest = run_folder(&root, &config);
+    let (code, lines) = run_autoif(&["run", "--resume", s(&root)]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        lines,
+        [format!(
+            "error: model.path: {}: model file not found",
+            model.display()
+        )]
+    );
+    assert_eq!(entries(&root), ["manifest.json"]);
+    assert_eq!(std::fs::read(root.join("manifest.json")).unwrap(), manifest);
+}
+
 /// The tiny Llama fixture with `edit` applied to its config.json.
 fn tiny_with_config(dir: &Path, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let model = dir.join("model");
