@@ -87,10 +87,6 @@ impl Problems {
         self.list.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Problem> {
-        self.list.iter()
-    }
-
     /// One line per problem, `key = value: reason`, the key as `name` spells it.
     pub fn lines(&self, name: impl Fn(&str) -> String) -> String {
         self.list

@@ -34,15 +34,11 @@ pub fn run(args: Args) -> Result<()> {
         (_, Some(dir)) => {
             let run = RunFolder::open(dir)?;
             let config = run.manifest()?.config;
-            let manifest = run.layout().manifest();
-            config.problems().into_result().map_err(|problems| {
-                let lines = problems.to_string();
-                let named: Vec<String> = lines
-                    .lines()
-                    .map(|l| format!("{}: {l}", manifest.display()))
-                    .collect();
-                anyhow::anyhow!(named.join("\n"))
-            })?;
+            let problems = config.problems();
+            if !problems.is_empty() {
+                let manifest = run.layout().manifest();
+                bail!(problems.lines(|key| format!("{}: {key}", manifest.display())));
+            }
             let phases = pending(&run)?;
             if !phases.is_empty() {
                 check_inputs(&config, &phases)?;

@@ -49,9 +49,10 @@ impl StagingDir {
             std::fs::remove_dir_all(&staging)
                 .with_context(|| format!("{}: cannot remove", staging.display()))?;
         }
-        std::fs::create_dir(&staging)
-            .with_context(|| format!("{}: cannot create folder", staging.display()))?;
         temporaries::register(&staging);
+        std::fs::create_dir(&staging)
+            .with_context(|| format!("{}: cannot create folder", staging.display()))
+            .inspect_err(|_| temporaries::unregister(&staging))?;
         Ok(Self {
             staging,
             dest: dest.to_path_buf(),

@@ -25,7 +25,8 @@ fn registered() -> MutexGuard<'static, Vec<PathBuf>> {
     REGISTERED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Records `path` (a file or a folder) as a temporary output to remove on a signal.
+/// Records `path` (a file or a folder) as a temporary output to remove on a signal;
+/// called before the path is created, so no moment exists where it is unrecorded.
 pub fn register(path: &Path) {
     registered().push(path.to_path_buf());
 }
@@ -109,7 +110,10 @@ fn watch(read_fd: libc::c_int) {
         return;
     }
     let signal = libc::c_int::from(byte);
-    for path in registered().iter() {
+    // Held until the process ends: a writer that registers a new temporary output (it
+    // registers before creating it) waits here instead of leaving one behind.
+    let list = registered();
+    for path in list.iter() {
         let _ = if path.is_dir() {
             std::fs::remove_dir_all(path)
         } else {

@@ -410,12 +410,11 @@ pub fn check_inputs(config: &RunConfig, phases: &[Phase]) -> Result<()> {
     {
         note("synthesis.verified_instructions", {
             crate::io::read_jsonl::<crate::pipeline::crossval::Validated>(path).and_then(
-                |records| match records.is_empty() {
-                    true => Err(anyhow::anyhow!(
-                        "{}: no verified instruction",
-                        path.display()
-                    )),
-                    false => Ok(()),
+                |records| {
+                    if records.is_empty() {
+                        bail!("{}: no verified instruction", path.display());
+                    }
+                    Ok(())
                 },
             )
         });
@@ -431,9 +430,10 @@ pub fn check_inputs(config: &RunConfig, phases: &[Phase]) -> Result<()> {
             ConsistencyChecker::Judge | ConsistencyChecker::None => None,
         };
         if let Some((key, dir)) = folder {
-            let found = match dir.is_dir() {
-                true => Ok(()),
-                false => Err(anyhow::anyhow!("{}: no such model folder", dir.display())),
+            let found = if dir.is_dir() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{}: no such model folder", dir.display()))
             };
             note(key, found);
         }
@@ -444,13 +444,13 @@ pub fn check_inputs(config: &RunConfig, phases: &[Phase]) -> Result<()> {
                 .and_then(|texts| {
                     let (kept, _, _) =
                         crate::pipeline::queries::filter_queries(texts, &synth.queries);
-                    match kept.is_empty() {
-                        true => Err(anyhow::anyhow!(
+                    if kept.is_empty() {
+                        bail!(
                             "{}: no query passes the length filter",
                             synth.queries_file.display()
-                        )),
-                        false => Ok(()),
+                        );
                     }
+                    Ok(())
                 })
         });
     }
