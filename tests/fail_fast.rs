@@ -373,6 +373,20 @@ fn oversized_gguf_block_count_is_one_line_not_an_abort() {
         )]
     );
     assert!(!out.exists());
+
+    // Counts and lengths of the file's own structure: a tensor count and a key length
+    // far past the file's end are refused by the reader before it allocates.
+    for (offset, what) in [(8, "tensor count"), (24, "first key's length")] {
+        llama_gguf(&model, 30);
+        let mut bytes = std::fs::read(&model).unwrap();
+        bytes[offset..offset + 8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        std::fs::write(&model, bytes).unwrap();
+        let (code, lines) = generate(&model, &out);
+        assert_eq!(code, 1, "{what}: {lines:?}");
+        assert_eq!(lines.len(), 1, "{what}: {lines:?}");
+        let prefix = format!("error: {}: not a valid GGUF file (gguf: ", model.display());
+        assert!(lines[0].starts_with(&prefix), "{what}: {lines:?}");
+    }
 }
 
 fn tiny() -> String {
