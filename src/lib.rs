@@ -9,7 +9,9 @@
 //! verification functions, graded responses, SFT and DPO sets) in a resumable run folder;
 //! `train` runs LoRA SFT, DPO and online DPO on the same weights; `export` writes merged
 //! models and PEFT adapters; `config` reads a run's TOML; `run` drives the whole loop and
-//! writes its `summary.json` and `report.html`; `cli` is the command line.
+//! writes its `summary.json` and `report.html`; `cli` is the command line. `validation`
+//! (a leaf any module may use) collects config values out of range, one line each naming
+//! its key.
 
 pub mod cli;
 pub mod config;
@@ -22,4 +24,5 @@ pub mod pipeline;
 pub mod pyjson;
 pub mod run;
 pub mod train;
+pub mod validation;
 pub mod verify;

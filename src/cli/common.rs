@@ -10,6 +10,23 @@ use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Refuses an `--out` file path that is a folder, before any work (the rename at the
+/// end would fail after all of it).
+pub fn check_output_file(out: &Path) -> Result<()> {
+    if out.is_dir() {
+        bail!("{}: is a folder; --out needs a file path", out.display());
+    }
+    Ok(())
+}
+
+/// Refuses an `--out` folder path that is an existing file, before any work.
+pub fn check_output_folder(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("{}: is a file; --out needs a folder path", out.display());
+    }
+    Ok(())
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// A hub id (Qwen/Qwen2-0.5B-Instruct), a local Hugging Face folder, or a .gguf file.

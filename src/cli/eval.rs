@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::{ArgGroup, Subcommand};
 
+use super::common::check_output_folder;
 use crate::eval::ifeval::results::{generate_responses, write_results};
 use crate::eval::ifeval::scoring::Evaluation;
 use crate::eval::ifeval::{evaluate, load_input_data, load_responses, Prompt, Summary};
@@ -73,6 +74,7 @@ fn generate_with(args: &IfevalArgs, model: &str, prompts: &[Prompt]) -> Result<V
 }
 
 fn run_ifeval(args: IfevalArgs) -> Result<()> {
+    check_output_folder(&args.out)?;
     let Some(data) = &args.data else {
         bail!(
             "no --data given and the Hugging Face hub is not reachable from here: pass --data with IFEval's \

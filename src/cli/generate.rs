@@ -1,6 +1,6 @@
 //! `autoif generate`: prompts in, completions out as JSON lines.
 
-use super::common::{read_jsonl, write_jsonl, ModelArgs};
+use super::common::{check_output_file, read_jsonl, write_jsonl, ModelArgs};
 use crate::generate::openai::{ChatFormat, Endpoint, OpenAiBackend, OpenAiConfig};
 use crate::generate::{
     Backend, Completion, EngineOptions, LocalEngine, Prompt, Request, SamplingParams,
@@ -106,6 +106,9 @@ pub struct ServerArgs {
 pub fn run(args: Args) -> Result<()> {
     if args.n == 0 {
         bail!("-n must be at least 1");
+    }
+    if let Some(out) = &args.out {
+        check_output_file(out)?;
     }
     let texts = match (&args.prompt, &args.prompts) {
         (Some(p), _) => vec![PromptInput::Text(p.clone())],
@@ -239,8 +242,7 @@ impl PromptInput {
 
 fn read_prompts(path: &Path) -> Result<Vec<PromptInput>> {
     if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = crate::io::read_text(path)?;
         let prompts: Vec<_> = text
             .lines()
             .filter(|l| !l.trim().is_empty())

@@ -1,9 +1,9 @@
 //! `autoif logprobs`: per-token log-probabilities of given completions.
 
-use super::common::{read_jsonl, write_jsonl, ModelArgs};
+use super::common::{check_output_file, read_jsonl, write_jsonl, ModelArgs};
 use crate::model::logprobs::completion_logprobs;
 use crate::model::lora::Adapters;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use indicatif::ProgressBar;
 use serde_json::json;
@@ -26,6 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    check_output_file(&args.out)?;
     let lines = read_jsonl(&args.input)?;
     let mut texts = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
@@ -45,6 +46,17 @@ pub fn run(args: Args) -> Result<()> {
     }
     let model = args.model.load()?;
     let tok = &model.tokenizer;
+    let max_positions = model.decoder.max_positions();
+    for (i, (p, c)) in texts.iter().enumerate() {
+        let at_least = tok.min_tokens(p.len() + c.len());
+        if at_least > max_positions {
+            bail!(
+                "{}:{}: prompt and completion are at least {at_least} tokens, more than the model's {max_positions} positions",
+                args.input.display(),
+                i + 1
+            );
+        }
+    }
     // The prompt gets BOS when the tokenizer config asks for it; the completion never.
     let pairs = texts
         .iter()

@@ -52,7 +52,7 @@ enum Command {
     Plan(plan::Args),
 }
 
-/// Runs the CLI and returns the process exit code. Errors print as one line.
+/// Runs the CLI and returns the process exit code. Errors print as one line per problem.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -63,6 +63,12 @@ pub fn main() -> i32 {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
+    // Temporary outputs are removed if the user interrupts (Ctrl-C) or the process is
+    // terminated.
+    if let Err(err) = crate::io::temporaries::remove_on_signal() {
+        eprintln!("error: {err:#}");
+        return 1;
+    }
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Logprobs(args) => logprobs::run(args),
@@ -78,7 +84,10 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Several problems found together (a config's bad values) are one line each.
+            for line in format!("{err:#}").lines() {
+                eprintln!("error: {line}");
+            }
             1
         }
     }

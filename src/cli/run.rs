@@ -34,7 +34,16 @@ pub fn run(args: Args) -> Result<()> {
         (_, Some(dir)) => {
             let run = RunFolder::open(dir)?;
             let config = run.manifest()?.config;
-            ensure_fits(&args.memory, &config, &pending(&run)?)?;
+            let problems = config.problems();
+            if !problems.is_empty() {
+                let manifest = run.layout().manifest();
+                bail!(problems.lines(|key| format!("{}: {key}", manifest.display())));
+            }
+            let phases = pending(&run)?;
+            if !phases.is_empty() {
+                check_inputs(&config, &phases)?;
+            }
+            ensure_fits(&args.memory, &config, &phases)?;
             run
         }
         (Some(config_path), None) => {
@@ -43,8 +52,8 @@ pub fn run(args: Args) -> Result<()> {
             };
             let config = RunConfig::load(config_path, &args.overrides)?;
             // Check the inputs and the memory before anything is written.
-            check_inputs(&config)?;
             let phases = Phase::plan(&config);
+            check_inputs(&config, &phases)?;
             ensure_fits(&args.memory, &config, &phases)?;
             let names: Vec<&str> = phases.iter().map(|p| p.name()).collect();
             RunFolder::create(out, &config, model_identity(&config), &names)?

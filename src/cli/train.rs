@@ -1,7 +1,7 @@
 //! `autoif train sft|dpo|online-dpo`: LoRA training in this process, on a data file or
 //! (online DPO) on prompts with verification functions.
 
-use super::common::{GpuMemoryArgs, ModelArgs};
+use super::common::{check_output_folder, GpuMemoryArgs, ModelArgs};
 use crate::model::lora::LoraConfig;
 use crate::model::Model;
 use crate::train::data::DataFormat;
@@ -13,6 +13,7 @@ use crate::train::{
     OnlineDpoConfig, OnlineOptions, PreferenceData, SftConfig, SftData, TrainingArgs,
     TrainingOptions,
 };
+use crate::validation::Problems;
 use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -277,22 +278,43 @@ pub struct DpoFlags {
 }
 
 impl DpoFlags {
-    fn config(&self, flags: &TrainingFlags, defaults: DpoConfig) -> Result<DpoConfig> {
-        if self.beta.is_nan() || self.beta <= 0.0 {
-            bail!("--beta must be positive");
-        }
-        if !(0.0..0.5).contains(&self.label_smoothing) {
-            bail!("--label-smoothing must be in [0, 0.5)");
-        }
-        Ok(DpoConfig {
+    fn config(&self, flags: &TrainingFlags, defaults: DpoConfig) -> DpoConfig {
+        DpoConfig {
             args: flags.training_args(defaults.args),
             beta: self.beta,
             loss_type: self.loss_type.into(),
             label_smoothing: self.label_smoothing,
             precompute_ref_log_probs: self.precompute_ref_log_probs,
             held_out: defaults.held_out,
-        })
+        }
     }
+}
+
+/// Refuses a training config's bad values, one line each, named by their flags; and an
+/// `--out` that is a file. Before the data is read or the model loaded.
+fn check_settings(problems: Problems, out: &Path) -> Result<()> {
+    if !problems.is_empty() {
+        bail!(problems.lines(flag_of_key));
+    }
+    check_output_folder(out)
+}
+
+/// The flag that sets a config key (`args.lora.r` → `--lora-r`).
+fn flag_of_key(key: &str) -> String {
+    let key = ["dpo.args.", "dpo.", "args."]
+        .iter()
+        .find_map(|prefix| key.strip_prefix(prefix))
+        .unwrap_or(key);
+    let flag = match key {
+        "lora.r" => "lora-r".to_string(),
+        "lora.lora_alpha" => "lora-alpha".to_string(),
+        "lora.lora_dropout" => "lora-dropout".to_string(),
+        "lora.target_modules" => "lora-targets".to_string(),
+        "adamw.weight_decay" => "weight-decay".to_string(),
+        "batch" => "generation-batch".to_string(),
+        other => other.replace(['_', '.'], "-"),
+    };
+    format!("--{flag}")
 }
 
 #[derive(ClapArgs, Debug)]
@@ -336,11 +358,23 @@ pub struct OnlineDpoArgs {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    match args.command {
+    let out = match &args.command {
+        TrainCommand::Sft(a) => a.common.out.clone(),
+        TrainCommand::Dpo(a) => a.common.out.clone(),
+        TrainCommand::OnlineDpo(a) => a.out.clone(),
+    };
+    let fresh = !out.exists();
+    let result = match args.command {
         TrainCommand::Sft(a) => run_sft(a),
         TrainCommand::Dpo(a) => run_dpo(a),
         TrainCommand::OnlineDpo(a) => run_online(a),
+    };
+    if result.is_err() && fresh {
+        // A run that failed before writing anything leaves no empty folder (one that
+        // holds checkpoints or a reference cache is kept: remove_dir refuses it).
+        let _ = std::fs::remove_dir(&out);
     }
+    result
 }
 
 /// Refuses data that tokenizing emptied and reports what it dropped, before training.
@@ -364,10 +398,11 @@ fn report_dropped(path: &Path, counts: DataCounts, max_len: usize) -> Result<()>
 
 fn run_sft(args: SftArgs) -> Result<()> {
     let c = &args.common;
-    let data = SftData::read(&c.data, c.format.into())?;
     let config = SftConfig {
         args: c.flags.training_args(SftConfig::default().args),
     };
+    check_settings(config.problems(), &c.out)?;
+    let data = SftData::read(&c.data, c.format.into())?;
     let mut model = load_for_training(&c.model, &c.memory, &config.args, Algorithm::Sft, 0)?;
     let outcome = train_sft(
         &mut model,
@@ -382,14 +417,12 @@ fn run_sft(args: SftArgs) -> Result<()> {
 
 fn run_dpo(args: DpoArgs) -> Result<()> {
     let c = &args.common;
-    let data = PreferenceData::read(&c.data, c.format.into())?;
-    if !(0.0..1.0).contains(&args.held_out) {
-        bail!("--held-out must be in [0, 1), got {}", args.held_out);
-    }
     let config = DpoConfig {
         held_out: args.held_out,
-        ..args.dpo.config(&c.flags, DpoConfig::default())?
+        ..args.dpo.config(&c.flags, DpoConfig::default())
     };
+    check_settings(config.problems(), &c.out)?;
+    let data = PreferenceData::read(&c.data, c.format.into())?;
     let mut model = load_for_training(&c.model, &c.memory, &config.args, Algorithm::Dpo, 0)?;
     let outcome = train_dpo(
         &mut model,
@@ -403,11 +436,8 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
 }
 
 fn run_online(args: OnlineDpoArgs) -> Result<()> {
-    let prompts = read_verified_prompts(&args.prompts)?;
     let config = OnlineDpoConfig {
-        dpo: args
-            .dpo
-            .config(&args.flags, OnlineDpoConfig::default().dpo)?,
+        dpo: args.dpo.config(&args.flags, OnlineDpoConfig::default().dpo),
         iterations: args.iterations,
         samples: args.samples,
         temperature: args.temperature,
@@ -417,6 +447,10 @@ fn run_online(args: OnlineDpoArgs) -> Result<()> {
         batch: args.generation_batch,
         ..OnlineDpoConfig::default()
     };
+    let mut problems = config.problems();
+    problems.at_least("exec_timeout_ms", args.exec_timeout_ms as usize, 1);
+    check_settings(problems, &args.out)?;
+    let prompts = read_verified_prompts(&args.prompts)?;
     let mut model = load_for_training(
         &args.model,
         &args.memory,

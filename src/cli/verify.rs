@@ -14,7 +14,8 @@ use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::io::AtomicWriter;
+use super::common::check_output_file;
+use crate::io::{from_json_str, AtomicWriter};
 use crate::verify::{FunctionRun, Outcome, Sandbox, SandboxOptions, Verdict};
 
 /// Jobs handed to the sandbox at once: enough to keep every worker busy, few enough
@@ -71,6 +72,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.timeout_ms == 0 {
         bail!("--timeout-ms must be positive");
     }
+    check_output_file(&args.out)?;
     let input = File::open(&args.input)
         .with_context(|| format!("{}: cannot open", args.input.display()))?;
     let input_bytes = input.metadata().map(|m| m.len()).unwrap_or(0);
@@ -102,17 +104,24 @@ pub fn run(args: Args) -> Result<()> {
     let mut chunk: Vec<(String, FunctionRun)> = Vec::new();
     let mut line_number = 0;
     let mut requests = 0;
-    let mut line = String::new();
+    let mut bytes = Vec::new();
     loop {
-        line.clear();
+        bytes.clear();
         let read = lines
-            .read_line(&mut line)
+            .read_until(b'\n', &mut bytes)
             .with_context(|| format!("{}: cannot read", args.input.display()))?;
         if read > 0 {
             line_number += 1;
             progress.inc(read as u64);
+            let line = std::str::from_utf8(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}:{line_number}: not valid UTF-8 (byte {} of the line)",
+                    args.input.display(),
+                    e.valid_up_to() + 1
+                )
+            })?;
             if !line.trim().is_empty() {
-                let request: Request = serde_json::from_str(&line).with_context(|| {
+                let request: Request = from_json_str(line).with_context(|| {
                     format!(
                         "{}:{line_number}: not a verify request {{\"id\", \"func\", \"inputs\"}}",
                         args.input.display()

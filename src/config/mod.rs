@@ -15,6 +15,7 @@ use crate::model::DEFAULT_MODEL;
 use crate::pipeline::backtranslate::ConsistencyChecker;
 use crate::pipeline::config::SynthesisConfig;
 use crate::train::{DpoConfig, OnlineDpoConfig, SftConfig};
+use crate::validation::Problems;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -83,6 +84,15 @@ impl Default for IfevalConfig {
     }
 }
 
+impl IfevalConfig {
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.at_least("max_new_tokens", self.max_new_tokens, 1);
+        p.at_least("batch", self.batch, 1);
+        p
+    }
+}
+
 /// The model being improved.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -134,6 +144,32 @@ impl Default for SupervisorSection {
     }
 }
 
+impl SupervisorSection {
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        let kind = match self.kind {
+            SupervisorKind::SelfModel => "\"self\"",
+            SupervisorKind::Local => "\"local\"",
+            SupervisorKind::OpenAi => "\"openai\"",
+        };
+        p.check(
+            self.kind == SupervisorKind::SelfModel || self.model.is_some(),
+            "kind",
+            kind,
+            "needs supervisor.model",
+        );
+        p.check(
+            self.kind != SupervisorKind::OpenAi || self.base_url.is_some(),
+            "kind",
+            kind,
+            "needs supervisor.base_url",
+        );
+        p.at_least("batch", self.batch, 1);
+        p.at_least("max_concurrency", self.max_concurrency, 1);
+        p
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum SupervisorKind {
     #[serde(rename = "self")]
@@ -146,70 +182,78 @@ pub enum SupervisorKind {
 
 impl RunConfig {
     /// Reads a TOML file and applies `key.path=value` overrides (values parse as TOML,
-    /// falling back to a plain string).
+    /// falling back to a plain string). A value of the wrong type is blamed on the file
+    /// or on the `--set` that brought it; values out of range are refused together, one
+    /// line each, naming the key (and the `--set` when one set it).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = crate::io::read_text(path)?;
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e.to_string())))?;
+        let mut config = Self::deserialize_table(table.clone())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         for item in overrides {
             apply_override(&mut table, item)?;
+            config = Self::deserialize_table(table.clone())
+                .map_err(|e| anyhow::anyhow!("--set {item}: {e}"))?;
         }
-        Self::from_table(table).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        let problems = config.problems();
+        if problems.is_empty() {
+            config
+                .synthesis
+                .decontaminate
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            return Ok(config);
+        }
+        let name = |key: &str| match overrides.iter().rev().find(|o| override_key(o) == key) {
+            Some(_) => format!("--set {key}"),
+            None => format!("{}: {key}", path.display()),
+        };
+        bail!(problems.lines(name))
     }
 
     /// The config a table describes: the table laid over the defaults, so a partial
     /// section keeps its own algorithm's defaults (`[dpo.args] epochs = 1` leaves DPO's
     /// learning rate, not the generic one).
     pub fn from_table(table: toml::Table) -> Result<Self> {
-        let mut merged = toml::Table::try_from(RunConfig::default()).expect("defaults serialize");
-        overlay(&mut merged, table);
-        let config: RunConfig = toml::Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", one_line(&e.to_string())))?;
-        config.validate()?;
+        let config = Self::deserialize_table(table)?;
+        config.problems().into_result()?;
+        config.synthesis.decontaminate.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
-        let s = &self.synthesis;
-        if s.chunk == 0 {
-            bail!("synthesis.chunk must be at least 1");
-        }
-        for (name, value) in [
-            ("synthesis.funcs.samples", s.funcs.samples),
-            ("synthesis.responses.samples", s.responses.samples),
-            (
-                "synthesis.queries.per_instruction",
-                s.queries.per_instruction,
-            ),
-            ("supervisor.batch", self.supervisor.batch),
-        ] {
-            if value == 0 {
-                bail!("{name} must be at least 1");
-            }
-        }
-        s.decontaminate.validate()?;
-        let bt = &s.backtranslate;
-        if bt.checker == ConsistencyChecker::Nli && bt.nli_model.is_none() {
-            bail!(
-                "synthesis.backtranslate.checker = \"nli\" needs synthesis.backtranslate.nli_model"
-            );
-        }
-        if !["auto", "cpu", "cuda"].contains(&self.model.device.as_str()) {
-            bail!(
-                "model.device = {:?}: expected \"auto\", \"cpu\" or \"cuda\"",
-                self.model.device
-            );
-        }
-        let sup = &self.supervisor;
-        if sup.kind != SupervisorKind::SelfModel && sup.model.is_none() {
-            bail!("supervisor.kind = \"local\" or \"openai\" needs supervisor.model");
-        }
-        if sup.kind == SupervisorKind::OpenAi && sup.base_url.is_none() {
-            bail!("supervisor.kind = \"openai\" needs supervisor.base_url");
-        }
-        Ok(())
+    fn deserialize_table(table: toml::Table) -> Result<Self> {
+        let mut merged = toml::Table::try_from(RunConfig::default()).expect("defaults serialize");
+        overlay(&mut merged, table);
+        toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", one_line(&e.to_string())))
+    }
+
+    /// Every value the run cannot use, keys as in the TOML file (`sft.args.lr`); each
+    /// section checks its own fields beside its struct.
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.check(
+            ["auto", "cpu", "cuda"].contains(&self.model.device.as_str()),
+            "model.device",
+            format!("{:?}", self.model.device),
+            "expected \"auto\", \"cpu\" or \"cuda\"",
+        );
+        p.nest("supervisor", self.supervisor.problems());
+        p.nest("synthesis", self.synthesis.problems());
+        let bt = &self.synthesis.backtranslate;
+        p.check(
+            bt.checker != ConsistencyChecker::Nli || bt.nli_model.is_some(),
+            "synthesis.backtranslate.checker",
+            "\"nli\"",
+            "needs synthesis.backtranslate.nli_model",
+        );
+        p.nest("ifeval", self.ifeval.problems());
+        p.nest("sft", self.sft.problems());
+        p.nest("dpo", self.dpo.problems());
+        p.nest("online_dpo", self.online_dpo.problems());
+        p
     }
 
     /// The model that writes the synthetic data.
@@ -254,6 +298,11 @@ fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
     }
     node.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
+}
+
+/// The key an override sets (`sft.args.lr` of `sft.args.lr=1e-4`).
+fn override_key(item: &str) -> &str {
+    item.split_once('=').map_or(item, |(key, _)| key).trim()
 }
 
 fn one_line(text: &str) -> String {

@@ -1,8 +1,11 @@
 //! Export folders that are complete or absent: filled under a staging name beside their
-//! destination, then renamed into place.
+//! destination, then renamed into place (and removed if SIGINT or SIGTERM ends the
+//! process first).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+
+use crate::io::temporaries;
 
 /// A folder filled under a temporary name beside its destination and renamed into place
 /// by `commit`; dropped uncommitted, it is removed.
@@ -46,8 +49,10 @@ impl StagingDir {
             std::fs::remove_dir_all(&staging)
                 .with_context(|| format!("{}: cannot remove", staging.display()))?;
         }
+        temporaries::register(&staging);
         std::fs::create_dir(&staging)
-            .with_context(|| format!("{}: cannot create folder", staging.display()))?;
+            .with_context(|| format!("{}: cannot create folder", staging.display()))
+            .inspect_err(|_| temporaries::unregister(&staging))?;
         Ok(Self {
             staging,
             dest: dest.to_path_buf(),
@@ -67,6 +72,7 @@ impl StagingDir {
         }
         std::fs::rename(&self.staging, &self.dest)
             .with_context(|| format!("{}: cannot write", self.dest.display()))?;
+        temporaries::unregister(&self.staging);
         self.committed = true;
         Ok(())
     }
@@ -76,6 +82,7 @@ impl Drop for StagingDir {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.staging);
+            temporaries::unregister(&self.staging);
         }
     }
 }

@@ -223,6 +223,16 @@ impl<'m> LocalEngine<'m> {
         let max_positions = self.model.decoder.max_positions();
         let mut queue = VecDeque::new();
         for (r, req) in requests.iter().enumerate() {
+            let bytes = match &req.prompt {
+                Prompt::Text(text) => text.len(),
+                Prompt::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+            };
+            let at_least = self.model.tokenizer.min_tokens(bytes);
+            if at_least >= max_positions {
+                bail!(
+                    "request {r}: prompt of {bytes} bytes is at least {at_least} tokens, more than the model's {max_positions} positions"
+                );
+            }
             let ids = self.prompt_ids(&req.prompt)?;
             if ids.is_empty() {
                 bail!("request {r}: the prompt is empty after tokenization");

@@ -1,12 +1,15 @@
 //! Output files that are complete or absent: each is written under a hidden temporary
 //! name beside its destination and renamed into place, so an error or a killed process
-//! never leaves a half-written file under the destination's name.
+//! never leaves a half-written file under the destination's name. The temporary file is
+//! registered with `temporaries`, so SIGINT or SIGTERM removes it too.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+use super::temporaries;
 
 /// Writes `bytes` to `path`, creating its folder if needed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -17,11 +20,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// file is removed and `path` is untouched.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temporary_beside(path)?;
-    if let Err(err) = write(&tmp) {
+    temporaries::register(&tmp);
+    let result =
+        write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(anyhow::Error::from));
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(err.context(format!("{}: cannot write", path.display())));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
+    temporaries::unregister(&tmp);
+    result.map_err(|err| err.context(format!("{}: cannot write", path.display())))
 }
 
 /// Pretty-printed JSON with a final newline, atomically.
@@ -43,8 +49,10 @@ pub struct AtomicWriter {
 impl AtomicWriter {
     pub fn create(target: &Path) -> Result<Self> {
         let temp = temporary_beside(target)?;
+        temporaries::register(&temp);
         let file =
-            File::create(&temp).with_context(|| format!("{}: cannot create", temp.display()))?;
+            File::create(&temp).with_context(|| format!("{}: cannot create", temp.display()));
+        let file = file.inspect_err(|_| temporaries::unregister(&temp))?;
         Ok(Self {
             target: target.to_path_buf(),
             temp,
@@ -63,13 +71,18 @@ impl AtomicWriter {
     pub fn commit(mut self) -> Result<()> {
         let writer = self.writer.take().expect("open until commit");
         let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
-            .with_context(|| format!("{}: cannot write", self.temp.display()))?;
-        std::fs::rename(&self.temp, &self.target).map_err(|err| {
+        let result = file
+            .sync_all()
+            .with_context(|| format!("{}: cannot write", self.temp.display()))
+            .and_then(|()| {
+                std::fs::rename(&self.temp, &self.target)
+                    .with_context(|| format!("{}: cannot move into place", self.target.display()))
+            });
+        if result.is_err() {
             let _ = std::fs::remove_file(&self.temp);
-            anyhow::Error::from(err)
-                .context(format!("{}: cannot move into place", self.target.display()))
-        })
+        }
+        temporaries::unregister(&self.temp);
+        result
     }
 }
 
@@ -77,6 +90,7 @@ impl Drop for AtomicWriter {
     fn drop(&mut self) {
         if self.writer.is_some() {
             let _ = std::fs::remove_file(&self.temp);
+            temporaries::unregister(&self.temp);
         }
     }
 }

@@ -1,5 +1,7 @@
 //! JSON Lines: one record per line, blank lines skipped. A bad line fails with
-//! `FILE:LINE:` (the line as counted in the file) and what is wrong with it.
+//! `FILE:LINE:` (the line as counted in the file) and what is wrong with it, bytes that
+//! are not UTF-8 too. Lone surrogate escapes read as Python's `json` reads them
+//! (`text::from_json_str`).
 
 use anyhow::{anyhow, Context, Result};
 use serde::de::DeserializeOwned;
@@ -8,18 +10,17 @@ use serde_json::Value;
 use std::path::Path;
 
 use super::atomic::write_atomic;
+use super::text::{decode_utf8, from_json_str, read_text};
 
 /// Every record of a JSON Lines file (none for an empty file).
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    parse_lines(&text, path)
+    parse_lines(&read_text(path)?, path)
 }
 
 /// Like [`read_jsonl`], or `None` when the file does not exist.
 pub fn read_jsonl_if_exists<T: DeserializeOwned>(path: &Path) -> Result<Option<Vec<T>>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_lines(&text, path).map(Some),
+    match std::fs::read(path) {
+        Ok(bytes) => parse_lines(&decode_utf8(bytes, &path.display().to_string())?, path).map(Some),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("{}: cannot read", path.display())),
     }
@@ -28,10 +29,9 @@ pub fn read_jsonl_if_exists<T: DeserializeOwned>(path: &Path) -> Result<Option<V
 /// The records of a JSON Lines file or of a file holding one JSON array (data sets come
 /// both ways).
 pub fn read_json_records(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = read_text(path)?;
     if text.trim_start().starts_with('[') {
-        return serde_json::from_str(&text)
+        return from_json_str(&text)
             .map_err(|e| anyhow!("{}: not a valid JSON array: {e}", path.display()));
     }
     parse_lines(&text, path)
@@ -62,7 +62,7 @@ pub fn parse_jsonl<T: DeserializeOwned>(text: &str, source: &str) -> Result<Vec<
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| {
-            serde_json::from_str(line).map_err(|e| {
+            from_json_str(line).map_err(|e| {
                 let what = if e.is_data() {
                     "not a valid record"
                 } else {

@@ -4,8 +4,11 @@
 pub mod atomic;
 pub mod jsonl;
 pub mod safetensors;
+pub mod temporaries;
+pub mod text;
 
 pub use atomic::{write_atomic, write_atomically, AtomicWriter};
 pub use jsonl::{
     parse_jsonl, read_json_records, read_jsonl, read_jsonl_if_exists, to_jsonl, write_jsonl,
 };
+pub use text::{from_json_str, read_text};

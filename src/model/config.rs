@@ -232,6 +232,28 @@ impl ModelConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        // Far above any released model of these families, far below what would make an
+        // allocation sized by them fail: a corrupt or hostile count is refused here, not
+        // by an abort in the allocator.
+        let bounded = [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("num_attention_heads", self.num_attention_heads, 1 << 10),
+            ("num_key_value_heads", self.num_key_value_heads, 1 << 10),
+            ("head_dim", self.head_dim, 1 << 12),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
+        ];
+        for (name, value, max) in bounded {
+            if value > max {
+                bail!("{name} = {value} is out of range (at most {max})");
+            }
+        }
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -260,6 +282,33 @@ impl ModelConfig {
             bail!(
                 "head_dim ({}) must be even for rotary embeddings",
                 self.head_dim
+            );
+        }
+        Ok(())
+    }
+
+    /// The weights these hyper-parameters declare, counted from the shapes `Decoder`
+    /// loads (bias and norm vectors left out: a lower bound).
+    pub fn min_parameters(&self) -> u64 {
+        let h = self.hidden_size as u64;
+        let q = (self.num_attention_heads * self.head_dim) as u64;
+        let kv = (self.num_key_value_heads * self.head_dim) as u64;
+        let i = self.intermediate_size as u64;
+        let layer = h * q + 2 * h * kv + q * h + 3 * h * i;
+        self.vocab_size as u64 * h + self.num_hidden_layers as u64 * layer
+    }
+
+    /// Refuses weight files too small for the declared shapes, before any is read: even
+    /// at one bit per weight (below llama.cpp's smallest quantization) the parameters
+    /// need `min_parameters() / 8` bytes.
+    pub fn check_weight_bytes(&self, bytes: u64) -> Result<()> {
+        let needed = self.min_parameters() / 8;
+        if bytes < needed {
+            bail!(
+                "config declares {} layers of hidden size {} ({} parameters), more than {bytes} bytes of weights can hold",
+                self.num_hidden_layers,
+                self.hidden_size,
+                self.min_parameters()
             );
         }
         Ok(())

@@ -5,6 +5,7 @@
 use super::ops::adapted_projection::AdaptedProjection;
 use super::ops::projection::project;
 use super::ops::quant::{self, Int8Cache, Precision};
+use crate::validation::Problems;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, Var};
 use rayon::prelude::*;
@@ -55,6 +56,32 @@ impl Default for LoraConfig {
 }
 
 impl LoraConfig {
+    /// Ranks, scales and module names a decoder can take.
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.at_least("r", self.r, 1);
+        p.positive("lora_alpha", self.lora_alpha);
+        p.within("lora_dropout", self.lora_dropout, 0.0, 1.0, true);
+        p.check(
+            !self.target_modules.is_empty(),
+            "target_modules",
+            "[]",
+            "must name at least one projection",
+        );
+        for name in &self.target_modules {
+            p.check(
+                PROJECTIONS.contains(&name.as_str()),
+                "target_modules",
+                format!("{name:?}"),
+                &format!(
+                    "not a projection (expected one of {})",
+                    PROJECTIONS.join(", ")
+                ),
+            );
+        }
+        p
+    }
+
     pub fn scale(&self) -> f64 {
         self.lora_alpha / self.r as f64
     }

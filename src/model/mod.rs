@@ -91,78 +91,138 @@ pub struct Model {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// Everything of a model but its weights' values: what `Model::check` reads.
+struct Opened {
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    chat_template: Option<ChatTemplate>,
+    eos: Vec<u32>,
+    weights: UnreadWeights,
+}
+
+/// Weights whose headers are read and checked but whose values are not.
+enum UnreadWeights {
+    /// Memory-mapped: nothing is read until a tensor is asked for.
+    Safetensors(Weights),
+    /// The parsed header; the tensors are dequantized by `Weights::from_gguf`.
+    Gguf(gguf_file::Content),
+}
+
 impl Model {
     /// Loads a hub id, a local Hugging Face folder or a `.gguf` file.
     pub fn load(spec: &str, options: &LoadOptions) -> Result<Self> {
         let files = ModelFiles::resolve(spec)?;
-        let (config, weights, tokenizer, chat_template, mut eos) = match &files {
-            ModelFiles::HfFolder {
-                config,
-                weights,
-                tokenizer,
-                tokenizer_config,
-                generation_config,
-                dir,
-            } => {
-                let cfg = ModelConfig::from_hf_file(config)?;
-                let w = Weights::from_safetensors(weights)?;
-                let tok = Tokenizer::from_hf_files(tokenizer, tokenizer_config.as_deref())?;
-                let template = ChatTemplate::from_hf_folder(dir)?;
-                let mut eos = cfg.eos_token_ids.clone();
-                if let Some(gen) = generation_config {
-                    eos.extend(generation_eos(gen)?);
-                }
-                (cfg, w, tok, template, eos)
+        let opened = open(&files)?;
+        let weights = match (opened.weights, &files) {
+            (UnreadWeights::Safetensors(w), _) => w,
+            (UnreadWeights::Gguf(content), ModelFiles::Gguf { path }) => {
+                Weights::from_gguf(path, &content, &opened.config)?
             }
-            ModelFiles::Gguf { path } => {
-                let mut file = std::fs::File::open(path)
-                    .with_context(|| format!("{}: cannot open", path.display()))?;
-                let content = gguf_file::Content::read(&mut file).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: not a valid GGUF file ({})",
-                        path.display(),
-                        candle_reason(&e)
-                    )
-                })?;
-                let cfg = ModelConfig::from_gguf(&content)
-                    .with_context(|| format!("{}", path.display()))?;
-                let tok = Tokenizer::from_gguf(&content, path)?;
-                let template = match content.metadata.get("tokenizer.chat_template") {
-                    Some(v) => Some(ChatTemplate::new(
-                        v.to_string()?,
-                        tok.bos_token(),
-                        tok.eos_token(),
-                    )?),
-                    None => None,
-                };
-                let w = Weights::from_gguf(path, &content, &cfg)?;
-                let eos = cfg.eos_token_ids.clone();
-                (cfg, w, tok, template, eos)
+            (UnreadWeights::Gguf(_), ModelFiles::HfFolder { .. }) => {
+                unreachable!("a folder has safetensors weights")
             }
         };
-        let decoder = Decoder::load(&config, &weights, options.dtype, &options.device)?;
-        if let Some(id) = tokenizer.eos_token().and_then(|t| tokenizer.token_to_id(t)) {
-            eos.push(id);
-        }
-        if let Some(t) = &chat_template {
-            for marker in END_OF_TURN_TOKENS {
-                if t.source().contains(marker) {
-                    eos.extend(tokenizer.token_to_id(marker));
-                }
-            }
-        }
-        eos.sort_unstable();
-        eos.dedup();
+        let decoder = Decoder::load(&opened.config, &weights, options.dtype, &options.device)?;
         Ok(Self {
             name: spec.to_string(),
             files,
-            config,
+            config: opened.config,
             decoder,
-            tokenizer,
-            chat_template,
-            eos_token_ids: eos,
+            tokenizer: opened.tokenizer,
+            chat_template: opened.chat_template,
+            eos_token_ids: opened.eos,
         })
     }
+
+    /// Opens `spec` as `load` does (a hub id not in the cache is downloaded) and reads
+    /// its config, tokenizer, chat template and weight headers, checking the declared
+    /// sizes against the files, without reading a weight: a run refuses a bad model
+    /// this way before it writes anything.
+    pub fn check(spec: &str) -> Result<ModelConfig> {
+        let files = ModelFiles::resolve(spec)?;
+        Ok(open(&files)?.config)
+    }
+}
+
+/// Reads everything `files` hold but the weights' values.
+fn open(files: &ModelFiles) -> Result<Opened> {
+    let (config, weights, tokenizer, chat_template, mut eos) = match files {
+        ModelFiles::HfFolder {
+            config,
+            weights,
+            tokenizer,
+            tokenizer_config,
+            generation_config,
+            dir,
+        } => {
+            let cfg = ModelConfig::from_hf_file(config)?;
+            let w = Weights::from_safetensors(weights)?;
+            let bytes = weights.iter().map(|w| file_len(w)).sum::<Result<u64>>()?;
+            cfg.check_weight_bytes(bytes)
+                .with_context(|| format!("{}", dir.display()))?;
+            let tok = Tokenizer::from_hf_files(tokenizer, tokenizer_config.as_deref())?;
+            let template = ChatTemplate::from_hf_folder(dir)?;
+            let mut eos = cfg.eos_token_ids.clone();
+            if let Some(gen) = generation_config {
+                eos.extend(generation_eos(gen)?);
+            }
+            (cfg, UnreadWeights::Safetensors(w), tok, template, eos)
+        }
+        ModelFiles::Gguf { path } => {
+            let mut file = std::fs::File::open(path)
+                .with_context(|| format!("{}: cannot open", path.display()))?;
+            let content = gguf_file::Content::read(&mut file).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: not a valid GGUF file ({})",
+                    path.display(),
+                    candle_reason(&e)
+                )
+            })?;
+            let cfg = ModelConfig::from_gguf(&content)
+                .and_then(|cfg| {
+                    cfg.check_weight_bytes(file_len(path)?)?;
+                    Ok(cfg)
+                })
+                .with_context(|| format!("{}", path.display()))?;
+            weights::check_gguf_extent(path, &content)?;
+            let tok = Tokenizer::from_gguf(&content, path)?;
+            let template = match content.metadata.get("tokenizer.chat_template") {
+                Some(v) => Some(ChatTemplate::new(
+                    v.to_string()?,
+                    tok.bos_token(),
+                    tok.eos_token(),
+                )?),
+                None => None,
+            };
+            let eos = cfg.eos_token_ids.clone();
+            (cfg, UnreadWeights::Gguf(content), tok, template, eos)
+        }
+    };
+    if let Some(id) = tokenizer.eos_token().and_then(|t| tokenizer.token_to_id(t)) {
+        eos.push(id);
+    }
+    if let Some(t) = &chat_template {
+        for marker in END_OF_TURN_TOKENS {
+            if t.source().contains(marker) {
+                eos.extend(tokenizer.token_to_id(marker));
+            }
+        }
+    }
+    eos.sort_unstable();
+    eos.dedup();
+    Ok(Opened {
+        config,
+        tokenizer,
+        chat_template,
+        eos,
+        weights,
+    })
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot stat", path.display()))?
+        .len())
 }
 
 /// A candle error as one line: without the backtrace candle attaches when

@@ -13,6 +13,11 @@ pub struct Tokenizer {
     eos_token: Option<String>,
     /// Whether `encode` puts BOS in front, as the model's tokenizer config asks.
     add_bos: bool,
+    /// The longest vocabulary entry in UTF-8 bytes: no token stands for more input than
+    /// this (byte-level BPE writes each input byte as a 1- or 2-byte character,
+    /// SentencePiece a space as the 3-byte `▁`), which bounds a text's token count from
+    /// below before it is tokenized.
+    max_token_bytes: usize,
 }
 
 impl Tokenizer {
@@ -71,12 +76,27 @@ impl Tokenizer {
         eos_token: Option<String>,
         add_bos: bool,
     ) -> Self {
+        let max_token_bytes = inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1);
         Self {
             inner,
             bos_token,
             eos_token,
             add_bos,
+            max_token_bytes,
         }
+    }
+
+    /// At least this many tokens encode a text of `bytes` bytes, known without
+    /// tokenizing it: a prompt far beyond the context is refused at once, not after
+    /// seconds of tokenizing megabytes. Halved as a margin for normalizers that shorten
+    /// the text (NFC composing accents).
+    pub fn min_tokens(&self, bytes: usize) -> usize {
+        bytes / (2 * self.max_token_bytes.max(1))
     }
 
     fn check_special_tokens_exist(&self, source: &Path) -> Result<()> {

@@ -188,15 +188,23 @@ impl Weights {
 
 /// A truncated GGUF file still parses (the header is at the front), so check that every
 /// tensor's bytes lie inside the file before reading any.
-fn check_gguf_extent(path: &Path, content: &gguf_file::Content) -> Result<()> {
+pub(crate) fn check_gguf_extent(path: &Path, content: &gguf_file::Content) -> Result<()> {
     let len = std::fs::metadata(path)
         .with_context(|| format!("{}: cannot stat", path.display()))?
         .len();
     for (name, info) in &content.tensor_infos {
-        let elems = info.shape.elem_count();
-        let block = info.ggml_dtype.block_size();
-        let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
-        let end = content.tensor_data_offset + info.offset + bytes;
+        // Saturating: the dimensions and offsets are the file's word, however large.
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        let block = info.ggml_dtype.block_size() as u64;
+        let bytes = (elems / block).saturating_mul(info.ggml_dtype.type_size() as u64);
+        let end = content
+            .tensor_data_offset
+            .saturating_add(info.offset)
+            .saturating_add(bytes);
         if end > len {
             bail!(
                 "{}: file is truncated ({len} bytes, tensor {name} ends at byte {end})",

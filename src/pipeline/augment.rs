@@ -77,8 +77,9 @@ pub struct Rejected {
 
 /// Seed instructions: one per non-empty line.
 pub fn read_seeds(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .with_context(|| format!("{}: cannot read the seed instructions", path.display()))?;
+    let text = crate::io::text::decode_utf8(bytes, &path.display().to_string())?;
     let seeds: Vec<String> = text
         .lines()
         .map(|l| l.trim().to_string())

@@ -2,6 +2,7 @@
 //! chunk size, prompts, sandbox deadline) and each stage's own config struct, which
 //! lives beside its stage.
 
+use crate::validation::Problems;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -33,6 +34,22 @@ impl Sampling {
             top_p: 0.95,
             max_new_tokens,
         }
+    }
+}
+
+impl Sampling {
+    /// Temperature ≥ 0 (0: greedy), top-p in (0, 1], at least one new token.
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.non_negative("temperature", f64::from(self.temperature));
+        p.check(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "top_p",
+            self.top_p,
+            "must be in (0, 1]",
+        );
+        p.at_least("max_new_tokens", self.max_new_tokens, 1);
+        p
     }
 }
 
@@ -70,6 +87,60 @@ pub struct SynthesisConfig {
     pub prompts: PromptTemplates,
     /// Sandbox wall-clock deadline of one `evaluate` call (the released scripts use 5 s).
     pub exec_timeout_ms: u64,
+}
+
+impl SynthesisConfig {
+    /// The values the stages cannot run with, keys relative to `[synthesis]`.
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.at_least("chunk", self.chunk, 1);
+        p.at_least("exec_timeout_ms", self.exec_timeout_ms as usize, 1);
+        p.within(
+            "augment.max_similarity",
+            self.augment.max_similarity,
+            0.0,
+            1.0,
+            false,
+        );
+        p.check(
+            self.augment.min_chars <= self.augment.max_chars,
+            "augment.min_chars",
+            self.augment.min_chars,
+            "must not exceed augment.max_chars",
+        );
+        p.at_least("funcs.samples", self.funcs.samples, 1);
+        p.within(
+            "crossval.min_func_accuracy",
+            self.crossval.min_func_accuracy,
+            0.0,
+            1.0,
+            false,
+        );
+        p.at_least("queries.per_instruction", self.queries.per_instruction, 1);
+        p.check(
+            self.queries.min_chars <= self.queries.max_chars,
+            "queries.min_chars",
+            self.queries.min_chars,
+            "must not exceed queries.max_chars",
+        );
+        p.at_least("responses.samples", self.responses.samples, 1);
+        p.at_least("datasets.per_side", self.datasets.per_side, 1);
+        let samplings = [
+            ("augment.sampling", &self.augment.sampling),
+            ("funcs.sampling", &self.funcs.sampling),
+            ("backtranslate.sampling", &self.backtranslate.sampling),
+            (
+                "backtranslate.judge_sampling",
+                &self.backtranslate.judge_sampling,
+            ),
+            ("responses.sampling", &self.responses.sampling),
+            ("score.sampling", &self.score.sampling),
+        ];
+        for (key, sampling) in samplings {
+            p.nest(key, sampling.problems());
+        }
+        p
+    }
 }
 
 impl Default for SynthesisConfig {

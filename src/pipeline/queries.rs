@@ -96,13 +96,16 @@ pub fn read_queries(path: &Path, field: &str) -> Result<Vec<String>> {
         Some(rest) => hub_dataset_file(rest)?,
         None => (path.to_path_buf(), path.display().to_string()),
     };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{name}: cannot read the query file"))?;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("{name}: cannot read the query file"))?;
+    let text = crate::io::text::decode_utf8(bytes, &name)?;
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let records: Vec<Value> = match extension {
         "jsonl" => parse_jsonl(&text, &name)?,
         "json" => {
-            match serde_json::from_str(&text).with_context(|| format!("{name}: not valid JSON"))? {
+            match crate::io::from_json_str(&text)
+                .with_context(|| format!("{name}: not valid JSON"))?
+            {
                 Value::Array(items) => items,
                 _ => bail!("{name}: expected a JSON array of records"),
             }

@@ -29,6 +29,7 @@ use crate::generate::openai::{Endpoint, OpenAiBackend, OpenAiConfig};
 use crate::generate::{Backend, EngineOptions, LocalEngine};
 use crate::model::adapter_file::load_adapter;
 use crate::model::{LoadOptions, Model};
+use crate::pipeline::backtranslate::ConsistencyChecker;
 use crate::pipeline::funnel::{table, DropReason, FunnelRow};
 use crate::pipeline::{Pipeline, Stage};
 use crate::train::adapters::merge_adapters;
@@ -366,43 +367,106 @@ fn remote_backend(config: &RunConfig) -> Result<OpenAiBackend> {
     Ok(OpenAiBackend::new(openai, None)?.with_progress(true))
 }
 
-/// Checks what a new run needs before anything is written.
-pub fn check_inputs(config: &RunConfig) -> Result<()> {
-    let plan = Phase::plan(config);
-    if plan.is_empty() {
+/// Checks everything `phases` of a run will read before anything is written: the
+/// models they load (opened and their config, tokenizer and weight headers read, no
+/// weight), and every input file. Refuses with one line per problem, each naming the
+/// key or the file.
+pub fn check_inputs(config: &RunConfig, phases: &[Phase]) -> Result<()> {
+    if phases.is_empty() {
         bail!("every phase is switched off in [phases]");
     }
+    let mut problems: Vec<String> = Vec::new();
+    let mut note = |key: &str, result: Result<()>| {
+        if let Err(err) = result {
+            problems.push(format!("{key}: {err:#}"));
+        }
+    };
     let synth = &config.synthesis;
-    let needs = |p: Phase| plan.contains(&p);
-    if needs(Phase::Synthesis(Stage::Augment)) {
-        crate::pipeline::augment::read_seeds(&synth.seeds)?;
+    let needs = |p: Phase| phases.contains(&p);
+    let generating = phases
+        .iter()
+        .any(|p| matches!(p, Phase::Synthesis(s) if s.generates()));
+    let uses_model = phases.iter().any(|p| !matches!(p, Phase::Synthesis(_)))
+        || (generating && config.supervisor.kind == SupervisorKind::SelfModel);
+    if uses_model {
+        note("model.path", Model::check(&config.model.path).map(|_| ()));
     }
-    if let Some(path) = &synth.verified_instructions {
-        let records: Vec<crate::pipeline::crossval::Validated> = crate::io::read_jsonl(path)?;
-        if records.is_empty() {
-            bail!("{}: no verified instruction", path.display());
+    if generating && config.supervisor.kind == SupervisorKind::Local {
+        note(
+            "supervisor.model",
+            Model::check(config.supervisor_model()).map(|_| ()),
+        );
+    }
+    if needs(Phase::Synthesis(Stage::Augment)) {
+        note(
+            "synthesis.seeds",
+            crate::pipeline::augment::read_seeds(&synth.seeds).map(|_| ()),
+        );
+    }
+    if let Some(path) = synth
+        .verified_instructions
+        .as_ref()
+        .filter(|_| needs(Phase::Synthesis(Stage::Queries)))
+    {
+        note("synthesis.verified_instructions", {
+            crate::io::read_jsonl::<crate::pipeline::crossval::Validated>(path).and_then(
+                |records| {
+                    if records.is_empty() {
+                        bail!("{}: no verified instruction", path.display());
+                    }
+                    Ok(())
+                },
+            )
+        });
+    }
+    if needs(Phase::Synthesis(Stage::Backtranslate)) {
+        let bt = &synth.backtranslate;
+        let folder = match bt.checker {
+            ConsistencyChecker::Minilm => Some(("synthesis.backtranslate.embedder", &bt.embedder)),
+            ConsistencyChecker::Nli => bt
+                .nli_model
+                .as_ref()
+                .map(|m| ("synthesis.backtranslate.nli_model", m)),
+            ConsistencyChecker::Judge | ConsistencyChecker::None => None,
+        };
+        if let Some((key, dir)) = folder {
+            let found = if dir.is_dir() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{}: no such model folder", dir.display()))
+            };
+            note(key, found);
         }
     }
     if needs(Phase::Synthesis(Stage::Queries)) {
-        let texts =
-            crate::pipeline::queries::read_queries(&synth.queries_file, &synth.queries.field)?;
-        let (kept, _, _) = crate::pipeline::queries::filter_queries(texts, &synth.queries);
-        if kept.is_empty() {
-            bail!(
-                "{}: no query passes the length filter",
-                synth.queries_file.display()
-            );
-        }
+        note("synthesis.queries_file", {
+            crate::pipeline::queries::read_queries(&synth.queries_file, &synth.queries.field)
+                .and_then(|texts| {
+                    let (kept, _, _) =
+                        crate::pipeline::queries::filter_queries(texts, &synth.queries);
+                    if kept.is_empty() {
+                        bail!(
+                            "{}: no query passes the length filter",
+                            synth.queries_file.display()
+                        );
+                    }
+                    Ok(())
+                })
+        });
     }
     let decontaminate = &synth.decontaminate;
     if needs(Phase::Synthesis(Stage::Decontaminate)) && decontaminate.enabled {
         crate::pipeline::decontaminate::read_eval_prompts(&decontaminate.eval_prompts)?;
     }
     if needs(Phase::IfevalBefore) || needs(Phase::IfevalAfter) {
-        load_input_data(&config.ifeval.data)?;
+        note(
+            "ifeval.data",
+            load_input_data(&config.ifeval.data).map(|_| ()),
+        );
     }
-    if needs(Phase::OnlineDpo) && config.online_dpo.samples < 2 {
-        bail!("online_dpo.samples must be at least 2 to form pairs");
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(problems.join("\n"))
     }
-    Ok(())
 }

@@ -11,6 +11,7 @@ use super::sft::batch_target_logprobs;
 use super::training_args::TrainingArgs;
 use crate::model::decoder::Decoder;
 use crate::model::lora::Adapters;
+use crate::validation::Problems;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -60,6 +61,19 @@ impl Default for DpoConfig {
             precompute_ref_log_probs: false,
             held_out: 0.0,
         }
+    }
+}
+
+impl DpoConfig {
+    /// The training args' problems under `args`, and the loss's own: β > 0, label
+    /// smoothing in [0, 0.5) (at 0.5 the labels carry no preference).
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.nest("args", self.args.problems());
+        p.positive("beta", self.beta);
+        p.within("label_smoothing", self.label_smoothing, 0.0, 0.5, true);
+        p.within("held_out", self.held_out, 0.0, 1.0, true);
+        p
     }
 }
 

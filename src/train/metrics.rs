@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
@@ -79,9 +79,14 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-/// `metrics.jsonl` open for appending, flushed after every line.
+/// `metrics.jsonl` for appending, flushed after every line. The file is (re)written
+/// only when the first step is logged, so a run whose first step fails leaves no empty
+/// file (and a resumed one leaves the interrupted run's file as it was).
 pub struct MetricsLog {
-    file: BufWriter<File>,
+    path: PathBuf,
+    /// The lines kept from a resumed run, until the file is opened.
+    kept: Vec<String>,
+    file: Option<BufWriter<File>>,
 }
 
 /// The part of a logged line that decides whether a resumed run keeps it.
@@ -91,7 +96,7 @@ struct LoggedStep {
 }
 
 impl MetricsLog {
-    /// Opens `out/metrics.jsonl`, keeping only the lines of steps up to `start_step` (a
+    /// Reads `out/metrics.jsonl`, keeping only the lines of steps up to `start_step` (a
     /// resumed run rewrites what the interrupted one logged after its checkpoint).
     pub fn open(out: &Path, start_step: usize) -> Result<Self> {
         let path = out.join(METRICS_FILE);
@@ -107,19 +112,69 @@ impl MetricsLog {
         } else {
             Vec::new()
         };
-        let mut file = BufWriter::new(
-            File::create(&path).with_context(|| format!("{}: cannot write", path.display()))?,
-        );
-        for line in kept {
-            writeln!(file, "{line}")?;
-        }
-        file.flush()?;
-        Ok(Self { file })
+        Ok(Self {
+            path,
+            kept,
+            file: None,
+        })
     }
 
     pub fn append(&mut self, metrics: &StepMetrics) -> Result<()> {
-        writeln!(self.file, "{}", serde_json::to_string(metrics)?)?;
-        self.file.flush()?;
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                let created = File::create(&self.path)
+                    .with_context(|| format!("{}: cannot write", self.path.display()))?;
+                let mut file = BufWriter::new(created);
+                for line in self.kept.drain(..) {
+                    writeln!(file, "{line}")?;
+                }
+                self.file.insert(file)
+            }
+        };
+        writeln!(file, "{}", serde_json::to_string(metrics)?)?;
+        file.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: usize) -> StepMetrics {
+        StepMetrics {
+            step,
+            epoch: 0.0,
+            loss: 1.0,
+            lr: 1e-4,
+            grad_norm: 1.0,
+            tokens: 1,
+            tokens_per_s: 1.0,
+            elapsed_s: 0.0,
+            dpo: None,
+        }
+    }
+
+    #[test]
+    fn file_appears_with_the_first_step_and_keeps_resumed_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        let log = MetricsLog::open(dir.path(), 0).unwrap();
+        drop(log);
+        assert!(!path.exists(), "no step logged, no file");
+        let mut log = MetricsLog::open(dir.path(), 0).unwrap();
+        log.append(&step(1)).unwrap();
+        log.append(&step(2)).unwrap();
+        drop(log);
+        let mut log = MetricsLog::open(dir.path(), 1).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        log.append(&step(2)).unwrap();
+        let steps: Vec<usize> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<LoggedStep>(l).unwrap().step)
+            .collect();
+        assert_eq!(steps, [1, 2]);
     }
 }

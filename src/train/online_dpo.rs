@@ -31,6 +31,7 @@ use crate::model::adapter_file::load_adapter;
 use crate::model::chat_template::Message;
 use crate::model::lora::Adapters;
 use crate::model::Model;
+use crate::validation::Problems;
 use crate::verify::{combined_pass_rates, function_runs, Execute};
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -81,6 +82,33 @@ impl Default for OnlineDpoConfig {
             prompts_per_iteration: 0,
             batch: 16,
         }
+    }
+}
+
+impl OnlineDpoConfig {
+    /// The DPO settings' problems under `dpo`, and the sampling's and pairing's own.
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.nest("dpo", self.dpo.problems());
+        p.at_least("iterations", self.iterations, 1);
+        p.at_least("samples", self.samples, 2);
+        p.non_negative("temperature", f64::from(self.temperature));
+        p.check(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "top_p",
+            self.top_p,
+            "must be in (0, 1]",
+        );
+        p.at_least("max_new_tokens", self.max_new_tokens, 1);
+        p.check(
+            self.chosen_min_pass_rate > 0.0 && self.chosen_min_pass_rate <= 1.0,
+            "chosen_min_pass_rate",
+            self.chosen_min_pass_rate,
+            "must be in (0, 1] (rejected responses have pass rate 0)",
+        );
+        p.at_least("per_side", self.per_side, 1);
+        p.at_least("batch", self.batch, 1);
+        p
     }
 }
 
@@ -203,12 +231,7 @@ pub fn run_online_dpo(
 }
 
 fn validate(config: &OnlineDpoConfig, prompts: &[VerifiedPrompt]) -> Result<()> {
-    if config.samples < 2 {
-        bail!("online DPO needs at least 2 samples per prompt to form pairs");
-    }
-    if config.iterations == 0 || config.batch == 0 {
-        bail!("online DPO iterations and batch must be at least 1");
-    }
+    config.problems().into_result()?;
     if prompts.is_empty() {
         bail!("online DPO has no prompts");
     }

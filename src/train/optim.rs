@@ -3,6 +3,7 @@
 //! `transformers`. All state is f32 and can be written to and read from safetensors, so a
 //! resumed run continues bit for bit.
 
+use crate::validation::Problems;
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
@@ -27,6 +28,18 @@ impl Default for AdamWConfig {
             eps: 1e-8,
             weight_decay: 0.0,
         }
+    }
+}
+
+impl AdamWConfig {
+    /// Values PyTorch's AdamW refuses too: betas in [0, 1), ε > 0, decay ≥ 0.
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.within("beta1", self.beta1, 0.0, 1.0, true);
+        p.within("beta2", self.beta2, 0.0, 1.0, true);
+        p.positive("eps", self.eps);
+        p.non_negative("weight_decay", self.weight_decay);
+        p
     }
 }
 

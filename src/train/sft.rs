@@ -5,6 +5,7 @@ use super::training_args::TrainingArgs;
 use crate::model::decoder::Decoder;
 use crate::model::logprobs::target_logprobs;
 use crate::model::lora::Adapters;
+use crate::validation::Problems;
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -28,6 +29,14 @@ impl Default for SftConfig {
                 ..TrainingArgs::default()
             },
         }
+    }
+}
+
+impl SftConfig {
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.nest("args", self.args.problems());
+        p
     }
 }
 

@@ -2,7 +2,8 @@
 
 use super::optim::{AdamWConfig, ScheduleKind};
 use crate::model::lora::LoraConfig;
-use anyhow::{bail, Result};
+use crate::validation::Problems;
+use anyhow::Result;
 
 /// Settings every algorithm shares (transformers' `TrainingArguments` role).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -65,26 +66,23 @@ impl Default for TrainingArgs {
 }
 
 impl TrainingArgs {
-    /// Refuses settings the loop cannot run.
+    /// Refuses settings the loop cannot run, one line per bad value.
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
-            bail!("epochs, batch size and gradient accumulation must be at least 1");
-        }
-        if self.max_len < 2 {
-            bail!("--max-len must be at least 2 tokens");
-        }
-        if self.lr.is_nan() || self.lr <= 0.0 {
-            bail!("the learning rate must be positive");
-        }
-        if self.lora.r == 0 {
-            bail!("LoRA rank must be at least 1");
-        }
-        if !(0.0..1.0).contains(&self.lora.lora_dropout) {
-            bail!(
-                "LoRA dropout must be in [0, 1), got {}",
-                self.lora.lora_dropout
-            );
-        }
-        Ok(())
+        self.problems().into_result()
+    }
+
+    /// Every value the loop cannot run, keys relative to these args (`lora.r`).
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.at_least("epochs", self.epochs, 1);
+        p.positive("lr", self.lr);
+        p.within("warmup_ratio", self.warmup_ratio, 0.0, 1.0, false);
+        p.at_least("batch_size", self.batch_size, 1);
+        p.at_least("grad_accum", self.grad_accum, 1);
+        p.at_least("max_len", self.max_len, 2);
+        p.non_negative("max_grad_norm", self.max_grad_norm);
+        p.nest("adamw", self.adamw.problems());
+        p.nest("lora", self.lora.problems());
+        p
     }
 }

@@ -106,8 +106,8 @@ pub fn parse_input_data(text: &str, source: &str) -> Result<Vec<Prompt>> {
 
 /// Reads and parses an `input_data.jsonl` file.
 pub fn load_input_data(path: &Path) -> Result<Vec<Prompt>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::text::decode_utf8(bytes, &path.display().to_string())?;
     parse_input_data(&text, &path.display().to_string())
 }
 
@@ -133,8 +133,8 @@ pub fn parse_responses(text: &str, source: &str) -> Result<Vec<Response>> {
 
 /// Reads and parses a responses file.
 pub fn load_responses(path: &Path) -> Result<Vec<Response>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::text::decode_utf8(bytes, &path.display().to_string())?;
     parse_responses(&text, &path.display().to_string())
 }
 
