@@ -13,7 +13,8 @@
 //! the cache is used). Without a path the dataset must have exactly one such data file.
 //!
 //! Output `queries/pairs.jsonl`: `{id, instruction_id, query_id, instruction, query,
-//! funcs}`; `queries/rejected.jsonl`: `{query, reason}`.
+//! funcs}` (and `ifeval_types` when the instruction names some); `queries/rejected.jsonl`:
+//! `{query, reason}`.
 
 use anyhow::{bail, Context, Result};
 use rand::seq::IndexedRandom;
@@ -70,6 +71,9 @@ pub struct QueryPair {
     pub query: String,
     /// The instruction's kept verification functions.
     pub funcs: Vec<String>,
+    /// The IFEval instruction ids the instruction corresponds to (its `ifeval_types`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ifeval_types: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -356,6 +360,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                 instruction: v.instruction.clone(),
                 query: q.clone(),
                 funcs: v.funcs.iter().map(|f| f.source.clone()).collect(),
+                ifeval_types: v.ifeval_types.clone(),
             });
         }
     }

@@ -378,10 +378,7 @@ pub fn check_inputs(config: &RunConfig) -> Result<()> {
         crate::pipeline::augment::read_seeds(&synth.seeds)?;
     }
     if let Some(path) = &synth.verified_instructions {
-        let records: Vec<crate::pipeline::crossval::Validated> = crate::io::read_jsonl(path)?;
-        if records.is_empty() {
-            bail!("{}: no verified instruction", path.display());
-        }
+        crate::pipeline::crossval::read_verified_instructions(path)?;
     }
     if needs(Phase::Synthesis(Stage::Queries)) {
         let texts =
