@@ -73,7 +73,12 @@ fn named_ifeval_types_are_real_instruction_ids_and_leave_some_uncovered() {
     let mut covered = HashSet::new();
     for r in load() {
         let distinct: HashSet<&str> = r.ifeval_types.iter().map(String::as_str).collect();
-        assert_eq!(distinct.len(), r.ifeval_types.len(), "{}: repeated type", r.id);
+        assert_eq!(
+            distinct.len(),
+            r.ifeval_types.len(),
+            "{}: repeated type",
+            r.id
+        );
         for t in &r.ifeval_types {
             assert!(
                 INSTRUCTION_IDS.contains(&t.as_str()),

@@ -10,8 +10,8 @@
 //! * [`results`] generates a model's responses and writes (and reads back) the
 //!   evaluator's output files;
 //! * [`paired`] tests a prompt-level change between two evaluations of the same prompts
-//!   (exact McNemar), and [`coverage`] splits the per-type table into the types training
-//!   covered and the rest;
+//!   (exact McNemar), [`coverage`] splits the per-type table into the types training
+//!   covered and the rest, and [`compare`] puts two evaluations side by side;
 //! * [`pystr`], [`punkt`], [`word_tokenize`] and [`langdetect`] reproduce the Python
 //!   behaviour the checkers rely on: `str` methods, NLTK's Punkt sentence splitter and word
 //!   tokenizer, and `langdetect` with seed 0 (`json.loads` and `json.dumps` are the
@@ -28,6 +28,7 @@
 
 mod case;
 mod combination;
+pub mod compare;
 mod content;
 pub mod coverage;
 mod format;
