@@ -98,7 +98,7 @@ impl Comparison {
             self.change.loose.line()
         ));
         out.push_str(&format!(
-            "\n{:<45}{:>6}{:>16}{:>16}\n",
+            "\n{:<45}{:>6}{:>18}{:>18}\n",
             "instruction type", "n", "strict b → a", "loose b → a"
         ));
         let types: BTreeSet<&String> = b
@@ -117,7 +117,7 @@ impl Comparison {
                 _ => "",
             };
             out.push_str(&format!(
-                "{:<45}{:>6}{:>16}{:>16}\n",
+                "{:<45}{:>6}{:>18}{:>18}\n",
                 format!("{t}{marker}"),
                 tb.or(ta).map_or(0, |x| x.count),
                 arrow(|x| x.strict),

@@ -71,7 +71,7 @@ impl CoverageSplit {
             a.map_or("-".to_string(), |a| format!("{:.2}", 100.0 * f(&a)))
         };
         let mut out = format!(
-            "{:<38}{:>6}{:>6}{:>16}{:>16}\n",
+            "{:<38}{:>6}{:>6}{:>18}{:>18}\n",
             "instruction level, by type group", "types", "n", "strict b → a", "loose b → a"
         );
         for (name, group) in [
@@ -83,7 +83,7 @@ impl CoverageSplit {
                 format!("{} → {}", pct(group.before, f), pct(group.after, f))
             };
             out.push_str(&format!(
-                "{name:<38}{:>6}{n:>6}{:>16}{:>16}\n",
+                "{name:<38}{:>6}{n:>6}{:>18}{:>18}\n",
                 group.types.len(),
                 arrow(|a| a.strict),
                 arrow(|a| a.loose)
