@@ -130,24 +130,29 @@ online_dpo() {
   merge_iterations "$from" "$dir/train" "$dir"
 }
 
-# merge_iterations FROM_MODEL ITER_PARENT DIR: folds iter-1, iter-2, ... into DIR/model.
+# merge_iterations FROM_MODEL ONLINE_DIR DIR: folds the adapters of ONLINE_DIR's finished
+# iterations (iterations.jsonl) into FROM_MODEL in turn; DIR/model links to the result. An
+# iteration that found no pair trained nothing and leaves the weights as they were.
 merge_iterations() {
-  local model="$1" i=1
+  local model="$1" i n
   [ -f "$3/model/config.json" ] && return 0
-  while has_adapter "$2/iter-$i"; do
-    merge "$model" "$2/iter-$i" "$3/iter-$i"
-    model="$3/iter-$i"
-    i=$((i + 1))
+  [ -f "$2/iterations.jsonl" ] || { echo "error: $2/iterations.jsonl is missing" >&2; exit 1; }
+  n="$(grep -c . "$2/iterations.jsonl")"
+  for i in $(seq 1 "$n"); do
+    if has_adapter "$2/iter-$i"; then
+      merge "$model" "$2/iter-$i" "$3/iter-$i"
+      model="$3/iter-$i"
+    fi
   done
-  [ "$i" -gt 1 ] || { echo "error: $2 holds no online DPO iteration adapter" >&2; exit 1; }
-  mv "$model" "$3/model"
+  mkdir -p "$3"
+  ln -sfn "$(realpath "$model")" "$3/model"
 }
 
 # SFT + online DPO: always trained here.
 online_dpo "$out/models/sft" "$out/sft_online"
 
 # All three: the run's own online DPO iterations on top of SFT + DPO when it ran them.
-if has_adapter "$run/sft" && has_adapter "$run/dpo" && has_adapter "$run/online_dpo/iter-1"; then
+if has_adapter "$run/sft" && has_adapter "$run/dpo" && [ -f "$run/online_dpo/iterations.jsonl" ]; then
   merge_iterations "$out/models/sft_dpo" "$run/online_dpo" "$out/sft_dpo_online"
 else
   online_dpo "$out/models/sft_dpo" "$out/sft_dpo_online"
