@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes data/quickstart/verified_instructions.jsonl: the quick start's hand-written
 verified instructions, in the record shape of the crossval stage's output
-(`{id, instruction, funcs: [{source, accuracy}], cases: [{input, output, pass_rate}]}`).
+(`{id, instruction, ifeval_types, funcs: [{source, accuracy}], cases: [{input, output,
+pass_rate}]}`; `ifeval_types`: the IFEval instruction ids the instruction corresponds to).
 
 Every function runs on every case of its instruction; accuracy and pass rate are the
 measured values (pass rate = share of the functions returning True, as in crossval).
@@ -25,10 +26,21 @@ ALLOWED_IMPORTS = {"re", "json", "string"}
 
 INSTRUCTIONS = []
 
+# An instruction names an IFEval instruction id when it trains a constraint that the id's
+# checker tests, even in other words, with another number or relation ("exactly three
+# sentences" -> number_sentences), another convention (blank-line paragraphs ->
+# number_paragraphs, whose prompts separate paragraphs with ***), or as part of the check
+# (a first word -> nth_paragraph_first_word; "the word X twice" -> keywords:existence too).
+# Generous on purpose: the run report splits IFEval's per-type table into covered and not
+# covered types, and a gain on the uncovered ones is the claim that needs the clean test.
 
-def instruction(text, funcs, cases):
+
+def instruction(text, ifeval_types, funcs, cases):
+    """One instruction: its text, the IFEval instruction ids it corresponds to (the rule is
+    above INSTRUCTIONS), its evaluate() functions and its (answer, expected verdict) cases."""
     INSTRUCTIONS.append({
         "instruction": text,
+        "ifeval_types": ifeval_types,
         "funcs": [textwrap.dedent(f).strip("\n") for f in funcs],
         "cases": cases,
     })
@@ -38,6 +50,7 @@ def instruction(text, funcs, cases):
 
 instruction(
     "Write your entire reply in lowercase letters, with no capitals at all",
+    ["change_case:english_lowercase"],
     [
         r'''
         def evaluate(response):
@@ -76,6 +89,7 @@ instruction(
 
 instruction(
     "Do not use a single capital letter anywhere in your answer",
+    ["change_case:english_lowercase"],
     [
         r'''
         import string
@@ -108,6 +122,7 @@ instruction(
 
 instruction(
     "Write the whole answer in capital letters",
+    ["change_case:english_capital"],
     [
         r'''
         def evaluate(response):
@@ -145,6 +160,7 @@ instruction(
 
 instruction(
     "Put at least three words in all capital letters for emphasis",
+    ["change_case:capital_word_frequency"],
     [
         r'''
         import re
@@ -179,6 +195,7 @@ instruction(
 
 instruction(
     "Keep the whole answer below 30 words",
+    ["length_constraints:number_words"],
     [
         r'''
         def evaluate(response):
@@ -224,6 +241,7 @@ instruction(
 
 instruction(
     "Stay within a limit of 20 words",
+    ["length_constraints:number_words"],
     [
         r'''
         def evaluate(response):
@@ -252,6 +270,7 @@ instruction(
 
 instruction(
     "Make the reply 60 words long or longer",
+    ["length_constraints:number_words"],
     [
         r'''
         def evaluate(response):
@@ -295,6 +314,7 @@ instruction(
 
 instruction(
     "Respond using precisely three sentences",
+    ["length_constraints:number_sentences"],
     [
         r'''
         import re
@@ -348,6 +368,7 @@ instruction(
 
 instruction(
     "Keep the answer to two sentences, no more and no fewer",
+    ["length_constraints:number_sentences"],
     [
         r'''
         import re
@@ -386,6 +407,7 @@ instruction(
 
 instruction(
     "Say it in two sentences or fewer",
+    ["length_constraints:number_sentences"],
     [
         r'''
         import re
@@ -427,6 +449,7 @@ instruction(
 
 instruction(
     "Reply in one sentence only",
+    ["length_constraints:number_sentences"],
     [
         r'''
         import re
@@ -465,6 +488,7 @@ instruction(
 
 instruction(
     "Leave every comma out of your reply",
+    ["punctuation:no_comma"],
     [
         r'''
         def evaluate(response):
@@ -496,6 +520,7 @@ instruction(
 
 instruction(
     "Avoid exclamation marks entirely",
+    [],
     [
         r'''
         def evaluate(response):
@@ -521,6 +546,7 @@ instruction(
 
 instruction(
     "Finish your reply with a question for the reader",
+    [],
     [
         r'''
         def evaluate(response):
@@ -551,6 +577,7 @@ instruction(
 
 instruction(
     "Begin your reply with the word 'Sure'",
+    ["length_constraints:nth_paragraph_first_word"],
     [
         r'''
         import re
@@ -582,6 +609,7 @@ instruction(
 
 instruction(
     "Make 'Honestly' the first word of your answer",
+    ["length_constraints:nth_paragraph_first_word"],
     [
         r'''
         import re
@@ -614,6 +642,7 @@ instruction(
 
 instruction(
     "Let \"Hope this helps\" be the very last words of your answer, written exactly like that",
+    ["startend:end_checker"],
     [
         r'''
         import re
@@ -640,6 +669,7 @@ instruction(
 
 instruction(
     "Close your reply with the words \"thanks for asking\"",
+    ["startend:end_checker"],
     [
         r'''
         def evaluate(response):
@@ -668,6 +698,7 @@ instruction(
 
 instruction(
     "Enclose the full reply between two double-quote characters",
+    ["startend:quotation"],
     [
         r'''
         def evaluate(response):
@@ -694,6 +725,7 @@ instruction(
 
 instruction(
     "Format the whole reply as a valid JSON object",
+    ["detectable_format:json_format"],
     [
         r'''
         import json
@@ -743,6 +775,7 @@ instruction(
 
 instruction(
     "Reply with a JSON object that has a single key \"answer\"",
+    ["detectable_format:json_format"],
     [
         r'''
         import json
@@ -789,6 +822,7 @@ instruction(
 
 instruction(
     "Place your whole answer inside one markdown code block",
+    [],
     [
         r'''
         def evaluate(response):
@@ -823,6 +857,7 @@ instruction(
 
 instruction(
     "List exactly three points, each on its own line starting with an asterisk and a space",
+    ["detectable_format:number_bullet_lists"],
     [
         r'''
         def evaluate(response):
@@ -849,6 +884,7 @@ instruction(
 
 instruction(
     "Give exactly four bullet points, each line beginning with a dash and a space",
+    ["detectable_format:number_bullet_lists"],
     [
         r'''
         def evaluate(response):
@@ -878,6 +914,7 @@ instruction(
 
 instruction(
     "Structure the answer around two bullet points, no more and no fewer",
+    ["detectable_format:number_bullet_lists"],
     [
         r'''
         import re
@@ -909,6 +946,7 @@ instruction(
 
 instruction(
     "Lay out your answer as a numbered list with at least three items",
+    [],
     [
         r'''
         import re
@@ -947,6 +985,7 @@ instruction(
 
 instruction(
     "Put a title in double angle brackets, such as <<A Short Guide>>, on the first line",
+    ["detectable_format:title"],
     [
         r'''
         def evaluate(response):
@@ -982,6 +1021,7 @@ instruction(
 
 instruction(
     "Give the answer a heading enclosed in << and >>",
+    ["detectable_format:title"],
     [
         r'''
         import re
@@ -1019,6 +1059,7 @@ instruction(
 
 instruction(
     "Sign off with a last line that begins with \"P.S.\"",
+    ["detectable_content:postscript"],
     [
         r'''
         def evaluate(response):
@@ -1047,6 +1088,7 @@ instruction(
 
 instruction(
     "Split your answer into two paragraphs separated by a blank line",
+    ["length_constraints:number_paragraphs"],
     [
         r'''
         import re
@@ -1086,6 +1128,7 @@ instruction(
 
 instruction(
     "Write three paragraphs with an empty line between each",
+    ["length_constraints:number_paragraphs"],
     [
         r'''
         def evaluate(response):
@@ -1117,6 +1160,7 @@ instruction(
 
 instruction(
     "Divide your answer into two parts headed \"Section 1\" and \"Section 2\"",
+    ["detectable_format:multiple_sections"],
     [
         r'''
         import re
@@ -1153,6 +1197,7 @@ instruction(
 instruction(
     "Organise the reply into three parts labelled \"Section 1\", \"Section 2\" and "
     "\"Section 3\"",
+    ["detectable_format:multiple_sections"],
     [
         r'''
         import re
@@ -1190,6 +1235,7 @@ instruction(
 
 instruction(
     "Say the word \"simple\" two or more times",
+    ["keywords:frequency", "keywords:existence"],
     [
         r'''
         import re
@@ -1219,6 +1265,7 @@ instruction(
 
 instruction(
     "Include the word \"because\" at least three times",
+    ["keywords:frequency", "keywords:existence"],
     [
         r'''
         import re
@@ -1252,6 +1299,7 @@ instruction(
 
 instruction(
     "Never use the word \"very\"",
+    ["keywords:forbidden_words"],
     [
         r'''
         import re
@@ -1278,6 +1326,7 @@ instruction(
 
 instruction(
     "Leave out the word \"just\" entirely",
+    ["keywords:forbidden_words"],
     [
         r'''
         import re
@@ -1307,6 +1356,7 @@ instruction(
 
 instruction(
     "Let the letter 'k' show up five or more times",
+    ["keywords:letter_frequency"],
     [
         r'''
         def evaluate(response):
@@ -1336,6 +1386,7 @@ instruction(
 
 instruction(
     "Use the letter 'z' at least twice",
+    ["keywords:letter_frequency"],
     [
         r'''
         def evaluate(response):
@@ -1362,6 +1413,7 @@ instruction(
 
 instruction(
     "Leave at least two blanks for the reader to fill in, written in square brackets like [name]",
+    ["detectable_content:number_placeholders"],
     [
         r'''
         import re
@@ -1403,6 +1455,7 @@ instruction(
 
 instruction(
     "Use no words containing the letter 'z'",
+    ["keywords:letter_frequency"],
     [
         r'''
         def evaluate(response):
@@ -1427,6 +1480,7 @@ instruction(
 
 instruction(
     "Do not use any digits; write every number out in words",
+    [],
     [
         r'''
         def evaluate(response):
@@ -1453,6 +1507,7 @@ instruction(
 
 instruction(
     "Keep every sentence shorter than 12 words",
+    [],
     [
         r'''
         import re
@@ -1492,6 +1547,7 @@ instruction(
 
 instruction(
     "Form your reply entirely out of questions",
+    [],
     [
         r'''
         import re
@@ -1526,6 +1582,7 @@ instruction(
 
 instruction(
     "Write it as a telegram: no periods, and the word STOP wherever a sentence ends",
+    [],
     [
         r'''
         import re
@@ -1554,6 +1611,7 @@ instruction(
 
 instruction(
     "Answer with a story of exactly six words",
+    ["length_constraints:number_words"],
     [
         r'''
         def evaluate(response):
@@ -1578,6 +1636,7 @@ instruction(
 
 instruction(
     "Put each sentence on its own line",
+    [],
     [
         r'''
         import re
@@ -1620,6 +1679,7 @@ instruction(
 
 instruction(
     "End every sentence with an exclamation mark",
+    [],
     [
         r'''
         import re
@@ -1747,6 +1807,7 @@ def build_records():
             for c, (text, out) in enumerate(cases)
         ]
         records.append({"id": f"qs{index + 1:03d}", "instruction": item["instruction"],
+                        "ifeval_types": item["ifeval_types"],
                         "funcs": funcs, "cases": kept_cases})
     seen = set()
     for item in INSTRUCTIONS:
@@ -1755,6 +1816,13 @@ def build_records():
             problems.append(f"instruction {item['instruction']!r} appears twice")
         seen.add(key)
     return records, problems
+
+
+def unknown_ifeval_types(path):
+    with open(path, encoding="utf-8") as f:
+        known = {i for line in f if line.strip() for i in json.loads(line)["instruction_id_list"]}
+    return [f"instruction {item['instruction']!r}: {t!r} is not an IFEval instruction id"
+            for item in INSTRUCTIONS for t in item["ifeval_types"] if t not in known]
 
 
 def ifeval_overlaps(path):
@@ -1777,9 +1845,9 @@ def main():
 
     records, problems = build_records()
     if os.path.exists(args.ifeval):
-        problems += ifeval_overlaps(args.ifeval)
+        problems += ifeval_overlaps(args.ifeval) + unknown_ifeval_types(args.ifeval)
     else:
-        print(f"warning: {args.ifeval} not found; the IFEval overlap check was skipped",
+        print(f"warning: {args.ifeval} not found; the IFEval overlap and type checks were skipped",
               file=sys.stderr)
     if problems:
         for p in problems:

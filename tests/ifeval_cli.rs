@@ -207,3 +207,139 @@ fn bad_input_fails_with_one_line_and_no_output() {
         out.to_str().unwrap(),
     ]));
 }
+
+/// `follow_all_instructions` per prompt text of an `eval_results_*.jsonl` file.
+fn verdicts(path: &Path) -> std::collections::HashMap<String, bool> {
+    lines(path)
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["prompt"].as_str().unwrap().to_string(),
+                v["follow_all_instructions"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn compare_pairs_two_outputs_and_refuses_different_prompts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = format!("{DATA}/input_data.jsonl");
+    let score = |responses: &Path, out: &Path, limit: &str| {
+        let run = autoif(&[
+            "eval",
+            "ifeval",
+            "--responses",
+            responses.to_str().unwrap(),
+            "--data",
+            &data,
+            "--limit",
+            limit,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    };
+    let gpt4 = subset(dir.path(), 40);
+    // The same prompts answered differently, in reverse order: every response in lower
+    // case, which passes some instructions GPT-4 failed and fails some it passed.
+    let lowered = dir.path().join("lowered.jsonl");
+    let text: String = lines(&gpt4)
+        .iter()
+        .rev()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            let response = v["response"].as_str().unwrap().to_lowercase();
+            v["response"] = response.into();
+            v.to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(&lowered, text).unwrap();
+    let (before, after, fewer) = (
+        dir.path().join("before"),
+        dir.path().join("after"),
+        dir.path().join("fewer"),
+    );
+    score(&gpt4, &before, "40");
+    score(&lowered, &after, "40");
+    score(&lowered, &fewer, "30");
+
+    let instructions = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/quickstart/verified_instructions.jsonl"
+    );
+    let run = autoif(&[
+        "eval",
+        "compare",
+        before.to_str().unwrap(),
+        after.to_str().unwrap(),
+        "--instructions",
+        instructions,
+        "--json",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(json["change"]["prompts"], 40);
+    for mode in ["strict", "loose"] {
+        let b = verdicts(&before.join(format!("eval_results_{mode}.jsonl")));
+        let a = verdicts(&after.join(format!("eval_results_{mode}.jsonl")));
+        let gained = b.iter().filter(|(p, &v)| !v && a[*p]).count();
+        let lost = b.iter().filter(|(p, &v)| v && !a[*p]).count();
+        let change = &json["change"][mode];
+        assert_eq!(
+            (change["gained"].as_u64(), change["lost"].as_u64()),
+            (Some(gained as u64), Some(lost as u64)),
+            "{mode}"
+        );
+        assert_eq!(
+            change["p_value"].as_f64().unwrap(),
+            autoif::eval::ifeval::mcnemar_exact_p(gained, lost)
+        );
+    }
+    assert!(
+        json["change"]["loose"]["gained"].as_u64().unwrap()
+            + json["change"]["loose"]["lost"].as_u64().unwrap()
+            > 0,
+        "lower-casing changes some verdicts"
+    );
+    let covered = &json["coverage"]["covered"]["types"];
+    assert!(covered
+        .as_array()
+        .unwrap()
+        .contains(&"change_case:english_lowercase".into()));
+
+    let table = autoif(&[
+        "eval",
+        "compare",
+        before.to_str().unwrap(),
+        after.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        stdout.contains("prompt level, paired") && stdout.contains("exact McNemar p = "),
+        "{stdout}"
+    );
+
+    let run = autoif(&[
+        "eval",
+        "compare",
+        before.to_str().unwrap(),
+        fewer.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("different prompts") && stderr.contains("10 only before"),
+        "{stderr}"
+    );
+}

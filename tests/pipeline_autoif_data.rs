@@ -238,6 +238,7 @@ fn pair(i: usize, r: &Value) -> QueryPair {
             .iter()
             .map(|f| f[0].as_str().unwrap().to_string())
             .collect(),
+        ifeval_types: Vec::new(),
         parts: Vec::new(),
     }
 }

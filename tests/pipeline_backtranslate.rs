@@ -34,6 +34,7 @@ fn minilm_separates_faithful_from_drifted_back_translations() {
         instruction: rows[i]["instruction"].as_str().unwrap().to_string(),
         funcs: Vec::new(),
         cases: Vec::new(),
+        ifeval_types: Vec::new(),
     };
     let back = |j: usize| serde_json::to_string(&rows[j]["back_instruction"]).unwrap();
     let mut worst_own = f32::MAX;
@@ -90,6 +91,7 @@ fn least_similar_back_translation_decides() {
             instruction: row["instruction"].as_str().unwrap().to_string(),
             funcs: Vec::new(),
             cases: Vec::new(),
+            ifeval_types: Vec::new(),
         };
         let back = serde_json::to_string(&row["back_instruction"]).unwrap();
         let decide = |rule| {

@@ -79,6 +79,7 @@ fn truncated_and_empty_responses_stay_out_of_the_data_sets() {
                 accuracy: 1.0,
             }],
             cases: Vec::new(),
+            ifeval_types: Vec::new(),
         },
         back_instructions: Vec::new(),
         similarity: None,
@@ -92,6 +93,7 @@ fn truncated_and_empty_responses_stay_out_of_the_data_sets() {
         instruction: "say yes".into(),
         query: "Will it rain tomorrow?".into(),
         funcs: vec![PASSES_ON_YES.into()],
+        ifeval_types: Vec::new(),
         parts: Vec::new(),
     };
     files

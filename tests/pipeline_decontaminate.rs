@@ -68,6 +68,7 @@ fn instruction(id: &str, text: &str, cases: Vec<KeptCase>) -> Checked {
                 accuracy: 1.0,
             }],
             cases,
+            ifeval_types: Vec::new(),
         },
         back_instructions: Vec::new(),
         similarity: None,
@@ -85,6 +86,7 @@ fn pair(id: &str, query: &str) -> QueryPair {
         query: query.into(),
         funcs: vec![NO_COMMAS.into()],
         parts: Vec::new(),
+        ifeval_types: Vec::new(),
     }
 }
 

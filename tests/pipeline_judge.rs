@@ -34,6 +34,7 @@ fn validated(id: &str, instruction: &str, func_body: &str) -> Validated {
             accuracy: 1.0,
         }],
         cases: Vec::new(),
+        ifeval_types: Vec::new(),
     }
 }
 

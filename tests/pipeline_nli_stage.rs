@@ -56,6 +56,7 @@ fn nli_checker_keeps_what_the_classifier_does_not_call_a_contradiction() {
                 accuracy: 1.0,
             }],
             cases: Vec::new(),
+            ifeval_types: Vec::new(),
         })
         .collect();
     let mut replay = Replay::new(
@@ -150,6 +151,7 @@ fn nli_reason(model: &Path, rule: &str, instruction: &str, back: &[&str]) -> Opt
             accuracy: 1.0,
         }],
         cases: Vec::new(),
+        ifeval_types: Vec::new(),
     };
     let mut replay = Replay::new(vec![(
         "# unit-0".into(),

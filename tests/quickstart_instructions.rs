@@ -2,7 +2,8 @@
 //! crossval stage's record shape, every instruction has enough functions and cases of
 //! both outcomes, every function gives every case its expected verdict inside the real
 //! verification sandbox (so the stored accuracies and pass rates are the measured ones),
-//! and no instruction sentence is lifted from IFEval, the evaluation set.
+//! no instruction sentence is lifted from IFEval, the evaluation set, and the IFEval
+//! instruction types each instruction names are real IFEval instruction ids.
 
 mod common;
 
@@ -10,7 +11,8 @@ use common::python_available;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use autoif::pipeline::crossval::Validated;
+use autoif::eval::ifeval::INSTRUCTION_IDS;
+use autoif::pipeline::crossval::{read_verified_instructions, Validated};
 use autoif::verify::{FunctionRun, Outcome, Sandbox, SandboxOptions};
 
 const INSTRUCTIONS: &str = concat!(
@@ -64,6 +66,39 @@ fn records_have_unique_ids_enough_functions_and_cases_of_both_outcomes() {
         let distinct: HashSet<&str> = r.funcs.iter().map(|f| f.source.as_str()).collect();
         assert_eq!(distinct.len(), r.funcs.len(), "{}: repeated function", r.id);
     }
+}
+
+#[test]
+fn named_ifeval_types_are_real_instruction_ids_and_leave_some_uncovered() {
+    let mut covered = HashSet::new();
+    for r in load() {
+        let distinct: HashSet<&str> = r.ifeval_types.iter().map(String::as_str).collect();
+        assert_eq!(
+            distinct.len(),
+            r.ifeval_types.len(),
+            "{}: repeated type",
+            r.id
+        );
+        for t in &r.ifeval_types {
+            assert!(
+                INSTRUCTION_IDS.contains(&t.as_str()),
+                "{}: {t:?} is not an IFEval instruction id",
+                r.id
+            );
+            covered.insert(t.clone());
+        }
+    }
+    // The run report splits IFEval's types into covered and not covered: both groups
+    // exist for the quick start.
+    assert!(
+        !covered.is_empty() && covered.len() < INSTRUCTION_IDS.len(),
+        "{} of {} IFEval types covered",
+        covered.len(),
+        INSTRUCTION_IDS.len()
+    );
+    // The run's own reader accepts the file.
+    let read = read_verified_instructions(INSTRUCTIONS.as_ref()).expect("the run reads it");
+    assert_eq!(read, load());
 }
 
 #[test]

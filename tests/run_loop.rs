@@ -1,6 +1,7 @@
 //! `autoif run` end to end on the embedded SmolLM2 with a tiny budget: IFEval before,
 //! the synthesis stages from verified instructions, SFT, DPO, online DPO, IFEval after and
-//! export write `summary.json` and `report.html`; the exported merged model loads and
+//! export write `summary.json` (with the paired McNemar change and the per-type split by
+//! the instructions' `ifeval_types`) and `report.html`; the exported merged model loads and
 //! generates with `autoif generate`; and a run killed after its SFT phase and resumed
 //! ends with the same evaluation and the same merged weights as an uninterrupted run.
 //! A few minutes on two cores; skipped when the GGUF is missing.
@@ -114,6 +115,49 @@ fn whole_loop_writes_summary_report_and_a_loadable_model_and_resumes() {
             assert!((0.0..=1.0).contains(&v), "{key}.{metric} = {v}");
         }
     }
+    // The paired prompt-level change, counted here from the two phases' verdict files.
+    let change = &summary["ifeval_change"];
+    assert_eq!(change["prompts"], 3, "{change}");
+    for mode in ["strict", "loose"] {
+        let follows = |phase: &str| -> Vec<bool> {
+            common::read_jsonl(&whole.join(format!("{phase}/eval_results_{mode}.jsonl")))
+                .iter()
+                .map(|l| l["follow_all_instructions"].as_bool().unwrap())
+                .collect()
+        };
+        let (before, after) = (follows("ifeval_before"), follows("ifeval_after"));
+        let gained = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| !**b && **a)
+            .count();
+        let lost = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b && !**a)
+            .count();
+        assert_eq!(change[mode]["gained"], gained, "{mode}: {change}");
+        assert_eq!(change[mode]["lost"], lost, "{mode}: {change}");
+        let p = change[mode]["p_value"].as_f64().unwrap();
+        assert_eq!(p, autoif::eval::ifeval::mcnemar_exact_p(gained, lost));
+    }
+    // The per-type split: the three instructions name no_comma and english_lowercase; of
+    // the first three IFEval prompts' five instructions, two are no_comma.
+    let coverage = &summary["ifeval_coverage"];
+    assert_eq!(
+        coverage["training_types"],
+        serde_json::json!(["change_case:english_lowercase", "punctuation:no_comma"]),
+        "{coverage}"
+    );
+    assert_eq!(
+        coverage["covered"]["types"],
+        serde_json::json!(["punctuation:no_comma"])
+    );
+    for (group, count) in [("covered", 2), ("not_covered", 3)] {
+        for side in ["before", "after"] {
+            assert_eq!(coverage[group][side]["count"], count, "{group} {side}");
+        }
+    }
     let phases: Vec<(&str, &str)> = summary["phases"]
         .as_array()
         .unwrap()
@@ -151,6 +195,8 @@ fn whole_loop_writes_summary_report_and_a_loadable_model_and_resumes() {
     assert!(summary["examples"].as_array().unwrap().len() == 3);
     let report = std::fs::read_to_string(whole.join("report.html")).unwrap();
     assert!(report.contains("<svg"));
+    assert!(report.contains("Prompt level, paired over 3 prompts"));
+    assert!(report.contains("<strong>covered by training instructions</strong> (1 type)"));
 
     // The exported merged model loads and generates.
     let merged = summary["exports"]["merged"].as_str().unwrap().to_string();

@@ -1,17 +1,21 @@
 //! `autoif eval`: benchmarks. `autoif eval ifeval` scores a model, or a file of responses,
-//! on IFEval with the reference evaluator's strict and loose rules and writes its outputs.
+//! on IFEval with the reference evaluator's strict and loose rules and writes its outputs;
+//! `autoif eval compare` sets two such outputs side by side with the paired significance
+//! of the change.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::{ArgGroup, Subcommand};
 
 use super::common::check_output_folder;
+use crate::eval::ifeval::compare::Comparison;
 use crate::eval::ifeval::results::{generate_responses, write_results};
 use crate::eval::ifeval::scoring::Evaluation;
 use crate::eval::ifeval::{evaluate, load_input_data, load_responses, Prompt, Summary};
 use crate::model::{LoadOptions, Model};
+use crate::pipeline::crossval::read_verified_instructions;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,6 +28,25 @@ enum Benchmark {
     /// IFEval: prompt- and instruction-level accuracy, strict and loose, as Google's
     /// reference evaluator computes them.
     Ifeval(IfevalArgs),
+    /// Two IFEval outputs of the same prompts (folders written by `autoif eval ifeval`, or a
+    /// run's ifeval_before/ and ifeval_after/) side by side: the accuracies, every
+    /// instruction type, and the prompts gained and lost with the exact McNemar p-value.
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// The first evaluation's folder (holding eval_results_{strict,loose}.jsonl).
+    before: PathBuf,
+    /// The second evaluation's folder.
+    after: PathBuf,
+    /// Verified instructions the model was trained on (JSON lines with `ifeval_types`):
+    /// splits the per-type table into the IFEval types they cover and the rest.
+    #[arg(long)]
+    instructions: Option<PathBuf>,
+    /// Print the comparison as one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -61,7 +84,30 @@ struct IfevalArgs {
 pub fn run(args: Args) -> Result<()> {
     match args.benchmark {
         Benchmark::Ifeval(args) => run_ifeval(args),
+        Benchmark::Compare(args) => run_compare(args),
     }
+}
+
+fn run_compare(args: CompareArgs) -> Result<()> {
+    let types: Option<BTreeSet<String>> = match &args.instructions {
+        Some(path) => Some(
+            read_verified_instructions(path)?
+                .into_iter()
+                .flat_map(|v| v.ifeval_types)
+                .collect(),
+        ),
+        None => None,
+    };
+    let mut comparison = Comparison::of_folders(&args.before, &args.after)?;
+    if let Some(types) = &types {
+        comparison = comparison.with_training_types(types);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+    } else {
+        print!("{}", comparison.table());
+    }
+    Ok(())
 }
 
 /// Generates the responses with `model` (and its adapter).

@@ -28,7 +28,6 @@ use super::parse::{parse_back_translation, parse_judgement, JudgeLabel};
 use super::prompts::fill;
 use super::similarity::{cosine, Embedder};
 use super::Pipeline;
-use crate::io::read_jsonl;
 
 use candle_core::Device;
 
@@ -130,7 +129,7 @@ pub struct Judgement {
 /// run).
 pub fn kept_instructions(p: &Pipeline) -> Result<Vec<Checked>> {
     match &p.synthesis.verified_instructions {
-        Some(path) => Ok(read_jsonl::<Validated>(path)?
+        Some(path) => Ok(crossval::read_verified_instructions(path)?
             .into_iter()
             .map(|validated| Checked {
                 validated,

@@ -170,7 +170,8 @@ fn followed_witnesses(instructions: &[Validated], execute: &mut Execute) -> Resu
 }
 
 /// One pair asking for every instruction of `set` on `query`: the instructions joined as
-/// sentences, their functions in order with `parts` saying whose is whose.
+/// sentences, their functions in order with `parts` saying whose is whose, and every
+/// IFEval type any of them names.
 fn composed_pair(set: &[&Validated], query: &str) -> QueryPair {
     let instruction_id = set
         .iter()
@@ -194,6 +195,14 @@ fn composed_pair(set: &[&Validated], query: &str) -> QueryPair {
             .flat_map(|v| v.funcs.iter().map(|f| f.source.clone()))
             .collect(),
         parts: set.iter().map(|v| v.funcs.len()).collect(),
+        ifeval_types: set.iter().fold(Vec::new(), |mut types, v| {
+            for t in &v.ifeval_types {
+                if !types.contains(t) {
+                    types.push(t.clone());
+                }
+            }
+            types
+        }),
     }
 }
 
@@ -220,6 +229,7 @@ mod tests {
                     pass_rate: 1.0,
                 })
                 .collect(),
+            ifeval_types: Vec::new(),
         }
     }
 

@@ -12,16 +12,19 @@
 //! every function and case with its fate; `crossval/rejected.jsonl`: `{id,
 //! instruction, reason}`.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashSet;
+use std::path::Path;
 
 use super::funcs::{self, FuncAnswers};
 use super::funnel::{DropReason, FunnelRow};
 use super::parse::case_output;
 use super::{pass_rate, Execute, Pipeline};
 
+use crate::eval::ifeval::INSTRUCTION_IDS;
+use crate::io::read_jsonl;
 use crate::verify::{ErrorKind, FunctionRun, Outcome, Verdict};
 
 pub const STAGE: &str = "crossval";
@@ -72,6 +75,36 @@ pub struct Validated {
     pub instruction: String,
     pub funcs: Vec<ScoredFunc>,
     pub cases: Vec<KeptCase>,
+    /// The IFEval instruction ids this instruction corresponds to, if any: hand-written
+    /// verified instructions name them so a run's report can tell IFEval types the
+    /// training covered from those it did not. Instructions written by a model have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ifeval_types: Vec<String>,
+}
+
+/// Reads a file of verified instructions (`synthesis.verified_instructions`): at least
+/// one, and every `ifeval_types` entry one of IFEval's instruction ids.
+pub fn read_verified_instructions(path: &Path) -> Result<Vec<Validated>> {
+    let records: Vec<Validated> = read_jsonl(path)?;
+    if records.is_empty() {
+        bail!("{}: no verified instruction", path.display());
+    }
+    for record in &records {
+        if let Some(unknown) = record
+            .ifeval_types
+            .iter()
+            .find(|t| !INSTRUCTION_IDS.contains(&t.as_str()))
+        {
+            bail!(
+                "{}: instruction {}: `ifeval_types` holds {unknown:?}, which is not an IFEval \
+                 instruction id (known: {})",
+                path.display(),
+                record.id,
+                INSTRUCTION_IDS.join(", ")
+            );
+        }
+    }
+    Ok(records)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -318,6 +351,7 @@ fn decide(
             })
             .collect(),
         cases: kept_case_rates(results, &kept_funcs, &kept_cases),
+        ifeval_types: Vec::new(),
     });
     InstructionOutcome {
         id: ins.id.clone(),
@@ -496,4 +530,46 @@ fn kept_case_rates(
             pass_rate: pass_rate(&results.verdicts_on(&funcs, input)),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verified_instructions_carry_ifeval_types_and_refuse_unknown_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("verified.jsonl");
+        let line = |id: &str, types: &str| {
+            format!(r#"{{"id": "{id}", "instruction": "x", "funcs": [], "cases": []{types}}}"#)
+                + "\n"
+        };
+        // Old files without the field still load.
+        std::fs::write(
+            &path,
+            line("a", "") + &line("b", r#", "ifeval_types": ["punctuation:no_comma"]"#),
+        )
+        .unwrap();
+        let records = read_verified_instructions(&path).unwrap();
+        assert!(records[0].ifeval_types.is_empty());
+        assert_eq!(records[1].ifeval_types, ["punctuation:no_comma"]);
+        // Written back, an instruction without types has no such key.
+        assert!(!serde_json::to_string(&records[0])
+            .unwrap()
+            .contains("ifeval_types"));
+
+        std::fs::write(
+            &path,
+            line("c", r#", "ifeval_types": ["punctuation:no_commas"]"#),
+        )
+        .unwrap();
+        let err = read_verified_instructions(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("instruction c: `ifeval_types` holds \"punctuation:no_commas\""),
+            "{err}"
+        );
+        std::fs::write(&path, "").unwrap();
+        let err = read_verified_instructions(&path).unwrap_err().to_string();
+        assert!(err.contains("no verified instruction"), "{err}");
+    }
 }

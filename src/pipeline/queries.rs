@@ -16,7 +16,8 @@
 //! (see `compose`).
 //!
 //! Output `queries/pairs.jsonl`: `{id, instruction_id, query_id, instruction, query,
-//! funcs}` (composed pairs add `parts`); `queries/rejected.jsonl`: `{query, reason}`.
+//! funcs}` (and `ifeval_types` when the instruction names some; composed pairs add
+//! `parts`); `queries/rejected.jsonl`: `{query, reason}`.
 
 use anyhow::{bail, Context, Result};
 use rand::seq::IndexedRandom;
@@ -81,6 +82,9 @@ pub struct QueryPair {
     /// order (every part must be followed); empty for a single instruction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<usize>,
+    /// The IFEval instruction ids the instruction corresponds to (its `ifeval_types`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ifeval_types: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -371,6 +375,7 @@ pub fn run(p: &mut Pipeline) -> Result<Vec<FunnelRow>> {
                 query: q.clone(),
                 funcs: v.funcs.iter().map(|f| f.source.clone()).collect(),
                 parts: Vec::new(),
+                ifeval_types: v.ifeval_types.clone(),
             });
         }
     }

@@ -408,16 +408,10 @@ pub fn check_inputs(config: &RunConfig, phases: &[Phase]) -> Result<()> {
         .as_ref()
         .filter(|_| needs(Phase::Synthesis(Stage::Queries)))
     {
-        note("synthesis.verified_instructions", {
-            crate::io::read_jsonl::<crate::pipeline::crossval::Validated>(path).and_then(
-                |records| {
-                    if records.is_empty() {
-                        bail!("{}: no verified instruction", path.display());
-                    }
-                    Ok(())
-                },
-            )
-        });
+        note(
+            "synthesis.verified_instructions",
+            crate::pipeline::crossval::read_verified_instructions(path).map(|_| ()),
+        );
     }
     if needs(Phase::Synthesis(Stage::Backtranslate)) {
         let bt = &synth.backtranslate;

@@ -1,8 +1,11 @@
-//! `RUN/summary.json`: what a run did, in one file — IFEval before and after, the
+//! `RUN/summary.json`: what a run did, in one file — IFEval before and after with the
+//! paired significance of the change and the per-type split by training coverage, the
 //! funnel of every stage, the last training metrics of each phase, wall time per
 //! phase, the exported paths, and a few example instructions with their functions.
 //! Collected from the run folder, so it is the same whether the run went in one go or
 //! was resumed.
+
+use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -11,9 +14,11 @@ use serde_json::{Map, Value};
 use super::layout::RunLayout;
 use super::manifest::{RunFolder, StageState};
 use super::phase::Phase;
-use crate::eval::ifeval::Summary as IfevalScores;
+use crate::eval::ifeval::results::read_evaluation;
+use crate::eval::ifeval::{CoverageSplit, IfevalChange, Summary as IfevalScores};
 use crate::io::{read_jsonl, read_jsonl_if_exists, write_atomic};
 use crate::pipeline::funnel::FunnelRow;
+use crate::pipeline::queries::QueryPair;
 use crate::train::held_out::{HeldOutScores, HELD_OUT_FILE};
 
 /// Example instructions shown in the summary and the report.
@@ -39,6 +44,15 @@ pub struct Summary {
     pub ifeval_before: Option<IfevalResult>,
     #[serde(default)]
     pub ifeval_after: Option<IfevalResult>,
+    /// The prompt-level change from before to after, prompt by prompt: prompts gained and
+    /// lost, strict and loose, with the exact McNemar p-value; present when both ran.
+    #[serde(default)]
+    pub ifeval_change: Option<IfevalChange>,
+    /// Instruction-level accuracy before and after over the IFEval types the run's
+    /// training instructions name (`ifeval_types`) and over the rest; present when an
+    /// IFEval phase and the queries stage ran.
+    #[serde(default)]
+    pub ifeval_coverage: Option<CoverageSplit>,
     /// Every stage's and training phase's funnel row, in loop order.
     #[serde(default)]
     pub funnel: Vec<FunnelRow>,
@@ -154,14 +168,28 @@ impl Summary {
             .iter()
             .flat_map(|s| s.funnel.iter().cloned())
             .collect();
+        let ifeval_before = ifeval(&layout, Phase::IfevalBefore)?;
+        let ifeval_after = ifeval(&layout, Phase::IfevalAfter)?;
         Ok(Summary {
             autoif_version: Some(manifest.autoif_version.clone()),
             created_at: Some(manifest.created_at.clone()),
             model: manifest.config.model.path.clone(),
             supervisor: Some(manifest.config.supervisor_model().to_string()),
             config: serde_json::to_value(&manifest.config)?,
-            ifeval_before: ifeval(&layout, Phase::IfevalBefore)?,
-            ifeval_after: ifeval(&layout, Phase::IfevalAfter)?,
+            ifeval_change: match (&ifeval_before, &ifeval_after) {
+                (Some(_), Some(_)) => Some(ifeval_change(&layout)?),
+                _ => None,
+            },
+            ifeval_coverage: match (&ifeval_before, &ifeval_after, training_types(&layout)?) {
+                (None, None, _) | (_, _, None) => None,
+                (before, after, Some(types)) => Some(CoverageSplit::new(
+                    &types,
+                    before.as_ref().map(|e| &e.scores),
+                    after.as_ref().map(|e| &e.scores),
+                )),
+            },
+            ifeval_before,
+            ifeval_after,
             funnel,
             training: LastMetrics {
                 sft: last_line(&layout.training_metrics(Phase::Sft))?,
@@ -228,6 +256,18 @@ impl Summary {
                 ));
             }
         }
+        if let Some(change) = &self.ifeval_change {
+            out.push_str(&format!(
+                "\nprompt level, paired over {} prompts:\n  strict: {}\n  loose:  {}\n",
+                change.prompts,
+                change.strict.line(),
+                change.loose.line()
+            ));
+        }
+        if let Some(coverage) = &self.ifeval_coverage {
+            out.push('\n');
+            out.push_str(&coverage.table());
+        }
         if let Some(merged) = self.exports.as_ref().and_then(|e| e.merged.as_deref()) {
             out.push_str(&format!("\nmerged model: {merged}\n"));
         }
@@ -263,6 +303,35 @@ fn ifeval(layout: &RunLayout, phase: Phase) -> Result<Option<IfevalResult>> {
         .settings
         .insert("dir".into(), phase.name().to_string().into());
     Ok(Some(result))
+}
+
+/// The paired prompt-level change between the two IFEval phases' verdicts.
+fn ifeval_change(layout: &RunLayout) -> Result<IfevalChange> {
+    let [before, after] = [Phase::IfevalBefore, Phase::IfevalAfter].map(|p| layout.phase_dir(p));
+    IfevalChange::between(&read_evaluation(&before)?, &read_evaluation(&after)?).with_context(
+        || {
+            format!(
+                "{} and {}: cannot pair the IFEval verdicts",
+                before.display(),
+                after.display()
+            )
+        },
+    )
+}
+
+/// The IFEval types named by the instructions the queries stage paired with queries (the
+/// instructions the training data was built from); `None` before that stage ran.
+fn training_types(layout: &RunLayout) -> Result<Option<BTreeSet<String>>> {
+    let path = layout.verified_prompts();
+    if !path.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(
+        read_jsonl::<QueryPair>(&path)?
+            .into_iter()
+            .flat_map(|pair| pair.ifeval_types)
+            .collect(),
+    ))
 }
 
 /// The last record of a JSON Lines file; None when the file is absent or empty.

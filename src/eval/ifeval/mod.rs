@@ -7,7 +7,11 @@
 //!   of its group (`punctuation`, `length`, `format`, `keywords`, `case`, `startend`,
 //!   `combination`, `content`, `language`);
 //! * [`scoring`] runs the strict and loose evaluations and summarises them;
-//! * [`results`] generates a model's responses and writes the evaluator's output files;
+//! * [`results`] generates a model's responses and writes (and reads back) the
+//!   evaluator's output files;
+//! * [`paired`] tests a prompt-level change between two evaluations of the same prompts
+//!   (exact McNemar), [`coverage`] splits the per-type table into the types training
+//!   covered and the rest, and [`compare`] puts two evaluations side by side;
 //! * [`pystr`], [`punkt`], [`word_tokenize`] and [`langdetect`] reproduce the Python
 //!   behaviour the checkers rely on: `str` methods, NLTK's Punkt sentence splitter and word
 //!   tokenizer, and `langdetect` with seed 0 (`json.loads` and `json.dumps` are the
@@ -24,7 +28,9 @@
 
 mod case;
 mod combination;
+pub mod compare;
 mod content;
+pub mod coverage;
 mod format;
 pub mod input;
 pub mod instruction;
@@ -32,6 +38,7 @@ mod keywords;
 pub mod langdetect;
 mod language;
 mod length;
+pub mod paired;
 mod punctuation;
 pub mod punkt;
 pub mod pystr;
@@ -40,8 +47,10 @@ pub mod scoring;
 mod startend;
 pub mod word_tokenize;
 
+pub use coverage::{CoverageSplit, TypeGroup};
 pub use input::{
     load_input_data, load_responses, parse_input_data, parse_responses, Prompt, Response,
 };
 pub use instruction::{Instruction, Relation, INSTRUCTION_IDS};
+pub use paired::{mcnemar_exact_p, IfevalChange, PromptChange};
 pub use scoring::{evaluate, loose_variants, score, Accuracy, Evaluation, PromptResult, Summary};

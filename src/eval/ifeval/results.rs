@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::scoring::{Evaluation, PromptResult, Summary};
@@ -54,6 +55,9 @@ pub fn generate_responses(
 
 /// The scores file `write_results` writes beside the responses and verdicts.
 pub const SUMMARY_FILE: &str = "summary.json";
+/// The per-prompt verdict files, one `PromptResult` line per prompt.
+pub const STRICT_FILE: &str = "eval_results_strict.jsonl";
+pub const LOOSE_FILE: &str = "eval_results_loose.jsonl";
 
 fn jsonl(lines: impl Iterator<Item = String>) -> Vec<u8> {
     lines
@@ -79,11 +83,11 @@ pub fn write_results(
     });
     write_atomic(&out.join("responses.jsonl"), &jsonl(response_lines))?;
     write_atomic(
-        &out.join("eval_results_strict.jsonl"),
+        &out.join(STRICT_FILE),
         &jsonl(evaluation.strict.iter().map(PromptResult::to_json_line)),
     )?;
     write_atomic(
-        &out.join("eval_results_loose.jsonl"),
+        &out.join(LOOSE_FILE),
         &jsonl(evaluation.loose.iter().map(PromptResult::to_json_line)),
     )?;
     if let Value::Object(fields) = summary.to_json() {
@@ -91,4 +95,97 @@ pub fn write_results(
     }
     let text = serde_json::to_string_pretty(&Value::Object(meta))? + "\n";
     write_atomic(&out.join(SUMMARY_FILE), text.as_bytes())
+}
+
+/// A verdict line as `eval_results_{strict,loose}.jsonl` holds it (the reference's extra
+/// keys, such as `langdetect_unstable`, are ignored).
+#[derive(Deserialize)]
+struct VerdictLine {
+    prompt: String,
+    #[serde(default)]
+    response: String,
+    instruction_id_list: Vec<String>,
+    follow_instruction_list: Vec<bool>,
+}
+
+fn read_verdicts(path: &Path) -> Result<Vec<PromptResult>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the IFEval verdicts", path.display()))?;
+    let mut results = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), index + 1);
+        let v: VerdictLine = serde_json::from_str(line)
+            .with_context(|| format!("{}: not an IFEval verdict line", at()))?;
+        if v.instruction_id_list.len() != v.follow_instruction_list.len() {
+            bail!(
+                "{}: {} instruction ids but {} verdicts",
+                at(),
+                v.instruction_id_list.len(),
+                v.follow_instruction_list.len()
+            );
+        }
+        results.push(PromptResult {
+            prompt: v.prompt,
+            response: v.response,
+            instruction_id_list: v.instruction_id_list,
+            follow_instruction_list: v.follow_instruction_list,
+        });
+    }
+    if results.is_empty() {
+        bail!("{}: no verdicts", path.display());
+    }
+    Ok(results)
+}
+
+/// The strict and loose verdicts of an evaluation folder (`autoif eval ifeval --out`, or a
+/// run's `ifeval_before/` and `ifeval_after/`).
+pub fn read_evaluation(dir: &Path) -> Result<Evaluation> {
+    Ok(Evaluation {
+        strict: read_verdicts(&dir.join(STRICT_FILE))?,
+        loose: read_verdicts(&dir.join(LOOSE_FILE))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::input::parse_input_data;
+    use super::super::scoring::evaluate;
+    use super::*;
+
+    #[test]
+    fn verdicts_read_back_as_written() {
+        let prompts = parse_input_data(
+            "{\"key\": 1, \"prompt\": \"P1\", \"instruction_id_list\": [\"punctuation:no_comma\"], \"kwargs\": [{}]}\n\
+             {\"key\": 2, \"prompt\": \"P2 é\", \"instruction_id_list\": [\"startend:quotation\", \"punctuation:no_comma\"], \"kwargs\": [{}, {}]}",
+            "test",
+        )
+        .unwrap();
+        let responses = vec!["a, b".to_string(), "Sure:\n\"quoted\"".to_string()];
+        let texts: Vec<&str> = responses.iter().map(String::as_str).collect();
+        let evaluation = evaluate(&prompts, &texts);
+        let dir = tempfile::tempdir().unwrap();
+        let summary = Summary::new(&evaluation);
+        write_results(
+            dir.path(),
+            &prompts,
+            &responses,
+            &evaluation,
+            &summary,
+            Map::new(),
+        )
+        .unwrap();
+        let read = read_evaluation(dir.path()).unwrap();
+        assert_eq!(read.strict, evaluation.strict);
+        assert_eq!(read.loose, evaluation.loose);
+
+        std::fs::write(dir.path().join(LOOSE_FILE), "{\"prompt\": \"P1\"}\n").unwrap();
+        let err = format!("{:#}", read_evaluation(dir.path()).unwrap_err());
+        assert!(
+            err.contains("eval_results_loose.jsonl:1: not an IFEval verdict line"),
+            "{err}"
+        );
+    }
 }

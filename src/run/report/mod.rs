@@ -15,6 +15,8 @@ use serde_json::Value;
 use super::layout::RunLayout;
 use super::phase::Phase;
 use super::summary::{IfevalResult, Summary};
+use crate::eval::ifeval::paired::format_p;
+use crate::eval::ifeval::{Accuracy, CoverageSplit, IfevalChange, TypeGroup};
 use crate::io::{read_jsonl_if_exists, write_atomic};
 use svg::{
     BarGroup, BarOptions, BarSeries, LineOptions, Series, ValueFormat, CHART_WIDTH, MUTED, PALETTE,
@@ -102,6 +104,7 @@ table{border-collapse:collapse;width:100%;background:#fff;font-size:14px;margin:
 th,td{border:1px solid #e2e8f0;padding:6px 10px;text-align:left;vertical-align:top}\
 th{background:#f1f5f9;font-weight:600}\
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}\
+tr.group td{background:#f1f5f9}\
 dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0}\
 dl.meta dt{color:#64748b}dl.meta dd{margin:0}\
 .up{color:#15803d}.down{color:#b91c1c}.flat{color:#64748b}\
@@ -274,7 +277,39 @@ fn ifeval_table(data: &RunData) -> String {
         );
     }
     body.push_str("</table>");
+    if let Some(change) = &data.summary.ifeval_change {
+        body.push_str(&paired_table(change));
+    }
     section("ifeval", "IFEval before / after", &body)
+}
+
+/// The prompt-level change prompt by prompt, with its exact McNemar p-value.
+fn paired_table(change: &IfevalChange) -> String {
+    let mut out = format!(
+        "<h3>Prompt level, paired over {} prompts</h3><table><tr><th>mode</th>\
+         <th class=\"num\">passed before</th><th class=\"num\">passed after</th>\
+         <th class=\"num\">gained</th><th class=\"num\">lost</th>\
+         <th class=\"num\">exact McNemar p</th></tr>",
+        change.prompts
+    );
+    for (mode, c) in [("strict", &change.strict), ("loose", &change.loose)] {
+        let _ = write!(
+            out,
+            "<tr><td>{mode}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            c.passed_before,
+            c.passed_after,
+            c.gained,
+            c.lost,
+            format_p(c.p_value)
+        );
+    }
+    out.push_str(
+        "</table><p class=\"note\">Gained: prompts that failed before and pass after; lost: the \
+         reverse. p: two-sided exact McNemar test on those two counts, the chance of a split at \
+         least this uneven if training changed nothing. Below 0.05 is the usual bar.</p>",
+    );
+    out
 }
 
 fn phase_table(data: &RunData) -> String {
@@ -540,7 +575,88 @@ fn per_instruction_type(data: &RunData) -> String {
             legend: true,
         },
     );
-    section("per-type", title, &chart)
+    let split = data
+        .summary
+        .ifeval_coverage
+        .as_ref()
+        .map(|c| coverage_table(c, &evals))
+        .unwrap_or_default();
+    section("per-type", title, &format!("{chart}{split}"))
+}
+
+/// The per-type table in two groups, the types the training instructions name and the
+/// rest, each with its pooled instruction-level accuracy before and after.
+fn coverage_table(split: &CoverageSplit, evals: &[(&str, &'static str, &IfevalResult)]) -> String {
+    let cell = |a: Option<&Accuracy>, f: fn(&Accuracy) -> f64| {
+        a.map_or("—".to_string(), |a| percent(f(a)))
+    };
+    let lookup = |side: &str, name: &str| {
+        evals
+            .iter()
+            .find(|(n, _, _)| *n == side)
+            .and_then(|(_, _, e)| e.scores.per_instruction_type.get(name))
+            .copied()
+    };
+    let row = |label: String, before: Option<Accuracy>, after: Option<Accuracy>, class: &str| {
+        let n = before.or(after).map_or(0, |a| a.count);
+        format!(
+            "<tr class=\"{class}\"><td>{label}</td><td class=\"num\">{n}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            cell(before.as_ref(), |a| a.strict),
+            cell(after.as_ref(), |a| a.strict),
+            cell(before.as_ref(), |a| a.loose),
+            cell(after.as_ref(), |a| a.loose)
+        )
+    };
+    let mut out = String::from(
+        "<h3>Types the training instructions cover, and the rest</h3><table><tr>\
+         <th>instruction type</th><th class=\"num\">n</th><th class=\"num\">strict before</th>\
+         <th class=\"num\">strict after</th><th class=\"num\">loose before</th>\
+         <th class=\"num\">loose after</th></tr>",
+    );
+    for (name, group) in [
+        ("covered by training instructions", &split.covered),
+        ("not covered", &split.not_covered),
+    ] {
+        let TypeGroup {
+            types,
+            before,
+            after,
+        } = group;
+        out.push_str(&row(
+            format!(
+                "<strong>{name}</strong> ({} type{})",
+                types.len(),
+                if types.len() == 1 { "" } else { "s" }
+            ),
+            *before,
+            *after,
+            "group",
+        ));
+        for t in types {
+            out.push_str(&row(
+                format!("&nbsp;&nbsp;{}", escape(t)),
+                lookup("before", t),
+                lookup("after", t),
+                "type",
+            ));
+        }
+    }
+    out.push_str("</table>");
+    let note = if split.training_types.is_empty() {
+        "The training instructions name no IFEval instruction type (model-written \
+         instructions do not; hand-written ones name them in <code>ifeval_types</code>), so \
+         every type counts as not covered."
+            .to_string()
+    } else {
+        "Instruction level. Covered: the IFEval types the training instructions name in \
+         <code>ifeval_types</code>; a gain on the other types is one that generalises beyond \
+         what was trained."
+            .to_string()
+    };
+    let _ = write!(out, "<p class=\"note\">{note}</p>");
+    out
 }
 
 fn examples(data: &RunData) -> String {
@@ -730,6 +846,56 @@ mod tests {
             3
         );
         assert!(page.contains(">40.0%</text>"));
+    }
+
+    #[test]
+    fn paired_change_and_coverage_split_are_shown() {
+        let eval = |strict: f64| {
+            json!({"prompts": 541, "instructions": 6,
+                   "prompt_level_strict_acc": 0.1, "prompt_level_loose_acc": 0.2,
+                   "inst_level_strict_acc": 0.3, "inst_level_loose_acc": 0.4,
+                   "per_instruction_type": {
+                       "punctuation:no_comma": {"count": 4, "strict": strict, "loose": 0.5},
+                       "startend:quotation": {"count": 2, "strict": 0.5, "loose": 0.5}},
+                   "per_category": {}})
+        };
+        let change = |gained: usize, lost: usize| {
+            json!({"passed_before": 100, "passed_after": 100 + gained - lost,
+                   "gained": gained, "lost": lost,
+                   "p_value": crate::eval::ifeval::mcnemar_exact_p(gained, lost)})
+        };
+        let page = render(
+            &data(summary(json!({
+                "ifeval_before": eval(0.25), "ifeval_after": eval(0.75),
+                "ifeval_change": {"prompts": 541, "strict": change(10, 0),
+                                  "loose": change(28, 25)},
+                "ifeval_coverage": {
+                    "training_types": ["punctuation:no_comma"],
+                    "covered": {"types": ["punctuation:no_comma"],
+                                "before": {"count": 4, "strict": 0.25, "loose": 0.5},
+                                "after": {"count": 4, "strict": 0.75, "loose": 0.5}},
+                    "not_covered": {"types": ["startend:quotation"],
+                                    "before": {"count": 2, "strict": 0.5, "loose": 0.5},
+                                    "after": {"count": 2, "strict": 0.5, "loose": 0.5}}},
+            }))),
+            "today",
+        );
+        assert!(page.contains("Prompt level, paired over 541 prompts"));
+        assert!(page.contains(
+            "<td>loose</td><td class=\"num\">100</td><td class=\"num\">103</td>\
+             <td class=\"num\">28</td><td class=\"num\">25</td><td class=\"num\">0.7838</td>"
+        ));
+        assert!(
+            page.contains("<td class=\"num\">0.0020</td>"),
+            "10 gained, 0 lost"
+        );
+        assert!(page.contains("<strong>covered by training instructions</strong> (1 type)"));
+        assert!(page.contains(
+            "<td class=\"num\">4</td><td class=\"num\">25.00%</td><td class=\"num\">75.00%</td>"
+        ));
+        let not_covered = page.find("<strong>not covered</strong>").unwrap();
+        assert!(page[not_covered..].contains("startend:quotation"));
+        assert!(!page[not_covered..].contains("punctuation:no_comma"));
     }
 
     #[test]
