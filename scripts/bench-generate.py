@@ -112,6 +112,17 @@ def warn_if_busy(threads: int) -> None:
               "other work is running and the timings will be low", file=sys.stderr)
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it, for the table's caption."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def fmt(x) -> str:
     return "—" if x is None else f"{x:.1f}"
 
@@ -157,8 +168,10 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
+    loads = [f"{row['load_1min']:.1f}" for row in rows]
     print(f"\nSmolLM2-135M-Instruct, {args.new_tokens} new tokens sampled (T=0.8, top-p 0.95), "
-          f"{args.threads} threads, aggregate tokens/s:\n")
+          f"{args.threads} threads, aggregate tokens/s; CPU: {cpu_model()}; 1-minute load "
+          f"average at each row: {', '.join(loads)}\n")
     exact_cols = args.with_exact and run_autoif
     header = "| batch | transformers tok/s | autoif tok/s | ratio |"
     rule = "|------:|-------------------:|-------------:|------:|"

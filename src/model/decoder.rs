@@ -10,7 +10,8 @@
 //!   `[tokens, hidden]` matrix (prefill and decode mixed), each sequence has its own
 //!   positions and KV-cache slot, and candle's fused kernels are used. With
 //!   `Precision::Int8` (the engine's default) CPU f32 projections and the LM head run on
-//!   int8 copies of their weights (`quant`).
+//!   int8 copies of their weights (`quant`); with `Precision::Exact` on the f32 weights
+//!   as loaded, through `exact_product`'s batch-invariant kernel.
 //! * `forward` — training and scoring. A right-padded `[batch, seq]` batch through ops
 //!   that all have a backward pass (candle's fused rms_norm / softmax_last_dim / rope do
 //!   not, and would silently cut the gradient to the LoRA weights). On the CPU in f32 the
@@ -23,6 +24,7 @@ use super::config::{ModelConfig, RopeScaling};
 use super::kv_cache::KvCache;
 use super::lora::{Adapters, LoraLinear};
 use super::ops::causal_attention::CausalAttention;
+use super::ops::exact_product;
 use super::ops::projection::project;
 use super::ops::quant::{self, Int8Cache, Precision};
 use super::ops::train_ops;
@@ -235,7 +237,8 @@ impl Decoder {
 
     /// Logits in f32 for hidden states `[..., hidden]`. Training and scoring pass
     /// `Precision::Exact`; with `Precision::Int8` (the inference path) the LM head runs on
-    /// an int8 copy of its weight (CPU f32 only).
+    /// an int8 copy of its weight (CPU f32 only). Exact CPU f32 logits that need no
+    /// gradient come from `exact_product`'s kernel.
     pub fn logits(&self, hidden: &Tensor, precision: Precision) -> Result<Tensor> {
         let dims = hidden.dims().to_vec();
         let h = *dims.last().unwrap();
@@ -247,9 +250,14 @@ impl Decoder {
             }
             _ => None,
         };
-        let logits = match packed {
-            Some(packed) => quant::project(&flat, &[&packed])?.remove(0),
-            None => project(&flat, head)?.to_dtype(DType::F32)?,
+        let exact = match packed {
+            None if !flat.track_op() => exact_product::project(&flat, &[head])?,
+            _ => None,
+        };
+        let logits = match (packed, exact) {
+            (Some(packed), _) => quant::project(&flat, &[&packed])?.remove(0),
+            (None, Some(mut exact)) => exact.remove(0),
+            (None, None) => project(&flat, head)?.to_dtype(DType::F32)?,
         };
         let mut out = dims;
         *out.last_mut().unwrap() = self.config.vocab_size;

@@ -3,6 +3,7 @@
 //! layer is the base model, which is how DPO gets its reference model for free.
 
 use super::ops::adapted_projection::AdaptedProjection;
+use super::ops::exact_product;
 use super::ops::projection::project;
 use super::ops::quant::{self, Int8Cache, Precision};
 use crate::validation::Problems;
@@ -295,7 +296,9 @@ impl LoraLinear {
     /// The inference path's projections of one input `x` `[rows, in]` by each of
     /// `layers`. With `Precision::Int8` and CPU f32 weights the base products run on the
     /// weights' int8 copies (made on first use, remade when a weight changes), sharing one
-    /// quantized input and one parallel pass; the biases and adapters stay in f32.
+    /// quantized input and one parallel pass; the biases and adapters stay in f32. With
+    /// `Precision::Exact` the base products of CPU f32 weights run on `exact_product`'s
+    /// kernel, also in one parallel pass, with results that do not depend on the batch.
     pub fn forward_inference(
         layers: &[&LoraLinear],
         x: &Tensor,
@@ -310,6 +313,16 @@ impl LoraLinear {
             if let Some(packed) = packed.into_iter().collect::<Option<Vec<_>>>() {
                 let weights: Vec<_> = packed.iter().map(AsRef::as_ref).collect();
                 return quant::project(x, &weights)?
+                    .into_iter()
+                    .zip(layers)
+                    .map(|(y, l)| l.add_bias_and_adapter(x, y, adapters))
+                    .collect();
+            }
+        }
+        if precision == Precision::Exact && !x.track_op() {
+            let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
+            if let Some(ys) = exact_product::project(x, &weights)? {
+                return ys
                     .into_iter()
                     .zip(layers)
                     .map(|(y, l)| l.add_bias_and_adapter(x, y, adapters))
