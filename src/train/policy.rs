@@ -33,8 +33,11 @@ impl Loss {
 
     /// The gradients of `value`, through the recomputed layers when checkpointed.
     pub fn backward(self, decoder: &Decoder) -> Result<GradStore> {
-        let grads = self.value.backward()?;
-        match self.checkpoints {
+        let Loss { value, checkpoints } = self;
+        let grads = value.backward()?;
+        // The head's graph goes before the layers are run again.
+        drop(value);
+        match checkpoints {
             Some(checkpoints) => decoder.backward_checkpointed(checkpoints, grads),
             None => Ok(grads),
         }
