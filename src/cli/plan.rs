@@ -1,13 +1,15 @@
-//! `autoif plan`: the GPU memory a training configuration needs, from the model's config
-//! alone, and a refusal (non-zero exit) when it exceeds `--gpu-memory`.
+//! `autoif plan`: the GPU memory (or, with `--device cpu`, the resident memory) a training
+//! configuration needs, from the model's config alone, and a refusal (non-zero exit) when
+//! it exceeds `--gpu-memory`.
 
 use super::common::parse_bytes;
 use crate::model::config_resolution::resolve_config;
 use crate::model::DEFAULT_MODEL;
-use crate::train::memory_plan::{self, Algorithm, Attention, LogprobHead, TrainShape};
-use anyhow::Result;
+use crate::train::memory_plan::{self, Algorithm, Attention, LogprobHead, PlanDevice, TrainShape};
+use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::{Args as ClapArgs, ValueEnum};
+use std::path::Path;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -32,9 +34,16 @@ pub struct Args {
         default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     )]
     pub lora_targets: Vec<String>,
-    /// Weight dtype on the GPU.
-    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16", "f32"])]
-    pub dtype: String,
+    /// Weight dtype (default: bf16 on the GPU, f32 on the CPU).
+    #[arg(long, value_parser = ["bf16", "f16", "f32"])]
+    pub dtype: Option<String>,
+    /// Plan the CUDA path (GPU memory) or the CPU path (resident memory of the process).
+    #[arg(long, value_enum, default_value = "gpu")]
+    pub device: DeviceArg,
+    /// Plan with activation checkpointing on or off (default: as training does, on for
+    /// the GPU, off on the CPU).
+    #[arg(long)]
+    pub gradient_checkpointing: Option<bool>,
     /// Plan for the unfused log-prob head (full `[tokens, vocab]` logits) instead of the
     /// chunked one.
     #[arg(long)]
@@ -49,6 +58,13 @@ pub struct Args {
     /// Refuse (exit 1) when the plan exceeds this much GPU memory, e.g. 80GiB.
     #[arg(long)]
     pub gpu_memory: Option<String>,
+}
+
+/// `--device`: which training path to plan.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    Gpu,
+    Cpu,
 }
 
 /// `--algo`: the training algorithms `Algorithm` plans for.
@@ -69,10 +85,13 @@ impl From<AlgorithmArg> for Algorithm {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dtype = match args.dtype.as_str() {
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        _ => DType::F32,
+    let cpu = args.device == DeviceArg::Cpu;
+    let dtype = match args.dtype.as_deref() {
+        Some("bf16") => DType::BF16,
+        Some("f16") => DType::F16,
+        Some(_) => DType::F32,
+        None if cpu => DType::F32,
+        None => DType::BF16,
     };
     let gpu_bytes = args.gpu_memory.as_deref().map(parse_bytes).transpose()?;
     let shape = TrainShape {
@@ -93,13 +112,43 @@ pub fn run(args: Args) -> Result<()> {
             Attention::Fused
         },
         gen_batch: args.gen_batch.unwrap_or(args.batch),
+        checkpointing: args.gradient_checkpointing.unwrap_or(!cpu),
+        device: PlanDevice::Gpu,
+        mapped_checkpoint_bytes: 0,
     };
     let config = resolve_config(&args.model)?;
-    let plan = memory_plan::plan(&config, &memory_plan::on_gpu(&config, &shape))?;
+    let shape = if cpu {
+        TrainShape {
+            mapped_checkpoint_bytes: safetensors_bytes(Path::new(&args.model))?,
+            ..shape.on_cpu()
+        }
+    } else {
+        memory_plan::on_gpu(&config, &shape)
+    };
+    let plan = memory_plan::plan(&config, &shape)?;
     print!("{}", plan.table());
     if let Some(bytes) = gpu_bytes {
         plan.check_fits(bytes, "--batch or --seq-len")?;
         println!("fits in {}", args.gpu_memory.unwrap_or_default());
     }
     Ok(())
+}
+
+/// Bytes of the weight files a local Hugging Face folder holds (`model*.safetensors`),
+/// which the CPU loader memory-maps; 0 for a GGUF file or a hub id.
+fn safetensors_bytes(model: &Path) -> Result<u64> {
+    if !model.is_dir() {
+        return Ok(0);
+    }
+    let mut total = 0;
+    for entry in
+        std::fs::read_dir(model).with_context(|| format!("{}: cannot list", model.display()))?
+    {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("model") && name.ends_with(".safetensors") {
+            total += path.metadata()?.len();
+        }
+    }
+    Ok(total)
 }

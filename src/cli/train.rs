@@ -158,6 +158,11 @@ pub struct TrainingFlags {
     /// activation memory; 0: no limit).
     #[arg(long, default_value_t = 512)]
     pub max_batch_tokens: usize,
+    /// Activation checkpointing: keep each layer's input and recompute the layer in the
+    /// backward pass (same gradients, less memory, more time). Default: on for CUDA, off
+    /// on the CPU.
+    #[arg(long)]
+    pub gradient_checkpointing: Option<bool>,
     /// Clip the global gradient norm (0: no clipping).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
@@ -199,6 +204,7 @@ impl TrainingFlags {
             max_len: self.max_len,
             packing: self.packing,
             max_batch_tokens: self.max_batch_tokens,
+            gradient_checkpointing: self.gradient_checkpointing,
             max_grad_norm: self.max_grad_norm,
             adamw,
             seed: self.seed,

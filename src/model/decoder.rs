@@ -32,6 +32,9 @@ use super::weights::Weights;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+mod checkpointing;
+pub use checkpointing::LayerCheckpoints;
+
 /// How the inference path runs each projection.
 #[derive(Debug, Clone, Copy)]
 struct Projections {
@@ -286,6 +289,19 @@ impl Decoder {
         segments: &[(usize, usize)],
         mode: Adapters,
     ) -> Result<Tensor> {
+        let rope = self.training_rope(segments)?;
+        // [n, hidden] throughout: in candle every reshape is a graph node whose backward
+        // pass costs a full-size zeroed buffer and an add.
+        let mut x = self.embed_tokens.index_select(tokens, 0)?;
+        for li in 0..self.layers.len() {
+            x = self.training_layer(li, &x, segments, (&rope.0, &rope.1), mode)?;
+        }
+        self.final_norm(&x)
+    }
+
+    /// The rope tables for `segments` in f32, as the attention op reads them: converted
+    /// once, not in every layer.
+    fn training_rope(&self, segments: &[(usize, usize)]) -> Result<(Tensor, Tensor)> {
         let longest = segments.iter().map(|s| s.1).max().unwrap_or(0);
         if longest > self.max_positions() {
             bail!(
@@ -293,40 +309,54 @@ impl Decoder {
                 self.max_positions()
             );
         }
+        Ok((
+            self.cos.narrow(0, 0, longest)?.to_dtype(DType::F32)?,
+            self.sin.narrow(0, 0, longest)?.to_dtype(DType::F32)?,
+        ))
+    }
+
+    /// Decoder layer `li` of the differentiable forward: `x` `[n, hidden]` in, the same
+    /// shape out. A pure function of its arguments (dropout masks included), so activation
+    /// checkpointing can run it again in the backward pass.
+    fn training_layer(
+        &self,
+        li: usize,
+        x: &Tensor,
+        segments: &[(usize, usize)],
+        rope: (&Tensor, &Tensor),
+        mode: Adapters,
+    ) -> Result<Tensor> {
         let c = &self.config;
-        // [n, hidden] throughout: in candle every reshape is a graph node whose backward
-        // pass costs a full-size zeroed buffer and an add.
-        let mut x = self.embed_tokens.index_select(tokens, 0)?;
-        // In f32, as the attention op reads them: converted once, not in every layer.
-        let cos = self.cos.narrow(0, 0, longest)?.to_dtype(DType::F32)?;
-        let sin = self.sin.narrow(0, 0, longest)?.to_dtype(DType::F32)?;
-        for (li, layer) in self.layers.iter().enumerate() {
-            // Projection k of layer li is dropout site 7·li + k.
-            let site = |k: u64| mode.at_site(7 * li as u64 + k);
-            let h = rms_norm(
-                &x,
-                &layer.input_layernorm,
-                c.rms_norm_eps,
-                Ops::Differentiable,
-            )?;
-            let a = &layer.self_attn;
-            let attn = self.causal_attention(
-                &a.q_proj.forward(&h, site(0))?,
-                &a.k_proj.forward(&h, site(1))?,
-                &a.v_proj.forward(&h, site(2))?,
-                segments,
-                (&cos, &sin),
-            )?;
-            x = (x + a.o_proj.forward(&attn, site(3))?)?;
-            let h = rms_norm(
-                &x,
-                &layer.post_attention_layernorm,
-                c.rms_norm_eps,
-                Ops::Differentiable,
-            )?;
-            x = (x + differentiable_mlp(&layer.mlp, &h, [site(4), site(5), site(6)])?)?;
-        }
-        rms_norm(&x, &self.norm, c.rms_norm_eps, Ops::Differentiable)
+        let layer = &self.layers[li];
+        // Projection k of layer li is dropout site 7·li + k.
+        let site = |k: u64| mode.at_site(7 * li as u64 + k);
+        let h = rms_norm(
+            x,
+            &layer.input_layernorm,
+            c.rms_norm_eps,
+            Ops::Differentiable,
+        )?;
+        let a = &layer.self_attn;
+        let attn = self.causal_attention(
+            &a.q_proj.forward(&h, site(0))?,
+            &a.k_proj.forward(&h, site(1))?,
+            &a.v_proj.forward(&h, site(2))?,
+            segments,
+            rope,
+        )?;
+        let x = (x + a.o_proj.forward(&attn, site(3))?)?;
+        let h = rms_norm(
+            &x,
+            &layer.post_attention_layernorm,
+            c.rms_norm_eps,
+            Ops::Differentiable,
+        )?;
+        Ok((&x + differentiable_mlp(&layer.mlp, &h, [site(4), site(5), site(6)])?)?)
+    }
+
+    /// The final RMS norm of the differentiable forward.
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        rms_norm(x, &self.norm, self.config.rms_norm_eps, Ops::Differentiable)
     }
 
     /// Inference forward over packed tokens `[n]` (u32) with their absolute `positions`

@@ -4,12 +4,13 @@
 
 use super::ops::adapted_projection::AdaptedProjection;
 use super::ops::exact_product;
+pub use super::ops::dropout::dropout_mask;
+use super::ops::dropout::splitmix64;
 use super::ops::projection::project;
 use super::ops::quant::{self, Int8Cache, Precision};
 use crate::validation::Problems;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, Var};
-use rayon::prelude::*;
 
 /// A trainable low-rank update. `a` is `[r, in]`, `b` is `[out, r]`; both stay in f32
 /// whatever the base weights' dtype.
@@ -148,41 +149,6 @@ impl Adapters {
     }
 }
 
-/// SplitMix64's output function: a well-mixed 64-bit hash of a counter.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// An inverted-dropout mask `[rows, cols]`: 0 with probability `p`, else `1 / (1 − p)`.
-/// Element `i` is decided by a hash of `(seed, i)` alone, so the mask is the same however
-/// the work is split across threads.
-pub fn dropout_mask(
-    (rows, cols): (usize, usize),
-    p: f32,
-    seed: u64,
-    device: &candle_core::Device,
-) -> Result<Tensor> {
-    if !(0.0..1.0).contains(&p) {
-        bail!("LoRA dropout must be in [0, 1), got {p}");
-    }
-    let keep = 1.0 / (1.0 - p);
-    // Compare 24 random bits with p scaled to the same range.
-    let threshold = (p as f64 * (1u64 << 24) as f64) as u64;
-    let mut mask = vec![0f32; rows * cols];
-    mask.par_chunks_mut(cols.max(1))
-        .enumerate()
-        .for_each(|(row, out)| {
-            for (col, m) in out.iter_mut().enumerate() {
-                let bits = splitmix64(seed ^ ((row * cols + col) as u64)) >> 40;
-                *m = if bits < threshold { 0.0 } else { keep };
-            }
-        });
-    Ok(Tensor::from_vec(mask, (rows, cols), device)?)
-}
-
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
     weight: Tensor,
@@ -251,9 +217,9 @@ impl LoraLinear {
     }
 
     /// `x` is `[..., in]`. The adapter path runs as `mode` says: off, on, or on with
-    /// dropout on the adapter's input.
+    /// dropout on the adapter's input; with the adapter on, as one op that keeps only its
+    /// output for the backward pass (`AdaptedProjection`).
     pub fn forward(&self, x: &Tensor, mode: Adapters) -> Result<Tensor> {
-        let adapters = mode.enabled();
         let dims = x.dims().to_vec();
         let inp = *dims
             .last()
@@ -267,30 +233,26 @@ impl LoraLinear {
         };
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
-        let dropout = matches!(mode, Adapters::Dropout { p, .. } if p > 0.0);
-        // The fused op has no place for a second, masked input: dropout takes the plain path.
-        let fused = self.adapter.as_ref().filter(|_| adapters && !dropout);
-        if let Some(ad) = fused {
-            if AdaptedProjection::applies(&x2, &self.weight) {
+        let y = match self.adapter.as_ref().filter(|_| mode.enabled()) {
+            Some(ad) => {
                 let op = AdaptedProjection {
                     weight: self.weight.clone(),
+                    bias: self.bias.clone(),
                     scale: ad.scale,
+                    dropout: match mode {
+                        Adapters::Dropout { p, seed } => Some((p, seed)),
+                        _ => None,
+                    },
                 };
-                let mut y = x2
-                    .contiguous()?
-                    .apply_op3(ad.a.as_tensor(), ad.b.as_tensor(), op)?;
-                if let Some(b) = &self.bias {
-                    y = y.broadcast_add(b)?;
-                }
-                return Ok(if out_dims.len() == 2 {
-                    y
-                } else {
-                    y.reshape(out_dims)?
-                });
+                op.apply(&x2, ad.a.as_tensor(), ad.b.as_tensor())?
             }
-        }
-        let y = self.add_bias_and_adapter(&x2, project(&x2, &self.weight)?, mode)?;
-        Ok(y.reshape(out_dims)?)
+            None => self.add_bias_and_adapter(&x2, project(&x2, &self.weight)?, mode)?,
+        };
+        Ok(if out_dims.len() == 2 {
+            y
+        } else {
+            y.reshape(out_dims)?
+        })
     }
 
     /// The inference path's projections of one input `x` `[rows, in]` by each of
@@ -437,6 +399,82 @@ mod tests {
         // Projections draw different masks.
         let site = |s| Adapters::Dropout { p, seed }.at_site(s);
         assert_ne!(site(0), site(1));
+        Ok(())
+    }
+
+    /// The adapted layer as candle ops, the way it was computed before the fused op: the
+    /// adapter in f32 on an f32 copy of the (masked) input, cast back and added.
+    fn composed(
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        ad: &LoraAdapter,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut xa = x.to_dtype(DType::F32)?;
+        if let Some(m) = mask {
+            xa = (xa * m)?;
+        }
+        let low = (xa.matmul(&ad.a.as_tensor().t()?)? * ad.scale)?;
+        let up = low.matmul(&ad.b.as_tensor().t()?)?.to_dtype(x.dtype())?;
+        Ok(((x.matmul(&w.t()?)?.broadcast_add(bias))? + up)?)
+    }
+
+    /// Gradients of Σ y · c (c fixed) for x, A and B, and y, all in f32.
+    fn value_and_grads(y: &Tensor, x: &Var, ad: &LoraAdapter, c: &Tensor) -> Result<[Tensor; 4]> {
+        let grads = (y.to_dtype(DType::F32)? * c)?.sum_all()?.backward()?;
+        let g = |v: &Var| -> Result<Tensor> {
+            Ok(grads
+                .get(v.as_tensor())
+                .expect("a gradient")
+                .to_dtype(DType::F32)?)
+        };
+        Ok([y.to_dtype(DType::F32)?, g(x)?, g(&ad.a)?, g(&ad.b)?])
+    }
+
+    #[test]
+    fn the_lean_projection_matches_the_composed_one() -> Result<()> {
+        let dev = Device::Cpu;
+        // 200 rows: this crate's CPU kernel; 20 rows and bf16: the candle-op forward.
+        for (rows, dtype, tolerance) in [
+            (200, DType::F32, 1e-5),
+            (20, DType::F32, 1e-5),
+            (200, DType::BF16, 2e-2),
+        ] {
+            for dropout in [None, Some((0.3f32, 5u64))] {
+                let x = Var::from_tensor(
+                    &Tensor::randn(0f32, 1.0, (rows, 24), &dev)?.to_dtype(dtype)?,
+                )?;
+                let w = Tensor::randn(0f32, 0.3, (10, 24), &dev)?.to_dtype(dtype)?;
+                let bias = Tensor::randn(0f32, 1.0, 10, &dev)?.to_dtype(dtype)?;
+                let ad = LoraAdapter {
+                    a: Var::randn(0f32, 0.3, (4, 24), &dev)?,
+                    b: Var::randn(0f32, 0.3, (10, 4), &dev)?,
+                    scale: 2.0,
+                };
+                let c = Tensor::randn(0f32, 1.0, (rows, 10), &dev)?;
+                let mut layer = LoraLinear::new(w.clone(), Some(bias.clone()));
+                layer.set_adapter(Some(ad.clone()))?;
+                let mode = match dropout {
+                    Some((p, seed)) => Adapters::Dropout { p, seed },
+                    None => Adapters::On,
+                };
+                let lean = value_and_grads(&layer.forward(x.as_tensor(), mode)?, &x, &ad, &c)?;
+                let mask = dropout
+                    .map(|(p, seed)| dropout_mask((rows, 24), p, seed, &dev))
+                    .transpose()?;
+                let old = composed(x.as_tensor(), &w, &bias, &ad, mask.as_ref())?;
+                let old = value_and_grads(&old, &x, &ad, &c)?;
+                for (what, (a, b)) in ["y", "dx", "dA", "dB"].iter().zip(lean.iter().zip(&old)) {
+                    let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
+                    let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+                    assert!(
+                        diff <= tolerance,
+                        "{rows} rows {dtype:?} dropout {dropout:?}: {what} differs by {diff:e} of its largest"
+                    );
+                }
+            }
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 
 use super::data::{length_grouped_batches, split_by_tokens, TokenBatch, Tokenized, TokenizedPair};
 use super::optim::ScheduleKind;
+use super::policy::{policy_target_logprobs, Loss, Policy};
 use super::sft::batch_target_logprobs;
 use super::training_args::TrainingArgs;
 use crate::model::decoder::Decoder;
@@ -135,16 +136,15 @@ pub enum Reference<'a> {
 
 /// The DPO loss of a batch whose first half are the chosen sequences and second half the
 /// rejected ones (pair i = rows i and i + pairs), summed over pairs and divided by
-/// `normalizer` (the pairs in the whole optimizer step). `policy` is how the adapters run
-/// (`On`, or `Dropout` when training with LoRA dropout).
+/// `normalizer` (the pairs in the whole optimizer step).
 pub fn dpo_loss(
     decoder: &Decoder,
     batch: &TokenBatch,
     config: &DpoConfig,
     normalizer: usize,
-    policy: Adapters,
+    policy: Policy,
     reference: Reference,
-) -> Result<(Tensor, DpoStats)> {
+) -> Result<(Loss, DpoStats)> {
     let dev = decoder.device();
     let counts = &batch.targets_per_sequence;
     let pairs = counts.len() / 2;
@@ -166,7 +166,7 @@ pub fn dpo_loss(
             Tensor::from_slice(sums, sums.len(), dev)?
         }
     };
-    let policy_tokens = batch_target_logprobs(decoder, batch, policy)?;
+    let (policy_tokens, checkpoints) = policy_target_logprobs(decoder, batch, policy)?;
     let mut policy = per_sequence_sums(&policy_tokens, counts, dev)?;
     let log_ratio_sum = (&policy - &reference)?.sum_all()?.to_scalar::<f32>()? as f64;
     if config.loss_type == DpoLossType::Ipo {
@@ -204,7 +204,7 @@ pub fn dpo_loss(
         log_ratio_sum,
         tokens: batch.target_count(),
     };
-    Ok((loss, stats))
+    Ok((Loss::new(loss, checkpoints), stats))
 }
 
 /// The log-probability sums `[chosen, rejected]` of every pair with the adapters run as

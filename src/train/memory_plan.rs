@@ -1,5 +1,6 @@
-//! GPU memory budget of a training or generation configuration, from the model's
-//! hyper-parameters alone (nothing is loaded), and the refusal of one that will not fit.
+//! Memory budget of a training or generation configuration, from the model's
+//! hyper-parameters alone (nothing is loaded), and the refusal of one that will not fit:
+//! GPU memory for a CUDA device, resident memory for the CPU.
 //!
 //! The estimate follows the code as it is, not an ideal implementation. candle's autograd
 //! keeps every intermediate tensor of the tracked forward pass alive until `backward`
@@ -7,18 +8,26 @@
 //! of `Decoder::forward_segments`, counted op by op in `layer_activations`. Attention is
 //! either the candle composition (rope, scores, softmax, …) or the fused `CausalAttention`
 //! op, which keeps only its output and works in per-layer transient buffers
-//! (`Attention`). Sizes are upper bounds in one respect: every position of every sequence
-//! is counted as a scored target token.
+//! (`Attention`); each adapted projection is one op that keeps only its output
+//! (`AdaptedProjection`). Sizes are upper bounds in one respect: every position of every
+//! sequence is counted as a scored target token.
 //!
-//! Peak = weights + LoRA state + max(training step, generation) + overhead, where
-//! * training step = activations of the tracked pass (all layers, kept) + the log-prob
-//!   head's kept tensors + the backward working set (one layer's activations again, as
+//! Peak = weights + LoRA state + max(training step, generation, loading) + overhead, where
+//! * training step, activations kept: every layer's activations + the log-prob head's
+//!   kept tensors + the backward working set (one layer's activations again, as
 //!   gradients, plus the head's transient gradient buffers and, fused, the attention op's
-//!   backward buffers). DPO's reference pass runs untracked before the policy pass and
-//!   frees as it goes, so it never sets the peak;
-//! * generation = the KV cache of `gen_batch` sequences of `seq_len` tokens;
-//! * overhead = 1 GiB (CUDA context, cuBLAS workspace) + 10% of the rest for allocator
-//!   slack.
+//!   backward buffers);
+//! * training step, checkpointed (`gradient_checkpointing`): every layer's input + the
+//!   larger of the head's backward (kept + transient) and one layer's backward (its
+//!   activations recomputed, their gradients, the attention op's buffers). DPO's
+//!   reference pass runs untracked before the policy pass and frees as it goes, so it
+//!   never sets the peak;
+//! * generation = the KV cache of `gen_batch` sequences of `seq_len` tokens (online DPO
+//!   samples between its training steps);
+//! * loading (CPU) = the checkpoint file, memory-mapped and read once while the weights
+//!   are converted to the compute dtype;
+//! * overhead on a GPU = 1 GiB (CUDA context, cuBLAS workspace) + 10% of the rest for
+//!   allocator slack; on the CPU the process itself (`CPU_PROCESS_BYTES`).
 
 use crate::model::config::ModelConfig;
 use crate::model::config_resolution::resolve_config_or_download;
@@ -31,6 +40,10 @@ use candle_core::DType;
 
 const GIB: f64 = (1u64 << 30) as f64;
 const FIXED_OVERHEAD: u64 = 1 << 30;
+/// The CPU process without a model: the binary, its libraries, rayon's threads and a
+/// tokenizer. `/usr/bin/time -v` measures 19.4 MiB of peak resident memory for a training
+/// step of `autoif train sft` on the tiny Qwen2 fixture (weights of a few hundred KB).
+const CPU_PROCESS_BYTES: u64 = 20 << 20;
 const SLACK_PERCENT: u64 = 10;
 /// Bytes per trainable f32 parameter under AdamW: value, gradient, first and second moment.
 const ADAMW_BYTES_PER_PARAM: u64 = 16;
@@ -42,11 +55,24 @@ pub enum Algorithm {
     Dpo,
 }
 
+/// Where the job runs, which picks the kernels of the training path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanDevice {
+    /// CUDA: candle compositions around the fused attention op, the chunked head.
+    Gpu,
+    /// The CPU: in f32, the norms, SwiGLU and the log-prob head are this crate's fused
+    /// ops (`train_ops`), which keep only their outputs.
+    Cpu,
+}
+
 /// How the per-token log-probabilities are computed from the final hidden states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogprobHead {
     /// `Decoder::logits` then log-softmax and gather: `[tokens, vocab]` logits kept.
     Unfused,
+    /// `Decoder::logits` then the CPU's fused log-softmax op (f32): the logits kept once,
+    /// their gradient once in backward.
+    FusedCpu,
     /// `chunked_logprob`: one vocabulary chunk at a time.
     Chunked,
 }
@@ -77,6 +103,34 @@ pub struct TrainShape {
     pub attention: Attention,
     /// Sequences decoded at once when generating (online DPO, IFEval, responses).
     pub gen_batch: usize,
+    /// Activation checkpointing (`TrainingArgs::gradient_checkpointing`).
+    pub checkpointing: bool,
+    pub device: PlanDevice,
+    /// Bytes of the safetensors files the CPU loader memory-maps (0 for GGUF, which is
+    /// read one tensor at a time, and for a GPU plan).
+    pub mapped_checkpoint_bytes: u64,
+}
+
+impl TrainShape {
+    /// `self` as the CPU runs it: f32 norms, SwiGLU and head fused, attention fused.
+    pub fn on_cpu(&self) -> TrainShape {
+        let fused = self.dtype == DType::F32;
+        TrainShape {
+            device: PlanDevice::Cpu,
+            attention: Attention::Fused,
+            logprob_head: if fused {
+                LogprobHead::FusedCpu
+            } else {
+                LogprobHead::Unfused
+            },
+            ..self.clone()
+        }
+    }
+
+    /// Whether the norms and SwiGLU run as the fused CPU ops.
+    fn fused_cpu_ops(&self) -> bool {
+        self.device == PlanDevice::Cpu && self.dtype == DType::F32
+    }
 }
 
 impl TrainShape {
@@ -86,7 +140,8 @@ impl TrainShape {
     /// packed rows of `max_len`); see `data::split_by_tokens`. It is planned as whole
     /// `max_len` sequences where it holds several, so the composed attention's per-sequence
     /// scores are not undercounted. Generation (online DPO) is planned as `gen_batch`
-    /// sequences of the same length.
+    /// sequences of the same length. Planned for the GPU, where checkpointing is on unless
+    /// `args` turn it off.
     pub fn largest_piece(
         args: &TrainingArgs,
         algorithm: Algorithm,
@@ -114,6 +169,9 @@ impl TrainShape {
             logprob_head: LogprobHead::Chunked,
             attention: Attention::Fused,
             gen_batch,
+            checkpointing: args.gradient_checkpointing.unwrap_or(true),
+            device: PlanDevice::Gpu,
+            mapped_checkpoint_bytes: 0,
         }
     }
 }
@@ -228,36 +286,38 @@ pub fn lora_parameter_count(c: &ModelConfig, rank: usize, targets: &[String]) ->
     Ok((c.num_hidden_layers * per_layer) as u64)
 }
 
-/// Bytes one layer of the tracked GPU forward keeps for backward, for `batch` sequences
-/// of `seq` tokens, op by op as `Decoder::forward_segments` runs them off the CPU (s =
-/// dtype bytes; a cast to the dtype a tensor already has costs nothing in candle):
-/// * each RMS norm: cast to f32, x², x/rms (f32), cast back, × weight;
-/// * each projection: x·Wᵀ (+ bias); with LoRA also x in f32, x·Aᵀ and its scaling
-///   (rank wide, f32), ·Bᵀ (f32), cast, sum;
+/// Bytes one layer of the tracked forward keeps for backward, for `batch` sequences of
+/// `seq` tokens, op by op as `Decoder::forward_segments` runs them (s = dtype bytes; a
+/// cast to the dtype a tensor already has costs nothing in candle):
+/// * each RMS norm, composed: cast to f32, x², x/rms (f32), cast back, × weight; fused
+///   (CPU f32): its output;
+/// * each projection with LoRA: its output (`AdaptedProjection`, bias included);
+///   without: x·Wᵀ, and + bias where there is one;
 /// * attention, composed: rope on q and k: −x₂, cat, x·cos, rot·sin, sum (4.5 copies);
 ///   v made contiguous; scores `[batch, heads, seq, seq]`: q·kᵀ, ×scale, +mask (s each),
 ///   cast to f32, −max, exp, ÷sum (f32), cast back; then probs·v and its transposed copy;
 /// * attention, fused: its output `[tokens, heads·d]` (q, k, v are the projections');
-/// * MLP: SiLU(gate), × up; two residual sums.
+/// * MLP: SiLU(gate) and × up, or the fused SwiGLU's output; two residual sums.
 fn layer_activations(c: &ModelConfig, shape: &TrainShape, sequences: usize) -> u64 {
     let s = shape.dtype.size_in_bytes() as u64;
     let cast_to_f32 = if s == 4 { 0 } else { 4 };
     let cast_back = if s == 4 { 0 } else { s };
     let t = (sequences * shape.seq_len) as u64;
     let h = c.hidden_size as u64;
-    let norm = t * h * (cast_to_f32 + 4 + 4 + cast_back + s);
-    let r = shape.lora_rank as u64;
+    let fused_ops = shape.fused_cpu_ops();
+    let norm = if fused_ops {
+        t * h * 4
+    } else {
+        t * h * (cast_to_f32 + 4 + 4 + cast_back + s)
+    };
     let projection = |m: &str| {
-        let (i, o) = projection_dims(c, m);
-        let (i, o) = (i as u64, o as u64);
-        let mut bytes = t * o * s;
-        if has_bias(c, m) {
-            bytes += t * o * s;
+        let o = projection_dims(c, m).1 as u64;
+        let adapted = shape.lora_targets.iter().any(|x| x == m);
+        if adapted || !has_bias(c, m) {
+            t * o * s
+        } else {
+            2 * t * o * s
         }
-        if shape.lora_targets.iter().any(|x| x == m) {
-            bytes += t * (i * cast_to_f32 + 2 * r * 4 + o * 4 + o * cast_back + o * s);
-        }
-        bytes
     };
     let projections: u64 = PROJECTIONS.iter().map(|m| projection(m)).sum();
     let (nh, kvh, d) = (
@@ -279,7 +339,7 @@ fn layer_activations(c: &ModelConfig, shape: &TrainShape, sequences: usize) -> u
         }
         Attention::Fused => t * nh * d * s,
     };
-    let mlp = 2 * t * c.intermediate_size as u64 * s;
+    let mlp = if fused_ops { 1 } else { 2 } * t * c.intermediate_size as u64 * s;
     let residuals = 2 * t * h * s;
     2 * norm + projections + attention + mlp + residuals
 }
@@ -327,6 +387,17 @@ fn logprob_head_bytes(c: &ModelConfig, shape: &TrainShape, tokens: usize) -> (u6
                 ),
             )
         }
+        LogprobHead::FusedCpu => {
+            // Kept: the selected hidden states, the f32 logits and the op's [n, 2] results.
+            // Backward: the logits' gradient and the hidden states' (f32).
+            let kept = hidden + n * v * 4 + n * 2 * 4;
+            let transient = n * v * 4 + n * c.hidden_size as u64 * 4;
+            (
+                kept,
+                transient,
+                format!("[{n} × {v}] f32 logits kept, their gradient in backward"),
+            )
+        }
         LogprobHead::Chunked => {
             let chunk = logits_chunk_rows(tokens, c.vocab_size) as u64;
             // Kept: the selected hidden states and [n, 2] f32 results. Backward: one
@@ -359,10 +430,59 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         * 2
         * (c.num_key_value_heads * c.head_dim) as u64
         * s;
-    let activations = layer * c.num_hidden_layers as u64;
     let attention_transient = attention_backward_bytes(c, shape, tokens);
-    let backward = layer + head_transient + attention_transient;
+    let layers = c.num_hidden_layers as u64;
+    // Kept through the step: every layer's activations, or only every layer's input.
+    let (activations, activations_how) = if shape.checkpointing {
+        let input = (tokens * c.hidden_size) as u64 * s;
+        (
+            layers * input,
+            format!(
+                "{layers} layer inputs × {:.3} GiB (checkpointed; {sequences} sequences × {} tokens)",
+                input as f64 / GIB,
+                shape.seq_len
+            ),
+        )
+    } else {
+        (
+            layer * layers,
+            format!(
+                "{layers} layers × {:.2} GiB ({sequences} sequences × {} tokens, {} attention)",
+                layer as f64 / GIB,
+                shape.seq_len,
+                match shape.attention {
+                    Attention::Composed => "composed",
+                    Attention::Fused => "fused",
+                }
+            ),
+        )
+    };
+    // Checkpointed, the head's backward ends before the first layer is run again.
+    let (backward, backward_how) = if shape.checkpointing {
+        let layer_phase = 2 * layer + attention_transient;
+        let head_phase = head_kept + head_transient;
+        (
+            layer_phase.max(head_phase) - head_kept,
+            "the larger of one layer recomputed with its gradients and the head's backward",
+        )
+    } else {
+        (
+            layer + head_transient + attention_transient,
+            match shape.attention {
+                Attention::Composed => "one layer's gradients + the head's transient buffers",
+                Attention::Fused => {
+                    "one layer's gradients + the head's and fused attention's transient buffers"
+                }
+            },
+        )
+    };
     let training = activations + head_kept + backward;
+    // The CPU reads the checkpoint file while converting it: the file's bytes stay
+    // resident (page cache mapped into the process) until the weights are built.
+    let loading = match shape.device {
+        PlanDevice::Cpu => shape.mapped_checkpoint_bytes,
+        PlanDevice::Gpu => 0,
+    };
     let mut items = vec![
         Item {
             name: "weights",
@@ -377,16 +497,7 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         Item {
             name: "activations (kept)",
             bytes: activations,
-            how: format!(
-                "{} layers × {:.2} GiB ({sequences} sequences × {} tokens, {} attention)",
-                c.num_hidden_layers,
-                layer as f64 / GIB,
-                shape.seq_len,
-                match shape.attention {
-                    Attention::Composed => "composed",
-                    Attention::Fused => "fused",
-                }
-            ),
+            how: activations_how,
         },
         Item {
             name: "log-prob head (kept)",
@@ -396,13 +507,7 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         Item {
             name: "backward working set",
             bytes: backward,
-            how: match shape.attention {
-                Attention::Composed => "one layer's gradients + the head's transient buffers",
-                Attention::Fused => {
-                    "one layer's gradients + the head's and fused attention's transient buffers"
-                }
-            }
-            .into(),
+            how: backward_how.into(),
         },
         Item {
             name: "KV cache (generation)",
@@ -417,16 +522,29 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
             ),
         },
     ];
+    if loading > 0 {
+        items.push(Item {
+            name: "checkpoint file (loading)",
+            bytes: loading,
+            how: "safetensors files, memory-mapped while the weights are built".into(),
+        });
+    }
     let resident = params * s + lora * ADAMW_BYTES_PER_PARAM;
-    let phases = training.max(kv);
-    let slack = (resident + phases) * SLACK_PERCENT / 100;
+    let phases = training.max(kv).max(loading);
+    let (overhead, overhead_how) = match shape.device {
+        PlanDevice::Gpu => (
+            FIXED_OVERHEAD + (resident + phases) * SLACK_PERCENT / 100,
+            format!("1 GiB context + {SLACK_PERCENT}% allocator slack"),
+        ),
+        PlanDevice::Cpu => (CPU_PROCESS_BYTES, "the process without a model".into()),
+    };
     items.push(Item {
         name: "overhead",
-        bytes: FIXED_OVERHEAD + slack,
-        how: format!("1 GiB context + {SLACK_PERCENT}% allocator slack"),
+        bytes: overhead,
+        how: overhead_how,
     });
     Ok(MemoryPlan {
-        total: resident + phases + FIXED_OVERHEAD + slack,
+        total: resident + phases + overhead,
         items,
     })
 }
@@ -487,6 +605,9 @@ mod tests {
             logprob_head: head,
             attention: Attention::Composed,
             gen_batch: batch,
+            checkpointing: false,
+            device: PlanDevice::Gpu,
+            mapped_checkpoint_bytes: 0,
         }
     }
 
@@ -532,26 +653,20 @@ mod tests {
         // One sequence of 1024 tokens in bf16 (s = 2), r = 16 on all seven projections:
         // t = 1024, h = 3584.
         // norms: 2 × t·h·(4+4+4+2+2) = 2 × 1024·3584·16 = 117,440,512
-        // q: t·3584·2 (out) + t·3584·2 (bias) + t·(3584·4 + 128 + 3584·4 + 3584·2 + 3584·2)
-        //    = 7,340,032 + 7,340,032 + 1024·43,136 = 58,851,328
-        // k, v: t·512·2 + t·512·2 + t·(3584·4 + 128 + 512·8) = 1024·(2048 + 18,560)
-        //    = 21,102,592 each
-        // o: t·3584·2 + t·(3584·4 + 128 + 3584·8) = 1024·50,304 = 51,511,296
-        // gate, up: t·18944·2 + t·(3584·4 + 128 + 18944·8) = 1024·203,904 = 208,797,696 each
-        // down: t·3584·2 + t·(18944·4 + 128 + 3584·8) = 1024·111,744 = 114,425,856
-        // projections: 58,851,328 + 2·21,102,592 + 51,511,296 + 2·208,797,696 + 114,425,856
-        //    = 684,589,056
+        // projections, each its output only (the adapted projection op, bias inside):
+        // q, o, down: t·3584·2 = 7,340,032 each; k, v: t·512·2 = 1,048,576 each;
+        // gate, up: t·18944·2 = 38,797,312 each; together 101,711,872
         // rope: t·(28+4)·128·2·4.5 = 37,748,736; v copy: t·512·2 = 1,048,576
         // scores: 28·1024²·(3·2 + 4 + 12 + 2) = 29,360,128·24 = 704,643,072
         // attention out: 2·t·3584·2 = 14,680,064; MLP: 2·t·18944·2 = 77,594,624;
         // residuals: 2·t·3584·2 = 14,680,064
-        // layer: 117,440,512 + 684,589,056 + 37,748,736 + 1,048,576 + 704,643,072
-        //    + 14,680,064 + 77,594,624 + 14,680,064 = 1,652,424,704
+        // layer: 117,440,512 + 101,711,872 + 37,748,736 + 1,048,576 + 704,643,072
+        //    + 14,680,064 + 77,594,624 + 14,680,064 = 1,069,547,520
         let c = qwen2_7b();
         let s = shape(1, 1024, LogprobHead::Chunked);
-        assert_eq!(layer_activations(&c, &s, 1), 1_652_424_704);
+        assert_eq!(layer_activations(&c, &s, 1), 1_069_547_520);
         let p = plan(&c, &s).unwrap();
-        assert_eq!(p.item("activations (kept)"), 28 * 1_652_424_704);
+        assert_eq!(p.item("activations (kept)"), 28 * 1_069_547_520);
     }
 
     #[test]
@@ -559,28 +674,28 @@ mod tests {
         // The composed layer above without its attention terms (rope 37,748,736, v copy
         // 1,048,576, scores 704,643,072, attention out 14,680,064), plus the fused op's
         // output t·3584·2 = 7,340,032:
-        // 117,440,512 + 684,589,056 + 7,340,032 + 77,594,624 + 14,680,064 = 901,644,288.
+        // 117,440,512 + 101,711,872 + 7,340,032 + 77,594,624 + 14,680,064 = 318,767,104.
         // Its backward buffers, with (28 + 2·4)·128 = 4608 q/k/v columns: rotated f32
         // copies t·4608·4 = 18,874,368, statistics t·28·8 = 229,376, f32 gradients with
         // dk and dv per query head t·3·28·128·4 = 44,040,192, bf16 gradients t·4608·2 =
         // 9,437,184: 72,581,120.
         // The chunked head's transient at 1024 rows (16,384-row chunks): 1024·16,384·8
-        // + 1024·3584·4 = 148,897,792. Backward working set: 901,644,288 + 148,897,792
-        // + 72,581,120 = 1,123,123,200.
+        // + 1024·3584·4 = 148,897,792. Backward working set: 318,767,104 + 148,897,792
+        // + 72,581,120 = 540,246,016.
         let c = qwen2_7b();
         let s = fused(shape(1, 1024, LogprobHead::Chunked));
-        assert_eq!(layer_activations(&c, &s, 1), 901_644_288);
+        assert_eq!(layer_activations(&c, &s, 1), 318_767_104);
         assert_eq!(attention_backward_bytes(&c, &s, 1024), 72_581_120);
         let p = plan(&c, &s).unwrap();
-        assert_eq!(p.item("activations (kept)"), 28 * 901_644_288);
-        assert_eq!(p.item("backward working set"), 1_123_123_200);
+        assert_eq!(p.item("activations (kept)"), 28 * 318_767_104);
+        assert_eq!(p.item("backward working set"), 540_246_016);
     }
 
     #[test]
     fn fused_attention_plans_far_less_for_dpo_at_4k_tokens() {
-        // One pair of 4096-token sequences: the composed attention keeps
-        // 2·28·4096²·24 B = 21.0 GiB of scores per layer (912.7 GiB peak); fused, the
-        // whole plan is 232.5 GiB, the LoRA projections' activations now its largest part.
+        // One pair of 4096-token sequences, every activation kept: the composed attention
+        // keeps 2·28·4096²·24 B = 21.0 GiB of scores per layer (774.2 GiB peak); fused, the
+        // whole plan is 93.9 GiB.
         let c = qwen2_7b();
         let composed = TrainShape {
             algorithm: Algorithm::Dpo,
@@ -589,13 +704,95 @@ mod tests {
         let composed_plan = plan(&c, &composed).unwrap();
         let fused_plan = plan(&c, &fused(composed)).unwrap();
         let gib = |p: &MemoryPlan| p.total as f64 / GIB;
-        assert!((gib(&composed_plan) - 912.75).abs() < 0.01);
-        assert!((gib(&fused_plan) - 232.48).abs() < 0.01);
+        assert!((gib(&composed_plan) - 774.21).abs() < 0.01);
+        assert!((gib(&fused_plan) - 93.94).abs() < 0.01);
         assert!(
             fused_plan.total * 3 < composed_plan.total,
             "fused {:.1} GiB vs composed {:.1} GiB",
             gib(&fused_plan),
             gib(&composed_plan)
+        );
+    }
+
+    /// Llama-3-8B's config.json.
+    const LLAMA3_8B: &str = include_str!("../../tests/fixtures/llama3-8b-config/config.json");
+
+    #[test]
+    fn checkpointing_keeps_layer_inputs_and_fits_7b_and_8b_in_24_gib() {
+        let gib = |p: &MemoryPlan| p.total as f64 / GIB;
+        for (name, c) in [
+            ("Qwen2-7B", qwen2_7b()),
+            ("Llama-3-8B", ModelConfig::from_hf_json(LLAMA3_8B).unwrap()),
+        ] {
+            // SFT 1 × 4096 tokens and DPO 1 pair × 2048 a side: 4096 tokens either way.
+            for (algorithm, seq_len) in [(Algorithm::Sft, 4096), (Algorithm::Dpo, 2048)] {
+                let kept = fused(TrainShape {
+                    algorithm,
+                    ..shape(1, seq_len, LogprobHead::Chunked)
+                });
+                let checkpointed = TrainShape {
+                    checkpointing: true,
+                    ..kept.clone()
+                };
+                let (kept, checkpointed) =
+                    (plan(&c, &kept).unwrap(), plan(&c, &checkpointed).unwrap());
+                // Kept through the step: one [4096, hidden] bf16 input per layer.
+                assert_eq!(
+                    checkpointed.item("activations (kept)"),
+                    (c.num_hidden_layers * 4096 * c.hidden_size * 2) as u64
+                );
+                assert!(
+                    gib(&checkpointed) <= 24.0,
+                    "{name} {algorithm:?}: {:.2} GiB",
+                    gib(&checkpointed)
+                );
+                assert!(
+                    kept.total > 2 * checkpointed.total,
+                    "{name} {algorithm:?}: checkpointing saves less than half"
+                );
+            }
+        }
+        // By hand, Qwen2-7B SFT 1 × 4096: one fused layer at 4096 tokens is 4 × 318,767,104
+        // = 1,275,068,416 B and its attention buffers 4 × 72,581,120 = 290,324,480; the
+        // recomputed layer with its gradients, 2,840,461,312 B, outweighs the head's
+        // backward (29,392,896 + 192,937,984).
+        let c = qwen2_7b();
+        let p = plan(
+            &c,
+            &TrainShape {
+                checkpointing: true,
+                ..fused(shape(1, 4096, LogprobHead::Chunked))
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            p.item("backward working set"),
+            2 * 1_275_068_416 + 290_324_480 - 29_392_896
+        );
+    }
+
+    #[test]
+    fn the_cpu_plan_keeps_fused_outputs_and_counts_the_mapped_file() {
+        // Qwen2-7B in f32 on the CPU, 1 × 1024 tokens: norms, SwiGLU and the adapted
+        // projections keep their outputs only: norms 2·t·h·4 = 29,360,128; projections
+        // t·(3584·3 + 512·2 + 18944·2)·4 = 203,423,744; attention t·3584·4 = 14,680,064;
+        // SwiGLU t·18944·4 = 77,594,624; residuals 2·t·3584·4 = 29,360,128:
+        // 354,418,688.
+        let c = qwen2_7b();
+        let cpu = TrainShape {
+            dtype: DType::F32,
+            mapped_checkpoint_bytes: 15_231_233_024,
+            ..shape(1, 1024, LogprobHead::Chunked)
+        }
+        .on_cpu();
+        assert_eq!(cpu.logprob_head, LogprobHead::FusedCpu);
+        assert_eq!(layer_activations(&c, &cpu, 1), 354_418_688);
+        let p = plan(&c, &cpu).unwrap();
+        // The mapped bf16 file outweighs the step, and there is no CUDA context.
+        assert_eq!(p.item("checkpoint file (loading)"), 15_231_233_024);
+        assert_eq!(
+            p.total,
+            p.item("weights") + p.item("LoRA + AdamW state") + 15_231_233_024 + CPU_PROCESS_BYTES
         );
     }
 

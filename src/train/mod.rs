@@ -13,6 +13,8 @@
 //! * `adapters`, `checkpoint`, `metrics`, `reference_cache` — what the loop trains and
 //!   the files it writes and resumes from;
 //! * `optim` — AdamW, clipping, accumulation, schedules;
+//! * `policy` — the policy's forward in a step and the backward through it (activation
+//!   checkpointing);
 //! * `memory_plan` — the GPU memory a configuration needs, checked before loading.
 
 pub mod adapters;
@@ -27,6 +29,7 @@ pub mod memory_plan;
 pub mod metrics;
 pub mod online_dpo;
 pub mod optim;
+pub mod policy;
 pub mod reference_cache;
 pub mod sft;
 pub mod trainer;

@@ -1,9 +1,9 @@
 //! Supervised fine-tuning: mean negative log-likelihood of the response tokens.
 
 use super::data::TokenBatch;
+use super::policy::{policy_target_logprobs, target_logprobs_of, Loss, Policy};
 use super::training_args::TrainingArgs;
 use crate::model::decoder::Decoder;
-use crate::model::logprobs::target_logprobs;
 use crate::model::lora::Adapters;
 use crate::validation::Problems;
 use anyhow::Result;
@@ -47,22 +47,21 @@ pub fn batch_target_logprobs(
     adapters: Adapters,
 ) -> Result<Tensor> {
     let hidden = decoder.forward_segments(&batch.input_ids, &batch.segments, adapters)?;
-    let picked = hidden.index_select(&batch.positions, 0)?;
-    target_logprobs(decoder, &picked, &batch.targets)
+    target_logprobs_of(decoder, batch, &hidden)
 }
 
 /// Summed NLL of the batch's targets divided by `normalizer` (the number of targets in the
 /// whole optimizer step, so accumulated micro-batches weigh each token equally, as
-/// transformers does with `num_items_in_batch`). `adapters` is `On`, or `Dropout` when
-/// training with LoRA dropout. Returns the loss and the unnormalised sum.
+/// transformers does with `num_items_in_batch`). Returns the loss and the unnormalised sum.
 pub fn sft_loss(
     decoder: &Decoder,
     batch: &TokenBatch,
     normalizer: usize,
-    adapters: Adapters,
-) -> Result<(Tensor, f64)> {
-    let logps = batch_target_logprobs(decoder, batch, adapters)?;
+    policy: Policy,
+) -> Result<(Loss, f64)> {
+    let (logps, checkpoints) = policy_target_logprobs(decoder, batch, policy)?;
     let nll_sum = logps.sum_all()?.neg()?;
     let value = nll_sum.to_scalar::<f32>()? as f64;
-    Ok(((nll_sum / normalizer.max(1) as f64)?, value))
+    let loss = (nll_sum / normalizer.max(1) as f64)?;
+    Ok((Loss::new(loss, checkpoints), value))
 }

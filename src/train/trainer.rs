@@ -16,6 +16,7 @@ use super::dpo::{dpo_loss, DpoStats, Reference};
 use super::job::TrainingJob;
 use super::metrics::{DpoStepMetrics, MetricsLog, StepMetrics};
 use super::optim::{clip_grad_norm, AdamW, GradAccumulator, LrSchedule};
+use super::policy::Policy;
 use super::reference_cache::cached_reference_logps;
 use super::sft::sft_loss;
 use super::training_args::TrainingArgs;
@@ -367,9 +368,10 @@ fn run_step(
     // Piece `i` of step `s` draws its dropout masks from (seed, s, i): a resumed run
     // replays the same masks.
     let mut pieces = 0u64;
-    let mut adapters = || {
+    let checkpointing = args.checkpointing_on(device);
+    let mut policy = || {
         pieces += 1;
-        match args.lora.lora_dropout {
+        let adapters = match args.lora.lora_dropout {
             0.0 => Adapters::On,
             p => Adapters::Dropout {
                 p: p as f32,
@@ -377,6 +379,10 @@ fn run_step(
                     ^ (context.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     ^ pieces.wrapping_mul(0xD1B5_4A32_D192_ED03),
             },
+        };
+        Policy {
+            adapters,
+            checkpointing,
         }
     };
     match job {
@@ -392,8 +398,8 @@ fn run_step(
             {
                 let seqs: Vec<&Tokenized> = batch.iter().map(|&i| &examples[i]).collect();
                 let tb = TokenBatch::new(&seqs, device)?;
-                let (loss, nll_sum) = sft_loss(decoder, &tb, normalizer, adapters())?;
-                accumulator.add(vars, &loss.backward()?)?;
+                let (loss, nll_sum) = sft_loss(decoder, &tb, normalizer, policy())?;
+                accumulator.add(vars, &loss.backward(decoder)?)?;
                 totals.loss += nll_sum / normalizer.max(1) as f64;
                 totals.tokens += tb.tokens;
             }
@@ -422,8 +428,8 @@ fn run_step(
                     None => Reference::Compute,
                 };
                 let (loss, stats) =
-                    dpo_loss(decoder, &tb, config, normalizer, adapters(), reference)?;
-                accumulator.add(vars, &loss.backward()?)?;
+                    dpo_loss(decoder, &tb, config, normalizer, policy(), reference)?;
+                accumulator.add(vars, &loss.backward(decoder)?)?;
                 totals.loss += stats.losses.iter().sum::<f64>() / normalizer as f64;
                 totals.tokens += tb.tokens;
                 dpo.extend(stats);

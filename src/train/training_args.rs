@@ -34,6 +34,12 @@ pub struct TrainingArgs {
     /// sequence or pair each), accumulating gradients: the same update in bounded memory.
     /// 0: no limit.
     pub max_batch_tokens: usize,
+    /// Activation checkpointing: keep each decoder layer's input instead of its
+    /// activations and run the layer again in the backward pass (the same gradients, about
+    /// a third more compute, a fraction of the activation memory). `None`: on for CUDA,
+    /// off on the CPU (see `checkpointing_on`).
+    #[serde(default)]
+    pub gradient_checkpointing: Option<bool>,
     /// Global gradient norm clip; 0 disables clipping.
     pub max_grad_norm: f64,
     pub adamw: AdamWConfig,
@@ -56,6 +62,7 @@ impl Default for TrainingArgs {
             max_len: 1024,
             packing: false,
             max_batch_tokens: 512,
+            gradient_checkpointing: None,
             max_grad_norm: 1.0,
             adamw: AdamWConfig::default(),
             seed: 42,
@@ -66,6 +73,12 @@ impl Default for TrainingArgs {
 }
 
 impl TrainingArgs {
+    /// Whether training on `device` checkpoints activations: as set, else on for a GPU,
+    /// where memory is the limit, and off on the CPU, where time is.
+    pub fn checkpointing_on(&self, device: &candle_core::Device) -> bool {
+        self.gradient_checkpointing.unwrap_or(device.is_cuda())
+    }
+
     /// Refuses settings the loop cannot run, one line per bad value.
     pub fn validate(&self) -> Result<()> {
         self.problems().into_result()

@@ -1,34 +1,120 @@
-//! A linear layer's base projection and its LoRA adapter in one op, for training on the CPU.
+//! A linear layer's base projection, bias and LoRA adapter as one op for training, whose
+//! backward pass keeps only what it needs.
+//!
+//! Built from candle ops the adapted layer is six to nine graph nodes (cast to the
+//! adapter's f32, dropout, x·Aᵀ, scaling, ·Bᵀ, cast back, two sums), and candle keeps the
+//! inputs of every node until `backward`: an f32 copy of the input and three copies of the
+//! output per projection. This op keeps nothing but its output (its input is the previous
+//! op's output, kept anyway, and the adapter weights are parameters); the backward pass
+//! recomputes the rank-`r` product `x·Aᵀ` and draws the dropout mask again from its seed.
+//! Everything runs in the input's dtype (the adapter weights are cast to it, as PyTorch's
+//! autocast does), and the adapter gradients are returned in the adapter's f32.
 
+use super::dropout::dropout_mask;
 use super::gemm::gemm_rhs_transposed;
 use super::op_storage::cpu_f32;
-use super::projection::FEW_ROWS;
-use candle_core::{DType, Tensor};
+use super::projection::{project, FEW_ROWS};
+use candle_core::{DType, Layout, Shape, Tensor};
+use std::sync::Mutex;
 
-/// `x · Wᵀ + scale · (x · Aᵀ) · Bᵀ` for `x` `[rows, in]` with a frozen base weight `W`
-/// and an adapter (`A` `[r, in]`, `B` `[out, r]`) in one op, for training on the CPU in
-/// f32. Built from separate candle ops the layer is six graph nodes, and the backward pass
-/// allocates, zeroes and adds a gradient buffer for each; here the adapter's product is
-/// accumulated straight into the base output and the backward pass gives the three
-/// gradients at once (none for `W`, as `FrozenProjection`).
+/// `x · Wᵀ + b + scale · (dropout(x) · Aᵀ) · Bᵀ` for `x` `[rows, in]`, a frozen weight `W`
+/// `[out, in]`, an optional bias `[out]` and an adapter (`A` `[r, in]`, `B` `[out, r]`).
+#[derive(Clone)]
 pub struct AdaptedProjection {
     pub weight: Tensor,
+    pub bias: Option<Tensor>,
     pub scale: f64,
+    /// LoRA dropout on the adapter's input: `(p, seed)` of `dropout_mask`.
+    pub dropout: Option<(f32, u64)>,
 }
 
 impl AdaptedProjection {
-    /// Long inputs (training, prefill) on the CPU in f32; decoding's few rows keep the
-    /// kernels `project` picks for them.
-    pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
+    /// The projection of `x` `[rows, in]` with gradients for `x`, `a` and `b` (none for
+    /// the frozen weight and bias).
+    pub fn apply(&self, x: &Tensor, a: &Tensor, b: &Tensor) -> anyhow::Result<Tensor> {
+        let x = x.contiguous()?;
+        // Long inputs on the CPU in f32 run this crate's kernel straight into the output
+        // buffer; others are computed with candle ops on graph-free copies of the operands
+        // and handed to the op as its output.
+        let precomputed = if self.kernel_applies(&x) {
+            None
+        } else {
+            Some(self.forward_untracked(&x.detach(), &a.detach(), &b.detach())?)
+        };
+        let op = Op {
+            projection: self.clone(),
+            precomputed: Mutex::new(precomputed),
+        };
+        Ok(x.apply_op3(a, b, op)?)
+    }
+
+    fn kernel_applies(&self, x: &Tensor) -> bool {
         x.dim(0).is_ok_and(|rows| rows > FEW_ROWS)
             && x.device().is_cpu()
             && x.dtype() == DType::F32
-            && weight.dtype() == DType::F32
-            && weight.is_contiguous()
+            && self.weight.dtype() == DType::F32
+            && self.weight.is_contiguous()
+            && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
+    }
+
+    /// The dropout mask for `x` in its dtype; `None` without dropout.
+    fn mask(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        match self.dropout {
+            Some((p, seed)) if p > 0.0 => {
+                let mask = dropout_mask(x.dims2()?, p, seed, x.device())
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                Ok(Some(mask.to_dtype(x.dtype())?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The adapter's input: `x` itself, or masked under dropout.
+    fn adapter_input(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        match mask {
+            Some(m) => x * m,
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The forward value with candle ops, for inputs that carry no graph.
+    fn forward_untracked(&self, x: &Tensor, a: &Tensor, b: &Tensor) -> anyhow::Result<Tensor> {
+        let dtype = x.dtype();
+        let mut y = project(x, &self.weight)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        // Scaled at rank r, the narrow end, rather than on the [rows, out] output.
+        let xa = self.adapter_input(x, self.mask(x)?.as_ref())?;
+        let low = (xa.matmul(&a.to_dtype(dtype)?.t()?)? * self.scale)?;
+        Ok((y + low.matmul(&b.to_dtype(dtype)?.t()?)?)?)
     }
 }
 
-impl candle_core::CustomOp3 for AdaptedProjection {
+/// The graph node of one application.
+struct Op {
+    projection: AdaptedProjection,
+    /// The output when computed before the op (see `apply`); taken by the forward, so the
+    /// node keeps no second copy.
+    precomputed: Mutex<Option<Tensor>>,
+}
+
+impl Op {
+    fn take_precomputed(&self) -> Option<Tensor> {
+        self.precomputed.lock().expect("not poisoned").take()
+    }
+}
+
+/// The storage of a freshly computed, contiguous tensor.
+fn owned_storage(y: &Tensor) -> candle_core::Result<(candle_core::Storage, Shape)> {
+    let (storage, layout) = y.storage_and_layout();
+    if layout.start_offset() != 0 || !layout.is_contiguous() {
+        candle_core::bail!("adapted projection: the precomputed output is a view");
+    }
+    Ok((storage.try_clone(layout)?, y.shape().clone()))
+}
+
+impl candle_core::CustomOp3 for Op {
     fn name(&self) -> &'static str {
         "adapted-projection"
     }
@@ -36,43 +122,92 @@ impl candle_core::CustomOp3 for AdaptedProjection {
     fn cpu_fwd(
         &self,
         x_storage: &candle_core::CpuStorage,
-        x_layout: &candle_core::Layout,
+        x_layout: &Layout,
         a_storage: &candle_core::CpuStorage,
-        a_layout: &candle_core::Layout,
+        a_layout: &Layout,
         b_storage: &candle_core::CpuStorage,
-        b_layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        b_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        if let Some(y) = self.take_precomputed() {
+            let (candle_core::Storage::Cpu(storage), shape) = owned_storage(&y)? else {
+                candle_core::bail!("adapted projection: output computed off the CPU");
+            };
+            return Ok((storage, shape));
+        }
+        let p = &self.projection;
         let (rows, inp) = x_layout.shape().dims2()?;
         let (r, a_in) = a_layout.shape().dims2()?;
         let (out, b_r) = b_layout.shape().dims2()?;
-        let (w_out, w_in) = self.weight.dims2()?;
+        let (w_out, w_in) = p.weight.dims2()?;
         if a_in != inp || b_r != r || w_out != out || w_in != inp {
             candle_core::bail!(
                 "adapted projection: x {:?}, A {:?}, B {:?}, W {:?} do not fit",
                 x_layout.shape(),
                 a_layout.shape(),
                 b_layout.shape(),
-                self.weight.shape()
+                p.weight.shape()
             );
         }
         let x = cpu_f32(x_storage, x_layout, "projection: the input")?;
         let a = cpu_f32(a_storage, a_layout, "projection: A")?;
         let b = cpu_f32(b_storage, b_layout, "projection: B")?;
-        let (w_storage, w_layout) = self.weight.storage_and_layout();
+        let (w_storage, w_layout) = p.weight.storage_and_layout();
         let candle_core::Storage::Cpu(w_cpu) = &*w_storage else {
             candle_core::bail!("adapted projection: the weight is not on the CPU");
         };
         let w = cpu_f32(w_cpu, w_layout, "projection: the weight")?;
         let mut y = vec![0f32; rows * out];
         gemm_rhs_transposed(&mut y, x, w, (rows, out, inp), false, 1.0);
-        // Scaled at rank r, the narrow end, as the unfused path does.
+        if let Some(bias) = &p.bias {
+            let bias = bias.to_vec1::<f32>()?;
+            y.chunks_mut(out)
+                .for_each(|row| row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b));
+        }
+        let masked;
+        let adapter_x = match p.dropout {
+            Some((p_drop, seed)) if p_drop > 0.0 => {
+                let mask = dropout_mask((rows, inp), p_drop, seed, &candle_core::Device::Cpu)
+                    .and_then(|m| Ok(m.flatten_all()?.to_vec1::<f32>()?))
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                masked = x.iter().zip(&mask).map(|(x, m)| x * m).collect::<Vec<_>>();
+                &masked[..]
+            }
+            _ => x,
+        };
+        // Scaled at rank r, the narrow end, as `forward_untracked`.
         let mut low = vec![0f32; rows * r];
-        gemm_rhs_transposed(&mut low, x, a, (rows, r, inp), false, self.scale as f32);
+        gemm_rhs_transposed(
+            &mut low,
+            adapter_x,
+            a,
+            (rows, r, inp),
+            false,
+            p.scale as f32,
+        );
         gemm_rhs_transposed(&mut y, &low, b, (rows, out, r), true, 1.0);
         Ok((
             candle_core::CpuStorage::F32(y),
             candle_core::Shape::from((rows, out)),
         ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let y = self
+            .take_precomputed()
+            .ok_or_else(|| candle_core::Error::Msg("adapted projection: no output".into()))?;
+        let (candle_core::Storage::Cuda(storage), shape) = owned_storage(&y)? else {
+            candle_core::bail!("adapted projection: output computed off the GPU");
+        };
+        Ok((storage, shape))
     }
 
     fn bwd(
@@ -83,14 +218,22 @@ impl candle_core::CustomOp3 for AdaptedProjection {
         _y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, a, b) = (x.detach(), a.detach(), b.detach());
-        let grad = grad.contiguous()?;
-        // d/d(low), with low = scale · x Aᵀ: [rows, r].
-        let grad_low = grad.matmul(&b)?;
-        let dx = (grad.matmul(&self.weight)? + (grad_low.matmul(&a)? * self.scale)?)?;
-        let da = (grad_low.t()?.matmul(&x)? * self.scale)?;
-        let low = (x.matmul(&a.t()?)? * self.scale)?;
-        let db = grad.t()?.matmul(&low)?;
+        let p = &self.projection;
+        let dtype = x.dtype();
+        let x = x.detach();
+        let (a_c, b_c) = (a.detach().to_dtype(dtype)?, b.detach().to_dtype(dtype)?);
+        let grad = grad.contiguous()?.to_dtype(dtype)?;
+        let mask = p.mask(&x)?;
+        let xa = p.adapter_input(&x, mask.as_ref())?;
+        // d/d(low), with low = scale · xa Aᵀ: [rows, r].
+        let grad_low = grad.matmul(&b_c)?;
+        let grad_xa = (grad_low.matmul(&a_c)? * p.scale)?;
+        // Dropout's gradient is its mask again: x·m is linear in x.
+        let grad_x_adapter = p.adapter_input(&grad_xa, mask.as_ref())?;
+        let dx = (grad.matmul(&p.weight.to_dtype(dtype)?)? + grad_x_adapter)?;
+        let da = (grad_low.t()?.matmul(&xa)? * p.scale)?.to_dtype(a.dtype())?;
+        let low = (xa.matmul(&a_c.t()?)? * p.scale)?;
+        let db = grad.t()?.matmul(&low)?.to_dtype(b.dtype())?;
         Ok((Some(dx), Some(da), Some(db)))
     }
 }

@@ -11,6 +11,7 @@ pub mod chunked_logprob;
 #[cfg(feature = "cuda")]
 mod chunked_logprob_cuda;
 pub(super) mod dot;
+pub(super) mod dropout;
 pub mod exact_product;
 mod gemm;
 mod op_storage;
