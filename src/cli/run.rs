@@ -40,10 +40,10 @@ pub fn run(args: Args) -> Result<()> {
                 bail!(problems.lines(|key| format!("{}: {key}", manifest.display())));
             }
             let phases = pending(&run)?;
+            ensure_fits(&args.memory, &config, &phases)?;
             if !phases.is_empty() {
                 check_inputs(&config, &phases)?;
             }
-            ensure_fits(&args.memory, &config, &phases)?;
             run
         }
         (Some(config_path), None) => {
@@ -51,10 +51,11 @@ pub fn run(args: Args) -> Result<()> {
                 bail!("--config needs --out DIR (the new run folder)");
             };
             let config = RunConfig::load(config_path, &args.overrides)?;
-            // Check the inputs and the memory before anything is written.
+            // Check the memory (from config.json alone) and the inputs before anything is
+            // written.
             let phases = Phase::plan(&config);
-            check_inputs(&config, &phases)?;
             ensure_fits(&args.memory, &config, &phases)?;
+            check_inputs(&config, &phases)?;
             let names: Vec<&str> = phases.iter().map(|p| p.name()).collect();
             RunFolder::create(out, &config, model_identity(&config), &names)?
         }
