@@ -3,9 +3,9 @@
 //! layer is the base model, which is how DPO gets its reference model for free.
 
 use super::ops::adapted_projection::AdaptedProjection;
-use super::ops::exact_product;
 pub use super::ops::dropout::dropout_mask;
 use super::ops::dropout::splitmix64;
+use super::ops::exact_product;
 use super::ops::projection::project;
 use super::ops::quant::{self, Int8Cache, Precision};
 use crate::validation::Problems;

@@ -432,13 +432,17 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         * s;
     let attention_transient = attention_backward_bytes(c, shape, tokens);
     let layers = c.num_hidden_layers as u64;
+    let attention = match shape.attention {
+        Attention::Composed => "composed",
+        Attention::Fused => "fused",
+    };
     // Kept through the step: every layer's activations, or only every layer's input.
     let (activations, activations_how) = if shape.checkpointing {
         let input = (tokens * c.hidden_size) as u64 * s;
         (
             layers * input,
             format!(
-                "{layers} layer inputs × {:.3} GiB (checkpointed; {sequences} sequences × {} tokens)",
+                "{layers} layer inputs × {:.3} GiB (checkpointed; {sequences} sequences × {} tokens, {attention} attention)",
                 input as f64 / GIB,
                 shape.seq_len
             ),
@@ -447,13 +451,9 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         (
             layer * layers,
             format!(
-                "{layers} layers × {:.2} GiB ({sequences} sequences × {} tokens, {} attention)",
+                "{layers} layers × {:.2} GiB ({sequences} sequences × {} tokens, {attention} attention)",
                 layer as f64 / GIB,
                 shape.seq_len,
-                match shape.attention {
-                    Attention::Composed => "composed",
-                    Attention::Fused => "fused",
-                }
             ),
         )
     };

@@ -15,6 +15,7 @@
 //! long prefills), and several projections of one input (q/k/v, gate/up) are one parallel
 //! pass, one round of thread wake-ups.
 
+use super::out_ptr::OutPtr;
 use anyhow::Result;
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
@@ -136,20 +137,6 @@ fn products_with(
         }
     });
     ys
-}
-
-/// The output buffer shared by the parallel tasks, which write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// Safety: see the write in `products_with`.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method rather than field access, so closures capture the `Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 type Tile = [[f32; TILE_COLS]; TILE_ROWS];

@@ -15,6 +15,7 @@ pub(super) mod dropout;
 pub mod exact_product;
 mod gemm;
 mod op_storage;
+mod out_ptr;
 pub mod projection;
 pub mod quant;
 pub mod train_ops;

@@ -16,6 +16,7 @@
 //! Only the inference path uses this (`Precision::Int8`); training and scoring keep the
 //! exact f32 weights.
 
+use super::out_ptr::OutPtr;
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor, TensorId};
 use rayon::prelude::*;
@@ -162,20 +163,6 @@ fn products(kernel: Kernel, x: &Int8Rows, weights: &[&Int8Weight]) -> Vec<Vec<f3
         }
     });
     ys
-}
-
-/// The output buffer shared by the parallel tiles, which write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// Safety: see the write in `products`.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method rather than field access, so closures capture the `Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Activations `[rows, in]` quantized per row and block of 32 inputs.
