@@ -8,9 +8,11 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-/// `x [rows, in] · Wᵀ` for `W [out, in]`. With few rows (decoding) candle's gemm runs
-/// 2–3× faster as `(W · xᵀ)ᵀ`, which keeps the large weight as the packed-friendly
-/// left operand; long sequences (prefill, training) use the direct form.
+/// `x [rows, in] · Wᵀ` for `W [out, in]`. With few rows (decoding) on the CPU candle's
+/// gemm runs 2–3× faster as `(W · xᵀ)ᵀ`, which keeps the large weight as the
+/// packed-friendly left operand; long sequences (prefill, training) and other devices
+/// use the direct form (cuBLAS reads the transposed weight in place, where the CPU form
+/// would cost a transpose copy of the output).
 pub fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if x.track_op() && x.device().is_cpu() {
         let op = FrozenProjection {
@@ -21,14 +23,14 @@ pub fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     project_untracked(x, weight)
 }
 
-/// Up to this many rows, `x · Wᵀ` runs as `(W · xᵀ)ᵀ` (see `project`).
+/// Up to this many rows, `x · Wᵀ` on the CPU runs as `(W · xᵀ)ᵀ` (see `project`).
 pub(super) const FEW_ROWS: usize = 128;
 
 fn project_untracked(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if let Some(y) = project_streaming(x, weight)? {
         return Ok(y);
     }
-    if x.dim(0)? <= FEW_ROWS {
+    if x.device().is_cpu() && x.dim(0)? <= FEW_ROWS {
         Ok(weight.matmul(&x.t()?)?.t()?.contiguous()?)
     } else {
         Ok(x.matmul(&weight.t()?)?)
