@@ -13,9 +13,9 @@ use crate::model::decoder::Segment;
 use crate::model::kv_cache::KvCache;
 use crate::model::lora::Adapters;
 use crate::model::ops::quant::Precision;
+use crate::model::transfer;
 use crate::model::Model;
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::VecDeque;
@@ -36,6 +36,10 @@ pub struct EngineOptions {
     pub precision: Precision,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Keep the KV cache as tensors, and so decode through the decoder's batched tensor
+    /// path, even on the CPU in f32 where host kernels run by default: the path a GPU
+    /// takes, checked on the CPU by tests. Elsewhere the cache keeps tensors anyway.
+    pub tensor_kv_cache: bool,
 }
 
 impl Default for EngineOptions {
@@ -46,6 +50,7 @@ impl Default for EngineOptions {
             adapters: Adapters::On,
             precision: Precision::default(),
             progress: true,
+            tensor_kv_cache: false,
         }
     }
 }
@@ -169,17 +174,21 @@ impl<'m> LocalEngine<'m> {
         let progress = self.progress_bar(total_jobs as u64);
         let c = decoder.config();
         let slots = self.options.max_batch.max(1).min(total_jobs.max(1));
+        let mut cache = KvCache::new(
+            slots,
+            c.num_hidden_layers,
+            c.num_key_value_heads,
+            c.head_dim,
+            decoder.dtype(),
+            decoder.device(),
+        );
+        if self.options.tensor_kv_cache {
+            cache = cache.with_tensor_storage();
+        }
         let mut batch = Batch {
             queue,
             active: (0..slots).map(|_| None).collect(),
-            cache: KvCache::new(
-                slots,
-                c.num_hidden_layers,
-                c.num_key_value_heads,
-                c.head_dim,
-                decoder.dtype(),
-                decoder.device(),
-            ),
+            cache,
             done: Vec::with_capacity(total_jobs),
             stats: EngineStats::default(),
         };
@@ -304,12 +313,13 @@ impl<'m> LocalEngine<'m> {
     }
 
     /// The packed forward pass over `packed`, then the f32 logits at each segment's last
-    /// row.
+    /// row. Its host↔device copies go through `transfer`: these three uploads, the
+    /// decoder's one, and the logits.
     fn forward(&self, cache: &mut KvCache, packed: &Packed) -> Result<Vec<Vec<f32>>> {
         let decoder = &self.model.decoder;
         let dev = decoder.device();
-        let tokens = Tensor::new(packed.tokens.as_slice(), dev)?;
-        let positions = Tensor::new(packed.positions.as_slice(), dev)?;
+        let tokens = transfer::upload_u32(&packed.tokens, dev)?;
+        let positions = transfer::upload_u32(&packed.positions, dev)?;
         let hidden = decoder.forward_packed(
             &tokens,
             &positions,
@@ -318,11 +328,10 @@ impl<'m> LocalEngine<'m> {
             self.options.adapters,
             self.options.precision,
         )?;
-        let rows = Tensor::new(packed.last_rows.as_slice(), dev)?;
-        Ok(decoder
-            .logits(&hidden.index_select(&rows, 0)?, self.options.precision)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?)
+        let rows = transfer::upload_u32(&packed.last_rows, dev)?;
+        transfer::download_rows_f32(
+            &decoder.logits(&hidden.index_select(&rows, 0)?, self.options.precision)?,
+        )
     }
 
     /// One token per active job from its logits row (a follower's is its leader's). The

@@ -11,7 +11,9 @@
 //!   positions and KV-cache slot, and candle's fused kernels are used. With
 //!   `Precision::Int8` (the engine's default) CPU f32 projections and the LM head run on
 //!   int8 copies of their weights (`quant`); with `Precision::Exact` on the f32 weights
-//!   as loaded, through `exact_product`'s batch-invariant kernel.
+//!   as loaded, through `exact_product`'s batch-invariant kernel. Off the CPU in f32 (the
+//!   GPU, half precision) the KV cache keeps tensors and `batched` runs each layer as a
+//!   fixed number of tensor ops for all sequences together.
 //! * `forward` — training and scoring. A right-padded `[batch, seq]` batch through ops
 //!   that all have a backward pass (candle's fused rms_norm / softmax_last_dim / rope do
 //!   not, and would silently cut the gradient to the LoRA weights). On the CPU in f32 the
@@ -32,6 +34,7 @@ use super::weights::Weights;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+mod batched;
 mod checkpointing;
 pub use checkpointing::LayerCheckpoints;
 
@@ -98,6 +101,8 @@ pub struct Decoder {
     pub lm_head: Option<Tensor>,
     /// The inference path's int8 copy of the LM head weight, made on first use.
     lm_head_int8: Int8Cache,
+    /// Per layer, the q/k/v and gate/up weights concatenated for `batched`.
+    fused: Vec<batched::FusedLayer>,
     /// `[max_positions, head_dim / 2]`
     cos: Tensor,
     sin: Tensor,
@@ -168,10 +173,22 @@ impl Decoder {
             Some(get("lm_head.weight", &[c.vocab_size, c.hidden_size])?)
         };
         let (cos, sin) = rope_tables(c, device)?;
+        // Where the inference path is `batched` (the KV cache's tensor storage), q/k/v and
+        // gate/up become views into one concatenated weight each; the CPU f32 path keeps
+        // the weights as loaded.
+        let fuse = !(device.is_cpu() && dtype == DType::F32);
+        let fused = layers
+            .iter_mut()
+            .map(|layer| match fuse {
+                true => batched::FusedLayer::at_load(layer),
+                false => Ok(batched::FusedLayer::default()),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             config: c.clone(),
             embed_tokens,
             layers,
+            fused,
             norm: get("model.norm.weight", &[c.hidden_size])?,
             lm_head,
             lm_head_int8: Int8Cache::default(),
@@ -362,7 +379,8 @@ impl Decoder {
     /// Inference forward over packed tokens `[n]` (u32) with their absolute `positions`
     /// `[n]` (u32). Each segment's keys and values are appended to its cache slot, which
     /// then advances. Returns final hidden states `[n, hidden]`. `precision` picks the
-    /// projections' arithmetic (see `quant`).
+    /// projections' arithmetic on the CPU in f32 (see `quant`); a cache with tensor
+    /// storage goes through `batched`, in the weights' dtype.
     pub fn forward_packed(
         &self,
         tokens: &Tensor,
@@ -372,6 +390,9 @@ impl Decoder {
         adapters: Adapters,
         precision: Precision,
     ) -> Result<Tensor> {
+        if !cache.is_host() {
+            return self.forward_batched(tokens, positions, segments, cache, adapters);
+        }
         let c = &self.config;
         let proj = Projections {
             adapters,
@@ -383,11 +404,7 @@ impl Decoder {
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps, Ops::Fused)?;
             let a = &layer.self_attn;
-            let attn = if cache.is_host() {
-                self.packed_attention_host(li, a, &h, &cos, &sin, segments, cache, proj)?
-            } else {
-                self.packed_attention_tensors(li, a, &h, &cos, &sin, segments, cache, proj)?
-            };
+            let attn = self.packed_attention_host(li, a, &h, &cos, &sin, segments, cache, proj)?;
             x = (x + proj.apply(&a.o_proj, &attn)?)?;
             let h = rms_norm(
                 &x,
@@ -442,85 +459,6 @@ impl Decoder {
             (n, c.num_attention_heads * c.head_dim),
             &self.device,
         )?)
-    }
-
-    /// Packed attention over tensor KV buffers (GPU, or half precision): one chain of
-    /// tensor ops per sequence.
-    #[allow(clippy::too_many_arguments)]
-    fn packed_attention_tensors(
-        &self,
-        li: usize,
-        a: &Attention,
-        h: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        segments: &[Segment],
-        cache: &mut KvCache,
-        proj: Projections,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let n = h.dim(0)?;
-        let group = c.num_attention_heads / c.num_key_value_heads;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-        // [1, heads, n, d]: rope sees the packed tokens as one sequence whose rows
-        // carry their own positions through the gathered cos/sin.
-        let heads = |layer: &LoraLinear, nh: usize| -> Result<Tensor> {
-            Ok(proj
-                .apply(layer, h)?
-                .reshape((n, nh, c.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)?)
-        };
-        let q = rope(
-            &heads(&a.q_proj, c.num_attention_heads)?,
-            cos,
-            sin,
-            Ops::Fused,
-        )?
-        .squeeze(0)?;
-        let k = rope(
-            &heads(&a.k_proj, c.num_key_value_heads)?,
-            cos,
-            sin,
-            Ops::Fused,
-        )?
-        .squeeze(0)?;
-        let v = heads(&a.v_proj, c.num_key_value_heads)?.squeeze(0)?;
-        let mut outs = Vec::with_capacity(segments.len());
-        for seg in segments {
-            let past = cache.slot(seg.slot).map(|s| s.len()).unwrap_or(0);
-            let (keys, values) = cache.append(
-                seg.slot,
-                li,
-                &k.narrow(1, seg.start, seg.len)?,
-                &v.narrow(1, seg.start, seg.len)?,
-            )?;
-            let total = past + seg.len;
-            // Query heads that share a KV head are stacked as rows: [kv, group*len, d].
-            let q_s = q.narrow(1, seg.start, seg.len)?.contiguous()?.reshape((
-                c.num_key_value_heads,
-                group * seg.len,
-                c.head_dim,
-            ))?;
-            let mut scores = (q_s.matmul(&keys.t()?)? * scale)?;
-            if seg.len > 1 {
-                let mask = causal_mask(seg.len, past, self.dtype, &self.device)?;
-                scores = scores
-                    .reshape((c.num_key_value_heads, group, seg.len, total))?
-                    .broadcast_add(&mask)?
-                    .reshape((c.num_key_value_heads, group * seg.len, total))?;
-            }
-            let probs = softmax(&scores.to_dtype(DType::F32)?, Ops::Fused)?.to_dtype(self.dtype)?;
-            let out = probs
-                .matmul(&values)?
-                .reshape((c.num_attention_heads, seg.len, c.head_dim))?
-                .transpose(0, 1)?
-                .reshape((seg.len, c.num_attention_heads * c.head_dim))?;
-            outs.push(out);
-        }
-        let attn = Tensor::cat(&outs, 0)?;
-        Ok(attn)
     }
 
     /// Differentiable causal attention with rotary positions over the sequences
@@ -590,7 +528,7 @@ impl Decoder {
         let q = q.contiguous()?.reshape((b, kvh, group * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
         let scores = (q.matmul(&k.contiguous()?.transpose(2, 3)?)? * scale)?;
-        let mask = causal_mask(t, 0, self.dtype, &self.device)?;
+        let mask = causal_mask(t, self.dtype, &self.device)?;
         let masked = scores
             .reshape((b, kvh, group, t, t))?
             .broadcast_add(&mask)?
@@ -626,21 +564,16 @@ fn differentiable_mlp(m: &Mlp, x: &Tensor, modes: [Adapters; 3]) -> Result<Tenso
     m.down_proj.forward(&hidden, modes[2])
 }
 
-/// Additive mask `[t, past + t]`: query `i` sees keys `0..=past + i`.
-fn causal_mask(t: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let s = past + t;
-    let data: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..s).map(move |j| {
-                if j <= past + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(data, (t, s), device)?.to_dtype(dtype)?)
+/// Additive mask `[t, t]`: query `i` sees keys `0..=i`. Made on `device` from one
+/// position range, not uploaded whole.
+fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let positions = Tensor::arange(0u32, t as u32, device)?;
+    let zeros = Tensor::zeros((t, t), dtype, device)?;
+    let hidden = Tensor::full(f32::NEG_INFINITY, (t, t), device)?.to_dtype(dtype)?;
+    Ok(positions
+        .reshape((1, t))?
+        .broadcast_gt(&positions.reshape((t, 1))?)?
+        .where_cond(&hidden, &zeros)?)
 }
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, ops: Ops) -> Result<Tensor> {

@@ -1,12 +1,15 @@
-//! Per-sequence key/value cache for the inference path. Each batch slot owns buffers for
-//! every layer, sized when a request is admitted (prompt + max new tokens), so decoding
-//! never reallocates and each sequence keeps its own length and positions.
+//! Key/value cache for the inference path. Each batch slot holds one sequence, sized when
+//! a request is admitted (prompt + max new tokens), so decoding never reallocates and each
+//! sequence keeps its own length and positions.
 //!
-//! Two storages: on the CPU in f32 the buffers are plain host memory and attention runs
-//! directly over them (`attend_host`, one pass over every sequence in the batch — a
+//! Two storages: on the CPU in f32 each slot's buffers are plain host memory and attention
+//! runs directly over them (`attend_host`, one pass over every sequence in the batch — a
 //! per-sequence chain of small tensor ops costs more in dispatch than in arithmetic);
-//! elsewhere they are `[kv_heads, capacity, head_dim]` tensors and the decoder attends
-//! with tensor ops.
+//! elsewhere (GPU, half precision) every layer keeps ONE key and ONE value tensor for all
+//! slots, `[slots, kv_heads, positions, head_dim]`, so the decoder writes and attends over
+//! every slot with a fixed number of tensor ops per layer (`decoder::batched`). Its
+//! position axis is the longest capacity admitted so far; a slot's length says how much of
+//! its row is valid.
 
 use super::decoder::Segment;
 use super::ops::dot::dot_portable;
@@ -14,16 +17,11 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-enum Buffers {
-    /// Per layer: keys and values as `[positions, kv_heads, head_dim]`, row-major; the
-    /// vectors grow by whole positions up to their reserved capacity.
-    Host(Vec<(Vec<f32>, Vec<f32>)>),
-    /// Per layer: keys and values as `[kv_heads, capacity, head_dim]` tensors.
-    Device(Vec<(Tensor, Tensor)>),
-}
-
 pub struct SlotCache {
-    buffers: Buffers,
+    /// Host storage: per layer, keys and values as `[positions, kv_heads, head_dim]`,
+    /// row-major; the vectors grow by whole positions up to their reserved capacity. Empty
+    /// with tensor storage.
+    host: Vec<(Vec<f32>, Vec<f32>)>,
     len: usize,
     capacity: usize,
 }
@@ -42,14 +40,22 @@ impl SlotCache {
     }
 }
 
+/// Tensor storage: per layer, the keys and values of every slot.
+struct SlottedTensors {
+    /// `[slots, kv_heads, positions, head_dim]` each; empty until a slot is allocated.
+    layers: Vec<(Tensor, Tensor)>,
+    positions: usize,
+}
+
 pub struct KvCache {
     slots: Vec<Option<SlotCache>>,
+    /// `None`: host storage.
+    tensors: Option<SlottedTensors>,
     layers: usize,
     kv_heads: usize,
     head_dim: usize,
     dtype: DType,
     device: Device,
-    host: bool,
 }
 
 impl KvCache {
@@ -61,21 +67,30 @@ impl KvCache {
         dtype: DType,
         device: &Device,
     ) -> Self {
+        let host = device.is_cpu() && dtype == DType::F32;
         Self {
             slots: (0..num_slots).map(|_| None).collect(),
+            tensors: (!host).then(|| SlottedTensors {
+                layers: Vec::new(),
+                positions: 0,
+            }),
             layers,
             kv_heads,
             head_dim,
             dtype,
             device: device.clone(),
-            host: device.is_cpu() && dtype == DType::F32,
         }
     }
 
-    /// Keeps tensor buffers even where host buffers would be used, so the path the GPU
-    /// takes can be checked on the CPU in f32.
+    /// Keeps tensor storage even where host buffers would be used, so the path the GPU
+    /// takes (`decoder::batched`) can be checked on the CPU in f32.
     pub fn with_tensor_storage(mut self) -> Self {
-        self.host = false;
+        if self.tensors.is_none() {
+            self.tensors = Some(SlottedTensors {
+                layers: Vec::new(),
+                positions: 0,
+            });
+        }
         self
     }
 
@@ -83,18 +98,18 @@ impl KvCache {
         self.slots.len()
     }
 
-    /// Whether attention runs over host buffers (`attend_host`) rather than tensors
-    /// (`append`).
+    /// Whether attention runs over host buffers (`attend_host`) rather than the slotted
+    /// tensors (`write_rows`, `layer_tensors`).
     pub fn is_host(&self) -> bool {
-        self.host
+        self.tensors.is_none()
     }
 
-    /// Gives `slot` fresh buffers for `capacity` positions, dropping what it held.
+    /// Gives `slot` room for `capacity` positions, dropping what it held.
     pub fn allocate(&mut self, slot: usize, capacity: usize) -> Result<()> {
-        let buffers = if self.is_host() {
-            // Reserved, not zeroed: the pages are touched only as positions are written.
-            let row = self.kv_heads * self.head_dim;
-            Buffers::Host(
+        let host = match &mut self.tensors {
+            None => {
+                // Reserved, not zeroed: the pages are touched only as positions are written.
+                let row = self.kv_heads * self.head_dim;
                 (0..self.layers)
                     .map(|_| {
                         (
@@ -102,23 +117,16 @@ impl KvCache {
                             Vec::with_capacity(capacity * row),
                         )
                     })
-                    .collect(),
-            )
-        } else {
-            let shape = (self.kv_heads, capacity, self.head_dim);
-            Buffers::Device(
-                (0..self.layers)
-                    .map(|_| {
-                        Ok((
-                            Tensor::zeros(shape, self.dtype, &self.device)?,
-                            Tensor::zeros(shape, self.dtype, &self.device)?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            )
+                    .collect()
+            }
+            Some(tensors) => {
+                let shape = (self.slots.len(), self.kv_heads, self.head_dim);
+                tensors.reserve(capacity, shape, self.layers, self.dtype, &self.device)?;
+                Vec::new()
+            }
         };
         self.slots[slot] = Some(SlotCache {
-            buffers,
+            host,
             len: 0,
             capacity,
         });
@@ -140,32 +148,38 @@ impl KvCache {
         }
     }
 
-    /// Tensor storage: writes `k`, `v` (`[kv_heads, n, head_dim]`) of `layer` after the
-    /// slot's current length and returns all keys and values so far. The slot's length
-    /// advances only through `advance`, once every layer has been written.
-    pub fn append(
-        &mut self,
-        slot: usize,
+    /// Tensor storage: the length of the position axis every slot shares.
+    pub(super) fn positions(&self) -> usize {
+        self.tensors.as_ref().map_or(0, |t| t.positions)
+    }
+
+    /// Tensor storage: keys and values of `layer`, `[slots, kv_heads, positions,
+    /// head_dim]`.
+    pub(super) fn layer_tensors(&self, layer: usize) -> Result<&(Tensor, Tensor)> {
+        match self.tensors.as_ref().and_then(|t| t.layers.get(layer)) {
+            Some(kv) => Ok(kv),
+            None => bail!("KV cache: no tensor storage for layer {layer}"),
+        }
+    }
+
+    /// Tensor storage: writes `k` and `v` (`[rows · kv_heads, head_dim]`) of `layer` into
+    /// the rows `index` names of the flattened `[slots · kv_heads · positions, head_dim]`
+    /// buffers (`index` is that shape's u32 row number, repeated along `head_dim`): one
+    /// scatter each for every sequence of the step. Slot lengths advance through
+    /// `advance`, once every layer has been written.
+    pub(super) fn write_rows(
+        &self,
         layer: usize,
         k: &Tensor,
         v: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let cache = self.slot_mut(slot)?;
-        let n = k.dim(1)?;
-        let end = cache.len + n;
-        if end > cache.capacity {
-            bail!(
-                "KV cache slot {slot} is full ({} positions)",
-                cache.capacity
-            );
-        }
-        let Buffers::Device(layers) = &cache.buffers else {
-            bail!("KV cache slot {slot} keeps host buffers; use attend_host");
-        };
-        let (kc, vc) = &layers[layer];
-        kc.slice_set(&k.contiguous()?, 1, cache.len)?;
-        vc.slice_set(&v.contiguous()?, 1, cache.len)?;
-        Ok((kc.narrow(1, 0, end)?, vc.narrow(1, 0, end)?))
+        index: &Tensor,
+    ) -> Result<()> {
+        let (kc, vc) = self.layer_tensors(layer)?;
+        let rows = kc.elem_count() / self.head_dim;
+        let flat = |t: &Tensor| t.reshape((rows, self.head_dim));
+        flat(kc)?.scatter_set(index, k, 0)?;
+        flat(vc)?.scatter_set(index, v, 0)?;
+        Ok(())
     }
 
     /// Host storage: appends each segment's keys and values of `layer` to its slot and
@@ -183,6 +197,9 @@ impl KvCache {
         heads: usize,
         scale: f32,
     ) -> Result<Vec<f32>> {
+        if self.tensors.is_some() {
+            bail!("the KV cache keeps tensors; attention over them is decoder::batched");
+        }
         let (kvh, d) = (self.kv_heads, self.head_dim);
         let row = kvh * d;
         for seg in segments {
@@ -194,10 +211,7 @@ impl KvCache {
                     cache.capacity
                 );
             }
-            let Buffers::Host(layers) = &mut cache.buffers else {
-                bail!("KV cache slot {} keeps tensors; use append", seg.slot);
-            };
-            let (kc, vc) = &mut layers[layer];
+            let (kc, vc) = &mut cache.host[layer];
             kc.extend_from_slice(&k[seg.start * row..(seg.start + seg.len) * row]);
             vc.extend_from_slice(&v[seg.start * row..(seg.start + seg.len) * row]);
         }
@@ -216,10 +230,7 @@ impl KvCache {
             .for_each(|(r, (out_row, &(si, t)))| {
                 let seg = &segments[si];
                 let cache = slots[seg.slot].as_ref().expect("slot checked above");
-                let Buffers::Host(layers) = &cache.buffers else {
-                    unreachable!("slot checked above")
-                };
-                let (kc, vc) = &layers[layer];
+                let (kc, vc) = &cache.host[layer];
                 // Sees every cached position up to and including its own.
                 let visible = cache.len + t + 1;
                 let q_row = &q[r * heads * d..][..heads * d];
@@ -238,9 +249,10 @@ impl KvCache {
         if len > src.len || len > dst.capacity {
             bail!("cannot copy {len} positions from slot {from} to slot {to}");
         }
-        let copied = match &src.buffers {
-            Buffers::Host(layers) => Buffers::Host(
-                layers
+        match &self.tensors {
+            None => {
+                let copied = src
+                    .host
                     .iter()
                     .map(|(k, v)| {
                         let mut kc = Vec::with_capacity(dst.capacity * row);
@@ -249,23 +261,18 @@ impl KvCache {
                         vc.extend_from_slice(&v[..len * row]);
                         (kc, vc)
                     })
-                    .collect(),
-            ),
-            Buffers::Device(layers) => {
-                let Buffers::Device(dst_layers) = &dst.buffers else {
-                    bail!("KV cache slots {from} and {to} use different storages");
-                };
-                for ((sk, sv), (dk, dv)) in layers.iter().zip(dst_layers) {
-                    dk.slice_set(&sk.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
-                    dv.slice_set(&sv.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
-                }
-                self.slots[to].as_mut().unwrap().len = len;
-                return Ok(());
+                    .collect();
+                self.slots[to].as_mut().unwrap().host = copied;
             }
-        };
-        let dst = self.slots[to].as_mut().unwrap();
-        dst.buffers = copied;
-        dst.len = len;
+            // The whole row of the slot: one copy per tensor, whatever `len`.
+            Some(tensors) => {
+                for (k, v) in &tensors.layers {
+                    k.slice_set(&k.narrow(0, from, 1)?.copy()?, 0, to)?;
+                    v.slice_set(&v.narrow(0, from, 1)?.copy()?, 0, to)?;
+                }
+            }
+        }
+        self.slots[to].as_mut().unwrap().len = len;
         Ok(())
     }
 
@@ -273,6 +280,43 @@ impl KvCache {
         if let Some(cache) = self.slots[slot].as_mut() {
             cache.len += n;
         }
+    }
+}
+
+impl SlottedTensors {
+    /// Makes the position axis at least `capacity` long, copying what the slots hold;
+    /// `(slots, kv_heads, head_dim)` is the rest of the shape. It grows by at least a
+    /// quarter, in multiples of 64, so admitting longer and longer requests copies rarely.
+    fn reserve(
+        &mut self,
+        capacity: usize,
+        (slots, kv_heads, head_dim): (usize, usize, usize),
+        layers: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<()> {
+        if capacity <= self.positions && !self.layers.is_empty() {
+            return Ok(());
+        }
+        let positions = capacity
+            .max(self.positions + self.positions / 4)
+            .next_multiple_of(64);
+        let shape = (slots, kv_heads, positions, head_dim);
+        // Layer by layer, so the old and the new buffers coexist for one layer only.
+        for layer in 0..layers {
+            let k = Tensor::zeros(shape, dtype, device)?;
+            let v = Tensor::zeros(shape, dtype, device)?;
+            match self.layers.get_mut(layer) {
+                Some(old) => {
+                    k.slice_set(&old.0, 2, 0)?;
+                    v.slice_set(&old.1, 2, 0)?;
+                    *old = (k, v);
+                }
+                None => self.layers.push((k, v)),
+            }
+        }
+        self.positions = positions;
+        Ok(())
     }
 }
 

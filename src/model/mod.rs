@@ -13,6 +13,7 @@ pub mod lora;
 pub mod ops;
 pub mod source;
 pub mod tokenizer;
+pub mod transfer;
 pub mod weights;
 
 use anyhow::{Context, Result};
