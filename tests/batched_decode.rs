@@ -8,11 +8,11 @@ mod common;
 use autoif::generate::{Backend, EngineOptions, LocalEngine, Prompt, Request, SamplingParams};
 use autoif::model::decoder::Segment;
 use autoif::model::kv_cache::KvCache;
-use autoif::model::lora::Adapters;
+use autoif::model::lora::{Adapters, LoraAdapter};
 use autoif::model::ops::quant::Precision;
 use autoif::model::transfer::Transfers;
 use autoif::model::{LoadOptions, Model};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use common::{fixture, max_abs_diff};
 use std::sync::Mutex;
 
@@ -159,7 +159,7 @@ fn decode_step_tensors_grow_per_layer() {
 /// One scripted schedule of packed steps over three slots: ragged prefills, decoding,
 /// a slot freed and given a new sequence while the others decode, and a continuation of
 /// several tokens after a cached past. Returns each step's logits `[rows, vocab]` in f32.
-fn run_schedule(model: &Model, tensor_storage: bool) -> Vec<Tensor> {
+fn run_schedule(model: &Model, tensor_storage: bool, adapters: Adapters) -> Vec<Tensor> {
     let c = &model.config;
     let mut cache = KvCache::new(
         3,
@@ -213,7 +213,7 @@ fn run_schedule(model: &Model, tensor_storage: bool) -> Vec<Tensor> {
                 &Tensor::from_vec(positions, n, &Device::Cpu).unwrap(),
                 &segments,
                 &mut cache,
-                Adapters::On,
+                adapters,
                 Precision::Exact,
             )
             .unwrap();
@@ -274,9 +274,9 @@ fn batched_path_matches_the_host_path_through_a_schedule() {
     for name in ["tiny-llama", "tiny-qwen2"] {
         let f32_model = load(name, DType::F32);
         let bf16_model = load(name, DType::BF16);
-        let host = run_schedule(&f32_model, false);
-        let batched = run_schedule(&f32_model, true);
-        let bf16 = run_schedule(&bf16_model, true);
+        let host = run_schedule(&f32_model, false, Adapters::On);
+        let batched = run_schedule(&f32_model, true, Adapters::On);
+        let bf16 = run_schedule(&bf16_model, true, Adapters::On);
         let scale = largest(&host);
         let (mut worst_f32, mut worst_bf16) = (0f32, 0f32);
         for (i, ((h, b), l)) in host.iter().zip(&batched).zip(&bf16).enumerate() {
@@ -370,5 +370,59 @@ fn engine_tokens_match_with_continuous_batching() {
                 assert_eq!(a.token_ids.len(), b.token_ids.len());
             }
         }
+    }
+}
+
+/// Largest difference between two schedules' logits, relative to the first's largest.
+fn schedule_distance(a: &[Tensor], b: &[Tensor]) -> f32 {
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| max_abs_diff(x, y))
+        .fold(0.0, f32::max);
+    d / largest(a)
+}
+
+/// LoRA adapters (online DPO samples with them on) and their merge, on the batched path:
+/// with random adapters on every projection its logits equal the host path's in f32; after
+/// merging, the adapters-off logits are the adapted ones — in bf16 too, where the merge
+/// gives q/k/v and gate/up new weights and the fused copies must follow.
+#[test]
+fn batched_path_follows_adapters_and_their_merge() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for dtype in [DType::F32, DType::BF16] {
+        let mut model = load("tiny-qwen2", dtype);
+        for (_, layer) in model.decoder.linear_layers_mut() {
+            let (out, inp) = layer.shape();
+            let adapter = LoraAdapter {
+                a: Var::randn(0f32, 0.3, (4, inp), &Device::Cpu).unwrap(),
+                b: Var::randn(0f32, 0.3, (out, 4), &Device::Cpu).unwrap(),
+                scale: 2.0,
+            };
+            layer.set_adapter(Some(adapter)).unwrap();
+        }
+        let on = run_schedule(&model, true, Adapters::On);
+        let off = run_schedule(&model, true, Adapters::Off);
+        let effect = schedule_distance(&on, &off);
+        if dtype == DType::F32 {
+            let host = run_schedule(&model, false, Adapters::On);
+            let d = schedule_distance(&host, &on);
+            eprintln!("f32: adapters move the logits by {effect:e}; batched vs host {d:e}");
+            assert!(
+                d <= 1e-5,
+                "f32 adapted batched path off the host path by {d:e}"
+            );
+        }
+        for (_, layer) in model.decoder.linear_layers_mut() {
+            layer.merge_adapter().unwrap();
+        }
+        let merged = run_schedule(&model, true, Adapters::Off);
+        let d = schedule_distance(&on, &merged);
+        eprintln!("{dtype:?}: adapters move the logits by {effect:e}; merged vs adapted {d:e}");
+        assert!(
+            effect > 0.1,
+            "{dtype:?}: the adapters change little ({effect:e})"
+        );
+        assert!(d <= effect / 5.0, "{dtype:?}: merged logits off by {d:e}");
     }
 }

@@ -185,6 +185,9 @@ impl<'m> LocalEngine<'m> {
         if self.options.tensor_kv_cache {
             cache = cache.with_tensor_storage();
         }
+        // Slotted tensor storage shares one position axis: sized once, for the longest job.
+        let longest = queue.iter().map(|j| j.prompt_len + j.max_new).max();
+        cache.reserve(longest.unwrap_or(0))?;
         let mut batch = Batch {
             queue,
             active: (0..slots).map(|_| None).collect(),

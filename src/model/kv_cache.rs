@@ -104,6 +104,17 @@ impl KvCache {
         self.tensors.is_none()
     }
 
+    /// Tensor storage: gives every slot room for `capacity` positions now, so that admitting
+    /// requests up to that size later allocates and copies nothing (the engine reserves
+    /// its longest request first). Host storage reserves per slot, in `allocate`.
+    pub fn reserve(&mut self, capacity: usize) -> Result<()> {
+        if let Some(tensors) = &mut self.tensors {
+            let shape = (self.slots.len(), self.kv_heads, self.head_dim);
+            tensors.reserve(capacity, shape, self.layers, self.dtype, &self.device)?;
+        }
+        Ok(())
+    }
+
     /// Gives `slot` room for `capacity` positions, dropping what it held.
     pub fn allocate(&mut self, slot: usize, capacity: usize) -> Result<()> {
         let host = match &mut self.tensors {
@@ -285,8 +296,7 @@ impl KvCache {
 
 impl SlottedTensors {
     /// Makes the position axis at least `capacity` long, copying what the slots hold;
-    /// `(slots, kv_heads, head_dim)` is the rest of the shape. It grows by at least a
-    /// quarter, in multiples of 64, so admitting longer and longer requests copies rarely.
+    /// `(slots, kv_heads, head_dim)` is the rest of the shape.
     fn reserve(
         &mut self,
         capacity: usize,
@@ -298,9 +308,7 @@ impl SlottedTensors {
         if capacity <= self.positions && !self.layers.is_empty() {
             return Ok(());
         }
-        let positions = capacity
-            .max(self.positions + self.positions / 4)
-            .next_multiple_of(64);
+        let positions = capacity;
         let shape = (slots, kv_heads, positions, head_dim);
         // Layer by layer, so the old and the new buffers coexist for one layer only.
         for layer in 0..layers {
