@@ -14,6 +14,7 @@ use autoif::model::transfer::Transfers;
 use autoif::model::{LoadOptions, Model};
 use candle_core::{DType, Device, Tensor, Var};
 use common::{fixture, max_abs_diff};
+use rand::{Rng, SeedableRng};
 use std::sync::Mutex;
 
 /// Tensor ids are global: the tests here run one at a time so that counting them in one
@@ -386,17 +387,25 @@ fn schedule_distance(a: &[Tensor], b: &[Tensor]) -> f32 {
 /// LoRA adapters (online DPO samples with them on) and their merge, on the batched path:
 /// with random adapters on every projection its logits equal the host path's in f32; after
 /// merging, the adapters-off logits are the adapted ones — in bf16 too, where the merge
-/// gives q/k/v and gate/up new weights and the fused copies must follow.
+/// gives q/k/v and gate/up new weights and the fused copies must follow — and fusing the
+/// merged weights into views again changes nothing.
 #[test]
 fn batched_path_follows_adapters_and_their_merge() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for dtype in [DType::F32, DType::BF16] {
         let mut model = load("tiny-qwen2", dtype);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(22);
+        let mut random = |shape: (usize, usize)| {
+            let values: Vec<f32> = (0..shape.0 * shape.1)
+                .map(|_| rng.random_range(-0.5f32..0.5))
+                .collect();
+            Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
+        };
         for (_, layer) in model.decoder.linear_layers_mut() {
             let (out, inp) = layer.shape();
             let adapter = LoraAdapter {
-                a: Var::randn(0f32, 0.3, (4, inp), &Device::Cpu).unwrap(),
-                b: Var::randn(0f32, 0.3, (out, 4), &Device::Cpu).unwrap(),
+                a: random((4, inp)),
+                b: random((out, 4)),
                 scale: 2.0,
             };
             layer.set_adapter(Some(adapter)).unwrap();
@@ -424,5 +433,17 @@ fn batched_path_follows_adapters_and_their_merge() {
             "{dtype:?}: the adapters change little ({effect:e})"
         );
         assert!(d <= effect / 5.0, "{dtype:?}: merged logits off by {d:e}");
+        // Fusing the merged weights again (views into one tensor, where the batched path
+        // fuses) changes no logit.
+        model.decoder.fuse_projections().unwrap();
+        let k_proj = &model.decoder.layers[0].self_attn.k_proj;
+        let offset = k_proj.weight().storage_and_layout().1.start_offset();
+        assert_eq!(
+            offset > 0,
+            dtype == DType::BF16,
+            "k_proj is a view in bf16 only"
+        );
+        let refused = run_schedule(&model, true, Adapters::Off);
+        assert_eq!(schedule_distance(&merged, &refused), 0.0);
     }
 }

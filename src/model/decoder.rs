@@ -173,22 +173,11 @@ impl Decoder {
             Some(get("lm_head.weight", &[c.vocab_size, c.hidden_size])?)
         };
         let (cos, sin) = rope_tables(c, device)?;
-        // Where the inference path is `batched` (the KV cache's tensor storage), q/k/v and
-        // gate/up become views into one concatenated weight each; the CPU f32 path keeps
-        // the weights as loaded.
-        let fuse = !(device.is_cpu() && dtype == DType::F32);
-        let fused = layers
-            .iter_mut()
-            .map(|layer| match fuse {
-                true => batched::FusedLayer::at_load(layer),
-                false => Ok(batched::FusedLayer::default()),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
+        let mut decoder = Self {
             config: c.clone(),
             embed_tokens,
             layers,
-            fused,
+            fused: Vec::new(),
             norm: get("model.norm.weight", &[c.hidden_size])?,
             lm_head,
             lm_head_int8: Int8Cache::default(),
@@ -196,7 +185,28 @@ impl Decoder {
             sin: sin.to_dtype(dtype)?,
             dtype,
             device: device.clone(),
-        })
+        };
+        decoder.fuse_projections()?;
+        Ok(decoder)
+    }
+
+    /// Where the inference path is `batched` (off the CPU in f32), makes q/k/v and gate/up
+    /// views into one concatenated weight each, so the fused GEMMs cost no second copy of
+    /// the weights; the CPU f32 path keeps the weights as they are. Load calls it; after
+    /// merging adapters (which gives every projection a new weight) calling it again
+    /// drops the concatenated copy `batched` would otherwise make beside them. Layers
+    /// with adapters attached keep their weights and are fused on use.
+    pub fn fuse_projections(&mut self) -> Result<()> {
+        let fuse = !(self.device.is_cpu() && self.dtype == DType::F32);
+        self.fused = self
+            .layers
+            .iter_mut()
+            .map(|layer| match fuse {
+                true => batched::FusedLayer::in_place(layer),
+                false => Ok(batched::FusedLayer::default()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(())
     }
 
     pub fn config(&self) -> &ModelConfig {

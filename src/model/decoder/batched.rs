@@ -87,23 +87,27 @@ fn fused_bias(parts: &[&LoraLinear]) -> Result<Option<Tensor>> {
 }
 
 impl FusedLayer {
-    /// Fuses a freshly loaded layer's q/k/v and gate/up in place (see `fuse_views`).
-    pub(super) fn at_load(layer: &mut DecoderLayer) -> Result<Self> {
+    /// Fuses a layer's q/k/v and gate/up in place (see `fuse_views`); a group with an
+    /// adapter attached is left to be fused on use.
+    pub(super) fn in_place(layer: &mut DecoderLayer) -> Result<Self> {
         let a = &mut layer.self_attn;
         let qkv = fuse_views(&mut [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj])?;
         let m = &mut layer.mlp;
         let gate_up = fuse_views(&mut [&mut m.gate_proj, &mut m.up_proj])?;
         Ok(Self {
-            qkv: Mutex::new(Some(Arc::new(qkv))),
-            gate_up: Mutex::new(Some(Arc::new(gate_up))),
+            qkv: Mutex::new(qkv.map(Arc::new)),
+            gate_up: Mutex::new(gate_up.map(Arc::new)),
         })
     }
 }
 
 /// Concatenates `parts`' weights and points each part at its rows of the result, so the
-/// fused GEMM costs no second copy of the weights. For freshly loaded layers (no
-/// adapters yet).
-fn fuse_views(parts: &mut [&mut LoraLinear]) -> Result<Fused> {
+/// fused GEMM costs no second copy of the weights. `None` (nothing changed) when a part
+/// has an adapter, which replacing the layer would drop.
+fn fuse_views(parts: &mut [&mut LoraLinear]) -> Result<Option<Fused>> {
+    if parts.iter().any(|p| p.adapter().is_some()) {
+        return Ok(None);
+    }
     let fused = {
         let shared: Vec<&LoraLinear> = parts.iter().map(|p| &**p).collect();
         Fused::of(&shared)?
@@ -116,10 +120,10 @@ fn fuse_views(parts: &mut [&mut LoraLinear]) -> Result<Fused> {
         offset += out;
     }
     let shared: Vec<&LoraLinear> = parts.iter().map(|p| &**p).collect();
-    Ok(Fused {
+    Ok(Some(Fused {
         ids: part_ids(&shared),
         ..fused
-    })
+    }))
 }
 
 /// `x · Wᵀ + b` for the projections `parts`, whose weights `weight` concatenates (or one
