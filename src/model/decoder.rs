@@ -25,6 +25,7 @@ use super::kv_cache::KvCache;
 use super::lora::{Adapters, LoraLinear};
 use super::ops::causal_attention::CausalAttention;
 use super::ops::exact_product;
+use super::ops::frozen::{add_frozen, mul_frozen};
 use super::ops::projection::project;
 use super::ops::quant::{self, Int8Cache, Precision};
 use super::ops::train_ops;
@@ -344,7 +345,9 @@ impl Decoder {
             segments,
             rope,
         )?;
-        let x = (x + a.o_proj.forward(&attn, site(3))?)?;
+        // The residual: `add_frozen` gives the first layer's input (the embeddings, a
+        // constant) no gradient, and a tracked input its usual one.
+        let x = add_frozen(&a.o_proj.forward(&attn, site(3))?, x)?;
         let h = rms_norm(
             &x,
             &layer.post_attention_layernorm,
@@ -591,10 +594,12 @@ impl Decoder {
         let scale = 1.0 / (d as f64).sqrt();
         let scores = (q.matmul(&k.contiguous()?.transpose(2, 3)?)? * scale)?;
         let mask = causal_mask(t, 0, self.dtype, &self.device)?;
-        let masked = scores
-            .reshape((b, kvh, group, t, t))?
-            .broadcast_add(&mask)?
-            .reshape((b, kvh, group * t, t))?;
+        let masked = add_frozen(&scores.reshape((b, kvh, group, t, t))?, &mask)?.reshape((
+            b,
+            kvh,
+            group * t,
+            t,
+        ))?;
         let probs =
             softmax(&masked.to_dtype(DType::F32)?, Ops::Differentiable)?.to_dtype(q.dtype())?;
         Ok(probs
@@ -658,7 +663,7 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, ops: Ops) -> Result<Tensor> {
             let x = x.to_dtype(DType::F32)?;
             let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
             let normed = x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?;
-            Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+            Ok(mul_frozen(&normed.to_dtype(dtype)?, weight)?)
         }
     }
 }
@@ -686,7 +691,7 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, ops: Ops) -> Result<Tensor> {
             let x1 = x.narrow(D::Minus1, 0, d / 2)?;
             let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
             let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-            Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+            Ok((mul_frozen(x, &cos)? + mul_frozen(&rotated, &sin)?)?)
         }
     }
 }

@@ -6,6 +6,7 @@ use super::ops::adapted_projection::AdaptedProjection;
 pub use super::ops::dropout::dropout_mask;
 use super::ops::dropout::splitmix64;
 use super::ops::exact_product;
+use super::ops::frozen::add_frozen;
 use super::ops::projection::project;
 use super::ops::quant::{self, Int8Cache, Precision};
 use crate::validation::Problems;
@@ -298,7 +299,7 @@ impl LoraLinear {
     /// `mode` says, its input masked under dropout: the tail of every projection path.
     fn add_bias_and_adapter(&self, x: &Tensor, mut y: Tensor, mode: Adapters) -> Result<Tensor> {
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
+            y = add_frozen(&y, b)?;
         }
         let Some(ad) = self.adapter.as_ref().filter(|_| mode.enabled()) else {
             return Ok(y);

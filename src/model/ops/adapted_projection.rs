@@ -220,6 +220,9 @@ impl candle_core::CustomOp3 for Op {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let p = &self.projection;
         let dtype = x.dtype();
+        // An input outside the graph (the first layer's, from the embeddings) needs no
+        // gradient: skip its product with the weight and keep nothing in the store.
+        let x_tracked = x.track_op();
         let x = x.detach();
         let (a_c, b_c) = (a.detach().to_dtype(dtype)?, b.detach().to_dtype(dtype)?);
         let grad = grad.contiguous()?.to_dtype(dtype)?;
@@ -227,13 +230,17 @@ impl candle_core::CustomOp3 for Op {
         let xa = p.adapter_input(&x, mask.as_ref())?;
         // d/d(low), with low = scale · xa Aᵀ: [rows, r].
         let grad_low = grad.matmul(&b_c)?;
-        let grad_xa = (grad_low.matmul(&a_c)? * p.scale)?;
         // Dropout's gradient is its mask again: x·m is linear in x.
-        let grad_x_adapter = p.adapter_input(&grad_xa, mask.as_ref())?;
-        let dx = (grad.matmul(&p.weight.to_dtype(dtype)?)? + grad_x_adapter)?;
+        let dx = if x_tracked {
+            let grad_xa = (grad_low.matmul(&a_c)? * p.scale)?;
+            let grad_x_adapter = p.adapter_input(&grad_xa, mask.as_ref())?;
+            Some((grad.matmul(&p.weight.to_dtype(dtype)?)? + grad_x_adapter)?)
+        } else {
+            None
+        };
         let da = (grad_low.t()?.matmul(&xa)? * p.scale)?.to_dtype(a.dtype())?;
         let low = (xa.matmul(&a_c.t()?)? * p.scale)?;
         let db = grad.t()?.matmul(&low)?.to_dtype(b.dtype())?;
-        Ok((Some(dx), Some(da), Some(db)))
+        Ok((dx, Some(da), Some(db)))
     }
 }
