@@ -26,6 +26,9 @@ pub struct AdaptedProjection {
     pub scale: f64,
     /// LoRA dropout on the adapter's input: `(p, seed)` of `dropout_mask`.
     pub dropout: Option<(f32, u64)>,
+    /// Adapters merged earlier beside a bf16/f16 weight (`MergedUpdate`'s `(a, b)`): part
+    /// of the frozen base, so `x · (W + b·a)ᵀ`, with no gradient for them.
+    pub merged: Option<(Tensor, Tensor)>,
 }
 
 impl AdaptedProjection {
@@ -49,7 +52,9 @@ impl AdaptedProjection {
     }
 
     fn kernel_applies(&self, x: &Tensor) -> bool {
-        x.dim(0).is_ok_and(|rows| rows > FEW_ROWS)
+        // Merged updates exist only beside bf16/f16 weights, which the kernel never takes.
+        self.merged.is_none()
+            && x.dim(0).is_ok_and(|rows| rows > FEW_ROWS)
             && x.device().is_cpu()
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
@@ -83,6 +88,10 @@ impl AdaptedProjection {
         let mut y = project(x, &self.weight)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
+        }
+        if let Some((m_a, m_b)) = &self.merged {
+            let low = project(&x.to_dtype(DType::F32)?, m_a)?;
+            y = (y + project(&low, m_b)?.to_dtype(dtype)?)?;
         }
         // Scaled at rank r, the narrow end, rather than on the [rows, out] output.
         let xa = self.adapter_input(x, self.mask(x)?.as_ref())?;
@@ -234,7 +243,12 @@ impl candle_core::CustomOp3 for Op {
         let dx = if x_tracked {
             let grad_xa = (grad_low.matmul(&a_c)? * p.scale)?;
             let grad_x_adapter = p.adapter_input(&grad_xa, mask.as_ref())?;
-            Some((grad.matmul(&p.weight.to_dtype(dtype)?)? + grad_x_adapter)?)
+            let mut dx = (grad.matmul(&p.weight.to_dtype(dtype)?)? + grad_x_adapter)?;
+            if let Some((m_a, m_b)) = &p.merged {
+                let through = grad.to_dtype(DType::F32)?.matmul(m_b)?.matmul(m_a)?;
+                dx = (dx + through.to_dtype(dtype)?)?;
+            }
+            Some(dx)
         } else {
             None
         };
