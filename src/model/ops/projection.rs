@@ -17,7 +17,8 @@ use rayon::prelude::*;
 pub fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if x.track_op() && !weight.track_op() {
         let weight = weight.to_dtype(x.dtype())?;
-        return Ok(x.apply_op2(&weight, FrozenProjection)?);
+        // Contiguous: a GEMM takes a strided input only when it is a plain transpose.
+        return Ok(x.contiguous()?.apply_op2(&weight, FrozenProjection)?);
     }
     project_untracked(x, weight)
 }
