@@ -170,3 +170,42 @@ impl candle_core::CustomOp2 for FrozenProjection {
         Ok((Some(grad.matmul(&w.to_dtype(grad.dtype())?)?), None))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The training op on the storage a GPU uses (bf16: the backend GEMM, as on CUDA) and
+    /// on the CPU kernel (f32), with a strided input: candle's values and input gradient,
+    /// and no gradient for the weight.
+    #[test]
+    fn frozen_projection_matches_matmul_without_a_weight_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        for (dtype, rows) in [(DType::BF16, 20), (DType::BF16, 200), (DType::F32, 200)] {
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (24, rows), &dev)?.to_dtype(dtype)?)?;
+            let xt = x.as_tensor().t()?;
+            let w = Tensor::randn(0f32, 0.3, (10, 24), &dev)?.to_dtype(dtype)?;
+            let frozen = project(&xt, &w)?;
+            let plain = xt.matmul(&w.t()?)?;
+            let rel = |a: &Tensor, b: &Tensor| -> Result<f32> {
+                let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+                let d = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                Ok(d / b.abs()?.max_all()?.to_scalar::<f32>()?)
+            };
+            assert!(rel(&frozen, &plain)? < 1e-2, "{dtype:?} {rows}: values");
+            let g_frozen = frozen.sqr()?.sum_all()?.backward()?;
+            let g_plain = plain.sqr()?.sum_all()?.backward()?;
+            let (dx, dx_plain) = (g_frozen.get(&x).unwrap(), g_plain.get(&x).unwrap());
+            assert!(
+                rel(dx, dx_plain)? < 2e-2,
+                "{dtype:?} {rows}: input gradient"
+            );
+            // candle's matmul leaves a gradient for the transposed weight; ours only x's.
+            assert!(g_plain.get_ids().count() > 1);
+            assert!(g_frozen.get_ids().eq([x.id()].iter()));
+        }
+        Ok(())
+    }
+}
