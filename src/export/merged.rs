@@ -72,12 +72,19 @@ pub fn merged_tensors(model: &Model) -> Vec<LazyTensor<'_>> {
         tensors.push(LazyTensor::new(
             format!("{module}.weight"),
             weight.dims(),
-            move || match linear.adapter() {
-                None => Ok(weight.clone()),
-                Some(ad) => {
-                    let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?;
-                    Ok((weight.to_dtype(DType::F32)? + delta)?)
+            move || {
+                if linear.adapter().is_none() && linear.merged().is_none() {
+                    return Ok(weight.clone());
                 }
+                // In f32: the adapters merged beside a bf16 weight, then the attached one.
+                let mut w = weight.to_dtype(DType::F32)?;
+                if let Some(m) = linear.merged() {
+                    w = (w + m.delta()?)?;
+                }
+                if let Some(ad) = linear.adapter() {
+                    w = (w + (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?)?;
+                }
+                Ok(w)
             },
         ));
         if let Some(bias) = linear.bias() {

@@ -27,6 +27,7 @@ use super::kv_cache::KvCache;
 use super::lora::{Adapters, LoraLinear};
 use super::ops::causal_attention::CausalAttention;
 use super::ops::exact_product;
+use super::ops::frozen::{add_frozen, mul_frozen};
 use super::ops::projection::project;
 use super::ops::quant::{self, Int8Cache, Precision};
 use super::ops::train_ops;
@@ -192,10 +193,10 @@ impl Decoder {
 
     /// Where the inference path is `batched` (off the CPU in f32), makes q/k/v and gate/up
     /// views into one concatenated weight each, so the fused GEMMs cost no second copy of
-    /// the weights; the CPU f32 path keeps the weights as they are. Load calls it; after
-    /// merging adapters (which gives every projection a new weight) calling it again
-    /// drops the concatenated copy `batched` would otherwise make beside them. Layers
-    /// with adapters attached keep their weights and are fused on use.
+    /// the weights; the CPU f32 path keeps the weights as they are. Load and
+    /// `merge_adapters` call it (an f32 merge gives every projection a new weight, which
+    /// `batched` would otherwise concatenate into a second copy). Layers with adapters
+    /// attached or merged beside a 16-bit weight keep their weights and are fused on use.
     pub fn fuse_projections(&mut self) -> Result<()> {
         let fuse = !(self.device.is_cpu() && self.dtype == DType::F32);
         self.fused = self
@@ -371,7 +372,9 @@ impl Decoder {
             segments,
             rope,
         )?;
-        let x = (x + a.o_proj.forward(&attn, site(3))?)?;
+        // The residual: `add_frozen` gives the first layer's input (the embeddings, a
+        // constant) no gradient, and a tracked input its usual one.
+        let x = add_frozen(&a.o_proj.forward(&attn, site(3))?, x)?;
         let h = rms_norm(
             &x,
             &layer.post_attention_layernorm,
@@ -539,10 +542,12 @@ impl Decoder {
         let scale = 1.0 / (d as f64).sqrt();
         let scores = (q.matmul(&k.contiguous()?.transpose(2, 3)?)? * scale)?;
         let mask = causal_mask(t, self.dtype, &self.device)?;
-        let masked = scores
-            .reshape((b, kvh, group, t, t))?
-            .broadcast_add(&mask)?
-            .reshape((b, kvh, group * t, t))?;
+        let masked = add_frozen(&scores.reshape((b, kvh, group, t, t))?, &mask)?.reshape((
+            b,
+            kvh,
+            group * t,
+            t,
+        ))?;
         let probs =
             softmax(&masked.to_dtype(DType::F32)?, Ops::Differentiable)?.to_dtype(q.dtype())?;
         Ok(probs
@@ -601,7 +606,7 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, ops: Ops) -> Result<Tensor> {
             let x = x.to_dtype(DType::F32)?;
             let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
             let normed = x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?;
-            Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+            Ok(mul_frozen(&normed.to_dtype(dtype)?, weight)?)
         }
     }
 }
@@ -629,7 +634,7 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, ops: Ops) -> Result<Tensor> {
             let x1 = x.narrow(D::Minus1, 0, d / 2)?;
             let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
             let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-            Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+            Ok((mul_frozen(x, &cos)? + mul_frozen(&rotated, &sin)?)?)
         }
     }
 }

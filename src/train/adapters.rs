@@ -48,5 +48,7 @@ pub fn merge_adapters(decoder: &mut Decoder) -> Result<()> {
     for (_, layer) in decoder.linear_layers_mut() {
         layer.merge_adapter()?;
     }
-    Ok(())
+    // An f32 merge gives each projection a new weight: make q/k/v and gate/up views into
+    // one weight again rather than let decoding keep a concatenated second copy.
+    decoder.fuse_projections()
 }

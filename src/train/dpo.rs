@@ -12,6 +12,7 @@ use super::sft::batch_target_logprobs;
 use super::training_args::TrainingArgs;
 use crate::model::decoder::Decoder;
 use crate::model::lora::Adapters;
+use crate::model::ops::projection::project;
 use crate::validation::Problems;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -105,8 +106,8 @@ impl DpoStats {
     }
 }
 
-/// `[sequences]` sums of per-target values `[targets]`, as a segment-indicator matmul so
-/// the gradient flows back to every token.
+/// `[sequences]` sums of per-target values `[targets]`, as a product with a segment
+/// indicator so the gradient flows back to every token (and not to the indicator).
 fn per_sequence_sums(values: &Tensor, counts: &[usize], device: &Device) -> Result<Tensor> {
     let n: usize = counts.iter().sum();
     let mut indicator = vec![0f32; counts.len() * n];
@@ -116,7 +117,7 @@ fn per_sequence_sums(values: &Tensor, counts: &[usize], device: &Device) -> Resu
         offset += c;
     }
     let indicator = Tensor::from_vec(indicator, (counts.len(), n), device)?;
-    Ok(indicator.matmul(&values.unsqueeze(1)?)?.squeeze(1)?)
+    Ok(project(&values.unsqueeze(0)?, &indicator)?.squeeze(0)?)
 }
 
 /// log σ(x), stable for large |x|: min(x, 0) − log(1 + e^{−|x|}).

@@ -77,6 +77,15 @@ fn weights_fingerprint(decoder: &Decoder) -> Result<String> {
                 h.update(v.to_le_bytes());
             }
         }
+        // Adapters merged beside a bf16/f16 weight leave the weight as it was.
+        if let Some(m) = layer.merged() {
+            for row in [0, rows - 1] {
+                let delta_row = m.b.get(row)?.unsqueeze(0)?.matmul(&m.a)?;
+                for v in delta_row.flatten_all()?.to_vec1::<f32>()? {
+                    h.update(v.to_le_bytes());
+                }
+            }
+        }
     }
     Ok(format!("{:x}", h.finalize()))
 }

@@ -103,9 +103,13 @@ impl FusedLayer {
 
 /// Concatenates `parts`' weights and points each part at its rows of the result, so the
 /// fused GEMM costs no second copy of the weights. `None` (nothing changed) when a part
-/// has an adapter, which replacing the layer would drop.
+/// carries an adapter or merged updates.
 fn fuse_views(parts: &mut [&mut LoraLinear]) -> Result<Option<Fused>> {
-    if parts.iter().any(|p| p.adapter().is_some()) {
+    // Replacing a part would drop its adapter or the updates merged beside its weight.
+    if parts
+        .iter()
+        .any(|p| p.adapter().is_some() || p.merged().is_some())
+    {
         return Ok(None);
     }
     let fused = {
@@ -140,21 +144,22 @@ fn project(
     if let Some(b) = bias {
         y = y.broadcast_add(b)?;
     }
-    if !adapters.enabled() || parts.iter().all(|p| p.adapter().is_none()) {
-        return Ok(y);
-    }
-    if let Adapters::Dropout { .. } = adapters {
+    if matches!(adapters, Adapters::Dropout { .. }) && parts.iter().any(|p| p.adapter().is_some()) {
         bail!("the batched decode path runs adapters on or off, not with dropout");
     }
-    let rows = x.dim(0)?;
-    let xa = x.to_dtype(DType::F32)?;
-    let deltas = parts
+    let updates = parts
         .iter()
-        .map(|p| match p.adapter() {
-            // Scaled at rank r, the narrow end, as `LoraLinear` does.
-            Some(ad) => Ok((xa.matmul(&ad.a.as_tensor().t()?)? * ad.scale)?
-                .matmul(&ad.b.as_tensor().t()?)?
-                .to_dtype(y.dtype())?),
+        .map(|p| p.low_rank_update(x, adapters))
+        .collect::<Result<Vec<_>>>()?;
+    if updates.iter().all(Option::is_none) {
+        return Ok(y);
+    }
+    let rows = x.dim(0)?;
+    let deltas = updates
+        .into_iter()
+        .zip(parts)
+        .map(|(update, p)| match update {
+            Some(u) => Ok(u.to_dtype(y.dtype())?),
             None => Ok(Tensor::zeros((rows, p.shape().0), y.dtype(), y.device())?),
         })
         .collect::<Result<Vec<_>>>()?;

@@ -15,6 +15,7 @@
 
 use super::Decoder;
 use crate::model::lora::Adapters;
+use crate::model::ops::frozen::mul_frozen;
 use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -80,7 +81,8 @@ impl Decoder {
         let rope = self.training_rope(&segments)?;
         for (li, input) in inputs.into_iter().enumerate().rev() {
             let out = self.training_layer(li, &input, &segments, (&rope.0, &rope.1), mode)?;
-            let mut layer_grads = (out * &grad_out)?.sum_all()?.backward()?;
+            // The upstream gradient is a constant: no gradient of its own in the store.
+            let mut layer_grads = mul_frozen(&out, &grad_out)?.sum_all()?.backward()?;
             if li > 0 {
                 grad_out = layer_grads
                     .remove(&input)

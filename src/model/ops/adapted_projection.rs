@@ -26,6 +26,9 @@ pub struct AdaptedProjection {
     pub scale: f64,
     /// LoRA dropout on the adapter's input: `(p, seed)` of `dropout_mask`.
     pub dropout: Option<(f32, u64)>,
+    /// Adapters merged earlier beside a bf16/f16 weight (`MergedUpdate`'s `(a, b)`): part
+    /// of the frozen base, so `x · (W + b·a)ᵀ`, with no gradient for them.
+    pub merged: Option<(Tensor, Tensor)>,
 }
 
 impl AdaptedProjection {
@@ -49,7 +52,9 @@ impl AdaptedProjection {
     }
 
     fn kernel_applies(&self, x: &Tensor) -> bool {
-        x.dim(0).is_ok_and(|rows| rows > FEW_ROWS)
+        // Merged updates exist only beside bf16/f16 weights, which the kernel never takes.
+        self.merged.is_none()
+            && x.dim(0).is_ok_and(|rows| rows > FEW_ROWS)
             && x.device().is_cpu()
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
@@ -83,6 +88,10 @@ impl AdaptedProjection {
         let mut y = project(x, &self.weight)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
+        }
+        if let Some((m_a, m_b)) = &self.merged {
+            let low = project(&x.to_dtype(DType::F32)?, m_a)?;
+            y = (y + project(&low, m_b)?.to_dtype(dtype)?)?;
         }
         // Scaled at rank r, the narrow end, rather than on the [rows, out] output.
         let xa = self.adapter_input(x, self.mask(x)?.as_ref())?;
@@ -220,6 +229,9 @@ impl candle_core::CustomOp3 for Op {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let p = &self.projection;
         let dtype = x.dtype();
+        // An input outside the graph (the first layer's, from the embeddings) needs no
+        // gradient: skip its product with the weight and keep nothing in the store.
+        let x_tracked = x.track_op();
         let x = x.detach();
         let (a_c, b_c) = (a.detach().to_dtype(dtype)?, b.detach().to_dtype(dtype)?);
         let grad = grad.contiguous()?.to_dtype(dtype)?;
@@ -227,13 +239,22 @@ impl candle_core::CustomOp3 for Op {
         let xa = p.adapter_input(&x, mask.as_ref())?;
         // d/d(low), with low = scale · xa Aᵀ: [rows, r].
         let grad_low = grad.matmul(&b_c)?;
-        let grad_xa = (grad_low.matmul(&a_c)? * p.scale)?;
         // Dropout's gradient is its mask again: x·m is linear in x.
-        let grad_x_adapter = p.adapter_input(&grad_xa, mask.as_ref())?;
-        let dx = (grad.matmul(&p.weight.to_dtype(dtype)?)? + grad_x_adapter)?;
+        let dx = if x_tracked {
+            let grad_xa = (grad_low.matmul(&a_c)? * p.scale)?;
+            let grad_x_adapter = p.adapter_input(&grad_xa, mask.as_ref())?;
+            let mut dx = (grad.matmul(&p.weight.to_dtype(dtype)?)? + grad_x_adapter)?;
+            if let Some((m_a, m_b)) = &p.merged {
+                let through = grad.to_dtype(DType::F32)?.matmul(m_b)?.matmul(m_a)?;
+                dx = (dx + through.to_dtype(dtype)?)?;
+            }
+            Some(dx)
+        } else {
+            None
+        };
         let da = (grad_low.t()?.matmul(&xa)? * p.scale)?.to_dtype(a.dtype())?;
         let low = (xa.matmul(&a_c.t()?)? * p.scale)?;
         let db = grad.t()?.matmul(&low)?.to_dtype(b.dtype())?;
-        Ok((Some(dx), Some(da), Some(db)))
+        Ok((dx, Some(da), Some(db)))
     }
 }

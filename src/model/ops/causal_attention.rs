@@ -334,10 +334,17 @@ impl CustomOp3 for CausalAttention {
         };
         let all = q.apply_op3_no_bwd(k, v, &op)?;
         let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        // An input outside the graph (an untargeted projection of the first layer's
+        // input) gets no gradient in the store.
+        let part = |t: &Tensor, start, width| {
+            t.track_op()
+                .then(|| all.narrow(1, start, width))
+                .transpose()
+        };
         Ok((
-            Some(all.narrow(1, 0, q_width)?),
-            Some(all.narrow(1, q_width, kv_width)?),
-            Some(all.narrow(1, q_width + kv_width, kv_width)?),
+            part(q, 0, q_width)?,
+            part(k, q_width, kv_width)?,
+            part(v, q_width + kv_width, kv_width)?,
         ))
     }
 }

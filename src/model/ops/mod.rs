@@ -13,6 +13,7 @@ mod chunked_logprob_cuda;
 pub(super) mod dot;
 pub(super) mod dropout;
 pub mod exact_product;
+pub mod frozen;
 mod gemm;
 mod op_storage;
 mod out_ptr;
