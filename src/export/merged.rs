@@ -68,15 +68,19 @@ pub fn merged_tensors(model: &Model) -> Vec<LazyTensor<'_>> {
         ));
     }
     for (module, linear) in decoder.linear_layers() {
-        let weight = linear.weight();
+        let (out, inp) = linear.shape();
         tensors.push(LazyTensor::new(
             format!("{module}.weight"),
-            weight.dims(),
-            move || match linear.adapter() {
-                None => Ok(weight.clone()),
-                Some(ad) => {
-                    let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?;
-                    Ok((weight.to_dtype(DType::F32)? + delta)?)
+            &[out, inp],
+            move || {
+                // An int8 base is read back as f32 here, one projection at a time.
+                let weight = linear.weight()?;
+                match linear.adapter() {
+                    None => Ok(weight),
+                    Some(ad) => {
+                        let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?;
+                        Ok((weight.to_dtype(DType::F32)? + delta)?)
+                    }
                 }
             },
         ));

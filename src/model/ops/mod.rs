@@ -4,6 +4,7 @@
 //! the GPU one.
 
 pub(super) mod adapted_projection;
+pub mod base_weight;
 pub mod causal_attention;
 #[cfg(feature = "cuda")]
 mod causal_attention_cuda;
@@ -14,6 +15,7 @@ pub(super) mod dot;
 pub(super) mod dropout;
 pub mod exact_product;
 mod gemm;
+mod int8_projection;
 mod op_storage;
 mod out_ptr;
 pub mod projection;
