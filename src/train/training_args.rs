@@ -136,3 +136,42 @@ impl TrainingArgs {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_dtype_is_written_only_when_int8() {
+        let default = serde_json::to_value(TrainingArgs::default()).unwrap();
+        assert!(default.get("base_dtype").is_none(), "{default}");
+        let mut value = default.clone();
+        value["base_dtype"] = "int8".into();
+        let int8: TrainingArgs = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(int8.base_dtype, BaseDtype::Int8);
+        assert_eq!(serde_json::to_value(&int8).unwrap(), value);
+        value["base_dtype"] = "int4".into();
+        let err = serde_json::from_value::<TrainingArgs>(value).unwrap_err();
+        assert!(err.to_string().contains("int4"), "{err}");
+    }
+
+    #[test]
+    fn an_int8_base_is_refused_off_the_cpu_or_in_another_dtype() {
+        let int8 = TrainingArgs {
+            base_dtype: BaseDtype::Int8,
+            ..TrainingArgs::default()
+        };
+        assert!(int8
+            .check_base_dtype(&Device::Cpu, DType::F32, "base_dtype")
+            .is_ok());
+        let err = int8
+            .check_base_dtype(&Device::Cpu, DType::BF16, "sft.args.base_dtype")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sft.args.base_dtype int8: "), "{err}");
+        assert_eq!(err.lines().count(), 1);
+        assert!(TrainingArgs::default()
+            .check_base_dtype(&Device::Cpu, DType::BF16, "base_dtype")
+            .is_ok());
+    }
+}
