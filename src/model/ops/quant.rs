@@ -149,10 +149,21 @@ impl Int8Weight {
                 let block_end = ((b + 1) * BLOCK).min(cols.end);
                 let scale = self.scales[(g * self.blocks + b) * GROUP + c];
                 let base = (g * self.blocks + b) * BLOCK * GROUP + c * QUAD;
-                for k in i % BLOCK..i % BLOCK + (block_end - i) {
-                    let q = self.data[base + (k / QUAD) * GROUP * QUAD + k % QUAD] as i32
-                        - WEIGHT_OFFSET;
-                    dst_row[b * BLOCK + k - cols.start] = q as f32 * scale;
+                let value = |q: u8| (q as i32 - WEIGHT_OFFSET) as f32 * scale;
+                if block_end - i == BLOCK {
+                    // A whole block: its eight quads of four bytes, without index math.
+                    let out = &mut dst_row[i - cols.start..][..BLOCK];
+                    for (quad, out) in out.chunks_exact_mut(QUAD).enumerate() {
+                        let q = &self.data[base + quad * GROUP * QUAD..][..QUAD];
+                        for (o, &q) in out.iter_mut().zip(q) {
+                            *o = value(q);
+                        }
+                    }
+                } else {
+                    for k in i % BLOCK..i % BLOCK + (block_end - i) {
+                        let q = self.data[base + (k / QUAD) * GROUP * QUAD + k % QUAD];
+                        dst_row[b * BLOCK + k - cols.start] = value(q);
+                    }
                 }
                 i = block_end;
             }
