@@ -437,7 +437,12 @@ fn batched_path_follows_adapters_and_their_merge() {
         // fuses) changes no logit.
         model.decoder.fuse_projections().unwrap();
         let k_proj = &model.decoder.layers[0].self_attn.k_proj;
-        let offset = k_proj.weight().storage_and_layout().1.start_offset();
+        let offset = k_proj
+            .weight()
+            .unwrap()
+            .storage_and_layout()
+            .1
+            .start_offset();
         assert_eq!(
             offset > 0,
             dtype == DType::BF16,

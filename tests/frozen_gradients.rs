@@ -78,7 +78,7 @@ fn base_tensors(decoder: &Decoder) -> Vec<Tensor> {
         out.push(layer.post_attention_layernorm.clone());
     }
     for (_, l) in decoder.linear_layers() {
-        out.push(l.weight().clone());
+        out.push(l.weight().unwrap());
         out.extend(l.bias().cloned());
     }
     out
@@ -97,7 +97,7 @@ fn track_base_tensors(decoder: &mut Decoder) {
     }
     for (_, l) in decoder.linear_layers_mut() {
         let adapter = l.adapter().cloned();
-        *l = LoraLinear::new(track(l.weight()), l.bias().map(track));
+        *l = LoraLinear::new(track(&l.weight().unwrap()), l.bias().map(track));
         l.set_adapter(adapter).unwrap();
     }
 }

@@ -51,6 +51,24 @@ fn prints_the_plan_and_accepts_what_fits() {
 }
 
 #[test]
+fn an_int8_base_plans_less_and_shows_its_dense_load() {
+    let int8 = plan_model(QWEN2_7B, &["--base-dtype", "int8"]);
+    let stdout = String::from_utf8_lossy(&int8.stdout);
+    assert!(int8.status.success(), "{stdout}");
+    assert!(stdout.contains("as int8 blocks"), "{stdout}");
+    assert!(stdout.contains("dense base (loading)"), "{stdout}");
+    let total = |text: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("total (peak)"))
+            .unwrap();
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let dense = plan_model(QWEN2_7B, &[]);
+    assert!(total(&stdout) < total(&String::from_utf8_lossy(&dense.stdout)));
+}
+
+#[test]
 fn composed_attention_plans_more_than_fused() {
     let total = |out: &Output| -> f64 {
         let stdout = String::from_utf8_lossy(&out.stdout);

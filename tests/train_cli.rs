@@ -269,3 +269,52 @@ fn dpo_peak_memory_is_within_1_2x_of_sft() {
         "DPO {dpo_mib:.0} MiB vs SFT {sft_mib:.0} MiB"
     );
 }
+
+/// `--base-dtype int8` trains on int8 blocks (the first step's loss moves, by the base's
+/// quantization only, within the SmolLM2 test's tolerance of 3% + 0.002) and records the
+/// setting with the run.
+#[test]
+fn sft_on_an_int8_base_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_loss = |base_dtype: &str| -> f64 {
+        let out = dir.path().join(base_dtype);
+        let (ok, stderr) = autoif_quiet(&[
+            "train",
+            "sft",
+            "--model",
+            &tiny(),
+            "--device",
+            "cpu",
+            "--data",
+            common::fixture("train/sft.jsonl").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--base-dtype",
+            base_dtype,
+        ]);
+        assert!(ok, "{stderr}");
+        let recorded: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("training_config.json")).unwrap(),
+        )
+        .unwrap();
+        let text = recorded.to_string();
+        assert_eq!(
+            text.contains("\"base_dtype\":\"int8\""),
+            base_dtype == "int8",
+            "{text}"
+        );
+        assert!(out.join("adapter_model.safetensors").is_file());
+        metrics(&out)[0]["loss"].as_f64().unwrap()
+    };
+    let (dense, int8) = (first_loss("model"), first_loss("int8"));
+    eprintln!("first-step loss: f32 base {dense}, int8 base {int8}");
+    assert!(dense != int8, "the int8 base changed nothing");
+    assert!(
+        (dense - int8).abs() <= 0.03 * dense + 0.002,
+        "{dense} vs {int8}"
+    );
+}

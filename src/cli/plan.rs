@@ -3,6 +3,7 @@
 //! it exceeds `--gpu-memory`.
 
 use super::common::parse_bytes;
+use super::train::BaseDtypeArg;
 use crate::model::config_resolution::resolve_config;
 use crate::model::DEFAULT_MODEL;
 use crate::train::memory_plan::{self, Algorithm, Attention, LogprobHead, PlanDevice, TrainShape};
@@ -44,6 +45,10 @@ pub struct Args {
     /// the GPU, off on the CPU).
     #[arg(long)]
     pub gradient_checkpointing: Option<bool>,
+    /// Plan the frozen projections as loaded or as int8 blocks (`autoif train
+    /// --base-dtype`).
+    #[arg(long, value_enum, default_value = "model")]
+    pub base_dtype: BaseDtypeArg,
     /// Plan for the unfused log-prob head (full `[tokens, vocab]` logits) instead of the
     /// chunked one.
     #[arg(long)]
@@ -113,6 +118,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         gen_batch: args.gen_batch.unwrap_or(args.batch),
         checkpointing: args.gradient_checkpointing.unwrap_or(!cpu),
+        base_dtype: args.base_dtype.into(),
         device: PlanDevice::Gpu,
         mapped_checkpoint_bytes: 0,
     };

@@ -65,8 +65,9 @@ pub fn run(args: Args) -> Result<()> {
     execute(run, &phases)
 }
 
-/// Refuses the run when the largest piece of its training `phases` will not fit the GPU
-/// memory (`--gpu-memory`, or the CUDA device's), before the model is loaded.
+/// Refuses the run when a training phase asks for a base its device cannot hold (an int8
+/// base off the CPU) or when the largest piece of its training `phases` will not fit the
+/// GPU memory (`--gpu-memory`, or the CUDA device's), before the model is loaded.
 fn ensure_fits(memory: &GpuMemoryArgs, config: &RunConfig, phases: &[Phase]) -> Result<()> {
     let trains = |p: &Phase| matches!(p, Phase::Sft | Phase::Dpo | Phase::OnlineDpo);
     if !phases.iter().any(trains) {
@@ -74,6 +75,19 @@ fn ensure_fits(memory: &GpuMemoryArgs, config: &RunConfig, phases: &[Phase]) -> 
         return Ok(());
     }
     let options = LoadOptions::for_device(&config.model.device)?;
+    for (phase, args, key) in [
+        (Phase::Sft, &config.sft.args, "sft.args.base_dtype"),
+        (Phase::Dpo, &config.dpo.args, "dpo.args.base_dtype"),
+        (
+            Phase::OnlineDpo,
+            &config.online_dpo.dpo.args,
+            "online_dpo.dpo.args.base_dtype",
+        ),
+    ] {
+        if phases.contains(&phase) {
+            args.check_base_dtype(&options.device, options.dtype, key)?;
+        }
+    }
     let shapes = training_shapes(config, phases, options.dtype);
     memory.ensure_fits(
         &config.model.path,

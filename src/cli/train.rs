@@ -9,8 +9,8 @@ use crate::train::memory_plan::{Algorithm, TrainShape};
 use crate::train::online_dpo::read_verified_prompts;
 use crate::train::optim::ScheduleKind;
 use crate::train::{
-    train_dpo, train_online_dpo, train_sft, DataCounts, DpoConfig, DpoLossType, JobOutcome,
-    OnlineDpoConfig, OnlineOptions, PreferenceData, SftConfig, SftData, TrainingArgs,
+    train_dpo, train_online_dpo, train_sft, BaseDtype, DataCounts, DpoConfig, DpoLossType,
+    JobOutcome, OnlineDpoConfig, OnlineOptions, PreferenceData, SftConfig, SftData, TrainingArgs,
     TrainingOptions,
 };
 use crate::validation::Problems;
@@ -126,6 +126,24 @@ impl From<LossTypeArg> for DpoLossType {
     }
 }
 
+/// `--base-dtype`: the storages of `BaseDtype`.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum BaseDtypeArg {
+    /// As the model is loaded (--dtype).
+    Model,
+    /// Int8 blocks with one f32 scale per 32 inputs; the dense copy is dropped.
+    Int8,
+}
+
+impl From<BaseDtypeArg> for BaseDtype {
+    fn from(arg: BaseDtypeArg) -> Self {
+        match arg {
+            BaseDtypeArg::Model => BaseDtype::Model,
+            BaseDtypeArg::Int8 => BaseDtype::Int8,
+        }
+    }
+}
+
 /// Hyper-parameters every algorithm takes; unset ones use the algorithm's defaults.
 #[derive(ClapArgs, Debug)]
 pub struct TrainingFlags {
@@ -163,6 +181,10 @@ pub struct TrainingFlags {
     /// on the CPU.
     #[arg(long)]
     pub gradient_checkpointing: Option<bool>,
+    /// How the frozen base projections are stored while training: as loaded, or int8
+    /// blocks (QLoRA-style, about a quarter of the f32 weight memory; CPU f32 only).
+    #[arg(long, value_enum, default_value = "model")]
+    pub base_dtype: BaseDtypeArg,
     /// Clip the global gradient norm (0: no clipping).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
@@ -205,6 +227,7 @@ impl TrainingFlags {
             packing: self.packing,
             max_batch_tokens: self.max_batch_tokens,
             gradient_checkpointing: self.gradient_checkpointing,
+            base_dtype: self.base_dtype.into(),
             max_grad_norm: self.max_grad_norm,
             adamw,
             seed: self.seed,
@@ -234,6 +257,7 @@ fn load_for_training(
     gen_batch: usize,
 ) -> Result<Model> {
     let options = model.load_options()?;
+    args.check_base_dtype(&options.device, options.dtype, "--base-dtype")?;
     let shape = TrainShape::largest_piece(args, algorithm, options.dtype, gen_batch);
     memory.ensure_fits(&model.model, &options.device, &[shape], TRAIN_KNOBS)?;
     model.load_with(&options)

@@ -68,13 +68,15 @@ pub fn merged_tensors(model: &Model) -> Vec<LazyTensor<'_>> {
         ));
     }
     for (module, linear) in decoder.linear_layers() {
-        let weight = linear.weight();
+        let (out, inp) = linear.shape();
         tensors.push(LazyTensor::new(
             format!("{module}.weight"),
-            weight.dims(),
+            &[out, inp],
             move || {
+                // An int8 base is read back as f32 here, one projection at a time.
+                let weight = linear.weight()?;
                 if linear.adapter().is_none() && linear.merged().is_none() {
-                    return Ok(weight.clone());
+                    return Ok(weight);
                 }
                 // In f32: the adapters merged beside a bf16 weight, then the attached one.
                 let mut w = weight.to_dtype(DType::F32)?;

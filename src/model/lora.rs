@@ -3,6 +3,7 @@
 //! layer is the base model, which is how DPO gets its reference model for free.
 
 use super::ops::adapted_projection::AdaptedProjection;
+use super::ops::base_weight::BaseWeight;
 pub use super::ops::dropout::dropout_mask;
 use super::ops::dropout::splitmix64;
 use super::ops::exact_product;
@@ -152,12 +153,12 @@ impl Adapters {
 
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
-    weight: Tensor,
+    base: BaseWeight,
     bias: Option<Tensor>,
     adapter: Option<LoraAdapter>,
     /// Adapters merged into a weight narrower than f32 (see `merge_adapter`).
     merged: Option<MergedUpdate>,
-    /// The inference path's int8 copy of `weight`, made on first use.
+    /// The inference path's int8 copy of a dense `base`, made on first use.
     int8: Int8Cache,
 }
 
@@ -190,7 +191,7 @@ impl LoraLinear {
     /// `weight` is `[out, in]` (Hugging Face layout), `bias` is `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            weight,
+            base: BaseWeight::Dense(weight),
             bias,
             adapter: None,
             merged: None,
@@ -198,8 +199,31 @@ impl LoraLinear {
         }
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The base weight as a tensor: a full f32 copy read back from int8 blocks when the
+    /// base is stored as int8 (`quantize_base`).
+    pub fn weight(&self) -> Result<Tensor> {
+        self.base.to_tensor()
+    }
+
+    /// The base weight as stored, unless it is int8 blocks.
+    pub fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.base {
+            BaseWeight::Dense(w) => Some(w),
+            BaseWeight::Int8(_) => None,
+        }
+    }
+
+    /// Whether the base weight is stored as int8 blocks only.
+    pub fn base_is_int8(&self) -> bool {
+        matches!(self.base, BaseWeight::Int8(_))
+    }
+
+    /// Replaces the base weight by its int8 blocks (a CPU f32 weight only), dropping the
+    /// dense copy: the frozen base of QLoRA-style training (`--base-dtype int8`).
+    pub fn quantize_base(&mut self) -> Result<()> {
+        self.base = self.base.quantized()?;
+        self.int8 = Int8Cache::default();
+        Ok(())
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
@@ -218,8 +242,7 @@ impl LoraLinear {
 
     /// (out features, in features)
     pub fn shape(&self) -> (usize, usize) {
-        let d = self.weight.dims();
-        (d[0], d[1])
+        self.base.shape()
     }
 
     pub fn set_adapter(&mut self, adapter: Option<LoraAdapter>) -> Result<()> {
@@ -240,17 +263,24 @@ impl LoraLinear {
     }
 
     /// Folds the adapter into the layer's frozen part and removes it, so the merged layer
-    /// with adapters off computes what the adapted layer computed. An f32 weight takes it
-    /// in (`W += scale · B A`); a narrower one keeps it beside, exactly, in
-    /// `MergedUpdate` (its rank grows by the adapter's).
+    /// with adapters off computes what the adapted layer computed. An f32 base takes it in
+    /// (`W += scale · B A`; an int8 base is quantized again after the sum, to within its
+    /// blocks' steps); a narrower one keeps it beside, exactly, in `MergedUpdate` (its
+    /// rank grows by the adapter's).
     pub fn merge_adapter(&mut self) -> Result<()> {
         let Some(ad) = self.adapter.take() else {
             return Ok(());
         };
         // Detached: what is merged is a constant, not a function of the old adapter.
-        if self.weight.dtype() == DType::F32 {
+        let weight = self.base.to_tensor()?;
+        if weight.dtype() == DType::F32 {
             let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?;
-            self.weight = (&self.weight + delta)?.detach();
+            let merged = BaseWeight::Dense((weight + delta)?.detach());
+            self.base = if self.base_is_int8() {
+                merged.quantized()?
+            } else {
+                merged
+            };
             return Ok(());
         }
         let (a, b) = (
@@ -283,11 +313,11 @@ impl LoraLinear {
             x.reshape((rows, inp))?
         };
         let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        *out_dims.last_mut().unwrap() = self.shape().0;
         let y = match self.adapter.as_ref().filter(|_| mode.enabled()) {
             Some(ad) => {
                 let op = AdaptedProjection {
-                    weight: self.weight.clone(),
+                    weight: self.base.clone(),
                     bias: self.bias.clone(),
                     scale: ad.scale,
                     dropout: match mode {
@@ -298,7 +328,7 @@ impl LoraLinear {
                 };
                 op.apply(&x2, ad.a.as_tensor(), ad.b.as_tensor())?
             }
-            None => self.add_bias_and_adapter(&x2, project(&x2, &self.weight)?, mode)?,
+            None => self.add_bias_and_adapter(&x2, self.base.project(&x2)?, mode)?,
         };
         Ok(if out_dims.len() == 2 {
             y
@@ -309,7 +339,8 @@ impl LoraLinear {
 
     /// The inference path's projections of one input `x` `[rows, in]` by each of
     /// `layers`. With `Precision::Int8` and CPU f32 weights the base products run on the
-    /// weights' int8 copies (made on first use, remade when a weight changes), sharing one
+    /// weights' int8 copies (made on first use, remade when a weight changes) or an int8
+    /// base's own blocks, sharing one
     /// quantized input and one parallel pass; the biases and adapters stay in f32. With
     /// `Precision::Exact` the base products of CPU f32 weights run on `exact_product`'s
     /// kernel, also in one parallel pass, with results that do not depend on the batch.
@@ -322,7 +353,10 @@ impl LoraLinear {
         if precision == Precision::Int8 && x.dtype() == DType::F32 && x.device().is_cpu() {
             let packed = layers
                 .iter()
-                .map(|l| l.int8.get(&l.weight))
+                .map(|l| match &l.base {
+                    BaseWeight::Dense(w) => l.int8.get(w),
+                    BaseWeight::Int8(packed) => Ok(Some(packed.clone())),
+                })
                 .collect::<Result<Vec<_>>>()?;
             if let Some(packed) = packed.into_iter().collect::<Option<Vec<_>>>() {
                 let weights: Vec<_> = packed.iter().map(AsRef::as_ref).collect();
@@ -334,8 +368,14 @@ impl LoraLinear {
             }
         }
         if precision == Precision::Exact && !x.track_op() {
-            let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
-            if let Some(ys) = exact_product::project(x, &weights)? {
+            let dense: Option<Vec<&Tensor>> = layers
+                .iter()
+                .map(|l| match &l.base {
+                    BaseWeight::Dense(w) => Some(w),
+                    BaseWeight::Int8(_) => None,
+                })
+                .collect();
+            if let Some(ys) = dense.map_or(Ok(None), |w| exact_product::project(x, &w))? {
                 return ys
                     .into_iter()
                     .zip(layers)
@@ -547,6 +587,92 @@ mod tests {
         Ok(())
     }
 
+    /// With an int8 base the layer computes `x · Ŵᵀ + b + adapter` for the dequantized
+    /// `Ŵ` exactly: value and the gradients of x, A and B equal the composed layer's on
+    /// the dense `Ŵ` to f32 rounding, through both forwards (kernel and candle ops), with
+    /// and without dropout and with the adapter off.
+    #[test]
+    fn an_int8_base_gives_the_exact_gradients_of_its_forward() -> Result<()> {
+        let dev = Device::Cpu;
+        for rows in [200, 20] {
+            for dropout in [None, Some((0.3f32, 5u64))] {
+                let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, 64), &dev)?)?;
+                let w = Tensor::randn(0f32, 0.3, (40, 64), &dev)?;
+                let bias = Tensor::randn(0f32, 1.0, 40, &dev)?;
+                let ad = LoraAdapter {
+                    a: Var::randn(0f32, 0.3, (4, 64), &dev)?,
+                    b: Var::randn(0f32, 0.3, (40, 4), &dev)?,
+                    scale: 2.0,
+                };
+                let c = Tensor::randn(0f32, 1.0, (rows, 40), &dev)?;
+                let mut layer = LoraLinear::new(w.clone(), Some(bias.clone()));
+                layer.quantize_base()?;
+                assert!(layer.base_is_int8());
+                let w_hat = layer.weight()?;
+                // Quantization moved the weight, by at most half of the largest step.
+                let half_step = w.abs()?.max_all()?.to_scalar::<f32>()? / 127.0 / 2.0;
+                let moved = (&w_hat - &w)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(moved > 0.0 && moved <= half_step * 1.0001, "{moved}");
+                layer.set_adapter(Some(ad.clone()))?;
+                let mode = match dropout {
+                    Some((p, seed)) => Adapters::Dropout { p, seed },
+                    None => Adapters::On,
+                };
+                let got = value_and_grads(&layer.forward(x.as_tensor(), mode)?, &x, &ad, &c)?;
+                let mask = dropout
+                    .map(|(p, seed)| dropout_mask((rows, 64), p, seed, &dev))
+                    .transpose()?;
+                let want = composed(x.as_tensor(), &w_hat, &bias, &ad, mask.as_ref())?;
+                let want = value_and_grads(&want, &x, &ad, &c)?;
+                for (what, (a, b)) in ["y", "dx", "dA", "dB"].iter().zip(got.iter().zip(&want)) {
+                    let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
+                    let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+                    assert!(
+                        diff <= 1e-5,
+                        "{rows} rows dropout {dropout:?}: {what} differs by {diff:e} of its largest"
+                    );
+                }
+                let off = layer.forward(x.as_tensor(), Adapters::Off)?;
+                let grads = (&off * &c)?.sum_all()?.backward()?;
+                let want_dx = c.matmul(&w_hat)?;
+                let diff = (grads.get(x.as_tensor()).expect("dx") - &want_dx)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?;
+                assert!(diff < 1e-4, "adapter off: dx differs by {diff}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn merging_into_an_int8_base_keeps_it_int8() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (30, 64), &dev)?;
+        let mut layer = LoraLinear::new(Tensor::randn(0f32, 1.0, (40, 64), &dev)?, None);
+        layer.quantize_base()?;
+        layer.set_adapter(Some(LoraAdapter {
+            a: Var::randn(0f32, 1.0, (4, 64), &dev)?,
+            b: Var::randn(0f32, 1.0, (40, 4), &dev)?,
+            scale: 0.5,
+        }))?;
+        let adapted = layer.forward(&x, Adapters::On)?;
+        let ad = layer.adapter().expect("attached").clone();
+        let sum = (layer.weight()? + (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?)?;
+        layer.merge_adapter()?;
+        assert!(layer.base_is_int8() && layer.adapter().is_none());
+        let merged = layer.forward(&x, Adapters::Off)?;
+        // Quantized again: each merged weight within half of the largest step of `sum`,
+        // so each output within Σ |x| times that (plus f32 rounding).
+        let half_step = sum.abs()?.max_all()?.to_scalar::<f32>()? / 127.0 / 2.0;
+        let x_sum = x.abs()?.sum(1)?.max_all()?.to_scalar::<f32>()?;
+        let scale = adapted.abs()?.max_all()?.to_scalar::<f32>()?;
+        let bound = x_sum * half_step + 1e-5 * scale;
+        let diff = (merged - adapted)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff > 0.0 && diff <= bound, "{diff} > {bound}");
+        Ok(())
+    }
+
     #[test]
     fn int8_inference_follows_the_adapter_and_its_merge() -> Result<()> {
         let dev = Device::Cpu;
@@ -648,7 +774,7 @@ mod tests {
         }
         // The weight is untouched and the two updates are kept exactly (to f32 rounding).
         assert_eq!(
-            max_abs(&(layer.weight().to_dtype(DType::F32)? - &w32)?)?,
+            max_abs(&(layer.weight()?.to_dtype(DType::F32)? - &w32)?)?,
             0.0
         );
         let kept = layer
@@ -693,12 +819,12 @@ mod tests {
         // f32 term rounded (u·T) and two additions rounded (2u·Y). Merged: one f32 term
         // (its own rounding ~2⁻²⁴) rounded (u·T) and added (u·Y). At most 8u·Y = 2⁻⁵·Y.
         let x_abs = x.to_dtype(DType::F32)?.abs()?;
-        let w_abs = layer.weight().to_dtype(DType::F32)?.abs()?;
+        let w_abs = layer.weight()?.to_dtype(DType::F32)?.abs()?;
         let bias32 = layer.bias().unwrap().to_dtype(DType::F32)?;
         let mut y_bound = x_abs.matmul(&w_abs.t()?)?.broadcast_add(&bias32.abs()?)?;
         let base = x
             .to_dtype(DType::F32)?
-            .matmul(&layer.weight().to_dtype(DType::F32)?.t()?)?
+            .matmul(&layer.weight()?.to_dtype(DType::F32)?.t()?)?
             .broadcast_add(&bias32)?;
         for merges in 0..2 {
             let ad = adapter(0.2)?;

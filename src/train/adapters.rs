@@ -52,3 +52,13 @@ pub fn merge_adapters(decoder: &mut Decoder) -> Result<()> {
     // one weight again rather than let decoding keep a concatenated second copy.
     decoder.fuse_projections()
 }
+
+/// Stores every projection's base weight as int8 blocks only (`BaseDtype::Int8`), freeing
+/// the dense copies; a base already int8 stays as it is. Embeddings, norms and the LM head
+/// keep their dtype.
+pub fn quantize_base(decoder: &mut Decoder) -> Result<()> {
+    for (_, layer) in decoder.linear_layers_mut() {
+        layer.quantize_base()?;
+    }
+    Ok(())
+}

@@ -25,7 +25,8 @@
 //! * generation = the KV cache of `gen_batch` sequences of `seq_len` tokens (online DPO
 //!   samples between its training steps);
 //! * loading (CPU) = the checkpoint file, memory-mapped and read once while the weights
-//!   are converted to the compute dtype;
+//!   are converted to the compute dtype; with an int8 base (`base_dtype`), also the
+//!   dense projection weights, which exist until the trainer quantizes them;
 //! * overhead on a GPU = 1 GiB (CUDA context, cuBLAS workspace) + 10% of the rest for
 //!   allocator slack; on the CPU the process itself (`CPU_PROCESS_BYTES`).
 
@@ -34,7 +35,7 @@ use crate::model::config_resolution::resolve_config_or_download;
 use crate::model::lora::PROJECTIONS;
 use crate::model::ops::causal_attention::KERNEL_HEAD_DIMS;
 use crate::model::ops::chunked_logprob::logits_chunk_rows;
-use crate::train::TrainingArgs;
+use crate::train::{BaseDtype, TrainingArgs};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 
@@ -105,6 +106,8 @@ pub struct TrainShape {
     pub gen_batch: usize,
     /// Activation checkpointing (`TrainingArgs::gradient_checkpointing`).
     pub checkpointing: bool,
+    /// How the frozen projections are stored (`TrainingArgs::base_dtype`).
+    pub base_dtype: BaseDtype,
     pub device: PlanDevice,
     /// Bytes of the safetensors files the CPU loader memory-maps (0 for GGUF, which is
     /// read one tensor at a time, and for a GPU plan).
@@ -170,6 +173,7 @@ impl TrainShape {
             attention: Attention::Fused,
             gen_batch,
             checkpointing: args.gradient_checkpointing.unwrap_or(true),
+            base_dtype: args.base_dtype,
             device: PlanDevice::Gpu,
             mapped_checkpoint_bytes: 0,
         }
@@ -268,6 +272,33 @@ pub fn parameter_count(c: &ModelConfig) -> u64 {
     let embed = c.vocab_size * c.hidden_size;
     let head = if c.tie_word_embeddings { 0 } else { embed };
     (c.num_hidden_layers * per_layer + embed + head + c.hidden_size) as u64
+}
+
+/// Parameters of every layer's projection weights (no biases): what an int8 base holds as
+/// int8 blocks.
+pub fn projection_parameter_count(c: &ModelConfig) -> u64 {
+    let per_layer: usize = PROJECTIONS
+        .iter()
+        .map(|m| {
+            let (i, o) = projection_dims(c, m);
+            i * o
+        })
+        .sum();
+    (c.num_hidden_layers * per_layer) as u64
+}
+
+/// Bytes of every layer's projection weights as `quant::Int8Weight` stores them: per
+/// 16 output rows (padded) and 32 inputs (padded), 512 int8 values and 16 f32 scales, a
+/// little over 1.125 bytes per weight.
+pub fn int8_projection_bytes(c: &ModelConfig) -> u64 {
+    let per_layer: usize = PROJECTIONS
+        .iter()
+        .map(|m| {
+            let (i, o) = projection_dims(c, m);
+            o.div_ceil(16) * i.div_ceil(32) * 16 * (32 + 4)
+        })
+        .sum();
+    (c.num_hidden_layers * per_layer) as u64
 }
 
 /// Trainable LoRA parameters: `r · (in + out)` per targeted projection per layer.
@@ -479,15 +510,35 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
     let training = activations + head_kept + backward;
     // The CPU reads the checkpoint file while converting it: the file's bytes stay
     // resident (page cache mapped into the process) until the weights are built.
-    let loading = match shape.device {
+    let mapped = match shape.device {
         PlanDevice::Cpu => shape.mapped_checkpoint_bytes,
         PlanDevice::Gpu => 0,
     };
+    // An int8 base: the projections as int8 blocks, the rest in the dtype. The loader
+    // builds every weight in the dtype first and the trainer quantizes them afterwards,
+    // so while loading the dense projections are there in full.
+    let (weights, weights_how, dense_surplus) = match shape.base_dtype {
+        BaseDtype::Model => (params * s, format!("{params} parameters × {s} B"), 0),
+        BaseDtype::Int8 => {
+            let projections = projection_parameter_count(c);
+            let int8 = int8_projection_bytes(c);
+            (
+                (params - projections) * s + int8,
+                format!(
+                    "{projections} projection weights as int8 blocks ({:.2} GiB) + {} other parameters × {s} B",
+                    int8 as f64 / GIB,
+                    params - projections
+                ),
+                (projections * s).saturating_sub(int8),
+            )
+        }
+    };
+    let loading = mapped + dense_surplus;
     let mut items = vec![
         Item {
             name: "weights",
-            bytes: params * s,
-            how: format!("{params} parameters × {s} B"),
+            bytes: weights,
+            how: weights_how,
         },
         Item {
             name: "LoRA + AdamW state",
@@ -522,14 +573,23 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
             ),
         },
     ];
-    if loading > 0 {
+    if mapped > 0 {
         items.push(Item {
             name: "checkpoint file (loading)",
-            bytes: loading,
+            bytes: mapped,
             how: "safetensors files, memory-mapped while the weights are built".into(),
         });
     }
-    let resident = params * s + lora * ADAMW_BYTES_PER_PARAM;
+    if dense_surplus > 0 {
+        items.push(Item {
+            name: "dense base (loading)",
+            bytes: dense_surplus,
+            how: format!(
+                "projection weights loaded in {s} B before the trainer quantizes them, less their int8 blocks"
+            ),
+        });
+    }
+    let resident = weights + lora * ADAMW_BYTES_PER_PARAM;
     let phases = training.max(kv).max(loading);
     let (overhead, overhead_how) = match shape.device {
         PlanDevice::Gpu => (
@@ -606,6 +666,7 @@ mod tests {
             attention: Attention::Composed,
             gen_batch: batch,
             checkpointing: false,
+            base_dtype: BaseDtype::Model,
             device: PlanDevice::Gpu,
             mapped_checkpoint_bytes: 0,
         }
@@ -768,6 +829,39 @@ mod tests {
         assert_eq!(
             p.item("backward working set"),
             2 * 1_275_068_416 + 290_324_480 - 29_392_896
+        );
+    }
+
+    #[test]
+    fn an_int8_base_counts_its_blocks_and_the_dense_load() {
+        // Qwen2-7B's projections, 233,046,016 weights per layer (no norms or biases), all
+        // dimensions multiples of 16 and 32: 1 B + 4 B / 32 = 1.125 B each, 262,176,768 B
+        // per layer, × 28 = 7,340,949,504 B. The other 1,090,328,064 parameters stay bf16.
+        let c = qwen2_7b();
+        assert_eq!(projection_parameter_count(&c), 28 * 233_046_016);
+        assert_eq!(int8_projection_bytes(&c), 7_340_949_504);
+        let bf16 = fused(TrainShape {
+            checkpointing: true,
+            ..shape(1, 4096, LogprobHead::Chunked)
+        });
+        let int8 = TrainShape {
+            base_dtype: BaseDtype::Int8,
+            ..bf16.clone()
+        };
+        let (bf16, int8) = (plan(&c, &bf16).unwrap(), plan(&c, &int8).unwrap());
+        assert_eq!(int8.item("weights"), 1_090_328_064 * 2 + 7_340_949_504);
+        // The loader builds the bf16 projections before the trainer quantizes them.
+        assert_eq!(
+            int8.item("dense base (loading)"),
+            28 * 233_046_016 * 2 - 7_340_949_504
+        );
+        assert_eq!(bf16.item("dense base (loading)"), 0);
+        assert!(int8.total < bf16.total);
+        eprintln!(
+            "Qwen2-7B SFT 1 × 4096 checkpointed: bf16 base {:.2} GiB, int8 base {:.2} GiB (weights {:.2} GiB)",
+            bf16.total as f64 / GIB,
+            int8.total as f64 / GIB,
+            int8.item("weights") as f64 / GIB
         );
     }
 

@@ -44,4 +44,4 @@ pub use metrics::{DpoStepMetrics, StepMetrics};
 pub use online_dpo::{run_online_dpo, OnlineDpoConfig, OnlineOptions, VerifiedPrompt};
 pub use sft::SftConfig;
 pub use trainer::{train, TrainingOptions, TrainingOutcome};
-pub use training_args::TrainingArgs;
+pub use training_args::{BaseDtype, TrainingArgs};

@@ -65,7 +65,7 @@ pub fn cached_reference_logps(
 fn weights_fingerprint(decoder: &Decoder) -> Result<String> {
     let mut h = Sha256::new();
     for (name, layer) in decoder.linear_layers() {
-        let w = layer.weight();
+        let w = layer.weight()?;
         let rows = w.dim(0)?;
         h.update(name.as_bytes());
         for row in [0, rows - 1] {

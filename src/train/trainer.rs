@@ -7,7 +7,7 @@
 //! `(seed, e)`. A checkpoint therefore needs only the adapter, the optimizer moments and
 //! the step to continue bit for bit.
 
-use super::adapters::{adapter_vars, attach_adapters};
+use super::adapters::{adapter_vars, attach_adapters, quantize_base};
 use super::checkpoint::{
     latest_checkpoint, load_optimizer_state, write_checkpoint, CheckpointState,
 };
@@ -19,6 +19,7 @@ use super::optim::{clip_grad_norm, AdamW, GradAccumulator, LrSchedule};
 use super::policy::Policy;
 use super::reference_cache::cached_reference_logps;
 use super::sft::sft_loss;
+use super::training_args::BaseDtype;
 use super::training_args::TrainingArgs;
 use crate::model::adapter_file::{load_adapter, save_adapter};
 use crate::model::decoder::Decoder;
@@ -98,6 +99,10 @@ pub fn train(
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("{}: cannot create folder", options.out.display()))?;
     let start_step = resumed_step(job, options, &fingerprint, plan.total_steps)?;
+    if args.base_dtype == BaseDtype::Int8 {
+        args.check_base_dtype(decoder.device(), decoder.dtype(), "base_dtype")?;
+        quantize_base(decoder)?;
+    }
     let (vars, mut optimizer) = trainable_adapters(decoder, args, options, start_step)?;
     let reference = precomputed_reference(decoder, job, &item_tokens, options, &fingerprint)?;
     let mut log = MetricsLog::open(&options.out, start_step)?;

@@ -3,7 +3,27 @@
 use super::optim::{AdamWConfig, ScheduleKind};
 use crate::model::lora::LoraConfig;
 use crate::validation::Problems;
-use anyhow::Result;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+
+/// How the frozen base projections are stored while training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseDtype {
+    /// As the model is loaded (`--dtype`).
+    #[default]
+    Model,
+    /// Each projection weight re-quantized to int8 blocks (one f32 scale per 32 inputs)
+    /// and its dense copy dropped, QLoRA-style: a quarter of the f32 weight memory. CPU
+    /// f32 only for now (no CUDA kernel yet).
+    Int8,
+}
+
+impl BaseDtype {
+    fn is_model(&self) -> bool {
+        *self == BaseDtype::Model
+    }
+}
 
 /// Settings every algorithm shares (transformers' `TrainingArguments` role).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -40,6 +60,10 @@ pub struct TrainingArgs {
     /// off on the CPU (see `checkpointing_on`).
     #[serde(default)]
     pub gradient_checkpointing: Option<bool>,
+    /// How the frozen base projections are stored (`BaseDtype`). Not written when it is
+    /// the default, so the settings of earlier runs (and their resumes) read the same.
+    #[serde(default, skip_serializing_if = "BaseDtype::is_model")]
+    pub base_dtype: BaseDtype,
     /// Global gradient norm clip; 0 disables clipping.
     pub max_grad_norm: f64,
     pub adamw: AdamWConfig,
@@ -63,6 +87,7 @@ impl Default for TrainingArgs {
             packing: false,
             max_batch_tokens: 512,
             gradient_checkpointing: None,
+            base_dtype: BaseDtype::Model,
             max_grad_norm: 1.0,
             adamw: AdamWConfig::default(),
             seed: 42,
@@ -77,6 +102,18 @@ impl TrainingArgs {
     /// where memory is the limit, and off on the CPU, where time is.
     pub fn checkpointing_on(&self, device: &candle_core::Device) -> bool {
         self.gradient_checkpointing.unwrap_or(device.is_cuda())
+    }
+
+    /// Refuses a `base_dtype` the weights loaded on `device` as `dtype` cannot take (the
+    /// int8 base runs on the CPU in f32 only), naming the setting as `key`.
+    pub fn check_base_dtype(&self, device: &Device, dtype: DType, key: &str) -> Result<()> {
+        if self.base_dtype == BaseDtype::Int8 && !(device.is_cpu() && dtype == DType::F32) {
+            bail!(
+                "{key} int8: the int8 base is implemented for the CPU in f32 only (no CUDA kernel yet), not {dtype:?} on {:?}; use the model's dtype or the CPU",
+                device.location()
+            );
+        }
+        Ok(())
     }
 
     /// Refuses settings the loop cannot run, one line per bad value.
@@ -97,5 +134,44 @@ impl TrainingArgs {
         p.nest("adamw", self.adamw.problems());
         p.nest("lora", self.lora.problems());
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_dtype_is_written_only_when_int8() {
+        let default = serde_json::to_value(TrainingArgs::default()).unwrap();
+        assert!(default.get("base_dtype").is_none(), "{default}");
+        let mut value = default.clone();
+        value["base_dtype"] = "int8".into();
+        let int8: TrainingArgs = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(int8.base_dtype, BaseDtype::Int8);
+        assert_eq!(serde_json::to_value(&int8).unwrap(), value);
+        value["base_dtype"] = "int4".into();
+        let err = serde_json::from_value::<TrainingArgs>(value).unwrap_err();
+        assert!(err.to_string().contains("int4"), "{err}");
+    }
+
+    #[test]
+    fn an_int8_base_is_refused_off_the_cpu_or_in_another_dtype() {
+        let int8 = TrainingArgs {
+            base_dtype: BaseDtype::Int8,
+            ..TrainingArgs::default()
+        };
+        assert!(int8
+            .check_base_dtype(&Device::Cpu, DType::F32, "base_dtype")
+            .is_ok());
+        let err = int8
+            .check_base_dtype(&Device::Cpu, DType::BF16, "sft.args.base_dtype")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sft.args.base_dtype int8: "), "{err}");
+        assert_eq!(err.lines().count(), 1);
+        assert!(TrainingArgs::default()
+            .check_base_dtype(&Device::Cpu, DType::BF16, "base_dtype")
+            .is_ok());
     }
 }

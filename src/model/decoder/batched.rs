@@ -16,7 +16,7 @@ use super::{rms_norm, Decoder, DecoderLayer, Ops, Segment};
 use crate::model::kv_cache::KvCache;
 use crate::model::lora::{Adapters, LoraLinear};
 use crate::model::transfer;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use candle_core::{DType, Tensor, TensorId};
 use std::sync::{Arc, Mutex};
 
@@ -36,19 +36,28 @@ pub(super) struct FusedLayer {
     gate_up: Mutex<Option<Arc<Fused>>>,
 }
 
-fn part_ids(parts: &[&LoraLinear]) -> Vec<TensorId> {
-    parts
-        .iter()
-        .flat_map(|p| std::iter::once(p.weight().id()).chain(p.bias().map(Tensor::id)))
-        .collect()
+/// A part's weight as stored. Only dense weights come here: an int8 base is for training
+/// on the CPU, whose f32 decoding takes the host path.
+fn dense(part: &LoraLinear) -> Result<&Tensor> {
+    part.dense_weight()
+        .ok_or_else(|| anyhow!("the batched decode path needs dense weights, not an int8 base"))
+}
+
+fn part_ids(parts: &[&LoraLinear]) -> Result<Vec<TensorId>> {
+    let mut ids = Vec::new();
+    for p in parts {
+        ids.push(dense(p)?.id());
+        ids.extend(p.bias().map(Tensor::id));
+    }
+    Ok(ids)
 }
 
 impl Fused {
     /// Concatenates the parts' weights (and biases, when any part has one).
     fn of(parts: &[&LoraLinear]) -> Result<Self> {
-        let weights: Vec<&Tensor> = parts.iter().map(|p| p.weight()).collect();
+        let weights = parts.iter().map(|p| dense(p)).collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            ids: part_ids(parts),
+            ids: part_ids(parts)?,
             weight: Tensor::cat(&weights, 0)?,
             bias: fused_bias(parts)?,
         })
@@ -57,7 +66,7 @@ impl Fused {
     /// The cached concatenation of `parts`, made again when a part's weight changed.
     fn get(cache: &Mutex<Option<Arc<Fused>>>, parts: &[&LoraLinear]) -> Result<Arc<Fused>> {
         let mut slot = cache.lock().unwrap_or_else(|e| e.into_inner());
-        let ids = part_ids(parts);
+        let ids = part_ids(parts)?;
         if let Some(fused) = slot.as_ref().filter(|f| f.ids == ids) {
             return Ok(fused.clone());
         }
@@ -78,8 +87,8 @@ fn fused_bias(parts: &[&LoraLinear]) -> Result<Option<Tensor>> {
             Some(b) => Ok(b.clone()),
             None => Ok(Tensor::zeros(
                 p.shape().0,
-                p.weight().dtype(),
-                p.weight().device(),
+                dense(p)?.dtype(),
+                dense(p)?.device(),
             )?),
         })
         .collect::<Result<Vec<_>>>()?;
@@ -125,7 +134,7 @@ fn fuse_views(parts: &mut [&mut LoraLinear]) -> Result<Option<Fused>> {
     }
     let shared: Vec<&LoraLinear> = parts.iter().map(|p| &**p).collect();
     Ok(Some(Fused {
-        ids: part_ids(&shared),
+        ids: part_ids(&shared)?,
         ..fused
     }))
 }
@@ -511,7 +520,7 @@ impl Decoder {
         cache.write_rows(li, &k, &v, &plan.write_index)?;
         let attn = plan.attend(&q, cache.layer_tensors(li)?, heads, self.dtype)?;
         let o = &a.o_proj;
-        let x = (x + project(&attn, o.weight(), o.bias(), &[o], adapters)?)?;
+        let x = (x + project(&attn, dense(o)?, o.bias(), &[o], adapters)?)?;
 
         let h = rms_norm(
             &x,
@@ -527,6 +536,6 @@ impl Decoder {
         let act = (candle_nn::ops::silu(&gate_up.narrow(1, 0, inter)?)?
             * gate_up.narrow(1, inter, inter)?)?;
         let down = &m.down_proj;
-        Ok((x + project(&act, down.weight(), down.bias(), &[down], adapters)?)?)
+        Ok((x + project(&act, dense(down)?, down.bias(), &[down], adapters)?)?)
     }
 }

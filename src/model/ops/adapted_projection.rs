@@ -10,18 +10,21 @@
 //! Everything runs in the input's dtype (the adapter weights are cast to it, as PyTorch's
 //! autocast does), and the adapter gradients are returned in the adapter's f32.
 
+use super::base_weight::BaseWeight;
 use super::dropout::dropout_mask;
 use super::gemm::gemm_rhs_transposed;
+use super::int8_projection;
 use super::op_storage::cpu_f32;
 use super::projection::{project, FEW_ROWS};
 use candle_core::{DType, Layout, Shape, Tensor};
 use std::sync::Mutex;
 
 /// `x · Wᵀ + b + scale · (dropout(x) · Aᵀ) · Bᵀ` for `x` `[rows, in]`, a frozen weight `W`
-/// `[out, in]`, an optional bias `[out]` and an adapter (`A` `[r, in]`, `B` `[out, r]`).
+/// `[out, in]` (dense or int8 blocks), an optional bias `[out]` and an adapter (`A`
+/// `[r, in]`, `B` `[out, r]`).
 #[derive(Clone)]
 pub struct AdaptedProjection {
-    pub weight: Tensor,
+    pub weight: BaseWeight,
     pub bias: Option<Tensor>,
     pub scale: f64,
     /// LoRA dropout on the adapter's input: `(p, seed)` of `dropout_mask`.
@@ -57,8 +60,10 @@ impl AdaptedProjection {
             && x.dim(0).is_ok_and(|rows| rows > FEW_ROWS)
             && x.device().is_cpu()
             && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && self.weight.is_contiguous()
+            && match &self.weight {
+                BaseWeight::Dense(w) => w.dtype() == DType::F32 && w.is_contiguous(),
+                BaseWeight::Int8(_) => true,
+            }
             && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
     }
 
@@ -85,7 +90,7 @@ impl AdaptedProjection {
     /// The forward value with candle ops, for inputs that carry no graph.
     fn forward_untracked(&self, x: &Tensor, a: &Tensor, b: &Tensor) -> anyhow::Result<Tensor> {
         let dtype = x.dtype();
-        let mut y = project(x, &self.weight)?;
+        let mut y = self.weight.project(x)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
@@ -147,26 +152,30 @@ impl candle_core::CustomOp3 for Op {
         let (rows, inp) = x_layout.shape().dims2()?;
         let (r, a_in) = a_layout.shape().dims2()?;
         let (out, b_r) = b_layout.shape().dims2()?;
-        let (w_out, w_in) = p.weight.dims2()?;
+        let (w_out, w_in) = p.weight.shape();
         if a_in != inp || b_r != r || w_out != out || w_in != inp {
             candle_core::bail!(
-                "adapted projection: x {:?}, A {:?}, B {:?}, W {:?} do not fit",
+                "adapted projection: x {:?}, A {:?}, B {:?}, W [{w_out}, {w_in}] do not fit",
                 x_layout.shape(),
                 a_layout.shape(),
                 b_layout.shape(),
-                p.weight.shape()
             );
         }
         let x = cpu_f32(x_storage, x_layout, "projection: the input")?;
         let a = cpu_f32(a_storage, a_layout, "projection: A")?;
         let b = cpu_f32(b_storage, b_layout, "projection: B")?;
-        let (w_storage, w_layout) = p.weight.storage_and_layout();
-        let candle_core::Storage::Cpu(w_cpu) = &*w_storage else {
-            candle_core::bail!("adapted projection: the weight is not on the CPU");
-        };
-        let w = cpu_f32(w_cpu, w_layout, "projection: the weight")?;
         let mut y = vec![0f32; rows * out];
-        gemm_rhs_transposed(&mut y, x, w, (rows, out, inp), false, 1.0);
+        match &p.weight {
+            BaseWeight::Dense(weight) => {
+                let (w_storage, w_layout) = weight.storage_and_layout();
+                let candle_core::Storage::Cpu(w_cpu) = &*w_storage else {
+                    candle_core::bail!("adapted projection: the weight is not on the CPU");
+                };
+                let w = cpu_f32(w_cpu, w_layout, "projection: the weight")?;
+                gemm_rhs_transposed(&mut y, x, w, (rows, out, inp), false, 1.0);
+            }
+            BaseWeight::Int8(w) => int8_projection::forward_into(&mut y, x, w, rows, false),
+        }
         if let Some(bias) = &p.bias {
             let bias = bias.to_vec1::<f32>()?;
             y.chunks_mut(out)
@@ -243,7 +252,7 @@ impl candle_core::CustomOp3 for Op {
         let dx = if x_tracked {
             let grad_xa = (grad_low.matmul(&a_c)? * p.scale)?;
             let grad_x_adapter = p.adapter_input(&grad_xa, mask.as_ref())?;
-            let mut dx = (grad.matmul(&p.weight.to_dtype(dtype)?)? + grad_x_adapter)?;
+            let mut dx = (p.weight.input_grad(&grad)? + grad_x_adapter)?;
             if let Some((m_a, m_b)) = &p.merged {
                 let through = grad.to_dtype(DType::F32)?.matmul(m_b)?.matmul(m_a)?;
                 dx = (dx + through.to_dtype(dtype)?)?;

@@ -4,6 +4,7 @@
 //! the GPU one.
 
 pub(super) mod adapted_projection;
+pub mod base_weight;
 pub mod causal_attention;
 #[cfg(feature = "cuda")]
 mod causal_attention_cuda;
@@ -15,6 +16,7 @@ pub(super) mod dropout;
 pub mod exact_product;
 pub mod frozen;
 mod gemm;
+mod int8_projection;
 mod op_storage;
 mod out_ptr;
 pub mod projection;

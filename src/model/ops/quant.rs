@@ -13,13 +13,15 @@
 //! The portable kernel does the same integer sums and the same f32 operations in the same
 //! order, so both kernels give bit-identical results too.
 //!
-//! Only the inference path uses this (`Precision::Int8`); training and scoring keep the
-//! exact f32 weights.
+//! The inference path uses this (`Precision::Int8`) on copies of the f32 weights; a
+//! training run with an int8 base (`int8_projection`) keeps only these blocks and reads
+//! them back as f32 (`dequantize`).
 
 use super::out_ptr::OutPtr;
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor, TensorId};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 /// How the inference path computes its projections.
@@ -60,6 +62,12 @@ pub struct Int8Weight {
     data: Vec<u8>,
     /// `[group][block][column in group]`; zero for the padding columns.
     scales: Vec<f32>,
+}
+
+impl std::fmt::Debug for Int8Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Int8Weight [{}, {}]", self.out, self.inp)
+    }
 }
 
 impl Int8Weight {
@@ -116,6 +124,50 @@ impl Int8Weight {
     /// (out features, in features)
     pub fn shape(&self) -> (usize, usize) {
         (self.out, self.inp)
+    }
+
+    /// Bytes held: the int8 values and the block scales, padding included.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + 4 * self.scales.len()
+    }
+
+    /// The quantized values `Ŵ[o][i] = q · scale` of output rows `rows` and inputs `cols`,
+    /// row-major `[rows.len(), cols.len()]` into `dst`.
+    pub fn dequantize(&self, rows: Range<usize>, cols: Range<usize>, dst: &mut [f32]) {
+        assert!(rows.end <= self.out && cols.end <= self.inp && cols.start <= cols.end);
+        let width = cols.len();
+        assert_eq!(
+            dst.len(),
+            rows.len() * width,
+            "dequantize: destination size"
+        );
+        for (o, dst_row) in rows.zip(dst.chunks_exact_mut(width.max(1))) {
+            let (g, c) = (o / GROUP, o % GROUP);
+            let mut i = cols.start;
+            while i < cols.end {
+                let b = i / BLOCK;
+                let block_end = ((b + 1) * BLOCK).min(cols.end);
+                let scale = self.scales[(g * self.blocks + b) * GROUP + c];
+                let base = (g * self.blocks + b) * BLOCK * GROUP + c * QUAD;
+                let value = |q: u8| (q as i32 - WEIGHT_OFFSET) as f32 * scale;
+                if block_end - i == BLOCK {
+                    // A whole block: its eight quads of four bytes, without index math.
+                    let out = &mut dst_row[i - cols.start..][..BLOCK];
+                    for (quad, out) in out.chunks_exact_mut(QUAD).enumerate() {
+                        let q = &self.data[base + quad * GROUP * QUAD..][..QUAD];
+                        for (o, &q) in out.iter_mut().zip(q) {
+                            *o = value(q);
+                        }
+                    }
+                } else {
+                    for k in i % BLOCK..i % BLOCK + (block_end - i) {
+                        let q = self.data[base + (k / QUAD) * GROUP * QUAD + k % QUAD];
+                        dst_row[b * BLOCK + k - cols.start] = value(q);
+                    }
+                }
+                i = block_end;
+            }
+        }
     }
 
     /// `x · Wᵀ` as row-major `[rows, out]` f32, with the fastest kernel this CPU has.
