@@ -230,4 +230,19 @@ fn whole_loop_writes_summary_report_and_a_loadable_model_and_resumes() {
         let b = std::fs::read(killed.join(file)).unwrap();
         assert!(a == b, "{file} differs after resume");
     }
+
+    // A finished run resumed runs nothing and rewrites its summary: one written before a
+    // field existed (here: with `ifeval_change` removed) gains it.
+    let summary_path = whole.join("summary.json");
+    let mut old = read_json(&summary_path);
+    old.as_object_mut().unwrap().remove("ifeval_change");
+    std::fs::write(&summary_path, old.to_string()).unwrap();
+    let manifest = std::fs::read(whole.join("manifest.json")).unwrap();
+    check(&autoif(&["run", "--resume", whole.to_str().unwrap()]));
+    assert!(summary["ifeval_change"].is_object());
+    assert_eq!(
+        read_json(&summary_path)["ifeval_change"],
+        summary["ifeval_change"]
+    );
+    assert!(std::fs::read(whole.join("manifest.json")).unwrap() == manifest);
 }

@@ -118,6 +118,10 @@ pub fn execute(run: RunFolder, phases: &[Phase]) -> Result<()> {
         }
         state.write_summary()?;
     }
+    if phases.is_empty() {
+        // A finished run resumed: its summary and report are rewritten by this version.
+        state.write_summary()?;
+    }
     let rows: Vec<FunnelRow> = state
         .run
         .manifest()?
