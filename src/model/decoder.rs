@@ -195,8 +195,8 @@ impl Decoder {
     /// views into one concatenated weight each, so the fused GEMMs cost no second copy of
     /// the weights; the CPU f32 path keeps the weights as they are. Load and
     /// `merge_adapters` call it (an f32 merge gives every projection a new weight, which
-    /// `batched` would otherwise concatenate into a second copy). Layers with adapters
-    /// attached or merged beside a 16-bit weight keep their weights and are fused on use.
+    /// `batched` would otherwise concatenate into a second copy); adapters and updates
+    /// merged beside a 16-bit weight stay on their projections.
     pub fn fuse_projections(&mut self) -> Result<()> {
         let fuse = !(self.device.is_cpu() && self.dtype == DType::F32);
         self.fused = self

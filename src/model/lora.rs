@@ -205,6 +205,21 @@ impl LoraLinear {
         self.base.to_tensor()
     }
 
+    /// Stores the base weight as `weight`, a tensor holding the same values (a view into a
+    /// concatenation of several layers' weights); the bias, adapter and merged updates stay.
+    pub fn share_weight(&mut self, weight: Tensor) -> Result<()> {
+        if weight.dims2()? != self.shape() {
+            bail!(
+                "a shared weight of shape {:?} does not fit a {:?} layer",
+                weight.dims(),
+                self.shape()
+            );
+        }
+        self.base = BaseWeight::Dense(weight);
+        self.int8 = Int8Cache::default();
+        Ok(())
+    }
+
     /// The base weight as stored, unless it is int8 blocks.
     pub fn dense_weight(&self) -> Option<&Tensor> {
         match &self.base {

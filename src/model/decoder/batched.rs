@@ -96,31 +96,23 @@ fn fused_bias(parts: &[&LoraLinear]) -> Result<Option<Tensor>> {
 }
 
 impl FusedLayer {
-    /// Fuses a layer's q/k/v and gate/up in place (see `fuse_views`); a group with an
-    /// adapter attached is left to be fused on use.
+    /// Fuses a layer's q/k/v and gate/up in place (see `fuse_views`).
     pub(super) fn in_place(layer: &mut DecoderLayer) -> Result<Self> {
         let a = &mut layer.self_attn;
         let qkv = fuse_views(&mut [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj])?;
         let m = &mut layer.mlp;
         let gate_up = fuse_views(&mut [&mut m.gate_proj, &mut m.up_proj])?;
         Ok(Self {
-            qkv: Mutex::new(qkv.map(Arc::new)),
-            gate_up: Mutex::new(gate_up.map(Arc::new)),
+            qkv: Mutex::new(Some(Arc::new(qkv))),
+            gate_up: Mutex::new(Some(Arc::new(gate_up))),
         })
     }
 }
 
 /// Concatenates `parts`' weights and points each part at its rows of the result, so the
-/// fused GEMM costs no second copy of the weights. `None` (nothing changed) when a part
-/// carries an adapter or merged updates.
-fn fuse_views(parts: &mut [&mut LoraLinear]) -> Result<Option<Fused>> {
-    // Replacing a part would drop its adapter or the updates merged beside its weight.
-    if parts
-        .iter()
-        .any(|p| p.adapter().is_some() || p.merged().is_some())
-    {
-        return Ok(None);
-    }
+/// fused GEMM costs no second copy of the weights. Adapters and merged updates stay on
+/// their parts.
+fn fuse_views(parts: &mut [&mut LoraLinear]) -> Result<Fused> {
     let fused = {
         let shared: Vec<&LoraLinear> = parts.iter().map(|p| &**p).collect();
         Fused::of(&shared)?
@@ -128,15 +120,14 @@ fn fuse_views(parts: &mut [&mut LoraLinear]) -> Result<Option<Fused>> {
     let mut offset = 0;
     for part in parts.iter_mut() {
         let out = part.shape().0;
-        let view = fused.weight.narrow(0, offset, out)?;
-        **part = LoraLinear::new(view, part.bias().cloned());
+        part.share_weight(fused.weight.narrow(0, offset, out)?)?;
         offset += out;
     }
     let shared: Vec<&LoraLinear> = parts.iter().map(|p| &**p).collect();
-    Ok(Some(Fused {
+    Ok(Fused {
         ids: part_ids(&shared)?,
         ..fused
-    }))
+    })
 }
 
 /// `x · Wᵀ + b` for the projections `parts`, whose weights `weight` concatenates (or one
