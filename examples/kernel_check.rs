@@ -266,7 +266,7 @@ fn check_attention(args: &Args, device: &Device) -> Result<bool> {
     let t = args.attention_seq;
     println!("\ncausal-attention on {device:?}: 2 sequences × {t} tokens");
     println!(
-        "{:<6} {:>14} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}  result",
+        "{:<6} {:>14} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  result",
         "dtype",
         "heads/kv × d",
         "out err",
@@ -275,6 +275,8 @@ fn check_attention(args: &Args, device: &Device) -> Result<bool> {
         "dv err",
         "fwd s",
         "bwd s",
+        "fwd TF/s",
+        "bwd TF/s",
         "twin s"
     );
     let mut ok_all = true;
@@ -344,8 +346,13 @@ fn check_attention(args: &Args, device: &Device) -> Result<bool> {
             }
             let ok = errors.iter().all(|&e| e <= bound);
             ok_all &= ok;
+            // Useful FLOPs, FlashAttention's convention: the causal half of QKᵀ and PV
+            // forward (2 · d per pair each), two and a half times that backward.
+            let pairs = (t * (t + 1) / 2) as f64;
+            let forward_flops = 2.0 * heads as f64 * pairs * 4.0 * d as f64;
+            let tflops = |flops: f64, s: f64| flops / s / 1e12;
             println!(
-                "{:<6} {:>14} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>8.4} {:>8.4} {:>8.3}  {}",
+                "{:<6} {:>14} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>8.4} {:>8.4} {:>8.3} {:>8.3} {:>8.3}  {}",
                 format!("{dtype:?}").to_lowercase(),
                 format!("{heads}/{kv_heads} × {d}"),
                 errors[0],
@@ -354,6 +361,8 @@ fn check_attention(args: &Args, device: &Device) -> Result<bool> {
                 errors[3],
                 run.forward,
                 run.backward,
+                tflops(forward_flops, run.forward),
+                tflops(2.5 * forward_flops, run.backward),
                 twin.forward + twin.backward,
                 if ok { "ok" } else { "FAIL" }
             );

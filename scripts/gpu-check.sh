@@ -6,21 +6,27 @@
 # working tree as one compressed archive:
 #
 #   run(command="scripts/gpu-check.sh", carry=["target-cuda/autoif-cuda.tar.xz"], timeout_s=540)
+#   run(command="scripts/gpu-check.sh --qwen2-7b", carry=[...same...], timeout_s=360)
 #
 # (the plain binaries are over the 64 MiB that travels).
 #
-# Steps, a few minutes in all; each has a timeout, together 7.7 minutes at most:
+# Steps, a few minutes in all; each has a timeout, together 8.3 minutes at most:
 #  1. the kernels against their CPU twins on random inputs (`kernel_check`: the
 #     chunked log-probs and the fused attention), with the peak memory of unfused vs
-#     chunked log-probs and of the fused attention at 4096 tokens;
+#     chunked log-probs and of the fused attention at 4096 tokens, and the attention's
+#     forward and backward TFLOPS (bf16, Qwen2-7B's heads, 2 × 1024 tokens);
 #  2. a model to run: SmolLM2-135M's GGUF (98 MB) is too large to travel (64 MiB), so
 #     transformers writes a randomly initialised model of Qwen2-0.5B's shape (bf16
 #     safetensors) with the tiny test tokenizer; speeds and memory are those of the
 #     shape, the text is noise;
-#  3. `autoif bench generate` (32 sequences × 128 new tokens);
+#  3. `autoif bench generate` at batch 1 and 64 (128 new tokens each): decode tokens/s;
 #  4. `autoif train sft` for a few steps on generated 512-token records;
 # and prints one table: tokens/s and peak GPU memory (nvidia-smi, sampled every 100 ms)
 # per step. Results also go to $OUT (or /tmp/gpu-check).
+#
+# With --qwen2-7b it runs only: a random model of Qwen2-7B's shape (15 GB of bf16, written
+# on the GPU) and two SFT steps on one packed row of 2048 tokens (LoRA r16 on every
+# projection, checkpointing on), with their peak memory next to `autoif plan`'s.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -81,22 +87,47 @@ run_step() {
   tail -24 "$out/$name.txt" | tee -a "$log"
 }
 
+# --qwen2-7b: the peak memory of a Qwen2-7B-shaped SFT step at 2048 tokens, and the plan.
+if [ "${1:-}" = "--qwen2-7b" ]; then
+  model="$work/qwen2-7b-random"
+  timeout 150 python3 scripts/make-random-qwen2.py "$model" --shape 7b --device cuda >>"$log" 2>&1
+  [ -f "$model/config.json" ] || { say "error: could not write the random 7B model (see $log)"; exit 1; }
+  plan="$(timeout 30 "$bin" plan --model "$model" --device cuda --batch 1 --seq-len 2048 --dtype bf16 2>&1 | tail -3)"
+  rm -rf "$work/sft-7b"
+  run_step train-7b 180 "$bin" train sft --model "$model" --device cuda --data "$model/sft.jsonl" \
+    --out "$work/sft-7b" --max-steps 2 --batch-size 1 --max-len 2048 --packing
+  {
+    echo
+    echo "| $gpu | result |"
+    echo "|---|---|"
+    echo "| SFT, Qwen2-7B shape, bf16, LoRA r16, 1 × 2048 tokens packed, 2 steps | peak $peak_mib MiB (exit $step_rc) |"
+    echo "| autoif plan, same job | $(echo "$plan" | tr '\n' ' ') |"
+  } | tee -a "$log"
+  exit "$step_rc"
+fi
+
 # 1. Kernels against their CPU twins.
 run_step kernels 150 "$kernel_check" --device cuda --rows 512 --hidden 1536 --vocab 151936
 kernels_rc=$step_rc
 kernels_line="$(grep -cE '^(f32|bf16) .* ok$' "$out/kernels.txt") ok, $(grep -cE '^(f32|bf16) .* FAIL$' "$out/kernels.txt") FAIL (tables in kernels.txt)"
 memory_line="$(grep '^peak memory' "$out/kernels.txt")"
 attention_memory_line="$(grep '^attention peak memory' "$out/kernels.txt")"
+# The bf16 row at Qwen2-7B's heads: its forward and backward TFLOPS columns.
+attention_tflops="$(awk '$1 == "bf16" && $2 == "28/4" { print $11 " forward, " $12 " backward" }' "$out/kernels.txt")"
 
 # 2. A model of Qwen2-0.5B's shape with random weights.
 model="$work/qwen2-0.5b-random"
 timeout 90 python3 scripts/make-random-qwen2.py "$model" --shape 0.5b --device cuda >>"$log" 2>&1
 [ -f "$model/config.json" ] || { say "error: could not write the random model (see $log)"; exit 1; }
 
-# 3. Generation.
-run_step generate 100 "$bin" bench generate --model "$model" --device cuda --batch 32 --new-tokens 128 --json
-gen_rc=$step_rc gen_peak=$peak_mib
-gen_tps="$(python3 -c 'import json,sys; d=json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1]); print(round(d["decode_tokens_per_s"], 1))' "$out/generate.txt" 2>/dev/null || echo '?')"
+# 3. Generation at batch 1 and 64.
+decode_tps() {
+  python3 -c 'import json,sys; d=json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1]); print(round(d["decode_tokens_per_s"], 1))' "$1" 2>/dev/null || echo '?'
+}
+run_step generate-1 60 "$bin" bench generate --model "$model" --device cuda --batch 1 --new-tokens 128 --json
+gen1_rc=$step_rc gen1_tps="$(decode_tps "$out/generate-1.txt")"
+run_step generate-64 90 "$bin" bench generate --model "$model" --device cuda --batch 64 --new-tokens 128 --json
+gen_rc=$step_rc gen_peak=$peak_mib gen_tps="$(decode_tps "$out/generate-64.txt")"
 
 # 4. Training steps.
 rm -rf "$work/sft"
@@ -117,7 +148,9 @@ cp "$work/sft/metrics.jsonl" "$out/train-metrics.jsonl" 2>/dev/null
   echo "| kernels vs CPU twin (log-probs 512 × 1536 × 151936; attention 2 × 1024 tokens, 2 shapes; f32 and bf16) | exit $kernels_rc: $kernels_line |"
   echo "| log-prob peak memory | ${memory_line:-not measured} |"
   echo "| attention peak memory | ${attention_memory_line:-not measured} |"
-  echo "| generation, Qwen2-0.5B shape, bf16, 32 × 128 tokens | $gen_tps tokens/s decode, peak $gen_peak MiB (exit $gen_rc) |"
+  echo "| attention, bf16, 28/4 heads × 128, 2 × 1024 tokens | ${attention_tflops:-?} TFLOPS |"
+  echo "| generation, Qwen2-0.5B shape, bf16, 1 × 128 tokens | $gen1_tps tokens/s decode (exit $gen1_rc) |"
+  echo "| generation, Qwen2-0.5B shape, bf16, 64 × 128 tokens | $gen_tps tokens/s decode, peak $gen_peak MiB (exit $gen_rc) |"
   echo "| SFT, Qwen2-0.5B shape, LoRA r16, 4 × 512 tokens, steps 2–4 | $train_tps tokens/s, peak $train_peak MiB (exit $train_rc) |"
 } | tee -a "$log"
-[ "$kernels_rc" = 0 ] && [ "$gen_rc" = 0 ] && [ "$train_rc" = 0 ]
+[ "$kernels_rc" = 0 ] && [ "$gen1_rc" = 0 ] && [ "$gen_rc" = 0 ] && [ "$train_rc" = 0 ]

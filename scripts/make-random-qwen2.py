@@ -3,10 +3,11 @@
 SFT data file, for speed and memory checks where no real model can travel (the GPU
 machines have no network and take 64 MiB of files).
 
-    make-random-qwen2.py OUT [--shape 0.5b|tiny] [--device cuda|cpu]
+    make-random-qwen2.py OUT [--shape 0.5b|7b|tiny] [--device cuda|cpu]
 
 0.5b is Qwen2-0.5B's shape (vocabulary 151,936, hidden 896, 24 layers, 14 heads, 2 KV
-heads, MLP 4864, tied); tiny is a few-MB stand-in for trying the script on a CPU. The
+heads, MLP 4864, tied); 7b is Qwen2-7B's (vocabulary 152,064, hidden 3584, 28 layers, 28
+heads, 4 KV heads, MLP 18,944, untied: 15 GB of bf16 weights); tiny is a few-MB stand-in for trying the script on a CPU. The
 tokenizer knows 320 tokens: prompts and data use only those, and sampled ids above them
 are never decoded into text by the checks (bench counts tokens; training reads ids).
 """
@@ -21,6 +22,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 SHAPES = {
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                  num_attention_heads=14, num_key_value_heads=2),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+               num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+               tie_word_embeddings=False),
     "tiny": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2),
 }
@@ -33,9 +37,9 @@ args.add_argument("--shape", choices=SHAPES, default="0.5b")
 args.add_argument("--device", default="cuda")
 args = args.parse_args()
 
-config = Qwen2Config(vocab_size=151936, max_position_embeddings=4096, rope_theta=1000000.0,
-                     rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=1,
-                     eos_token_id=2, **SHAPES[args.shape])
+defaults = dict(vocab_size=151936, max_position_embeddings=4096, rope_theta=1000000.0,
+                rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+config = Qwen2Config(**{**defaults, **SHAPES[args.shape]})
 torch.manual_seed(0)
 with torch.device(args.device):
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
