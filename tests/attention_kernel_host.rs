@@ -7,6 +7,8 @@
 //! result rounded to the dtype. CI has no GPU; this is how it checks the kernels' indexing and
 //! arithmetic. Needs a C++17 compiler (`c++`, or `CXX`).
 
+mod common;
+
 use autoif::model::ops::causal_attention::CausalAttention;
 use candle_core::{Device, Tensor, Var};
 use std::path::{Path, PathBuf};
@@ -36,19 +38,6 @@ fn driver() -> &'static Path {
         assert!(status.success(), "{cxx} failed on the attention kernels");
         out
     })
-}
-
-/// Deterministic pseudo-random values in [−scale, scale).
-fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
 }
 
 /// The kernels' element type; the driver's code for it.
@@ -151,10 +140,18 @@ fn check(case: Case, seed: u64) {
     let (rows, d) = (case.rows, case.d);
     let positions = case.segments.iter().map(|s| s.1).max().unwrap();
     let round = |x: Vec<f32>| case.dtype.rounded(x);
-    let q = round(random(rows * case.heads * d, seed, 1.0));
-    let k = round(random(rows * case.kv_heads * d, seed + 1, 1.0));
-    let v = round(random(rows * case.kv_heads * d, seed + 2, 1.0));
-    let dout = round(random(rows * case.heads * d, seed + 3, 1.0));
+    let q = round(common::random_values(rows * case.heads * d, seed, 1.0));
+    let k = round(common::random_values(
+        rows * case.kv_heads * d,
+        seed + 1,
+        1.0,
+    ));
+    let v = round(common::random_values(
+        rows * case.kv_heads * d,
+        seed + 2,
+        1.0,
+    ));
+    let dout = round(common::random_values(rows * case.heads * d, seed + 3, 1.0));
     // Rope tables as the models build them: angle pos · 10000^(−2i/d).
     let half = d / 2;
     let angle = |pos: usize, i: usize| pos as f32 * 10000f32.powf(-2.0 * i as f32 / d as f32);
@@ -299,10 +296,10 @@ fn sequences_do_not_see_each_other() {
     let case = grouped_64(Dtype::F32);
     let (rows, d) = (case.rows, case.d);
     let positions = 12;
-    let q = random(rows * case.heads * d, 41, 1.0);
-    let k = random(rows * case.kv_heads * d, 42, 1.0);
-    let v = random(rows * case.kv_heads * d, 43, 1.0);
-    let dout = random(rows * case.heads * d, 44, 1.0);
+    let q = common::random_values(rows * case.heads * d, 41, 1.0);
+    let k = common::random_values(rows * case.kv_heads * d, 42, 1.0);
+    let v = common::random_values(rows * case.kv_heads * d, 43, 1.0);
+    let dout = common::random_values(rows * case.heads * d, 44, 1.0);
     let ones = vec![1.0f32; positions * d / 2];
     let zeros = vec![0.0f32; positions * d / 2];
     let (base, _) = kernels(&case, &[&q, &k, &v, &dout, &ones, &zeros], positions);

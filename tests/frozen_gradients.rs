@@ -27,19 +27,6 @@ use std::collections::HashSet;
 
 const TARGETS: [&str; 3] = ["q_proj", "v_proj", "down_proj"];
 
-/// Deterministic pseudo-random values in [−scale, scale) (xorshift).
-fn random_values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
 /// The fixture in bf16 with seeded rank-4 adapters on `TARGETS` (B non-zero, so A gets a
 /// gradient too); returns the adapters.
 fn bf16_model(fixture: &str) -> (Model, Vec<LoraAdapter>) {
@@ -55,7 +42,7 @@ fn bf16_model(fixture: &str) -> (Model, Vec<LoraAdapter>) {
         }
         let (out, inp) = layer.shape();
         let random = |rows: usize, cols: usize, seed: u64| {
-            let data = random_values(rows * cols, seed, 0.2);
+            let data = common::random_values(rows * cols, seed, 0.2);
             Var::from_tensor(&Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap()).unwrap()
         };
         let adapter = LoraAdapter {

@@ -122,3 +122,17 @@ pub fn kill_autoif_when(args: &[&str], marker: &Path) {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Deterministic pseudo-random values in [−scale, scale) (xorshift), the same on every
+/// machine.
+pub fn random_values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
