@@ -195,6 +195,16 @@ fn a_training_step_stores_no_gradient_for_the_base_model() {
                 Vec::<Vec<usize>>::new(),
                 "{fixture} {what}: gradients of base-tensor shapes"
             );
+            // A stored gradient with a graph would keep the forward pass (the logits
+            // included) alive until the store is dropped, through the layers' backward.
+            let with_graph = grads
+                .get_ids()
+                .filter(|&&id| grads.get_id(id).unwrap().track_op())
+                .count();
+            assert_eq!(
+                with_graph, 0,
+                "{fixture} {what}: gradients that carry a graph"
+            );
             // SFT: nothing but the LoRA gradients. DPO: also the reference's per-sequence
             // sums (a [sequences] constant in the loss), nothing larger.
             let allowed = if what == "DPO" { 2 } else { 0 };

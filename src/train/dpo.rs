@@ -120,10 +120,14 @@ fn per_sequence_sums(values: &Tensor, counts: &[usize], device: &Device) -> Resu
     Ok(project(&values.unsqueeze(0)?, &indicator)?.squeeze(0)?)
 }
 
-/// log σ(x), stable for large |x|: min(x, 0) − log(1 + e^{−|x|}).
+/// log σ(x), stable for large |x|: min(x, 0) − log(1 + e^{−|x|}), with min(x, 0) as
+/// (x − |x|) / 2. `x.minimum(0)` would add a constant operand whose gradient candle keeps
+/// in the gradient store with the comparison's graph, and with it the whole forward pass
+/// (the `[tokens, vocab]` logits included) until the store is dropped.
 fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
-    let soft = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    Ok((x.minimum(0f32)? - soft)?)
+    let abs = x.abs()?;
+    let soft = (abs.neg()?.exp()? + 1.0)?.log()?;
+    Ok((((x - &abs)? * 0.5)? - soft)?)
 }
 
 /// Where a DPO step gets the reference model's log-probabilities.
