@@ -1,12 +1,13 @@
 //! Peak memory of a target log-prob forward + backward at 4096 tokens over SmolLM2's 49,152
-//! vocabulary, unfused (full f32 logits through `train_ops`, the CPU training path today)
-//! against `chunked_logprob`. Each runs in its own child process, which reports how far
+//! vocabulary: unfused (the head's f32 logits, then `train_ops::target_logprob_and_lse`),
+//! the fused head (`head_target_logprob_and_lse`, the CPU training path) and
+//! `chunked_logprob`. Each runs in its own child process, which reports how far
 //! its peak resident set grew above where it stood once the inputs existed (Linux
 //! `VmHWM`). The hidden size is small (128): logits memory does not depend on it, and it
 //! keeps the products quick.
 
 use autoif::model::ops::chunked_logprob::chunked_target_logprobs;
-use autoif::model::ops::train_ops::target_logprob_and_lse;
+use autoif::model::ops::train_ops::{head_target_logprob_and_lse, target_logprob_and_lse};
 use candle_core::{Device, Tensor, Var};
 use std::process::Command;
 
@@ -59,6 +60,12 @@ fn child_reports_peak_memory() {
                 .squeeze(1)
                 .unwrap()
         }
+        "fused-head" => head_target_logprob_and_lse(var.as_tensor(), &head, &targets)
+            .unwrap()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap(),
         "chunked" => chunked_target_logprobs(var.as_tensor(), &head, &targets).unwrap(),
         other => panic!("unknown mode {other}"),
     };
@@ -153,4 +160,38 @@ fn chunked_peak_memory_is_far_below_the_unfused_one() {
         chunked * 3 <= unfused,
         "chunked {chunked} KiB vs unfused {unfused} KiB"
     );
+}
+
+/// The fused head keeps the logits and makes their gradient in place: one `[tokens,
+/// vocab]` buffer where the unfused path's backward holds three.
+#[test]
+fn the_fused_head_holds_one_logits_buffer() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let (unfused, _, unfused_sum, unfused_grad) = run_child("unfused");
+    let (fused, fused_s, fused_sum, fused_grad) = run_child("fused-head");
+    let logits_kib = ((TOKENS * VOCAB * 4) >> 10) as u64;
+    println!(
+        "peak growth: unfused {} MiB, fused head {} MiB in {fused_s:.2} s ({} MiB of logits)",
+        unfused >> 10,
+        fused >> 10,
+        logits_kib >> 10
+    );
+    // The same arithmetic: equal sums and gradient norms.
+    assert!(
+        (unfused_sum - fused_sum).abs() <= 1e-6 * unfused_sum.abs(),
+        "{unfused_sum} vs {fused_sum}"
+    );
+    assert!(
+        (unfused_grad - fused_grad).abs() <= 1e-5 * unfused_grad,
+        "{unfused_grad} vs {fused_grad}"
+    );
+    // One buffer of logits plus the small hidden-state gradient (2 MiB here), against at
+    // least two for the unfused path.
+    assert!(
+        fused <= logits_kib + logits_kib / 4,
+        "fused head grew {fused} KiB for {logits_kib} KiB of logits"
+    );
+    assert!(unfused >= 2 * logits_kib, "unfused grew only {unfused} KiB");
 }

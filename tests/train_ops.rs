@@ -83,6 +83,38 @@ fn target_logprob_and_lse_match_log_softmax() {
     assert_close("gradient", &fused_grad, &plain_grad);
 }
 
+/// The LM head fused with the log-probabilities: the composition's values and hidden-state
+/// gradient (the same kernels, so equal to rounding), and no gradient for the head.
+#[test]
+fn head_target_logprob_matches_the_head_then_the_logprobs() {
+    let (n, h, vocab) = (9, 24, 61);
+    let hidden = Var::from_tensor(&random(&[n, h], 11)).unwrap();
+    let head = (random(&[vocab, h], 12) * 0.5).unwrap();
+    let targets = Tensor::from_vec(
+        (0..n as u32).map(|i| (i * 17) % vocab as u32).collect(),
+        n,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let weights = random(&[n, 2], 13);
+    let (fused, fused_grad) = value_and_grad(&hidden, &weights, |x| {
+        train_ops::head_target_logprob_and_lse(x, &head, &targets).unwrap()
+    });
+    let (composed, composed_grad) = value_and_grad(&hidden, &weights, |x| {
+        let logits = x.matmul(&head.t().unwrap()).unwrap();
+        train_ops::target_logprob_and_lse(&logits, &targets).unwrap()
+    });
+    assert_close("log-probabilities and lse", &fused, &composed);
+    assert_close("gradient", &fused_grad, &composed_grad);
+    let loss = (train_ops::head_target_logprob_and_lse(hidden.as_tensor(), &head, &targets)
+        .unwrap()
+        * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    assert!(loss.backward().unwrap().get(&head).is_none());
+}
+
 #[test]
 fn target_logprob_refuses_a_target_outside_the_vocabulary() {
     let logits = random(&[2, 5], 3);

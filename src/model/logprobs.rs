@@ -14,9 +14,15 @@ use candle_core::{Tensor, D};
 pub fn target_logprobs(decoder: &Decoder, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
     // On a GPU the `[n, vocab]` logits (and their gradient) would dominate memory at long
     // sequences: the chunked op never materialises them.
+    let head = decoder.lm_head.as_ref().unwrap_or(&decoder.embed_tokens);
     if hidden.device().is_cuda() {
-        let head = decoder.lm_head.as_ref().unwrap_or(&decoder.embed_tokens);
         return Ok(chunked_target_logprobs(hidden, head, targets)?);
+    }
+    // Training on the CPU: the head and the log-probabilities as one op, which keeps one
+    // `[n, vocab]` buffer where the composition below would hold three in its backward.
+    if hidden.track_op() && train_ops::fused_applies(hidden) && train_ops::fused_applies(head) {
+        let both = train_ops::head_target_logprob_and_lse(hidden, head, targets)?;
+        return Ok(both.narrow(1, 0, 1)?.squeeze(1)?);
     }
     let logits = decoder.logits(hidden, Precision::Exact)?;
     if train_ops::fused_applies(&logits) {

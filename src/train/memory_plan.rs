@@ -71,8 +71,8 @@ pub enum PlanDevice {
 pub enum LogprobHead {
     /// `Decoder::logits` then log-softmax and gather: `[tokens, vocab]` logits kept.
     Unfused,
-    /// `Decoder::logits` then the CPU's fused log-softmax op (f32): the logits kept once,
-    /// their gradient once in backward.
+    /// The CPU's fused head and log-softmax op (f32, `head_target_logprob_and_lse`): the
+    /// logits kept once, turned into their gradient in place in backward.
     FusedCpu,
     /// `chunked_logprob`: one vocabulary chunk at a time.
     Chunked,
@@ -420,13 +420,14 @@ fn logprob_head_bytes(c: &ModelConfig, shape: &TrainShape, tokens: usize) -> (u6
         }
         LogprobHead::FusedCpu => {
             // Kept: the selected hidden states, the f32 logits and the op's [n, 2] results.
-            // Backward: the logits' gradient and the hidden states' (f32).
+            // Backward: the logits become their own gradient in place; the hidden states'
+            // gradient (f32) is new.
             let kept = hidden + n * v * 4 + n * 2 * 4;
-            let transient = n * v * 4 + n * c.hidden_size as u64 * 4;
+            let transient = n * c.hidden_size as u64 * 4;
             (
                 kept,
                 transient,
-                format!("[{n} × {v}] f32 logits kept, their gradient in backward"),
+                format!("[{n} × {v}] f32 logits kept, their gradient made in place"),
             )
         }
         LogprobHead::Chunked => {

@@ -8,9 +8,11 @@
 //! CPU tensors; callers keep the plain candle composition for other devices and dtypes.
 //! (Attention has its own op, `causal_attention`.)
 
+use super::gemm::gemm_rhs_transposed;
 use super::op_storage::{cpu_f32, cpu_u32};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// Rows handed to one rayon task: enough work to amortise scheduling.
 const MIN_ROWS_PER_TASK: usize = 8;
@@ -42,6 +44,26 @@ fn check_target(target: u32, vocab: usize) -> Result<usize> {
     Ok(t)
 }
 
+/// The log-probability of target `t` in a row of logits, and the row's log-sum-exp.
+fn logprob_and_lse(row: &[f32], t: usize) -> (f32, f32) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // Summed in f64: 49k terms in one f32 accumulator lose ~1e-5 of the total.
+    let sum: f64 = row.iter().map(|&x| (x - max).exp() as f64).sum();
+    let lse = max + sum.ln() as f32;
+    (row[t] - lse, lse)
+}
+
+/// Overwrites a row of logits with the gradient of `g_lp · logp[t] + g_lse · lse`,
+/// `c = [g_lp, g_lse, lse]`: `softmax · (g_lse − g_lp)`, plus `g_lp` at the target.
+fn into_logprob_grad(row: &mut [f32], t: usize, c: &[f32]) {
+    let (g_lp, g_lse, lse) = (c[0], c[1], c[2]);
+    let w = g_lse - g_lp;
+    for x in row.iter_mut() {
+        *x = (*x - lse).exp() * w;
+    }
+    row[t] += g_lp;
+}
+
 impl CustomOp2 for TargetLogprob {
     fn name(&self) -> &'static str {
         "target-logprob"
@@ -67,12 +89,7 @@ impl CustomOp2 for TargetLogprob {
             .with_min_len(MIN_ROWS_PER_TASK)
             .try_for_each(|((out, row), &target)| -> Result<()> {
                 let t = check_target(target, vocab)?;
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                // Summed in f64: 49k terms in one f32 accumulator lose ~1e-5 of the total.
-                let sum: f64 = row.iter().map(|&x| (x - max).exp() as f64).sum();
-                let lse = max + sum.ln() as f32;
-                out[0] = row[t] - lse;
-                out[1] = lse;
+                (out[0], out[1]) = logprob_and_lse(row, t);
                 Ok(())
             })?;
         Ok((CpuStorage::F32(out), Shape::from((n, 2))))
@@ -92,8 +109,7 @@ impl CustomOp2 for TargetLogprob {
     }
 }
 
-/// d/dlogits of `g_lp · logp[target] + g_lse · lse` = `softmax · (g_lse − g_lp)` plus
-/// `g_lp` at the target.
+/// d/dlogits of `g_lp · logp[target] + g_lse · lse` (`into_logprob_grad`, row by row).
 struct TargetLogprobGrad;
 
 impl CustomOp3 for TargetLogprobGrad {
@@ -120,15 +136,110 @@ impl CustomOp3 for TargetLogprobGrad {
             .zip(targets.par_iter().zip(coefs.par_chunks(3)))
             .with_min_len(MIN_ROWS_PER_TASK)
             .try_for_each(|((grad, row), (&target, c))| -> Result<()> {
-                let (g_lp, g_lse, lse) = (c[0], c[1], c[2]);
-                let w = g_lse - g_lp;
-                for (g, &x) in grad.iter_mut().zip(row) {
-                    *g = (x - lse).exp() * w;
-                }
-                grad[check_target(target, vocab)?] += g_lp;
+                grad.copy_from_slice(row);
+                into_logprob_grad(grad, check_target(target, vocab)?, c);
                 Ok(())
             })?;
         Ok((CpuStorage::F32(grad), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The LM head and the target log-probabilities
+
+/// `target_logprob_and_lse(hidden · headᵀ, targets)` for `hidden` `[n, h]` and a frozen
+/// `head` `[vocab, h]` (f32, CPU), as one op with a backward pass to `hidden` only.
+///
+/// Composed from the head's projection and `target_logprob_and_lse`, candle's backward
+/// pass holds three `[n, vocab]` f32 buffers at once: the kept logits, their gradient and
+/// the gradient's sum in the store. This op keeps the logits it computed and its backward
+/// pass turns them into their own gradient in place, so the head costs one such buffer.
+pub fn head_target_logprob_and_lse(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &Tensor,
+) -> Result<Tensor> {
+    hidden.contiguous()?.apply_op3(
+        &head.contiguous()?,
+        &targets.contiguous()?,
+        HeadTargetLogprob {
+            logits: Mutex::new(None),
+        },
+    )
+}
+
+struct HeadTargetLogprob {
+    /// The forward pass's logits `[n, vocab]`, until the backward pass takes them.
+    logits: Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp3 for HeadTargetLogprob {
+    fn name(&self) -> &'static str {
+        "head-target-logprob"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ((n, h), (vocab, head_h)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        let hidden = cpu_f32(s1, l1, "head-target-logprob: the hidden states")?;
+        let head = cpu_f32(s2, l2, "head-target-logprob: the head")?;
+        let targets = cpu_u32(s3, l3, self.name())?;
+        if head_h != h || targets.len() != n {
+            candle_core::bail!(
+                "head-target-logprob: hidden {:?}, head {:?}, {} targets",
+                l1.shape(),
+                l2.shape(),
+                targets.len()
+            );
+        }
+        let mut logits = vec![0f32; n * vocab];
+        gemm_rhs_transposed(&mut logits, hidden, head, (n, vocab, h), false, 1.0);
+        let mut out = vec![0f32; n * 2];
+        out.par_chunks_mut(2)
+            .zip(logits.par_chunks(vocab))
+            .zip(targets.par_iter())
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .try_for_each(|((out, row), &target)| -> Result<()> {
+                (out[0], out[1]) = logprob_and_lse(row, check_target(target, vocab)?);
+                Ok(())
+            })?;
+        *self.logits.lock().expect("the op's logits") = Some(logits);
+        Ok((CpuStorage::F32(out), Shape::from((n, 2))))
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        head: &Tensor,
+        targets: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(mut grad) = self.logits.lock().expect("the op's logits").take() else {
+            candle_core::bail!("head-target-logprob: a second backward pass over one forward");
+        };
+        let vocab = head.dim(0)?;
+        // Per row: (upstream grad of the log-prob, upstream grad of the lse, the lse).
+        let coefs = Tensor::cat(&[grad_res, &res.narrow(1, 1, 1)?], 1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let targets = targets.to_vec1::<u32>()?;
+        grad.par_chunks_mut(vocab)
+            .zip(targets.par_iter().zip(coefs.par_chunks(3)))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .try_for_each(|(row, (&target, c))| -> Result<()> {
+                into_logprob_grad(row, check_target(target, vocab)?, c);
+                Ok(())
+            })?;
+        let grad = Tensor::from_vec(grad, (targets.len(), vocab), hidden.device())?;
+        Ok((Some(grad.matmul(head)?), None, None))
     }
 }
 
