@@ -182,7 +182,8 @@ pub struct TrainingFlags {
     #[arg(long)]
     pub gradient_checkpointing: Option<bool>,
     /// How the frozen base projections are stored while training: as loaded, or int8
-    /// blocks (QLoRA-style, about a quarter of the f32 weight memory; CPU f32 only).
+    /// blocks, each quantized as it is read (QLoRA-style, about a quarter of the f32 weight
+    /// memory; CPU f32 only).
     #[arg(long, value_enum, default_value = "model")]
     pub base_dtype: BaseDtypeArg,
     /// Clip the global gradient norm (0: no clipping).
