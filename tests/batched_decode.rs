@@ -23,8 +23,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn load(name: &str, dtype: DType) -> Model {
     let options = LoadOptions {
-        device: Device::Cpu,
         dtype,
+        ..LoadOptions::cpu()
     };
     Model::load(fixture(name).to_str().unwrap(), &options).unwrap()
 }

@@ -31,8 +31,8 @@ const TARGETS: [&str; 3] = ["q_proj", "v_proj", "down_proj"];
 /// gradient too); returns the adapters.
 fn bf16_model(fixture: &str) -> (Model, Vec<LoraAdapter>) {
     let options = LoadOptions {
-        device: Device::Cpu,
         dtype: DType::BF16,
+        ..LoadOptions::cpu()
     };
     let mut model = Model::load(common::fixture(fixture).to_str().unwrap(), &options).unwrap();
     let mut adapters = Vec::new();

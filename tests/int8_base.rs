@@ -2,19 +2,24 @@
 //! curve tracks the f32 base's step by step, every projection is stored as int8 blocks
 //! only, and the trained adapter, saved in PEFT's layout, loads onto the f32 base with
 //! the loss it had on the int8 one (skipped with a message when the GGUF has not been
-//! fetched). About four minutes on two busy cores.
+//! fetched). About four minutes on two busy cores. And the loader's int8 projections
+//! (each quantized as it is read) are bit for bit the blocks of quantizing after loading.
 
 mod common;
 
 use autoif::model::adapter_file::load_adapter;
 use autoif::model::chat_template::Message;
+use autoif::model::decoder::Decoder;
 use autoif::model::lora::Adapters;
-use autoif::model::{LoadOptions, Model};
+use autoif::model::ops::base_weight::BaseWeight;
+use autoif::model::{LoadOptions, Model, ProjectionStorage};
+use autoif::train::adapters::quantize_base;
 use autoif::train::data::{tokenize_sft, Conversation, TokenBatch, Tokenized};
 use autoif::train::optim::ScheduleKind;
 use autoif::train::policy::Policy;
 use autoif::train::sft::sft_loss;
 use autoif::train::{train, BaseDtype, SftConfig, TrainingArgs, TrainingJob, TrainingOptions};
+use candle_core::{DType, Tensor};
 use std::path::Path;
 
 const EXAMPLES: [(&str, &str); 8] = [
@@ -172,4 +177,103 @@ fn smollm2_sft_on_an_int8_base_tracks_the_f32_base_and_its_adapter_loads_on_f32(
         "the adapter gives {on_f32:.4} on the f32 base but {on_int8:.4} on the int8 one"
     );
     assert!(on_f32 < before - 0.5, "{before} → {on_f32}");
+}
+
+/// Every tensor of `d` that is not a projection weight: embeddings, norms, the LM head and
+/// the q/k/v biases.
+fn dense_tensors(d: &Decoder) -> Vec<(String, Tensor)> {
+    let mut out = vec![
+        ("embed_tokens".to_string(), d.embed_tokens.clone()),
+        ("norm".to_string(), d.norm.clone()),
+    ];
+    out.extend(d.lm_head.clone().map(|t| ("lm_head".to_string(), t)));
+    for (i, layer) in d.layers.iter().enumerate() {
+        out.push((
+            format!("{i}.input_layernorm"),
+            layer.input_layernorm.clone(),
+        ));
+        out.push((
+            format!("{i}.post_attention_layernorm"),
+            layer.post_attention_layernorm.clone(),
+        ));
+    }
+    for (name, layer) in d.linear_layers() {
+        out.extend(layer.bias().map(|b| (format!("{name}.bias"), b.clone())));
+    }
+    out
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+/// `ProjectionStorage::Int8` quantizes each projection as the loader reads it, so the dense
+/// projections never coexist; the blocks must be those the trainer made from the dense load
+/// (`quantize_base`), bit for bit, and every other tensor the dense load's: sharded
+/// safetensors with q/k/v biases (tiny Qwen2), one safetensors file (tiny Llama), and the
+/// GGUF, read one tensor at a time with Llama's Q/K rows un-permuted (SmolLM2, when fetched).
+#[test]
+fn quantizing_as_the_loader_reads_gives_the_blocks_of_quantizing_after_loading() {
+    let mut models = vec![common::fixture("tiny-qwen2"), common::fixture("tiny-llama")];
+    models.extend(common::smollm2(
+        "quantizing_as_the_loader_reads_gives_the_blocks_of_quantizing_after_loading (GGUF part)",
+    ));
+    let int8 = LoadOptions {
+        projections: ProjectionStorage::Int8,
+        ..LoadOptions::cpu()
+    };
+    for path in &models {
+        let path = path.to_str().unwrap();
+        let mut after = Model::load(path, &LoadOptions::cpu()).unwrap();
+        assert!(after
+            .decoder
+            .linear_layers()
+            .iter()
+            .all(|(_, l)| !l.base_is_int8()));
+        quantize_base(&mut after.decoder).unwrap();
+        let at_load = Model::load(path, &int8).unwrap();
+        let (want, got) = (
+            after.decoder.linear_layers(),
+            at_load.decoder.linear_layers(),
+        );
+        assert_eq!(want.len(), got.len());
+        for ((name, w), (_, g)) in want.iter().zip(&got) {
+            let (BaseWeight::Int8(w), BaseWeight::Int8(g)) = (w.base(), g.base()) else {
+                panic!("{path}: {name} is not stored as int8 blocks");
+            };
+            assert!(w == g, "{path}: {name}: the int8 blocks differ");
+        }
+        let (want, got) = (
+            dense_tensors(&after.decoder),
+            dense_tensors(&at_load.decoder),
+        );
+        assert_eq!(want.len(), got.len());
+        for ((name, w), (_, g)) in want.iter().zip(&got) {
+            assert!(bits(w) == bits(g), "{path}: {name} differs");
+        }
+        eprintln!(
+            "{path}: {} projections, {} other tensors identical",
+            at_load.decoder.linear_layers().len(),
+            want.len()
+        );
+    }
+    // An int8 base is CPU f32 only: refused before a weight is read.
+    let bf16 = LoadOptions {
+        dtype: DType::BF16,
+        ..int8
+    };
+    let err = Model::load(models[0].to_str().unwrap(), &bf16)
+        .err()
+        .expect("bf16 int8 refused")
+        .to_string();
+    assert!(
+        err.starts_with("int8 projections need f32 weights on the CPU, not BF16"),
+        "{err}"
+    );
 }

@@ -13,8 +13,8 @@ use candle_core::{DType, Device, Tensor, Var};
 
 fn load(name: &str, dtype: DType) -> Model {
     let options = LoadOptions {
-        device: Device::Cpu,
         dtype,
+        ..LoadOptions::cpu()
     };
     let mut model = Model::load(common::fixture(name).to_str().unwrap(), &options).unwrap();
     attach_adapters(&mut model.decoder, &LoraConfig::default(), 3).unwrap();

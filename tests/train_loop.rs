@@ -456,8 +456,8 @@ fn packing_fills_rows_up_to_max_len_and_keeps_the_loss() {
 #[test]
 fn bf16_base_weights_train_f32_adapters() {
     let bf16 = LoadOptions {
-        device: candle_core::Device::Cpu,
         dtype: candle_core::DType::BF16,
+        ..LoadOptions::cpu()
     };
     let load = || Model::load(common::fixture("tiny-llama").to_str().unwrap(), &bf16).unwrap();
     let mut model = load();

@@ -3,7 +3,7 @@
 
 use super::common::{check_output_folder, GpuMemoryArgs, ModelArgs};
 use crate::model::lora::LoraConfig;
-use crate::model::Model;
+use crate::model::{LoadOptions, Model};
 use crate::train::data::DataFormat;
 use crate::train::memory_plan::{Algorithm, TrainShape};
 use crate::train::online_dpo::read_verified_prompts;
@@ -182,7 +182,8 @@ pub struct TrainingFlags {
     #[arg(long)]
     pub gradient_checkpointing: Option<bool>,
     /// How the frozen base projections are stored while training: as loaded, or int8
-    /// blocks (QLoRA-style, about a quarter of the f32 weight memory; CPU f32 only).
+    /// blocks, each quantized as it is read (QLoRA-style, about a quarter of the f32 weight
+    /// memory; CPU f32 only).
     #[arg(long, value_enum, default_value = "model")]
     pub base_dtype: BaseDtypeArg,
     /// Clip the global gradient norm (0: no clipping).
@@ -247,8 +248,10 @@ const TRAIN_KNOBS: &str = "--max-batch-tokens, --batch-size or --max-len";
 
 /// The model with `--adapter` (if any) applied: training folds it into the weights and
 /// adds a new adapter on top, so for DPO the reference (adapters off) is the SFT model.
-/// Before any weight is read, the job's largest piece is planned and refused when it will
-/// not fit the GPU memory (`--gpu-memory`, or the CUDA device's).
+/// With `--base-dtype int8` each projection is quantized as it is read (an adapter then
+/// folds into the int8 blocks, as in `autoif run`'s DPO after its SFT phase). Before any
+/// weight is read, the job's largest piece is planned and refused when it will not fit
+/// the GPU memory (`--gpu-memory`, or the CUDA device's).
 fn load_for_training(
     model: &ModelArgs,
     memory: &GpuMemoryArgs,
@@ -256,7 +259,10 @@ fn load_for_training(
     algorithm: Algorithm,
     gen_batch: usize,
 ) -> Result<Model> {
-    let options = model.load_options()?;
+    let options = LoadOptions {
+        projections: args.base_dtype.projection_storage(),
+        ..model.load_options()?
+    };
     args.check_base_dtype(&options.device, options.dtype, "--base-dtype")?;
     let shape = TrainShape::largest_piece(args, algorithm, options.dtype, gen_batch);
     memory.ensure_fits(&model.model, &options.device, &[shape], TRAIN_KNOBS)?;

@@ -32,6 +32,7 @@ use super::ops::projection::project;
 use super::ops::quant::{self, Int8Cache, Precision};
 use super::ops::train_ops;
 use super::weights::Weights;
+use super::{LoadOptions, ProjectionStorage};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
@@ -112,13 +113,18 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Builds the decoder from Hugging Face-named weights, checking every shape.
-    pub fn load(
-        config: &ModelConfig,
-        weights: &Weights,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    /// Builds the decoder from Hugging Face-named weights, checking every shape, with the
+    /// projections stored as `options.projections` says: int8 blocks are made from each
+    /// weight as it is read, the dense copy dropped before the next is read.
+    pub fn load(config: &ModelConfig, weights: &Weights, options: &LoadOptions) -> Result<Self> {
+        let (dtype, device) = (options.dtype, &options.device);
+        let int8 = options.projections == ProjectionStorage::Int8;
+        if int8 && !(device.is_cpu() && dtype == DType::F32) {
+            bail!(
+                "int8 projections need f32 weights on the CPU, not {dtype:?} on {:?}",
+                device.location()
+            );
+        }
         let c = config;
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
         let q_out = c.num_attention_heads * c.head_dim;
@@ -130,7 +136,11 @@ impl Decoder {
             } else {
                 None
             };
-            Ok(LoraLinear::new(w, b))
+            let mut layer = LoraLinear::new(w, b);
+            if int8 {
+                layer.quantize_base()?;
+            }
+            Ok(layer)
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {

@@ -220,6 +220,11 @@ impl LoraLinear {
         Ok(())
     }
 
+    /// The frozen base weight as stored.
+    pub fn base(&self) -> &BaseWeight {
+        &self.base
+    }
+
     /// The base weight as stored, unless it is int8 blocks.
     pub fn dense_weight(&self) -> Option<&Tensor> {
         match &self.base {

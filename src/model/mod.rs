@@ -39,6 +39,20 @@ const END_OF_TURN_TOKENS: [&str; 3] = ["<|im_end|>", "<|eot_id|>", "<|endoftext|
 pub struct LoadOptions {
     pub device: Device,
     pub dtype: DType,
+    /// How the frozen projection weights are stored.
+    pub projections: ProjectionStorage,
+}
+
+/// How the loader stores each projection's weight (`LoraLinear`'s frozen base).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProjectionStorage {
+    /// In the load dtype.
+    #[default]
+    Dense,
+    /// As int8 blocks only (CPU f32; training's `--base-dtype int8`): each weight is
+    /// quantized as soon as it is read, so at most one dense projection exists at a time
+    /// rather than all of them until a later pass quantizes them.
+    Int8,
 }
 
 impl LoadOptions {
@@ -51,13 +65,18 @@ impl LoadOptions {
         } else {
             DType::F32
         };
-        Ok(Self { device, dtype })
+        Ok(Self {
+            device,
+            dtype,
+            projections: ProjectionStorage::Dense,
+        })
     }
 
     pub fn cpu() -> Self {
         Self {
             device: Device::Cpu,
             dtype: DType::F32,
+            projections: ProjectionStorage::Dense,
         }
     }
 
@@ -72,6 +91,7 @@ impl LoadOptions {
                     )
                 })?,
                 dtype: DType::BF16,
+                projections: ProjectionStorage::Dense,
             },
             "auto" => Self::auto()?,
             other => anyhow::bail!("unknown device `{other}` (auto, cpu or cuda)"),
@@ -105,7 +125,7 @@ struct Opened {
 enum UnreadWeights {
     /// Memory-mapped: nothing is read until a tensor is asked for.
     Safetensors(Weights),
-    /// The parsed header; the tensors are dequantized by `Weights::from_gguf`.
+    /// The parsed header; `Weights` dequantizes each tensor when it is asked for.
     Gguf(gguf_file::Content),
 }
 
@@ -117,13 +137,13 @@ impl Model {
         let weights = match (opened.weights, &files) {
             (UnreadWeights::Safetensors(w), _) => w,
             (UnreadWeights::Gguf(content), ModelFiles::Gguf { path }) => {
-                Weights::from_gguf(path, &content, &opened.config)?
+                Weights::from_gguf(path, content, &opened.config)?
             }
             (UnreadWeights::Gguf(_), ModelFiles::HfFolder { .. }) => {
                 unreachable!("a folder has safetensors weights")
             }
         };
-        let decoder = Decoder::load(&opened.config, &weights, options.dtype, &options.device)?;
+        let decoder = Decoder::load(&opened.config, &weights, options)?;
         Ok(Self {
             name: spec.to_string(),
             files,

@@ -1,5 +1,6 @@
 //! Named weight tensors in Hugging Face layout, from memory-mapped safetensors files
-//! (single or sharded) or from a GGUF file (dequantized, renamed, Q/K un-permuted).
+//! (single or sharded) or from a GGUF file (dequantized, renamed, Q/K un-permuted), each
+//! read and converted only when the decoder asks for it.
 
 use super::candle_reason;
 use super::config::{Architecture, ModelConfig};
@@ -21,10 +22,16 @@ enum Source {
         /// tensor name -> index into `files`
         routing: HashMap<String, usize>,
     },
-    /// Dequantized once at load: GGUF blocks cannot be memory-mapped as f32.
+    /// GGUF blocks cannot be memory-mapped as f32: each tensor is read from the file and
+    /// dequantized when asked for.
     Gguf {
         path: PathBuf,
-        tensors: HashMap<String, Tensor>,
+        content: gguf_file::Content,
+        /// Hugging Face name -> GGUF name
+        names: HashMap<String, String>,
+        /// (query heads, key/value heads) of a Llama model, whose Q and K rows llama.cpp
+        /// permuted; `None` for Qwen2.
+        rotary_heads: Option<(usize, usize)>,
     },
 }
 
@@ -62,16 +69,16 @@ impl Weights {
         })
     }
 
-    /// Dequantizes every tensor of a GGUF file to f32 under its Hugging Face name.
+    /// Maps every tensor of a GGUF file to its Hugging Face name, refusing names the
+    /// decoder does not know; the values are read and dequantized one tensor at a time by
+    /// `get`, so the loader never holds more than one dense tensor it has not yet taken.
     pub fn from_gguf(
         path: &Path,
-        content: &gguf_file::Content,
+        content: gguf_file::Content,
         config: &ModelConfig,
     ) -> Result<Self> {
-        check_gguf_extent(path, content)?;
-        let mut file = std::fs::File::open(path)
-            .with_context(|| format!("{}: cannot open", path.display()))?;
-        let mut tensors = HashMap::new();
+        check_gguf_extent(path, &content)?;
+        let mut names = HashMap::new();
         for name in content.tensor_infos.keys() {
             if name == "rope_freqs.weight" {
                 bail!(
@@ -86,35 +93,18 @@ impl Weights {
                     config.architecture
                 )
             })?;
-            let q = content.tensor(&mut file, name, &Device::Cpu).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: cannot read tensor {name} ({})",
-                    path.display(),
-                    candle_reason(&e)
-                )
-            })?;
-            let mut t = q.dequantize(&Device::Cpu).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: cannot dequantize {name} ({})",
-                    path.display(),
-                    candle_reason(&e)
-                )
-            })?;
-            // llama.cpp's converter interleaves the rotary halves of Q and K for llama
-            // models; transformers' layout keeps them as two halves.
-            if config.architecture == Architecture::Llama {
-                if hf_name.contains("self_attn.q_proj.") {
-                    t = unpermute_rotary_rows(&t, config.num_attention_heads)?;
-                } else if hf_name.contains("self_attn.k_proj.") {
-                    t = unpermute_rotary_rows(&t, config.num_key_value_heads)?;
-                }
-            }
-            tensors.insert(hf_name, t);
+            names.insert(hf_name, name.clone());
         }
+        // llama.cpp's converter interleaves the rotary halves of Q and K for llama
+        // models; transformers' layout keeps them as two halves.
+        let rotary_heads = (config.architecture == Architecture::Llama)
+            .then_some((config.num_attention_heads, config.num_key_value_heads));
         Ok(Self {
             source: Source::Gguf {
                 path: path.to_path_buf(),
-                tensors,
+                content,
+                names,
+                rotary_heads,
             },
         })
     }
@@ -122,7 +112,7 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         match &self.source {
             Source::Safetensors { routing, .. } => routing.contains_key(name),
-            Source::Gguf { tensors, .. } => tensors.contains_key(name),
+            Source::Gguf { names, .. } => names.contains_key(name),
         }
     }
 
@@ -150,11 +140,26 @@ impl Weights {
                 })?;
                 (path.as_path(), t)
             }
-            Source::Gguf { path, tensors } => {
-                let Some(t) = tensors.get(name) else {
+            Source::Gguf {
+                path,
+                content,
+                names,
+                rotary_heads,
+            } => {
+                let Some(gguf_name) = names.get(name) else {
                     bail!("{}: missing tensor {name}", path.display());
                 };
-                (path.as_path(), t.clone())
+                let t = read_gguf_tensor(path, content, gguf_name)?;
+                let t = match rotary_heads {
+                    Some((q_heads, _)) if name.contains("self_attn.q_proj.") => {
+                        unpermute_rotary_rows(&t, *q_heads)?
+                    }
+                    Some((_, kv_heads)) if name.contains("self_attn.k_proj.") => {
+                        unpermute_rotary_rows(&t, *kv_heads)?
+                    }
+                    _ => t,
+                };
+                (path.as_path(), t)
             }
         };
         if tensor.dims() != shape {
@@ -184,6 +189,26 @@ impl Weights {
             Source::Gguf { path, .. } => path.display().to_string(),
         }
     }
+}
+
+/// The GGUF tensor `name` of the file at `path`, dequantized to f32 on the CPU.
+fn read_gguf_tensor(path: &Path, content: &gguf_file::Content, name: &str) -> Result<Tensor> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let q = content.tensor(&mut file, name, &Device::Cpu).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot read tensor {name} ({})",
+            path.display(),
+            candle_reason(&e)
+        )
+    })?;
+    q.dequantize(&Device::Cpu).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot dequantize {name} ({})",
+            path.display(),
+            candle_reason(&e)
+        )
+    })
 }
 
 /// A truncated GGUF file still parses (the header is at the front), so check that every

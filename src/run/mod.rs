@@ -28,7 +28,7 @@ use crate::export::save_merged;
 use crate::generate::openai::{Endpoint, OpenAiBackend, OpenAiConfig};
 use crate::generate::{Backend, EngineOptions, LocalEngine};
 use crate::model::adapter_file::load_adapter;
-use crate::model::{LoadOptions, Model};
+use crate::model::{LoadOptions, Model, ProjectionStorage};
 use crate::pipeline::backtranslate::ConsistencyChecker;
 use crate::pipeline::funnel::{table, DropReason, FunnelRow};
 use crate::pipeline::{Pipeline, Stage};
@@ -148,10 +148,16 @@ impl Loop {
     }
 
     /// The trained model, loaded on first use with the adapters of the finished training
-    /// phases replayed.
-    fn model(&mut self) -> Result<&mut Model> {
+    /// phases replayed. The phase that loads it says how to store the projections: a
+    /// training phase on an int8 base has each quantized as it is read; IFEval and the
+    /// synthesis read the dense weights (the trainer quantizes them later, at its first
+    /// int8 phase, as it does a model loaded by an earlier phase).
+    fn model(&mut self, projections: ProjectionStorage) -> Result<&mut Model> {
         if self.model.is_none() {
-            let options = LoadOptions::for_device(&self.config.model.device)?;
+            let options = LoadOptions {
+                projections,
+                ..LoadOptions::for_device(&self.config.model.device)?
+            };
             let mut model = Model::load(&self.config.model.path, &options)?;
             restore_trained_weights(&mut model, &self.run)?;
             self.model = Some(model);
@@ -194,7 +200,7 @@ impl Loop {
                     )?)
                 }
                 SupervisorKind::SelfModel => {
-                    self.model()?;
+                    self.model(ProjectionStorage::Dense)?;
                 }
             }
         }
@@ -230,7 +236,7 @@ impl Loop {
         if cfg.limit > 0 {
             prompts.truncate(cfg.limit);
         }
-        let model = self.model()?;
+        let model = self.model(ProjectionStorage::Dense)?;
         let responses = generate_responses(model, &prompts, cfg.max_new_tokens, cfg.batch)?;
         let texts: Vec<&str> = responses.iter().map(String::as_str).collect();
         let evaluation = evaluate(&prompts, &texts);
@@ -258,7 +264,10 @@ impl Loop {
             &self.layout().phase_dir(Phase::Sft),
             &self.config.model.path,
         )?;
-        let outcome = train_sft(self.model()?, &data, &config, &options, |_| Ok(()))?;
+        let projections = config.args.base_dtype.projection_storage();
+        let outcome = train_sft(self.model(projections)?, &data, &config, &options, |_| {
+            Ok(())
+        })?;
         if outcome.training.is_none() {
             eprintln!("warning: phase sft: no training example; the model is not changed");
         }
@@ -272,7 +281,10 @@ impl Loop {
             &self.layout().phase_dir(Phase::Dpo),
             &self.config.model.path,
         )?;
-        let outcome = train_dpo(self.model()?, &data, &config, &options, |_| Ok(()))?;
+        let projections = config.args.base_dtype.projection_storage();
+        let outcome = train_dpo(self.model(projections)?, &data, &config, &options, |_| {
+            Ok(())
+        })?;
         if outcome.training.is_none() {
             eprintln!("warning: phase dpo: no preference pair; the model is not changed");
         }
@@ -292,7 +304,14 @@ impl Loop {
             &self.config.model.path,
         );
         let exec_timeout = Duration::from_millis(self.config.synthesis.exec_timeout_ms);
-        train_online_dpo(self.model()?, &prompts, &config, exec_timeout, &options)?;
+        let projections = config.dpo.args.base_dtype.projection_storage();
+        train_online_dpo(
+            self.model(projections)?,
+            &prompts,
+            &config,
+            exec_timeout,
+            &options,
+        )?;
         prompts.iter().for_each(|_| row.keep());
         Ok(vec![row])
     }
@@ -307,7 +326,7 @@ impl Loop {
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("{}: cannot replace", dir.display()))?;
         }
-        let model = self.model()?;
+        let model = self.model(ProjectionStorage::Dense)?;
         save_merged(model, &dir, model.decoder.dtype())?;
         eprintln!("wrote {}", dir.display());
         Ok(Vec::new())

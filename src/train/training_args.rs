@@ -2,6 +2,7 @@
 
 use super::optim::{AdamWConfig, ScheduleKind};
 use crate::model::lora::LoraConfig;
+use crate::model::ProjectionStorage;
 use crate::validation::Problems;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
@@ -22,6 +23,15 @@ pub enum BaseDtype {
 impl BaseDtype {
     fn is_model(&self) -> bool {
         *self == BaseDtype::Model
+    }
+
+    /// How the loader should store the projections for training on this base: an int8
+    /// base is quantized as it is read, so the dense projections never exist all at once.
+    pub fn projection_storage(self) -> ProjectionStorage {
+        match self {
+            BaseDtype::Model => ProjectionStorage::Dense,
+            BaseDtype::Int8 => ProjectionStorage::Int8,
+        }
     }
 }
 

@@ -64,6 +64,20 @@ pub struct Int8Weight {
     scales: Vec<f32>,
 }
 
+/// Bit for bit: the same shape, int8 values and scales (compared as bits).
+impl PartialEq for Int8Weight {
+    fn eq(&self, other: &Self) -> bool {
+        (self.out, self.inp) == (other.out, other.inp)
+            && self.data == other.data
+            && self.scales.len() == other.scales.len()
+            && self
+                .scales
+                .iter()
+                .zip(&other.scales)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+}
+
 impl std::fmt::Debug for Int8Weight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Int8Weight [{}, {}]", self.out, self.inp)
