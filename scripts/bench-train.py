@@ -7,7 +7,11 @@ f32 on the CPU with the same thread count, on batches of 4 sequences × 512 toke
 first step of each is a warm-up and is not timed. tokens/s counts the tokens of the batch
 (4 × 512) per optimizer step.
 
-  /work/refenv/bin/python scripts/bench-train.py [--steps 3] [--threads 2]
+  /work/refenv/bin/python scripts/bench-train.py [--steps 3] [--threads 2] [--checkpointing]
+
+--checkpointing turns on activation checkpointing in both: transformers'
+`gradient_checkpointing_enable` (non-reentrant) under PEFT, `--gradient-checkpointing true`
+in autoif. Each recomputes every decoder layer in the backward pass.
 
 Needs: torch, transformers (5.x, with gguf), peft; the GGUF from scripts/fetch-models.sh;
 a built binary (cargo build --release; the script uses target/release/autoif).
@@ -34,7 +38,7 @@ def long_text(rng, words=700):
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-def bench_peft(steps, threads):
+def bench_peft(steps, threads, checkpointing):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -44,6 +48,8 @@ def bench_peft(steps, threads):
     model = AutoModelForCausalLM.from_pretrained(GGUF.parent, gguf_file=GGUF.name, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.0)
     ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ))
@@ -60,7 +66,7 @@ def bench_peft(steps, threads):
     return BATCH * SEQ * len(times) / sum(times)
 
 
-def bench_autoif(steps, threads, binary):
+def bench_autoif(steps, threads, binary, checkpointing):
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.jsonl"
@@ -72,7 +78,9 @@ def bench_autoif(steps, threads, binary):
         subprocess.run([str(binary), "train", "sft", "--model", str(GGUF), "--device", "cpu",
                         "--data", str(data), "--out", str(out), "--max-len", str(SEQ),
                         "--batch-size", str(BATCH), "--epochs", str(steps + 1), "--lr", "2e-4",
-                        "--lora-r", "16", "--lora-alpha", "32", "--max-batch-tokens", str(SEQ)], check=True, env=env)
+                        "--lora-r", "16", "--lora-alpha", "32", "--max-batch-tokens", str(SEQ),
+                        "--gradient-checkpointing", "true" if checkpointing else "false"],
+                       check=True, env=env)
         lines = [json.loads(l) for l in open(out / "metrics.jsonl")]
     timed = lines[1:]
     tokens = sum(l["tokens"] for l in timed)
@@ -86,12 +94,17 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--binary", default=str(ROOT / "target/release/autoif"))
+    ap.add_argument("--checkpointing", action="store_true")
     a = ap.parse_args()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), "unknown CPU")
     load_before = os.getloadavg()
-    peft = bench_peft(a.steps, a.threads)
-    ours = bench_autoif(a.steps, a.threads, a.binary)
+    peft = bench_peft(a.steps, a.threads, a.checkpointing)
+    ours = bench_autoif(a.steps, a.threads, a.binary, a.checkpointing)
     load_after = os.getloadavg()
-    print(f"LoRA SFT, SmolLM2-135M f32, batch {BATCH}x{SEQ}, {a.threads} threads, {a.steps} timed steps")
+    ckpt = "activation checkpointing on" if a.checkpointing else "no checkpointing"
+    print(f"LoRA SFT, SmolLM2-135M f32, batch {BATCH}x{SEQ}, {a.threads} threads, {a.steps} timed "
+          f"steps, {ckpt}; {cpu}")
     print(f"| implementation | tokens/s |\n|---|---|\n| PEFT + PyTorch | {peft:.1f} |\n| autoif | {ours:.1f} |")
     print(f"autoif / PEFT = {ours / peft:.2f}x; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The memory planner against reality on the CPU: for each model, algorithm, sequence
 length and checkpointing setting, `autoif plan --device cpu` beside the peak resident
-memory of one optimizer step of `autoif train` (its `/usr/bin/time -v` maximum RSS).
+memory of one optimizer step of `autoif train` (the process's VmHWM, or VmRSS sampled
+every 20 ms where that is higher).
 
     scripts/plan-vs-measured.py [--bin target/release/autoif] [--work /tmp/plan-vs-measured]
                                 [--only smollm2|qwen2-0.5b]
@@ -118,16 +119,33 @@ def planned(binary, model, algo, length, ckpt):
 
 
 def measured(binary, model, algo, length, ckpt, data, out):
+    """Peak resident memory (GiB) and seconds of one `autoif train` step: the larger of
+    the kernel's maximum RSS (`wait4`) and the largest VmRSS sampled every 20 ms. The
+    maximum RSS alone can miss a memory-mapped safetensors file's pages, which the plan
+    counts while the weights are converted."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = ["/usr/bin/time", "-v", binary, "train", algo, "--model", model, "--data", data,
-           "--out", out, "--max-steps", "1", "--batch-size", "1", "--max-len", str(length),
+    cmd = [binary, "train", algo, "--model", model, "--data", data, "--out", out,
+           "--max-steps", "1", "--batch-size", "1", "--max-len", str(length),
            "--max-batch-tokens", "0", "--gradient-checkpointing", ckpt]
     started = time.time()
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
-    kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr).group(1))
-    return kib / (1 << 20), time.time() - started
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sampled_kib = 0
+    status = f"/proc/{child.pid}/status"
+    while child.poll() is None:
+        try:
+            with open(status) as f:
+                rss = next((l for l in f if l.startswith("VmRSS:")), None)
+            if rss:
+                sampled_kib = max(sampled_kib, int(rss.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        time.sleep(0.02)
+    stderr = child.stderr.read()
+    if child.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{stderr[-2000:]}")
+    match = re.search(r"VmHWM (\d+) kB", stderr)
+    hwm_kib = int(match.group(1)) if match else 0
+    return max(sampled_kib, hwm_kib) / (1 << 20), time.time() - started
 
 
 def main():
@@ -151,7 +169,7 @@ def main():
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · commit {commit} · "
           f"{cpu}, {os.cpu_count()} cores · load average at start {os.getloadavg()[0]:.1f}\n")
     print("| model | job | tokens per sequence | checkpointing | planned GiB | measured GiB "
-          "(max RSS) | planned / measured | step s |")
+          "(peak RSS) | planned / measured | step s |")
     print("|---|---|---|---|---|---|---|---|")
     worst = 0.0
     for name, model, lengths in models:
