@@ -20,20 +20,7 @@
 // r - first[r]); len[r] == 0 marks a row outside every sequence, whose outputs are zero.
 // cos/sin are [positions, D/2] f32. All arithmetic is f32.
 
-#ifdef AUTOIF_HOST_EMULATION
-#include "host_emulation.h"
-#else
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#endif
-#include <stdint.h>
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ void store(float *p, float x) { *p = x; }
-__device__ __forceinline__ void store(__nv_bfloat16 *p, float x) { *p = __float2bfloat16(x); }
-__device__ __forceinline__ void store(__half *p, float x) { *p = __float2half(x); }
+#include "elements.cuh"
 
 // a . b over D components, in f32.
 template <int D, typename A, typename B>
