@@ -235,7 +235,13 @@ __device__ void tiled_forward(const T *q, const T *k, const T *v, T *out,
                             scale);                                                          \
     }
 
+// wmma has f16 fragments from sm_70 and bf16 ones from sm_80; below that the driver keeps
+// causal_attention.cu (Element::TILED_FROM in causal_attention_cuda.rs).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 FLASH_ATTENTION(__nv_bfloat16, bf16, 64)
 FLASH_ATTENTION(__nv_bfloat16, bf16, 128)
+#endif
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
 FLASH_ATTENTION(__half, f16, 64)
 FLASH_ATTENTION(__half, f16, 128)
+#endif

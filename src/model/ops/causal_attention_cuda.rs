@@ -1,5 +1,8 @@
 //! The CUDA side of `causal_attention` (built with `--features cuda`): launches the
-//! kernels of `kernels/causal_attention.cu`. Both directions first convert q, k and v to
+//! kernels of `kernels/causal_attention.cu` and `kernels/flash_attention.cu`. In bf16 and
+//! f16 the forward is one launch of the tensor-core kernel (`flash_attention_forward`,
+//! which rotates q and k itself) where the GPU the PTX is built for has the fragment
+//! types (`tiled_from`); otherwise both directions first convert q, k and v to
 //! f32 in the rotated frame (`attention_load`); the forward writes the attention output
 //! in the inputs' dtype, the backward writes dq, dk and dv side by side in one
 //! `[rows, (heads + 2·kv_heads)·d]` tensor (`AttentionGrad`'s output). Per layer this
@@ -23,6 +26,10 @@ use std::sync::Arc;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/causal_attention.ptx"));
 const MODULE: &str = "autoif_causal_attention";
+const TILED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attention.ptx"));
+const TILED_MODULE: &str = "autoif_flash_attention";
+/// The compute capability build.rs compiled the PTX for (e.g. "90").
+const COMPUTE_CAP: &str = env!("AUTOIF_CUDA_COMPUTE_CAP");
 /// The op, as errors name it.
 const WHAT: &str = "causal-attention";
 /// Threads per block: every kernel is one thread per item of a flat index.
@@ -31,18 +38,38 @@ const BLOCK: u32 = 128;
 trait Element: CudaDType + DeviceRepr + ValidAsZeroBits {
     /// The kernels' name suffix.
     const NAME: &'static str;
+    /// The compute capability from which flash_attention.cu is built for this type
+    /// (wmma's bf16 fragments need sm_80, f16 ones sm_70); None: not at all.
+    const TILED_FROM: Option<u32>;
 }
 
 impl Element for f32 {
     const NAME: &'static str = "f32";
+    const TILED_FROM: Option<u32> = None;
 }
 
 impl Element for bf16 {
     const NAME: &'static str = "bf16";
+    const TILED_FROM: Option<u32> = Some(80);
 }
 
 impl Element for f16 {
     const NAME: &'static str = "f16";
+    const TILED_FROM: Option<u32> = Some(70);
+}
+
+/// Whether the forward pass in `T` runs on the tensor-core kernel in this build.
+fn tiled<T: Element>() -> bool {
+    let cap: u32 = COMPUTE_CAP.parse().unwrap_or(0);
+    T::TILED_FROM.is_some_and(|from| cap >= from)
+}
+
+/// Query rows per block and threads per block of the tensor-core forward for head size
+/// `d`: one warp per 16 rows, 4 warps at head size 64 and 2 at 128 (`ForwardShape` in
+/// kernels/flash_attention.cu).
+fn tiled_shape(d: usize) -> (usize, u32) {
+    let warps = if d == 64 { 4 } else { 2 };
+    (16 * warps, 32 * warps as u32)
 }
 
 fn launch_over(items: usize) -> Result<LaunchConfig> {
@@ -81,6 +108,13 @@ impl Launches<'_> {
         Ok(self
             .dev
             .get_or_load_custom_func(name, MODULE, PTX)?
+            .into_cuda_function())
+    }
+
+    fn tiled_kernel(&self, name: &str) -> Result<CudaFunction> {
+        Ok(self
+            .dev
+            .get_or_load_custom_func(name, TILED_MODULE, TILED_PTX)?
             .into_cuda_function())
     }
 
@@ -247,6 +281,9 @@ fn forward_typed<T: Element>(
     (q, k, v): (&CudaStorage, &CudaStorage, &CudaStorage),
     (l1, l2, l3): (&Layout, &Layout, &Layout),
 ) -> Result<CudaSlice<T>> {
+    if tiled::<T>() {
+        return forward_tiled::<T>(l, (q, k, v), (l1, l2, l3));
+    }
     let op = l.op;
     let [qf, kf, vf] = l.load_qkv::<T>((q, k, v), (l1, l2, l3))?;
     let out = l
@@ -268,6 +305,48 @@ fn forward_typed<T: Element>(
     launch.arg(&kv_heads);
     launch.arg(&scale);
     unsafe { launch.launch(launch_over(l.rows * op.heads)?) }.w()?;
+    Ok(out)
+}
+
+/// The forward pass on flash_attention.cu: q, k and v as they are, one launch over
+/// (blocks of query rows, heads).
+fn forward_tiled<T: Element>(
+    l: &Launches,
+    (q, k, v): (&CudaStorage, &CudaStorage, &CudaStorage),
+    (l1, l2, l3): (&Layout, &Layout, &Layout),
+) -> Result<CudaSlice<T>> {
+    let op = l.op;
+    let q = cuda_contiguous(q.as_cuda_slice::<T>()?, l1, WHAT)?;
+    let k = cuda_contiguous(k.as_cuda_slice::<T>()?, l2, WHAT)?;
+    let v = cuda_contiguous(v.as_cuda_slice::<T>()?, l3, WHAT)?;
+    let out = l
+        .stream
+        .alloc_zeros::<T>(l.rows * op.heads * op.head_dim)
+        .w()?;
+    let [rows, heads, kv_heads, d] = l.dims()?;
+    let scale = op.scale();
+    let kernel = l.tiled_kernel(&format!("flash_attention_forward_{}_{d}", T::NAME))?;
+    let mut launch = l.stream.launch_builder(&kernel);
+    launch.arg(&q);
+    launch.arg(&k);
+    launch.arg(&v);
+    launch.arg(&out);
+    launch.arg(&l.first);
+    launch.arg(&l.len);
+    launch.arg(&l.cos);
+    launch.arg(&l.sin);
+    launch.arg(&rows);
+    launch.arg(&heads);
+    launch.arg(&kv_heads);
+    launch.arg(&scale);
+    let (rows_per_block, threads) = tiled_shape(op.head_dim);
+    let config = LaunchConfig {
+        grid_dim: (kernel_u32(l.rows.div_ceil(rows_per_block), WHAT)?, heads, 1),
+        block_dim: (threads, 1, 1),
+        // The kernel's shared memory is static (at most 48 KiB).
+        shared_mem_bytes: 0,
+    };
+    unsafe { launch.launch(config) }.w()?;
     Ok(out)
 }
 
