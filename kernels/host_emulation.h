@@ -271,11 +271,15 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
                      const fragment<matrix_a, 16, 16, 16, T, LayoutA> &a,
                      const fragment<matrix_b, 16, 16, 16, T, LayoutB> &b,
                      const fragment<accumulator, 16, 16, 16, float> &c) {
-    float out[256];
+    float fa[256], fb[256], out[256];
+    for (int e = 0; e < 256; ++e) {
+        fa[e] = wmma_f32(a.x[e]);
+        fb[e] = wmma_f32(b.x[e]);
+    }
     for (int r = 0; r < 16; ++r) {
         for (int n = 0; n < 16; ++n) {
             float sum = c.x[r * 16 + n];
-            for (int k = 0; k < 16; ++k) sum += wmma_f32(a.x[r * 16 + k]) * wmma_f32(b.x[k * 16 + n]);
+            for (int k = 0; k < 16; ++k) sum += fa[r * 16 + k] * fb[k * 16 + n];
             out[r * 16 + n] = sum;
         }
     }

@@ -1,4 +1,4 @@
-//! The CUDA attention kernels (kernels/causal_attention.cu and the tensor-core forward in
+//! The CUDA attention kernels (kernels/causal_attention.cu and the tensor-core kernels of
 //! kernels/flash_attention.cu), compiled for the host and run there
 //! (tests/kernel_host/causal_attention.cpp replays the launches of
 //! src/model/ops/causal_attention_cuda.rs), against their CPU twin, the `CausalAttention` op:
@@ -6,7 +6,7 @@
 //! different lengths and rows outside every sequence. Bounds: relative error (of the
 //! whole tensor, in the 2-norm) 1e-5 in f32, 1e-3 in bf16 and f16 against the twin's
 //! result rounded to the dtype, as the kernels compute in f32 and round once; the
-//! tensor-core forward rounds three more times (see `Dtype::tiled_bound`). CI has no GPU;
+//! tensor-core kernels round operands too (see `Dtype::tiled_bound`). CI has no GPU;
 //! this is how it checks the kernels' indexing and arithmetic. Needs a C++17 compiler
 //! (`c++`, or `CXX`) with threads.
 
@@ -72,18 +72,27 @@ impl Dtype {
         }
     }
 
-    /// The bound for the tensor-core forward's output. Besides the output's rounding
-    /// (which the reference shares), it rounds the rotated q and k and the probabilities
-    /// to the dtype, each off by at most half the dtype's machine epsilon (2⁻⁸ for bf16,
-    /// 2⁻¹¹ for f16) relative to the element; summing the four half-epsilons, as if every
-    /// error pushed the same way: 2·epsilon. The scores' errors reach the output through
-    /// exp, i.e. relative to each probability, so they count as relative too.
-    fn tiled_bound(self) -> f64 {
-        match self {
+    /// The bound for the tensor-core kernels' result `name`. They round the rotated q
+    /// and k to the dtype, and the probabilities (for the output and dv) or
+    /// p·(dp − δ) (for dq and dk) before the products that take them; dq = ds·k and
+    /// dk = dsᵀ·q take the rounded k or q a second time. With the result's own rounding
+    /// (which the reference shares) that is four roundings for the output and dv, five
+    /// for dq and dk, each off by at most half the dtype's machine epsilon (2⁻⁸ for
+    /// bf16, 2⁻¹¹ for f16) relative to the element; the bound sums them as if every
+    /// error pushed the same way. The scores' errors reach the results through exp,
+    /// i.e. relative to each probability, so they count as relative too.
+    fn tiled_bound(self, name: &str) -> f64 {
+        let epsilon = match self {
             Dtype::F32 => unreachable!("the tiled kernels take bf16 and f16"),
-            Dtype::Bf16 => 2.0 * 2f64.powi(-8),
-            Dtype::F16 => 2.0 * 2f64.powi(-11),
-        }
+            Dtype::Bf16 => 2f64.powi(-8),
+            Dtype::F16 => 2f64.powi(-11),
+        };
+        let roundings = if matches!(name, "dq" | "dk") {
+            5.0
+        } else {
+            4.0
+        };
+        roundings * epsilon / 2.0
     }
 }
 
@@ -94,7 +103,7 @@ struct Case {
     d: usize,
     segments: Vec<(usize, usize)>,
     dtype: Dtype,
-    /// The forward pass on the tensor-core kernel (bf16 and f16).
+    /// On the tensor-core kernels (bf16 and f16), forward and backward.
     tiled: bool,
 }
 
@@ -233,8 +242,8 @@ fn check(case: Case, seed: u64) {
         let want = round(want);
         let err = relative_error(&got, &want);
         let (dtype, tiled) = (case.dtype, case.tiled);
-        let bound = if tiled && name == "output" {
-            dtype.tiled_bound()
+        let bound = if tiled {
+            dtype.tiled_bound(name)
         } else {
             dtype.bound()
         };
@@ -302,8 +311,8 @@ fn f16_kernels_match_the_cpu_twin() {
     check(shared_kv_128(Dtype::F16), 32);
 }
 
-/// Packed sequences long enough for the tensor-core forward's tiles to matter: blocks of
-/// query rows that start mid-sequence, sequences that end mid-block and mid-tile, key
+/// Packed sequences long enough for the tensor-core kernels' tiles to matter: blocks of
+/// query (or key) rows that start mid-sequence, sequences that end mid-block and mid-tile, key
 /// tiles that straddle two sequences, a one-token sequence and padding between them;
 /// 6 query heads on 2 KV heads (head size 64) or 3 on 1 (head size 128).
 fn tiled_ragged(dtype: Dtype, d: usize) -> Case {
@@ -319,7 +328,7 @@ fn tiled_ragged(dtype: Dtype, d: usize) -> Case {
 }
 
 #[test]
-fn bf16_tensor_core_forward_matches_the_cpu_twin() {
+fn bf16_tensor_core_kernels_match_the_cpu_twin() {
     let tiled = |case: Case| Case {
         tiled: true,
         ..case
@@ -331,7 +340,7 @@ fn bf16_tensor_core_forward_matches_the_cpu_twin() {
 }
 
 #[test]
-fn f16_tensor_core_forward_matches_the_cpu_twin() {
+fn f16_tensor_core_kernels_match_the_cpu_twin() {
     let tiled = |case: Case| Case {
         tiled: true,
         ..case

@@ -5,7 +5,8 @@
 // a std::thread per GPU thread (host_launch_blocks).
 //
 // IN (little-endian): u32 rows, heads, kv_heads, d, positions, dtype (0 f32, 1 bf16,
-// 2 f16), tiled (1: the forward pass on flash_attention.cu, bf16 and f16 only), segments;
+// 2 f16), tiled (1: flash_attention.cu's forward and backward kernels, bf16 and f16 only,
+// as the driver runs them there), segments;
 // u32 (first, len) per segment; f32 q [rows, heads·d], k and v
 // [rows, kv_heads·d], dout [rows, heads·d], cos and sin [positions, d/2]. For bf16 and f16,
 // q, k, v and dout are rounded to the dtype on reading and the kernels run on it.
@@ -57,18 +58,27 @@ struct TiledKernels;
             return d == 64 ? flash_attention_forward_##NAME##_64            \
                            : flash_attention_forward_##NAME##_128;          \
         }                                                                   \
+        static auto backward_rows(uint32_t d) {                             \
+            return d == 64 ? flash_attention_backward_rows_##NAME##_64      \
+                           : flash_attention_backward_rows_##NAME##_128;    \
+        }                                                                   \
+        static auto backward_keys(uint32_t d) {                             \
+            return d == 64 ? flash_attention_backward_keys_##NAME##_64      \
+                           : flash_attention_backward_keys_##NAME##_128;    \
+        }                                                                   \
     };
 TILED_KERNELS(__nv_bfloat16, bf16)
 TILED_KERNELS(__half, f16)
 
-// The tiled forward's grid and block for head size d (ForwardShape).
-static HostGrid tiled_grid(uint32_t rows, uint32_t heads, uint32_t d) {
-    const uint32_t per_block = d == 64 ? ForwardShape<64>::ROWS : ForwardShape<128>::ROWS;
-    return {(rows + per_block - 1) / per_block, heads};
+// A tiled kernel's threads per block for head size d (`Shape` is its ForwardShape, ...).
+template <template <int> class Shape>
+static uint32_t tiled_threads(uint32_t d) {
+    return d == 64 ? Shape<64>::THREADS : Shape<128>::THREADS;
 }
 
-static uint32_t tiled_threads(uint32_t d) {
-    return d == 64 ? ForwardShape<64>::THREADS : ForwardShape<128>::THREADS;
+// A tiled kernel's grid: blocks of `per_block` rows by heads.
+static HostGrid tiled_grid(uint32_t rows, uint32_t heads, uint32_t per_block) {
+    return {(rows + per_block - 1) / per_block, heads};
 }
 
 struct Problem {
@@ -100,31 +110,44 @@ static void run(const Problem &p, bool tiled, FILE *out_file) {
         return f;
     };
 
-    // Forward.
     std::vector<T> out(size_t(rows) * h * d);
+    std::vector<float> stats(size_t(rows) * h * 2), dq(size_t(rows) * h * d);
+    std::vector<float> dk(size_t(rows) * h * d), dv(size_t(rows) * h * d);
     if constexpr (!std::is_same<T, float>::value) {
         if (tiled) {
-            host_launch_blocks(tiled_grid(rows, h, d), tiled_threads(d),
-                               TiledKernels<T>::forward(d), q.data(), k.data(), v.data(),
-                               out.data(), first, len, cos, sin, rows, h, kvh, scale);
+            using TK = TiledKernels<T>;
+            const bool d64 = d == 64;
+            host_launch_blocks(
+                tiled_grid(rows, h, d64 ? ForwardShape<64>::ROWS : ForwardShape<128>::ROWS),
+                tiled_threads<ForwardShape>(d), TK::forward(d), q.data(), k.data(), v.data(),
+                out.data(), first, len, cos, sin, rows, h, kvh, scale);
+            host_launch_blocks(
+                tiled_grid(rows, h,
+                           d64 ? BackwardRowsShape<64>::ROWS : BackwardRowsShape<128>::ROWS),
+                tiled_threads<BackwardRowsShape>(d), TK::backward_rows(d), q.data(), k.data(),
+                v.data(), dout.data(), stats.data(), dq.data(), first, len, cos, sin, rows, h,
+                kvh, scale);
+            host_launch_blocks(
+                tiled_grid(rows, h,
+                           d64 ? BackwardKeysShape<64>::KEYS : BackwardKeysShape<128>::KEYS),
+                tiled_threads<BackwardKeysShape>(d), TK::backward_keys(d), q.data(), k.data(),
+                v.data(), dout.data(), stats.data(), dk.data(), dv.data(), first, len, cos, sin,
+                rows, h, kvh, scale);
         }
     }
     if (!tiled) {
-        const auto qf = load(q, h, 1), kf = load(k, kvh, 1), vf = load(v, kvh, 0);
+        // Forward, then backward (which loads q, k and v again, as the op's backward does).
+        auto qf = load(q, h, 1), kf = load(k, kvh, 1), vf = load(v, kvh, 0);
         host_launch(blocks_for(size_t(rows) * h), BLOCK, K::forward(d), qf.data(), kf.data(),
                     vf.data(), out.data(), first, len, rows, h, kvh, scale);
+        qf = load(q, h, 1), kf = load(k, kvh, 1), vf = load(v, kvh, 0);
+        host_launch(blocks_for(size_t(rows) * h), BLOCK, K::backward_rows(d), qf.data(),
+                    kf.data(), vf.data(), dout.data(), stats.data(), dq.data(), first, len,
+                    rows, h, kvh, scale);
+        host_launch(blocks_for(size_t(rows) * h), BLOCK, K::backward_keys(d), qf.data(),
+                    kf.data(), vf.data(), dout.data(), stats.data(), dk.data(), dv.data(),
+                    first, len, rows, h, kvh, scale);
     }
-
-    // Backward.
-    const auto qf = load(q, h, 1), kf = load(k, kvh, 1), vf = load(v, kvh, 0);
-    std::vector<float> stats(size_t(rows) * h * 2), dq(size_t(rows) * h * d);
-    std::vector<float> dk(size_t(rows) * h * d), dv(size_t(rows) * h * d);
-    host_launch(blocks_for(size_t(rows) * h), BLOCK, K::backward_rows(d), qf.data(),
-                kf.data(), vf.data(), dout.data(), stats.data(), dq.data(), first, len,
-                rows, h, kvh, scale);
-    host_launch(blocks_for(size_t(rows) * h), BLOCK, K::backward_keys(d), qf.data(),
-                kf.data(), vf.data(), dout.data(), stats.data(), dk.data(), dv.data(), first,
-                len, rows, h, kvh, scale);
     const uint32_t width = (h + 2 * kvh) * d;
     std::vector<T> grads(size_t(rows) * width);
     auto store_grad = [&](const std::vector<float> &g, uint32_t heads, uint32_t group,
