@@ -71,24 +71,19 @@ export PATH="$cuda_home/bin:$PATH"
 echo "== nvcc: $(nvcc --version | tail -2 | head -1); CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
 
 # Register spills in the attention kernels, from ptxas for the GPU this build targets
-# (the driver JITs the same PTX with the same ptxas): flash_attention.cu must have
-# none; causal_attention.cu's are listed (at head size 128 its one-thread-per-row
-# kernels hold more than 255 registers' worth; docs/gpu.md).
-spills() {
-  local cubin
+# (the driver JITs the same PTX with the same ptxas): there must be none.
+for source in kernels/causal_attention.cu kernels/flash_attention.cu; do
   cubin="$(mktemp)"
-  nvcc -cubin -O3 -std=c++17 -arch="sm_$CUDA_COMPUTE_CAP" -Xptxas -v -o "$cubin" "$1" 2>&1 |
-    awk '/Compiling entry function/ {name = $7} /spill stores/ {print name, $5 + $9}'
+  report="$(nvcc -cubin -O3 -std=c++17 -arch="sm_$CUDA_COMPUTE_CAP" -Xptxas -v -o "$cubin" "$source" 2>&1)"
   rm -f "$cubin"
-}
-flash_spills="$(spills kernels/flash_attention.cu)"
-[ -n "$flash_spills" ] || { echo "error: no ptxas report for kernels/flash_attention.cu" >&2; exit 1; }
-echo "== ptxas spills (bytes stored + loaded) in kernels/causal_attention.cu:"
-spills kernels/causal_attention.cu | awk '$2 > 0 {print "   ", $0}'
-if echo "$flash_spills" | awk '$2 > 0 {bad = 1; print "error: register spills in", $0 > "/dev/stderr"} END {exit !bad}'; then
-  exit 1
-fi
-echo "== no register spills in kernels/flash_attention.cu ($(echo "$flash_spills" | wc -l) kernels)"
+  # "Compiling entry function 'NAME' ..." then "... N bytes spill stores, M bytes spill loads"
+  spills="$(echo "$report" | awk '/Compiling entry function/ {name = $7} /spill stores/ {print name, $5 + $9}')"
+  [ -n "$spills" ] || { echo "error: no ptxas report for $source" >&2; exit 1; }
+  if echo "$spills" | awk '$2 > 0 {bad = 1; print "error: register spills (bytes stored + loaded) in", $0 > "/dev/stderr"} END {exit !bad}'; then
+    exit 1
+  fi
+  echo "== no register spills in $source ($(echo "$spills" | wc -l) kernels, sm_$CUDA_COMPUTE_CAP)"
+done
 
 start=$(date +%s)
 cargo build --release --features cuda --target-dir target-cuda --bin autoif --example kernel_check

@@ -144,9 +144,10 @@ static void run(const Problem &p, bool tiled, FILE *out_file) {
         host_launch(blocks_for(size_t(rows) * h), BLOCK, K::backward_rows(d), qf.data(),
                     kf.data(), vf.data(), dout.data(), stats.data(), dq.data(), first, len,
                     rows, h, kvh, scale);
-        host_launch(blocks_for(size_t(rows) * h), BLOCK, K::backward_keys(d), qf.data(),
-                    kf.data(), vf.data(), dout.data(), stats.data(), dk.data(), dv.data(),
-                    first, len, rows, h, kvh, scale);
+        const uint32_t parts = d == 64 ? KeyColumns<64>::PARTS : KeyColumns<128>::PARTS;
+        host_launch(blocks_for(size_t(rows) * h * parts), BLOCK, K::backward_keys(d),
+                    qf.data(), kf.data(), vf.data(), dout.data(), stats.data(), dk.data(),
+                    dv.data(), first, len, rows, h, kvh, scale);
     }
     const uint32_t width = (h + 2 * kvh) * d;
     std::vector<T> grads(size_t(rows) * width);

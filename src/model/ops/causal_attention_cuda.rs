@@ -265,12 +265,12 @@ impl Launches<'_> {
         Ok(())
     }
 
-    /// Launches `name` (for `T` and the head size) over `rows × heads` threads with the
-    /// backward kernels' arguments: the f32 q, k, v, the output gradient, the row
-    /// statistics, then `outputs`, then the shape.
+    /// Launches `name` (for `T` and the head size) over `rows × heads × parts` threads
+    /// with the backward kernels' arguments: the f32 q, k, v, the output gradient, the
+    /// row statistics, then `outputs`, then the shape.
     fn backward_kernel<T: Element>(
         &self,
-        name: &str,
+        (name, parts): (&str, usize),
         [q, k, v]: [&CudaSlice<f32>; 3],
         dout: &CudaView<T>,
         stats: &CudaSlice<f32>,
@@ -294,7 +294,7 @@ impl Launches<'_> {
         launch.arg(&heads);
         launch.arg(&kv_heads);
         launch.arg(&scale);
-        unsafe { launch.launch(launch_over(self.rows * self.op.heads)?) }.w()?;
+        unsafe { launch.launch(launch_over(self.rows * self.op.heads * parts)?) }.w()?;
         Ok(())
     }
 }
@@ -444,8 +444,11 @@ fn backward_typed<T: Element>(
     } else {
         let [qf, kf, vf] = l.load_qkv::<T>((q, k, v), (l1, l2, l3))?;
         let inputs = [&qf, &kf, &vf];
-        l.backward_kernel("attention_backward_rows", inputs, dout, &stats, &[&dq])?;
-        l.backward_kernel("attention_backward_keys", inputs, dout, &stats, &[&dk, &dv])?;
+        let rows_kernel = ("attention_backward_rows", 1);
+        l.backward_kernel(rows_kernel, inputs, dout, &stats, &[&dq])?;
+        // A thread per 64 columns of dk and dv (KeyColumns in the kernel).
+        let keys_kernel = ("attention_backward_keys", d / 64);
+        l.backward_kernel(keys_kernel, inputs, dout, &stats, &[&dk, &dv])?;
     }
 
     let width = (h + 2 * kvh) * d;
