@@ -28,6 +28,7 @@
 #ifndef AUTOIF_HOST_EMULATION
 #include <mma.h>
 #endif
+#include <assert.h>
 
 namespace wmma = nvcuda::wmma;
 
@@ -119,6 +120,8 @@ __device__ void tiled_forward(const T *q, const T *k, const T *v, T *out,
     constexpr int KEYS = Shape::KEYS, THREADS = Shape::THREADS;
     __shared__ ForwardTiles<T, D> tiles;
     static_assert(sizeof(ForwardTiles<T, D>) <= 48 * 1024, "over 48 KiB of shared memory");
+    // The launch must match the shape (causal_attention_cuda.rs's Tiled::warps).
+    assert(blockDim.x == Shape::THREADS);
 
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const uint32_t head = blockIdx.y, kv = head / (heads / kv_heads);
@@ -301,6 +304,8 @@ __device__ void tiled_backward_rows(const T *q, const T *k, const T *v, const T 
     constexpr int KEYS = Shape::KEYS, THREADS = Shape::THREADS;
     __shared__ BackwardRowsTiles<T, D> tiles;
     static_assert(sizeof(BackwardRowsTiles<T, D>) <= 48 * 1024, "over 48 KiB of shared memory");
+    // The launch must match the shape (causal_attention_cuda.rs's Tiled::warps).
+    assert(blockDim.x == Shape::THREADS);
 
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const uint32_t head = blockIdx.y, kv = head / (heads / kv_heads);
@@ -493,6 +498,8 @@ __device__ void tiled_backward_keys(const T *q, const T *k, const T *v, const T 
     constexpr int QUERIES = Shape::QUERIES, THREADS = Shape::THREADS;
     __shared__ BackwardKeysTiles<T, D> tiles;
     static_assert(sizeof(BackwardKeysTiles<T, D>) <= 48 * 1024, "over 48 KiB of shared memory");
+    // The launch must match the shape (causal_attention_cuda.rs's Tiled::warps).
+    assert(blockDim.x == Shape::THREADS);
 
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const uint32_t head = blockIdx.y, kv = head / (heads / kv_heads);
