@@ -3,26 +3,32 @@
 // sequence convention as causal_attention.cu (src/model/ops/causal_attention.rs is the
 // CPU twin; src/model/ops/causal_attention_cuda.rs launches these kernels):
 //
-//   forward: flash_attention_forward (q, k, v as the projections wrote them) -> out
+//   forward:  flash_attention_forward (q, k, v as the projections wrote them) -> out
+//   backward: flash_attention_backward_rows (stats, dq) -> flash_attention_backward_keys
+//             (dk, dv per query head) -> causal_attention.cu's attention_store_grad
 //
-// q [rows, heads, D]; k, v [rows, kv_heads, D], row-major, in T. Row r belongs to the
+// q, dout [rows, heads, D]; k, v [rows, kv_heads, D], row-major, in T; the backward's
+// outputs are f32 in the rotated frame, laid out as causal_attention.cu's. Row r belongs to the
 // sequence starting at row first[r] with len[r] rows (position r - first[r]); len[r] == 0
 // marks a row outside every sequence, whose output is zero. Query head h reads KV head
 // h / (heads / kv_heads). cos/sin are [positions, D/2] f32.
 //
-// A block owns ForwardShape::ROWS consecutive query rows of one head, a warp 16 of them.
+// The forward: a block owns ForwardShape::ROWS consecutive query rows of one head, a warp
+// 16 of them.
 // The block walks the keys its rows can see in tiles of KEYS rows, staged in shared
 // memory (k rotated to its positions and rounded to T, v as it is); each warp computes
 // its 16 × KEYS scores with wmma (16×16×16, f32 accumulation), stores them to shared
 // memory, and there keeps an online softmax per row (running maximum and sum, as
 // causal_attention.cu's forward does per thread); the probabilities, rounded to T, go
 // through wmma again against the v tile into an f32 output tile in shared memory, which
-// each tile first rescales by its row's correction. Nothing depends on how a fragment's
-// elements are spread over the lanes, so host_emulation.h can run the kernel.
+// each tile first rescales by its row's correction. The backward kernels (below) work the
+// same way. Nothing depends on how a fragment's elements are spread over the lanes, so
+// host_emulation.h can run the kernels.
 //
 // Arithmetic against the CPU twin (f32 throughout): q and k are rotated in f32 and then
-// rounded to T, and the probabilities are rounded to T before the product with v (their
-// sum, the softmax denominator, adds the rounded values); products are exact and sums f32.
+// rounded to T, and the probabilities (and in the backward p (dp - delta)) are rounded to
+// T before the products that take them (the forward's softmax denominator adds the
+// rounded values); products are exact and sums f32.
 
 #include "elements.cuh"
 #ifndef AUTOIF_HOST_EMULATION
