@@ -6,7 +6,8 @@
 //! different lengths and rows outside every sequence. Bounds: relative error (of the
 //! whole tensor, in the 2-norm) 1e-5 in f32, 1e-3 in bf16 and f16 against the twin's
 //! result rounded to the dtype, as the kernels compute in f32 and round once; the
-//! tensor-core kernels round operands too (see `Dtype::tiled_bound`). CI has no GPU;
+//! tensor-core kernels round operands too (see `Dtype::tiled_bound`), and are also
+//! compared with the scalar kernels on the same inputs. CI has no GPU;
 //! this is how it checks the kernels' indexing and arithmetic. Needs a C++17 compiler
 //! (`c++`, or `CXX`) with threads.
 
@@ -223,7 +224,43 @@ fn check(case: Case, seed: u64) {
     };
     let twin_out: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
 
-    let (got_out, got_grads) = kernels(&case, &[&q, &k, &v, &dout, &cos, &sin], positions);
+    let inputs = [&q[..], &k, &v, &dout, &cos, &sin];
+    let (got_out, got_grads) = kernels(&case, &inputs, positions);
+    if case.tiled {
+        // The tensor-core kernels against their other reference, the scalar kernels on
+        // the same inputs, whose results are the twin's rounded once (a rounding the
+        // tensor-core bound counts already).
+        let scalar = Case {
+            tiled: false,
+            segments: case.segments.clone(),
+            ..case
+        };
+        let (scalar_out, scalar_grads) = kernels(&scalar, &inputs, positions);
+        for (name, got, want, bound) in [
+            (
+                "output",
+                &got_out,
+                &scalar_out,
+                case.dtype.tiled_bound("output"),
+            ),
+            (
+                "dq, dk, dv",
+                &got_grads,
+                &scalar_grads,
+                case.dtype.tiled_bound("dq"),
+            ),
+        ] {
+            let err = relative_error(got, want);
+            eprintln!(
+                "{name} ({:?}, d {d}): tiled vs scalar {err:.2e}",
+                case.dtype
+            );
+            assert!(
+                err <= bound,
+                "{name}: tiled vs scalar {err:.2e} > {bound:.1e}"
+            );
+        }
+    }
     let width = (case.heads + 2 * case.kv_heads) * d;
     let columns = |from: usize, n: usize| -> Vec<f32> {
         got_grads
