@@ -34,7 +34,10 @@ fn compile_kernels() {
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-changed=kernels");
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".to_string());
-    let arch = format!("compute_{}", compute_cap());
+    let cap = compute_cap();
+    // src/model/ops/causal_attention_cuda.rs picks kernels by what this PTX can hold.
+    println!("cargo:rustc-env=AUTOIF_CUDA_COMPUTE_CAP={cap}");
+    let arch = format!("compute_{cap}");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let mut sources: Vec<PathBuf> = std::fs::read_dir("kernels")
         .expect("kernels/ is readable")

@@ -42,6 +42,10 @@ struct Args {
 /// Relative errors above these fail the check (the bounds).
 const F32_BOUND: f64 = 1e-5;
 const BF16_BOUND: f64 = 1e-3;
+/// The attention op in bf16 runs on the tensor-core kernels, which round q, k and the
+/// probabilities to bf16: five roundings of half bf16's epsilon at most
+/// (tests/attention_kernel_host.rs, `Dtype::tiled_bound`).
+const ATTENTION_BF16_BOUND: f64 = 5.0 / 512.0;
 
 struct Inputs {
     hidden: Tensor,
@@ -172,7 +176,7 @@ fn main() -> Result<()> {
     }
     failed |= !check_attention(&args, &device)?;
     if failed {
-        bail!("a kernel differs from its CPU twin beyond the bound (f32 {F32_BOUND:e}, bf16 {BF16_BOUND:e})");
+        bail!("a kernel differs from its CPU twin beyond the bound (f32 {F32_BOUND:e}, bf16 {BF16_BOUND:e}, bf16 attention {ATTENTION_BF16_BOUND:e})");
     }
     Ok(())
 }
@@ -281,7 +285,7 @@ fn check_attention(args: &Args, device: &Device) -> Result<bool> {
     );
     let mut ok_all = true;
     for (heads, kv_heads, d) in ATTENTION_SHAPES {
-        for (dtype, bound) in [(DType::F32, F32_BOUND), (DType::BF16, BF16_BOUND)] {
+        for (dtype, bound) in [(DType::F32, F32_BOUND), (DType::BF16, ATTENTION_BF16_BOUND)] {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
             let rows = 2 * t;
             let mut uniform = |len: usize| -> Vec<f32> {

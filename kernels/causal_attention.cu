@@ -9,8 +9,12 @@
 // Nothing of size [heads, t, t] is ever stored: like FlashAttention, each query row keeps
 // an online softmax and the backward pass recomputes the probabilities. Unlike it, these
 // kernels use no tensor cores and no shared memory: one thread owns one (row, head) and
-// keeps its head_dim-wide vectors in registers. Threads of a warp are consecutive rows of
-// one head, so at each step of their loops they all read the same key (or query) row.
+// keeps its head_dim-wide sums in registers (at most 128 floats, so that ptxas spills
+// none: it reads its own q, k, v and dout rows from memory at each step, and the key-side
+// kernel splits the columns of dk and dv over threads). Threads of a warp are consecutive
+// rows of one head, so at each step of their loops they all read the same key (or query)
+// row. bf16 and f16 on sm_80 and up run on flash_attention.cu's tensor-core kernels
+// instead; these remain the f32 kernels and the reference the tests compare those with.
 // Every kernel is also compiled for the host (AUTOIF_HOST_EMULATION, see
 // host_emulation.h), where tests run it thread by thread against the CPU twin.
 //
@@ -20,25 +24,17 @@
 // r - first[r]); len[r] == 0 marks a row outside every sequence, whose outputs are zero.
 // cos/sin are [positions, D/2] f32. All arithmetic is f32.
 
-#ifdef AUTOIF_HOST_EMULATION
-#include "host_emulation.h"
-#else
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#endif
-#include <stdint.h>
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ void store(float *p, float x) { *p = x; }
-__device__ __forceinline__ void store(__nv_bfloat16 *p, float x) { *p = __float2bfloat16(x); }
-__device__ __forceinline__ void store(__half *p, float x) { *p = __float2half(x); }
+#include "elements.cuh"
 
 // a . b over D components, in f32.
 template <int D, typename A, typename B>
 __device__ __forceinline__ float dot(const A *a, const B *b) {
     float sum = 0.0f;
+#ifndef AUTOIF_HOST_EMULATION
+// 16 products at a time: unrolled all the way, ptxas loads both rows into registers
+// first and spills at head size 64.
+#pragma unroll 16
+#endif
     for (int c = 0; c < D; ++c) sum += to_f32(a[c]) * to_f32(b[c]);
     return sum;
 }
@@ -90,17 +86,14 @@ __device__ void forward(const float *q, const float *k, const float *v, T *out,
         return;
     }
     const uint32_t kv = head / (heads / kv_heads);
-    float qr[D], acc[D];
+    float acc[D];
     const float *qp = q + ((size_t)row * heads + head) * D;
-    for (int c = 0; c < D; ++c) {
-        qr[c] = qp[c];
-        acc[c] = 0.0f;
-    }
+    for (int c = 0; c < D; ++c) acc[c] = 0.0f;
     float max = -INFINITY, sum = 0.0f;
     for (uint32_t j = first[row]; j <= row; ++j) {
         const float *kp = k + ((size_t)j * kv_heads + kv) * D;
         const float *vp = v + ((size_t)j * kv_heads + kv) * D;
-        const float s = scale * dot<D>(qr, kp);
+        const float s = scale * dot<D>(qp, kp);
         if (s > max) {
             const float shrink = expf(max - s);
             sum *= shrink;
@@ -136,17 +129,13 @@ __device__ void backward_rows(const float *q, const float *k, const float *v, co
         return;
     }
     const uint32_t kv = head / (heads / kv_heads);
-    float qr[D], go[D], acc[D];
-    for (int c = 0; c < D; ++c) {
-        qr[c] = q[at * D + c];
-        go[c] = to_f32(dout[at * D + c]);
-        acc[c] = 0.0f;
-    }
+    const float *qp = q + at * D;
+    const T *gp = dout + at * D;
     float max = -INFINITY, sum = 0.0f, weighted = 0.0f;
     for (uint32_t j = first[row]; j <= row; ++j) {
         const float *kp = k + ((size_t)j * kv_heads + kv) * D;
         const float *vp = v + ((size_t)j * kv_heads + kv) * D;
-        const float s = scale * dot<D>(qr, kp), dp = dot<D>(go, vp);
+        const float s = scale * dot<D>(qp, kp), dp = dot<D>(gp, vp);
         if (s > max) {
             const float shrink = expf(max - s);
             sum *= shrink;
@@ -159,10 +148,12 @@ __device__ void backward_rows(const float *q, const float *k, const float *v, co
     }
     const float lse = max + logf(sum);
     const float delta = weighted / sum;
+    float acc[D];
+    for (int c = 0; c < D; ++c) acc[c] = 0.0f;
     for (uint32_t j = first[row]; j <= row; ++j) {
         const float *kp = k + ((size_t)j * kv_heads + kv) * D;
         const float *vp = v + ((size_t)j * kv_heads + kv) * D;
-        const float s = scale * dot<D>(qr, kp), dp = dot<D>(go, vp);
+        const float s = scale * dot<D>(qp, kp), dp = dot<D>(gp, vp);
         const float ds = expf(s - lse) * (dp - delta);
         for (int c = 0; c < D; ++c) acc[c] += ds * kp[c];
     }
@@ -171,33 +162,42 @@ __device__ void backward_rows(const float *q, const float *k, const float *v, co
     stats[2 * at + 1] = delta;
 }
 
-// One thread per (key row, query head), over the rows i = last..=row of its sequence
-// (descending, so a warp's threads read the same query row together and drop out one by
-// one); the query heads sharing a KV head each write their own part, which
-// attention_store_grad adds up:
+// Columns of dk and dv one thread of backward_keys sums: all of them at head size 64,
+// half at 128 (two sums of 128 floats would not fit in the 255 registers).
+template <int D>
+struct KeyColumns {
+    static constexpr int WIDTH = D < 64 ? D : 64;
+    static constexpr int PARTS = D / WIDTH;
+};
+
+// One thread per (key row, query head, part of the columns: KeyColumns), over the rows
+// i = last..=row of its sequence (descending, so a warp's threads read the same query row
+// together and drop out one by one); the query heads sharing a KV head each write their
+// own part, which attention_store_grad adds up:
 //   dv = sum p_ij dout_i;  dk = scale sum p_ij (dp_ij - delta_i) q_i   (rotated frame)
 template <typename T, int D>
 __device__ void backward_keys(const float *q, const float *k, const float *v, const T *dout,
                               const float *stats, float *dk, float *dv,
                               const uint32_t *first, const uint32_t *len, uint32_t rows,
                               uint32_t heads, uint32_t kv_heads, float scale) {
+    constexpr int WIDTH = KeyColumns<D>::WIDTH;
     const uint32_t g = thread_index();
-    if (g >= rows * heads) return;
-    const uint32_t head = g / rows, row = g % rows;
-    float *dkp = dk + ((size_t)row * heads + head) * D;
-    float *dvp = dv + ((size_t)row * heads + head) * D;
+    if (g >= rows * heads * KeyColumns<D>::PARTS) return;
+    const uint32_t c0 = g / (rows * heads) * WIDTH;
+    const uint32_t head = g % (rows * heads) / rows, row = g % rows;
+    float *dkp = dk + ((size_t)row * heads + head) * D + c0;
+    float *dvp = dv + ((size_t)row * heads + head) * D + c0;
     if (len[row] == 0) {
-        for (int c = 0; c < D; ++c) {
+        for (int c = 0; c < WIDTH; ++c) {
             dkp[c] = 0.0f;
             dvp[c] = 0.0f;
         }
         return;
     }
     const size_t at = (size_t)row * kv_heads + head / (heads / kv_heads);
-    float kr[D], vr[D], dkr[D], dvr[D];
-    for (int c = 0; c < D; ++c) {
-        kr[c] = k[at * D + c];
-        vr[c] = v[at * D + c];
+    const float *kp = k + at * D, *vp = v + at * D;
+    float dkr[WIDTH], dvr[WIDTH];
+    for (int c = 0; c < WIDTH; ++c) {
         dkr[c] = 0.0f;
         dvr[c] = 0.0f;
     }
@@ -206,15 +206,15 @@ __device__ void backward_keys(const float *q, const float *k, const float *v, co
         const size_t qi = (size_t)i * heads + head;
         const float *qp = q + qi * D;
         const T *gp = dout + qi * D;
-        const float s = scale * dot<D>(qp, kr), dp = dot<D>(gp, vr);
+        const float s = scale * dot<D>(qp, kp), dp = dot<D>(gp, vp);
         const float p = expf(s - stats[2 * qi]);
         const float ds = p * (dp - stats[2 * qi + 1]);
-        for (int c = 0; c < D; ++c) {
-            dvr[c] += p * to_f32(gp[c]);
-            dkr[c] += ds * qp[c];
+        for (int c = 0; c < WIDTH; ++c) {
+            dvr[c] += p * to_f32(gp[c0 + c]);
+            dkr[c] += ds * qp[c0 + c];
         }
     }
-    for (int c = 0; c < D; ++c) {
+    for (int c = 0; c < WIDTH; ++c) {
         dkp[c] = scale * dkr[c];
         dvp[c] = dvr[c];
     }

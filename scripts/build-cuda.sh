@@ -69,6 +69,22 @@ echo "== libcuda stub: $(wc -l <"$stub_c") entry points from $driver_sys"
 export CUDA_HOME="$cuda_home"
 export PATH="$cuda_home/bin:$PATH"
 echo "== nvcc: $(nvcc --version | tail -2 | head -1); CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
+
+# Register spills in the attention kernels, from ptxas for the GPU this build targets
+# (the driver JITs the same PTX with the same ptxas): there must be none.
+for source in kernels/causal_attention.cu kernels/flash_attention.cu; do
+  cubin="$(mktemp)"
+  report="$(nvcc -cubin -O3 -std=c++17 -arch="sm_$CUDA_COMPUTE_CAP" -Xptxas -v -o "$cubin" "$source" 2>&1)"
+  rm -f "$cubin"
+  # "Compiling entry function 'NAME' ..." then "... N bytes spill stores, M bytes spill loads"
+  spills="$(echo "$report" | awk '/Compiling entry function/ {name = $7} /spill stores/ {print name, $5 + $9}')"
+  [ -n "$spills" ] || { echo "error: no ptxas report for $source" >&2; exit 1; }
+  if echo "$spills" | awk '$2 > 0 {bad = 1; print "error: register spills (bytes stored + loaded) in", $0 > "/dev/stderr"} END {exit !bad}'; then
+    exit 1
+  fi
+  echo "== no register spills in $source ($(echo "$spills" | wc -l) kernels, sm_$CUDA_COMPUTE_CAP)"
+done
+
 start=$(date +%s)
 cargo build --release --features cuda --target-dir target-cuda --bin autoif --example kernel_check
 echo "== build took $(( $(date +%s) - start )) s"

@@ -1,11 +1,15 @@
-//! The CUDA attention kernels (kernels/causal_attention.cu), compiled for the host and run
-//! thread by thread (tests/kernel_host/causal_attention.cpp replays the launches of
+//! The CUDA attention kernels (kernels/causal_attention.cu and the tensor-core kernels of
+//! kernels/flash_attention.cu), compiled for the host and run there
+//! (tests/kernel_host/causal_attention.cpp replays the launches of
 //! src/model/ops/causal_attention_cuda.rs), against their CPU twin, the `CausalAttention` op:
 //! output and the q, k, v gradients, on random inputs with grouped KV heads, sequences of
 //! different lengths and rows outside every sequence. Bounds: relative error (of the
 //! whole tensor, in the 2-norm) 1e-5 in f32, 1e-3 in bf16 and f16 against the twin's
-//! result rounded to the dtype. CI has no GPU; this is how it checks the kernels' indexing and
-//! arithmetic. Needs a C++17 compiler (`c++`, or `CXX`).
+//! result rounded to the dtype, as the kernels compute in f32 and round once; the
+//! tensor-core kernels round operands too (see `Dtype::tiled_bound`), and are also
+//! compared with the scalar kernels on the same inputs. CI has no GPU;
+//! this is how it checks the kernels' indexing and arithmetic. Needs a C++17 compiler
+//! (`c++`, or `CXX`) with threads.
 
 mod common;
 
@@ -28,6 +32,7 @@ fn driver() -> &'static Path {
                 "-O2",
                 "-Wall",
                 "-Werror",
+                "-pthread",
                 "-DAUTOIF_HOST_EMULATION",
             ])
             .arg(root.join("tests/kernel_host/causal_attention.cpp"))
@@ -67,6 +72,29 @@ impl Dtype {
             1e-3
         }
     }
+
+    /// The bound for the tensor-core kernels' result `name`. They round the rotated q
+    /// and k to the dtype, and the probabilities (for the output and dv) or
+    /// p·(dp − δ) (for dq and dk) before the products that take them; dq = ds·k and
+    /// dk = dsᵀ·q take the rounded k or q a second time. With the result's own rounding
+    /// (which the reference shares) that is four roundings for the output and dv, five
+    /// for dq and dk, each off by at most half the dtype's machine epsilon (2⁻⁸ for
+    /// bf16, 2⁻¹¹ for f16) relative to the element; the bound sums them as if every
+    /// error pushed the same way. The scores' errors reach the results through exp,
+    /// i.e. relative to each probability, so they count as relative too.
+    fn tiled_bound(self, name: &str) -> f64 {
+        let epsilon = match self {
+            Dtype::F32 => unreachable!("the tiled kernels take bf16 and f16"),
+            Dtype::Bf16 => 2f64.powi(-8),
+            Dtype::F16 => 2f64.powi(-11),
+        };
+        let roundings = if matches!(name, "dq" | "dk") {
+            5.0
+        } else {
+            4.0
+        };
+        roundings * epsilon / 2.0
+    }
 }
 
 struct Case {
@@ -76,6 +104,8 @@ struct Case {
     d: usize,
     segments: Vec<(usize, usize)>,
     dtype: Dtype,
+    /// On the tensor-core kernels (bf16 and f16), forward and backward.
+    tiled: bool,
 }
 
 fn relative_error(got: &[f32], want: &[f32]) -> f64 {
@@ -102,6 +132,7 @@ fn kernels(case: &Case, inputs: &[&[f32]; 6], positions: usize) -> (Vec<f32>, Ve
         case.d,
         positions,
         case.dtype as usize,
+        usize::from(case.tiled),
         case.segments.len(),
     ];
     let seg_words = case.segments.iter().flat_map(|&(f, l)| [f, l]);
@@ -193,8 +224,43 @@ fn check(case: Case, seed: u64) {
     };
     let twin_out: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
 
-    let (got_out, got_grads) = kernels(&case, &[&q, &k, &v, &dout, &cos, &sin], positions);
-    let bound = case.dtype.bound();
+    let inputs = [&q[..], &k, &v, &dout, &cos, &sin];
+    let (got_out, got_grads) = kernels(&case, &inputs, positions);
+    if case.tiled {
+        // The tensor-core kernels against their other reference, the scalar kernels on
+        // the same inputs, whose results are the twin's rounded once (a rounding the
+        // tensor-core bound counts already).
+        let scalar = Case {
+            tiled: false,
+            segments: case.segments.clone(),
+            ..case
+        };
+        let (scalar_out, scalar_grads) = kernels(&scalar, &inputs, positions);
+        for (name, got, want, bound) in [
+            (
+                "output",
+                &got_out,
+                &scalar_out,
+                case.dtype.tiled_bound("output"),
+            ),
+            (
+                "dq, dk, dv",
+                &got_grads,
+                &scalar_grads,
+                case.dtype.tiled_bound("dq"),
+            ),
+        ] {
+            let err = relative_error(got, want);
+            eprintln!(
+                "{name} ({:?}, d {d}): tiled vs scalar {err:.2e}",
+                case.dtype
+            );
+            assert!(
+                err <= bound,
+                "{name}: tiled vs scalar {err:.2e} > {bound:.1e}"
+            );
+        }
+    }
     let width = (case.heads + 2 * case.kv_heads) * d;
     let columns = |from: usize, n: usize| -> Vec<f32> {
         got_grads
@@ -212,11 +278,16 @@ fn check(case: Case, seed: u64) {
     for (name, got, want) in pairs {
         let want = round(want);
         let err = relative_error(&got, &want);
-        eprintln!("{name} ({:?}, d {d}): relative error {err:.2e}", case.dtype);
+        let (dtype, tiled) = (case.dtype, case.tiled);
+        let bound = if tiled {
+            dtype.tiled_bound(name)
+        } else {
+            dtype.bound()
+        };
+        eprintln!("{name} ({dtype:?}, d {d}, tiled {tiled}): relative error {err:.2e}");
         assert!(
             err <= bound,
-            "{name}: relative error {err:.2e} > {bound:.0e} ({:?})",
-            case.dtype
+            "{name}: relative error {err:.2e} > {bound:.1e} ({dtype:?}, tiled {tiled})"
         );
         // Rows outside every sequence stay exactly zero.
         let stride = got.len() / rows;
@@ -241,6 +312,7 @@ fn grouped_64(dtype: Dtype) -> Case {
         d: 64,
         segments: vec![(0, 7), (9, 12), (21, 1)],
         dtype,
+        tiled: false,
     }
 }
 
@@ -254,6 +326,7 @@ fn shared_kv_128(dtype: Dtype) -> Case {
         d: 128,
         segments: vec![(0, 5), (5, 33)],
         dtype,
+        tiled: false,
     }
 }
 
@@ -275,6 +348,46 @@ fn f16_kernels_match_the_cpu_twin() {
     check(shared_kv_128(Dtype::F16), 32);
 }
 
+/// Packed sequences long enough for the tensor-core kernels' tiles to matter: blocks of
+/// query (or key) rows that start mid-sequence, sequences that end mid-block and mid-tile, key
+/// tiles that straddle two sequences, a one-token sequence and padding between them;
+/// 6 query heads on 2 KV heads (head size 64) or 3 on 1 (head size 128).
+fn tiled_ragged(dtype: Dtype, d: usize) -> Case {
+    Case {
+        rows: 160,
+        heads: if d == 64 { 6 } else { 3 },
+        kv_heads: if d == 64 { 2 } else { 1 },
+        d,
+        segments: vec![(0, 70), (73, 5), (78, 1), (80, 77)],
+        dtype,
+        tiled: true,
+    }
+}
+
+#[test]
+fn bf16_tensor_core_kernels_match_the_cpu_twin() {
+    let tiled = |case: Case| Case {
+        tiled: true,
+        ..case
+    };
+    check(tiled(grouped_64(Dtype::Bf16)), 51);
+    check(tiled(shared_kv_128(Dtype::Bf16)), 52);
+    check(tiled_ragged(Dtype::Bf16, 64), 53);
+    check(tiled_ragged(Dtype::Bf16, 128), 54);
+}
+
+#[test]
+fn f16_tensor_core_kernels_match_the_cpu_twin() {
+    let tiled = |case: Case| Case {
+        tiled: true,
+        ..case
+    };
+    check(tiled(grouped_64(Dtype::F16)), 61);
+    check(tiled(shared_kv_128(Dtype::F16)), 62);
+    check(tiled_ragged(Dtype::F16, 64), 63);
+    check(tiled_ragged(Dtype::F16, 128), 64);
+}
+
 #[test]
 fn one_query_head_per_kv_head() {
     let case = Case {
@@ -284,6 +397,7 @@ fn one_query_head_per_kv_head() {
         d: 64,
         segments: vec![(2, 16)],
         dtype: Dtype::F32,
+        tiled: false,
     };
     check(case, 41);
 }
@@ -291,9 +405,7 @@ fn one_query_head_per_kv_head() {
 /// A row's output depends on its own sequence only: breaking one key in the second
 /// sequence must change the kernels' output there and nowhere else. (Guards against the
 /// comparison passing because both sides share a mistake in the segment bookkeeping.)
-#[test]
-fn sequences_do_not_see_each_other() {
-    let case = grouped_64(Dtype::F32);
+fn sequences_are_isolated(case: Case) {
     let (rows, d) = (case.rows, case.d);
     let positions = 12;
     let q = common::random_values(rows * case.heads * d, 41, 1.0);
@@ -313,4 +425,13 @@ fn sequences_do_not_see_each_other() {
         let same = base[r * width..(r + 1) * width] == changed[r * width..(r + 1) * width];
         assert_eq!(same, !(10..21).contains(&r), "row {r}");
     }
+}
+
+#[test]
+fn sequences_do_not_see_each_other() {
+    sequences_are_isolated(grouped_64(Dtype::F32));
+    sequences_are_isolated(Case {
+        tiled: true,
+        ..grouped_64(Dtype::Bf16)
+    });
 }
