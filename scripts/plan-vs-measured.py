@@ -161,7 +161,7 @@ def main():
         models.append(("SmolLM2-135M (Q4_1 GGUF → f32)", SMOLLM2, (256, 768)))
     if args.only in (None, "qwen2-0.5b"):
         models.append(("Qwen2-0.5B shape, random (bf16 safetensors → f32)",
-                       random_qwen2(os.path.join(args.work, "qwen2-0.5b")), (128, 256)))
+                       random_qwen2(os.path.join(args.work, "qwen2-0.5b")), (256, 1024)))
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), platform.processor())
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
