@@ -26,6 +26,7 @@ use super::config::{ModelConfig, RopeScaling};
 use super::kv_cache::KvCache;
 use super::lora::{Adapters, LoraLinear};
 use super::ops::causal_attention::CausalAttention;
+use super::ops::exact_blocks::BlockCache;
 use super::ops::exact_product;
 use super::ops::frozen::{add_frozen, mul_frozen};
 use super::ops::projection::project;
@@ -102,6 +103,8 @@ pub struct Decoder {
     pub lm_head: Option<Tensor>,
     /// The inference path's int8 copy of the LM head weight, made on first use.
     lm_head_int8: Int8Cache,
+    /// The exact path's lossless block form of the LM head weight, searched on first use.
+    lm_head_blocks: BlockCache,
     /// Per layer, the q/k/v and gate/up weights concatenated for `batched`.
     fused: Vec<batched::FusedLayer>,
     /// `[max_positions, head_dim / 2]`
@@ -182,6 +185,7 @@ impl Decoder {
             norm: get("model.norm.weight", &[c.hidden_size])?,
             lm_head,
             lm_head_int8: Int8Cache::default(),
+            lm_head_blocks: BlockCache::default(),
             cos: cos.to_dtype(dtype)?,
             sin: sin.to_dtype(dtype)?,
             dtype,
@@ -282,7 +286,14 @@ impl Decoder {
             _ => None,
         };
         let exact = match packed {
-            None if !flat.track_op() => exact_product::project(&flat, &[head])?,
+            None if !flat.track_op() => {
+                let blocks = if flat.dim(0)? <= exact_product::BLOCK_ROWS {
+                    self.lm_head_blocks.get(head)?
+                } else {
+                    None
+                };
+                exact_product::project(&flat, &[(head, blocks.as_deref())])?
+            }
             _ => None,
         };
         let logits = match (packed, exact) {
