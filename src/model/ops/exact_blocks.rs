@@ -50,53 +50,68 @@ impl BlockWeight {
         if inp == 0 || inp % BLOCK != 0 || w.len() != out * inp {
             return None;
         }
+        let blocks = w.len() / BLOCK;
+        // Blocks per parallel task.
+        const TASK: usize = 256;
+        let mut scale = vec![0f32; blocks];
+        let mut offset = vec![0f32; blocks];
+        let mut nibbles = vec![0u8; blocks * BLOCK / 2];
         let affine = w
-            .par_chunks(BLOCK * 64)
-            .map(|part| {
-                let mut code = (Vec::new(), Vec::new(), Vec::new());
-                for block in part.chunks(BLOCK) {
-                    let (a, b, nib) = affine4(block.try_into().expect("whole blocks"))?;
-                    code.0.push(a);
-                    code.1.push(b);
-                    code.2.extend_from_slice(&nib);
-                }
-                Some(code)
-            })
-            .collect::<Option<Vec<_>>>();
-        let code = match affine {
-            Some(parts) => {
-                let (mut scale, mut offset, mut nibbles) = (Vec::new(), Vec::new(), Vec::new());
-                for (a, b, n) in parts {
-                    scale.extend(a);
-                    offset.extend(b);
-                    nibbles.extend(n);
-                }
-                Code::Affine4 {
-                    scale,
-                    offset,
-                    nibbles,
-                }
+            .par_chunks(BLOCK * TASK)
+            .zip(scale.par_chunks_mut(TASK))
+            .zip(offset.par_chunks_mut(TASK))
+            .zip(nibbles.par_chunks_mut(TASK * BLOCK / 2))
+            .all(|(((w, a), b), n)| {
+                search(|| {
+                    w.chunks_exact(BLOCK)
+                        .zip(a.iter_mut().zip(b.iter_mut()))
+                        .zip(n.chunks_exact_mut(BLOCK / 2))
+                        .all(
+                            |((v, (a, b)), n)| match affine4(v.try_into().expect("a block")) {
+                                Some(code) => {
+                                    (*a, *b) = (code.0, code.1);
+                                    n.copy_from_slice(&code.2);
+                                    true
+                                }
+                                None => false,
+                            },
+                        )
+                })
+            });
+        let code = if affine {
+            Code::Affine4 {
+                scale,
+                offset,
+                nibbles,
             }
-            None => {
-                let parts = w
-                    .par_chunks(BLOCK * 64)
-                    .map(|part| {
-                        let mut code = (Vec::new(), Vec::new());
-                        for block in part.chunks(BLOCK) {
-                            let (a, q) = scaled8(block.try_into().expect("whole blocks"))?;
-                            code.0.push(a);
-                            code.1.extend_from_slice(&q);
-                        }
-                        Some(code)
+        } else {
+            drop((offset, nibbles));
+            let mut q = vec![0i8; blocks * BLOCK];
+            let scaled = w
+                .par_chunks(BLOCK * TASK)
+                .zip(scale.par_chunks_mut(TASK))
+                .zip(q.par_chunks_mut(TASK * BLOCK))
+                .all(|((w, a), q)| {
+                    search(|| {
+                        w.chunks_exact(BLOCK)
+                            .zip(a.iter_mut())
+                            .zip(q.chunks_exact_mut(BLOCK))
+                            .all(
+                                |((v, a), q)| match scaled8(v.try_into().expect("a block")) {
+                                    Some(code) => {
+                                        *a = code.0;
+                                        q.copy_from_slice(&code.1);
+                                        true
+                                    }
+                                    None => false,
+                                },
+                            )
                     })
-                    .collect::<Option<Vec<_>>>()?;
-                let (mut scale, mut q) = (Vec::new(), Vec::new());
-                for (a, v) in parts {
-                    scale.extend(a);
-                    q.extend(v);
-                }
-                Code::Scaled8 { scale, q }
+                });
+            if !scaled {
+                return None;
             }
+            Code::Scaled8 { scale, q }
         };
         Some(Self { out, inp, code })
     }
@@ -212,6 +227,21 @@ impl BlockWeight {
     }
 }
 
+/// Runs the block search `f`, compiled for 512-bit vectors where the CPU has them (its
+/// loops over a block's 32 values then run a few instructions each).
+fn search(f: impl FnOnce() -> bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn wide(f: impl FnOnce() -> bool) -> bool {
+            f()
+        }
+        // Safety: the CPU supports the feature the copy is compiled for.
+        return unsafe { wide(f) };
+    }
+    f()
+}
+
 /// Scale candidates near `ideal`: the half-precision values around it first (GGUF stores
 /// block scales as f16), then f32 neighbours.
 fn scale_candidates(ideal: f32) -> impl Iterator<Item = f32> {
@@ -229,6 +259,7 @@ fn scale_candidates(ideal: f32) -> impl Iterator<Item = f32> {
 /// The levels `q` in `lo..=hi` whose `decode(q)` is each value of `v` bit for bit, where
 /// `level(x)` is near `x`'s level (rounding of the product and the sum can put the
 /// nearest level one off, so both neighbours are tried where it misses).
+#[inline(always)]
 fn levels(
     v: &[f32; BLOCK],
     (lo, hi): (i32, i32),
@@ -259,9 +290,13 @@ fn levels(
 
 /// `(a, b, nibbles)` with `fl(fl(q·a) + b)` equal to every value of `v`, if some `a` near
 /// the range / 15 works with `b` the block's minimum (Q4_1 quantizes the minimum to 0).
+#[inline(always)]
 fn affine4(v: &[f32; BLOCK]) -> Option<(f32, f32, [u8; BLOCK / 2])> {
-    let b = v.iter().copied().fold(f32::INFINITY, f32::min);
-    let top = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (mut b, mut top) = (v[0], v[0]);
+    for &x in v {
+        b = if x < b { x } else { b };
+        top = if x > top { x } else { top };
+    }
     if !b.is_finite() || !top.is_finite() {
         return None;
     }
@@ -280,8 +315,12 @@ fn affine4(v: &[f32; BLOCK]) -> Option<(f32, f32, [u8; BLOCK / 2])> {
 
 /// `(a, q)` with `fl(q·a)` equal to every value of `v`, if some `a` near the largest
 /// magnitude / 127 works (Q8_0 quantizes it to ±127).
+#[inline(always)]
 fn scaled8(v: &[f32; BLOCK]) -> Option<(f32, [i8; BLOCK])> {
-    let top = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let mut top = 0f32;
+    for &x in v {
+        top = if x.abs() > top { x.abs() } else { top };
+    }
     if !top.is_finite() {
         return None;
     }
