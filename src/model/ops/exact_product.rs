@@ -143,46 +143,48 @@ fn products_with(
             }
         }
     }
-    tasks.into_par_iter().for_each(|(i, r0, c0, y)| {
-        let out = outs[i];
-        // The tile's weight rows decoded from blocks (empty for f32 weights).
-        let mut decoded = Vec::new();
-        let row_end = (r0 + ROW_BLOCK).min(rows);
-        for c in (c0..(c0 + COL_BLOCK).min(out)).step_by(TILE_COLS) {
-            let cols = TILE_COLS.min(out - c);
-            // A short tile repeats its last weight row; the copies' outputs are dropped.
-            let ws: [&[f32]; TILE_COLS] = match weights[i] {
-                WeightRows::F32(w) => {
-                    std::array::from_fn(|j| &w[(c + j.min(cols - 1)) * inp..][..inp])
-                }
-                WeightRows::Blocks(b) => {
-                    decoded.resize(cols * inp, 0.0);
-                    for (j, dst) in decoded.chunks_exact_mut(inp).enumerate() {
-                        b.decode_row(c + j, dst);
+    // `decoded`: a tile's weight rows decoded from blocks, one buffer per run of tasks on
+    // a thread rather than one allocation per task.
+    tasks
+        .into_par_iter()
+        .for_each_init(Vec::new, |decoded, (i, r0, c0, y)| {
+            let out = outs[i];
+            let row_end = (r0 + ROW_BLOCK).min(rows);
+            for c in (c0..(c0 + COL_BLOCK).min(out)).step_by(TILE_COLS) {
+                let cols = TILE_COLS.min(out - c);
+                // A short tile repeats its last weight row; the copies' outputs are dropped.
+                let ws: [&[f32]; TILE_COLS] = match weights[i] {
+                    WeightRows::F32(w) => {
+                        std::array::from_fn(|j| &w[(c + j.min(cols - 1)) * inp..][..inp])
                     }
-                    std::array::from_fn(|j| &decoded[j.min(cols - 1) * inp..][..inp])
-                }
-            };
-            for r in (r0..row_end).step_by(TILE_ROWS) {
-                let n = TILE_ROWS.min(row_end - r);
-                let xs: [&[f32]; TILE_ROWS] =
-                    std::array::from_fn(|j| &x[(r + j.min(n - 1)) * inp..][..inp]);
-                let mut tile = [[0f32; TILE_COLS]; TILE_ROWS];
-                kernel.run(&xs, n, &ws, &mut tile);
-                for (j, tile_row) in tile.iter().enumerate().take(n) {
-                    // Safety: tasks write disjoint (row, column) sets of each `[rows, out]`
-                    // buffer, which outlives the parallel loop.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            tile_row.as_ptr(),
-                            y.get().add((r + j) * out + c),
-                            cols,
-                        );
+                    WeightRows::Blocks(b) => {
+                        decoded.resize(cols * inp, 0.0);
+                        for (j, dst) in decoded.chunks_exact_mut(inp).enumerate() {
+                            b.decode_row(c + j, dst);
+                        }
+                        std::array::from_fn(|j| &decoded[j.min(cols - 1) * inp..][..inp])
+                    }
+                };
+                for r in (r0..row_end).step_by(TILE_ROWS) {
+                    let n = TILE_ROWS.min(row_end - r);
+                    let xs: [&[f32]; TILE_ROWS] =
+                        std::array::from_fn(|j| &x[(r + j.min(n - 1)) * inp..][..inp]);
+                    let mut tile = [[0f32; TILE_COLS]; TILE_ROWS];
+                    kernel.run(&xs, n, &ws, &mut tile);
+                    for (j, tile_row) in tile.iter().enumerate().take(n) {
+                        // Safety: tasks write disjoint (row, column) sets of each `[rows, out]`
+                        // buffer, which outlives the parallel loop.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                tile_row.as_ptr(),
+                                y.get().add((r + j) * out + c),
+                                cols,
+                            );
+                        }
                     }
                 }
             }
-        }
-    });
+        });
     ys
 }
 
