@@ -11,9 +11,10 @@
 //!   positions and KV-cache slot, and candle's fused kernels are used. With
 //!   `Precision::Int8` (the engine's default) CPU f32 projections and the LM head run on
 //!   int8 copies of their weights (`quant`); with `Precision::Exact` on the f32 weights
-//!   as loaded, through `exact_product`'s batch-invariant kernel. Off the CPU in f32 (the
-//!   GPU, half precision) the KV cache keeps tensors and `batched` runs each layer as a
-//!   fixed number of tensor ops for all sequences together.
+//!   as loaded, through `exact_product`'s batch-invariant kernel (decoding few rows, read
+//!   from their lossless block form, `exact_blocks`, when they have one). Off the CPU in
+//!   f32 (the GPU, half precision) the KV cache keeps tensors and `batched` runs each
+//!   layer as a fixed number of tensor ops for all sequences together.
 //! * `forward` — training and scoring. A right-padded `[batch, seq]` batch through ops
 //!   that all have a backward pass (candle's fused rms_norm / softmax_last_dim / rope do
 //!   not, and would silently cut the gradient to the LoRA weights). On the CPU in f32 the

@@ -364,7 +364,8 @@ impl LoraLinear {
     /// base's own blocks, sharing one
     /// quantized input and one parallel pass; the biases and adapters stay in f32. With
     /// `Precision::Exact` the base products of CPU f32 weights run on `exact_product`'s
-    /// kernel, also in one parallel pass, with results that do not depend on the batch.
+    /// kernel, also in one parallel pass, with results that do not depend on the batch
+    /// (with few rows reading each weight's lossless block form, found on first use).
     pub fn forward_inference(
         layers: &[&LoraLinear],
         x: &Tensor,

@@ -14,6 +14,12 @@
 //! than by loads. Threads split the work by blocks of weight rows (and of input rows for
 //! long prefills), and several projections of one input (q/k/v, gate/up) are one parallel
 //! pass, one round of thread wake-ups.
+//!
+//! With few input rows (decoding) the products are bound by reading the weights, not by
+//! the arithmetic: a weight that has a lossless block form (`exact_blocks`: weights
+//! dequantized from a GGUF file) is read from that, 0.75–1.125 bytes per weight instead
+//! of 4, and each task decodes a tile's weight rows into a buffer the same kernels read.
+//! The decoded values are the weight's bits, so the results are too.
 
 use super::exact_blocks::BlockWeight;
 use super::out_ptr::OutPtr;
