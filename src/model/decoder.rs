@@ -11,9 +11,10 @@
 //!   positions and KV-cache slot, and candle's fused kernels are used. With
 //!   `Precision::Int8` (the engine's default) CPU f32 projections and the LM head run on
 //!   int8 copies of their weights (`quant`); with `Precision::Exact` on the f32 weights
-//!   as loaded, through `exact_product`'s batch-invariant kernel. Off the CPU in f32 (the
-//!   GPU, half precision) the KV cache keeps tensors and `batched` runs each layer as a
-//!   fixed number of tensor ops for all sequences together.
+//!   as loaded, through `exact_product`'s batch-invariant kernel (decoding few rows, read
+//!   from their lossless block form, `exact_blocks`, when they have one). Off the CPU in
+//!   f32 (the GPU, half precision) the KV cache keeps tensors and `batched` runs each
+//!   layer as a fixed number of tensor ops for all sequences together.
 //! * `forward` — training and scoring. A right-padded `[batch, seq]` batch through ops
 //!   that all have a backward pass (candle's fused rms_norm / softmax_last_dim / rope do
 //!   not, and would silently cut the gradient to the LoRA weights). On the CPU in f32 the
@@ -26,6 +27,7 @@ use super::config::{ModelConfig, RopeScaling};
 use super::kv_cache::KvCache;
 use super::lora::{Adapters, LoraLinear};
 use super::ops::causal_attention::CausalAttention;
+use super::ops::exact_blocks::BlockCache;
 use super::ops::exact_product;
 use super::ops::frozen::{add_frozen, mul_frozen};
 use super::ops::projection::project;
@@ -103,6 +105,8 @@ pub struct Decoder {
     pub lm_head: Option<Tensor>,
     /// The inference path's int8 copy of the LM head weight, made on first use.
     lm_head_int8: Int8Cache,
+    /// The exact path's lossless block form of the LM head weight, searched on first use.
+    lm_head_blocks: BlockCache,
     /// Per layer, the q/k/v and gate/up weights concatenated for `batched`.
     fused: Vec<batched::FusedLayer>,
     /// `[max_positions, head_dim / 2]`
@@ -192,6 +196,7 @@ impl Decoder {
             norm: get("model.norm.weight", &[c.hidden_size])?,
             lm_head,
             lm_head_int8: Int8Cache::default(),
+            lm_head_blocks: BlockCache::default(),
             cos: cos.to_dtype(dtype)?,
             sin: sin.to_dtype(dtype)?,
             dtype,
@@ -292,7 +297,14 @@ impl Decoder {
             _ => None,
         };
         let exact = match packed {
-            None if !flat.track_op() => exact_product::project(&flat, &[head])?,
+            None if !flat.track_op() => {
+                let blocks = if flat.dim(0)? <= exact_product::BLOCK_ROWS {
+                    self.lm_head_blocks.get(head)?
+                } else {
+                    None
+                };
+                exact_product::project(&flat, &[(head, blocks.as_deref())])?
+            }
             _ => None,
         };
         let logits = match (packed, exact) {

@@ -6,6 +6,7 @@ use super::ops::adapted_projection::AdaptedProjection;
 use super::ops::base_weight::BaseWeight;
 pub use super::ops::dropout::dropout_mask;
 use super::ops::dropout::splitmix64;
+use super::ops::exact_blocks::BlockCache;
 use super::ops::exact_product;
 use super::ops::frozen::add_frozen;
 use super::ops::projection::project;
@@ -160,6 +161,8 @@ pub struct LoraLinear {
     merged: Option<MergedUpdate>,
     /// The inference path's int8 copy of a dense `base`, made on first use.
     int8: Int8Cache,
+    /// The exact path's lossless block form of a dense `base`, searched on first use.
+    blocks: BlockCache,
 }
 
 /// The sum of the adapters merged into a bf16/f16 weight, kept beside it in f32 as one
@@ -196,6 +199,7 @@ impl LoraLinear {
             adapter: None,
             merged: None,
             int8: Int8Cache::default(),
+            blocks: BlockCache::default(),
         }
     }
 
@@ -217,6 +221,7 @@ impl LoraLinear {
         }
         self.base = BaseWeight::Dense(weight);
         self.int8 = Int8Cache::default();
+        self.blocks = BlockCache::default();
         Ok(())
     }
 
@@ -243,6 +248,7 @@ impl LoraLinear {
     pub fn quantize_base(&mut self) -> Result<()> {
         self.base = self.base.quantized()?;
         self.int8 = Int8Cache::default();
+        self.blocks = BlockCache::default();
         Ok(())
     }
 
@@ -363,7 +369,8 @@ impl LoraLinear {
     /// base's own blocks, sharing one
     /// quantized input and one parallel pass; the biases and adapters stay in f32. With
     /// `Precision::Exact` the base products of CPU f32 weights run on `exact_product`'s
-    /// kernel, also in one parallel pass, with results that do not depend on the batch.
+    /// kernel, also in one parallel pass, with results that do not depend on the batch
+    /// (with few rows reading each weight's lossless block form, found on first use).
     pub fn forward_inference(
         layers: &[&LoraLinear],
         x: &Tensor,
@@ -388,14 +395,19 @@ impl LoraLinear {
             }
         }
         if precision == Precision::Exact && !x.track_op() {
-            let dense: Option<Vec<&Tensor>> = layers
+            let few_rows = x.rank() == 2 && x.dim(0)? <= exact_product::BLOCK_ROWS;
+            let dense = layers
                 .iter()
                 .map(|l| match &l.base {
-                    BaseWeight::Dense(w) => Some(w),
-                    BaseWeight::Int8(_) => None,
+                    BaseWeight::Dense(w) if few_rows => Ok(Some((w, l.blocks.get(w)?))),
+                    BaseWeight::Dense(w) => Ok(Some((w, None))),
+                    BaseWeight::Int8(_) => Ok(None),
                 })
-                .collect();
-            if let Some(ys) = dense.map_or(Ok(None), |w| exact_product::project(x, &w))? {
+                .collect::<Result<Option<Vec<_>>>>()?;
+            let weights: Option<Vec<_>> = dense
+                .as_ref()
+                .map(|d| d.iter().map(|(w, b)| (*w, b.as_deref())).collect());
+            if let Some(ys) = weights.map_or(Ok(None), |w| exact_product::project(x, &w))? {
                 return ys
                     .into_iter()
                     .zip(layers)

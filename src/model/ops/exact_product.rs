@@ -14,7 +14,14 @@
 //! than by loads. Threads split the work by blocks of weight rows (and of input rows for
 //! long prefills), and several projections of one input (q/k/v, gate/up) are one parallel
 //! pass, one round of thread wake-ups.
+//!
+//! With few input rows (decoding) the products are bound by reading the weights, not by
+//! the arithmetic: a weight that has a lossless block form (`exact_blocks`: weights
+//! dequantized from a GGUF file) is read from that, 0.75–1.125 bytes per weight instead
+//! of 4, and each task decodes a tile's weight rows into a buffer the same kernels read.
+//! The decoded values are the weight's bits, so the results are too.
 
+use super::exact_blocks::BlockWeight;
 use super::out_ptr::OutPtr;
 use anyhow::Result;
 use candle_core::{CpuStorage, DType, Storage, Tensor};
@@ -32,17 +39,52 @@ const COL_BLOCK: usize = 32;
 /// Input rows per parallel task (prefill): bounds the rows a task streams through L2.
 const ROW_BLOCK: usize = 64;
 
-/// `x · Wᵀ` for each weight `W` of `weights` (`[out_i, inp]` row-major), `x` being
-/// `[rows, inp]` row-major; returns each product as row-major `[rows, out_i]`.
-pub fn products(x: &[f32], rows: usize, inp: usize, weights: &[&[f32]]) -> Vec<Vec<f32>> {
+/// One weight of a product: its f32 values as loaded (`[out, inp]` row-major), or their
+/// lossless block form (`exact_blocks`), which gives the same values bit for bit.
+#[derive(Clone, Copy)]
+pub enum WeightRows<'a> {
+    F32(&'a [f32]),
+    Blocks(&'a BlockWeight),
+}
+
+impl WeightRows<'_> {
+    fn out(self, inp: usize) -> usize {
+        match self {
+            WeightRows::F32(w) => {
+                assert!(
+                    inp > 0 && w.len() % inp == 0,
+                    "exact product: weight width differs"
+                );
+                w.len() / inp
+            }
+            WeightRows::Blocks(b) => {
+                assert_eq!(b.inp(), inp, "exact product: weight width differs");
+                b.out()
+            }
+        }
+    }
+}
+
+/// Up to this many input rows the products read a weight's block form when it has one:
+/// with few rows they are bound by reading the weights, with many by the arithmetic,
+/// where decoding the blocks would only add work.
+pub const BLOCK_ROWS: usize = 64;
+
+/// `x · Wᵀ` for each weight `W` of `weights`, `x` being `[rows, inp]` row-major; returns
+/// each product as row-major `[rows, out_i]`.
+pub fn products(x: &[f32], rows: usize, inp: usize, weights: &[WeightRows]) -> Vec<Vec<f32>> {
     products_with(Kernel::detect(), x, rows, inp, weights)
 }
 
 /// `x · Wᵀ` for each of `weights` when `x` and every weight are CPU f32 tensors (`x`
-/// `[rows, in]`, weights `[out, in]` contiguous); `None` otherwise.
-pub fn project(x: &Tensor, weights: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+/// `[rows, in]`, weights `[out, in]` contiguous); `None` otherwise. A weight given with
+/// its block form is read from that (see `BLOCK_ROWS`).
+pub fn project(
+    x: &Tensor,
+    weights: &[(&Tensor, Option<&BlockWeight>)],
+) -> Result<Option<Vec<Tensor>>> {
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !f32_cpu(x) || x.rank() != 2 || !weights.iter().all(|w| f32_cpu(w) && w.rank() == 2) {
+    if !f32_cpu(x) || x.rank() != 2 || !weights.iter().all(|(w, _)| f32_cpu(w) && w.rank() == 2) {
         return Ok(None);
     }
     let (rows, inp) = x.dims2()?;
@@ -53,9 +95,12 @@ pub fn project(x: &Tensor, weights: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
     else {
         return Ok(None);
     };
-    let guards: Vec<_> = weights.iter().map(|w| w.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(weights.len());
-    for (w, (storage, layout)) in weights.iter().zip(&guards) {
+    let guards: Vec<_> = weights
+        .iter()
+        .map(|(w, _)| w.storage_and_layout())
+        .collect();
+    let mut rows_of = Vec::with_capacity(weights.len());
+    for ((w, blocks), (storage, layout)) in weights.iter().zip(&guards) {
         let (out, w_in) = w.dims2()?;
         let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
             (&**storage, layout.contiguous_offsets())
@@ -65,13 +110,18 @@ pub fn project(x: &Tensor, weights: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
         if w_in != inp {
             anyhow::bail!("exact product: input [{rows}, {inp}] for weight [{out}, {w_in}]");
         }
-        slices.push(&data[start..end]);
+        rows_of.push(match blocks {
+            Some(b) if rows <= BLOCK_ROWS && b.out() == out && b.inp() == inp => {
+                WeightRows::Blocks(b)
+            }
+            _ => WeightRows::F32(&data[start..end]),
+        });
     }
-    let ys = products(&xs[xs_start..xs_end], rows, inp, &slices);
+    let ys = products(&xs[xs_start..xs_end], rows, inp, &rows_of);
     drop(guards);
     ys.into_iter()
         .zip(weights)
-        .map(|(y, w)| Ok(Tensor::from_vec(y, (rows, w.dim(0)?), x.device())?))
+        .map(|(y, (w, _))| Ok(Tensor::from_vec(y, (rows, w.dim(0)?), x.device())?))
         .collect::<Result<Vec<_>>>()
         .map(Some)
 }
@@ -81,23 +131,14 @@ fn products_with(
     x: &[f32],
     rows: usize,
     inp: usize,
-    weights: &[&[f32]],
+    weights: &[WeightRows],
 ) -> Vec<Vec<f32>> {
     assert_eq!(
         x.len(),
         rows * inp,
         "exact product: input is not [{rows}, {inp}]"
     );
-    let outs: Vec<usize> = weights
-        .iter()
-        .map(|w| {
-            assert!(
-                inp > 0 && w.len() % inp == 0,
-                "exact product: weight width differs"
-            );
-            w.len() / inp
-        })
-        .collect();
+    let outs: Vec<usize> = weights.iter().map(|w| w.out(inp)).collect();
     let mut ys: Vec<Vec<f32>> = outs.iter().map(|&out| vec![0f32; rows * out]).collect();
     let mut tasks = Vec::new();
     for (i, (y, &out)) in ys.iter_mut().zip(&outs).enumerate() {
@@ -108,34 +149,48 @@ fn products_with(
             }
         }
     }
-    tasks.into_par_iter().for_each(|(i, r0, c0, y)| {
-        let (w, out) = (weights[i], outs[i]);
-        let row_end = (r0 + ROW_BLOCK).min(rows);
-        for c in (c0..(c0 + COL_BLOCK).min(out)).step_by(TILE_COLS) {
-            let cols = TILE_COLS.min(out - c);
-            // A short tile repeats its last weight row; the copies' outputs are dropped.
-            let ws: [&[f32]; TILE_COLS] =
-                std::array::from_fn(|j| &w[(c + j.min(cols - 1)) * inp..][..inp]);
-            for r in (r0..row_end).step_by(TILE_ROWS) {
-                let n = TILE_ROWS.min(row_end - r);
-                let xs: [&[f32]; TILE_ROWS] =
-                    std::array::from_fn(|j| &x[(r + j.min(n - 1)) * inp..][..inp]);
-                let mut tile = [[0f32; TILE_COLS]; TILE_ROWS];
-                kernel.run(&xs, n, &ws, &mut tile);
-                for (j, tile_row) in tile.iter().enumerate().take(n) {
-                    // Safety: tasks write disjoint (row, column) sets of each `[rows, out]`
-                    // buffer, which outlives the parallel loop.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            tile_row.as_ptr(),
-                            y.get().add((r + j) * out + c),
-                            cols,
-                        );
+    // `decoded`: a tile's weight rows decoded from blocks, one buffer per run of tasks on
+    // a thread rather than one allocation per task.
+    tasks
+        .into_par_iter()
+        .for_each_init(Vec::new, |decoded, (i, r0, c0, y)| {
+            let out = outs[i];
+            let row_end = (r0 + ROW_BLOCK).min(rows);
+            for c in (c0..(c0 + COL_BLOCK).min(out)).step_by(TILE_COLS) {
+                let cols = TILE_COLS.min(out - c);
+                // A short tile repeats its last weight row; the copies' outputs are dropped.
+                let ws: [&[f32]; TILE_COLS] = match weights[i] {
+                    WeightRows::F32(w) => {
+                        std::array::from_fn(|j| &w[(c + j.min(cols - 1)) * inp..][..inp])
+                    }
+                    WeightRows::Blocks(b) => {
+                        decoded.resize(cols * inp, 0.0);
+                        for (j, dst) in decoded.chunks_exact_mut(inp).enumerate() {
+                            b.decode_row(c + j, dst);
+                        }
+                        std::array::from_fn(|j| &decoded[j.min(cols - 1) * inp..][..inp])
+                    }
+                };
+                for r in (r0..row_end).step_by(TILE_ROWS) {
+                    let n = TILE_ROWS.min(row_end - r);
+                    let xs: [&[f32]; TILE_ROWS] =
+                        std::array::from_fn(|j| &x[(r + j.min(n - 1)) * inp..][..inp]);
+                    let mut tile = [[0f32; TILE_COLS]; TILE_ROWS];
+                    kernel.run(&xs, n, &ws, &mut tile);
+                    for (j, tile_row) in tile.iter().enumerate().take(n) {
+                        // Safety: tasks write disjoint (row, column) sets of each `[rows, out]`
+                        // buffer, which outlives the parallel loop.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                tile_row.as_ptr(),
+                                y.get().add((r + j) * out + c),
+                                cols,
+                            );
+                        }
                     }
                 }
             }
-        }
-    });
+        });
     ys
 }
 
@@ -433,7 +488,13 @@ mod tests {
                 })
                 .collect();
             for kernel in kernels() {
-                let got = products_with(kernel, &x, rows, inp, &[&w1, &w2]);
+                let got = products_with(
+                    kernel,
+                    &x,
+                    rows,
+                    inp,
+                    &[WeightRows::F32(&w1), WeightRows::F32(&w2)],
+                );
                 for (g, w) in got.iter().zip(&want) {
                     let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(
@@ -445,15 +506,43 @@ mod tests {
         }
     }
 
+    /// A weight read from its block form gives the f32 weight's products bit for bit, for
+    /// every kernel, one row or a batch spanning several row blocks.
+    #[test]
+    fn block_weights_give_the_f32_products_bit_for_bit() -> Result<()> {
+        use super::super::exact_blocks::tests::dequantized;
+        use candle_core::quantized::GgmlDType;
+        let (out, inp) = (45, 576);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let w = dequantized(dtype, out, inp, 21)?;
+            let blocks = BlockWeight::encode(&w, out, inp).expect("a block form");
+            for rows in [1, 5, 70] {
+                let x = values(rows * inp, 8);
+                for kernel in kernels() {
+                    let dense = products_with(kernel, &x, rows, inp, &[WeightRows::F32(&w)]);
+                    let read = products_with(kernel, &x, rows, inp, &[WeightRows::Blocks(&blocks)]);
+                    assert!(
+                        dense[0]
+                            .iter()
+                            .zip(&read[0])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{dtype:?}, {kernel:?}, rows {rows}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A row's outputs do not depend on the other rows of the batch.
     #[test]
     fn a_row_gets_the_same_bits_in_any_batch() {
         let (inp, out) = (200, 50);
         let x = values(9 * inp, 4);
         let w = values(out * inp, 5);
-        let batch = products(&x, 9, inp, &[&w]).remove(0);
+        let batch = products(&x, 9, inp, &[WeightRows::F32(&w)]).remove(0);
         for r in 0..9 {
-            let alone = products(&x[r * inp..][..inp], 1, inp, &[&w]).remove(0);
+            let alone = products(&x[r * inp..][..inp], 1, inp, &[WeightRows::F32(&w)]).remove(0);
             assert_eq!(
                 alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 batch[r * out..][..out]
@@ -494,9 +583,11 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let x = Tensor::ones((2, 4), DType::F32, &dev)?;
         let w16 = Tensor::ones((3, 4), DType::F16, &dev)?;
-        assert!(project(&x, &[&w16])?.is_none());
+        assert!(project(&x, &[(&w16, None)])?.is_none());
         let w = Tensor::arange(0f32, 12.0, &dev)?.reshape((3, 4))?;
-        let y = project(&x, &[&w])?.expect("f32 on the CPU").remove(0);
+        let y = project(&x, &[(&w, None)])?
+            .expect("f32 on the CPU")
+            .remove(0);
         assert_eq!(y.to_vec2::<f32>()?, vec![vec![6.0, 22.0, 38.0]; 2]);
         Ok(())
     }

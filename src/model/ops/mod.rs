@@ -13,6 +13,7 @@ pub mod chunked_logprob;
 mod chunked_logprob_cuda;
 pub(super) mod dot;
 pub(super) mod dropout;
+pub mod exact_blocks;
 pub mod exact_product;
 pub mod frozen;
 mod gemm;
