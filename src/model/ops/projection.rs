@@ -119,8 +119,8 @@ impl candle_core::CustomOp2 for FrozenProjection {
         w: &CpuStorage,
         w_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        // f32 straight into the output buffer with this crate's kernel: the LM head's
-        // output is the [tokens, vocab] logits.
+        // f32 straight into the output buffer with this crate's GEMM kernel (the LM head
+        // of a CPU f32 training step has its own op, `train_ops::head_target_logprob_and_lse`).
         if let (CpuStorage::F32(_), CpuStorage::F32(_)) = (x, w) {
             if let (Some(_), Some(_)) =
                 (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
