@@ -2,9 +2,10 @@
 //! a request is admitted (prompt + max new tokens), so decoding never reallocates and each
 //! sequence keeps its own length and positions.
 //!
-//! Two storages: on the CPU in f32 each slot's buffers are plain host memory and attention
-//! runs directly over them (`attend_host`, one pass over every sequence in the batch — a
-//! per-sequence chain of small tensor ops costs more in dispatch than in arithmetic);
+//! Two storages: on the CPU in f32 each slot's buffers are plain host memory, one key and
+//! one value buffer per layer and KV head, and attention runs directly over them
+//! (`attend_host`, one pass over every sequence in the batch — a per-sequence chain of
+//! small tensor ops costs more in dispatch than in arithmetic);
 //! elsewhere (GPU, half precision) every layer keeps ONE key and ONE value tensor for all
 //! slots, `[slots, kv_heads, positions, head_dim]`, so the decoder writes and attends over
 //! every slot with a fixed number of tensor ops per layer (`decoder::batched`). Its
@@ -12,16 +13,16 @@
 //! its row is valid.
 
 use super::decoder::Segment;
-use super::ops::dot::dot_portable;
+use super::ops::cached_attention::attend_group;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 pub struct SlotCache {
-    /// Host storage: per layer, keys and values as `[positions, kv_heads, head_dim]`,
-    /// row-major; the vectors grow by whole positions up to their reserved capacity. Empty
-    /// with tensor storage.
-    host: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Host storage: per layer, per KV head, keys and values as `[positions, head_dim]`,
+    /// row-major, so attention streams each head's positions contiguously; the vectors
+    /// grow by whole positions up to their reserved capacity. Empty with tensor storage.
+    host: Vec<HostLayer>,
     len: usize,
     capacity: usize,
 }
@@ -37,6 +38,26 @@ impl SlotCache {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+}
+
+/// One layer of a slot's host storage: per KV head, `[positions, head_dim]`.
+struct HostLayer {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+}
+
+impl HostLayer {
+    fn with_capacity(kv_heads: usize, capacity: usize) -> Self {
+        let buffers = || {
+            (0..kv_heads)
+                .map(|_| Vec::with_capacity(capacity))
+                .collect()
+        };
+        Self {
+            keys: buffers(),
+            values: buffers(),
+        }
     }
 }
 
@@ -120,14 +141,9 @@ impl KvCache {
         let host = match &mut self.tensors {
             None => {
                 // Reserved, not zeroed: the pages are touched only as positions are written.
-                let row = self.kv_heads * self.head_dim;
+                let per_head = capacity * self.head_dim;
                 (0..self.layers)
-                    .map(|_| {
-                        (
-                            Vec::with_capacity(capacity * row),
-                            Vec::with_capacity(capacity * row),
-                        )
-                    })
+                    .map(|_| HostLayer::with_capacity(self.kv_heads, per_head))
                     .collect()
             }
             Some(tensors) => {
@@ -222,9 +238,13 @@ impl KvCache {
                     cache.capacity
                 );
             }
-            let (kc, vc) = &mut cache.host[layer];
-            kc.extend_from_slice(&k[seg.start * row..(seg.start + seg.len) * row]);
-            vc.extend_from_slice(&v[seg.start * row..(seg.start + seg.len) * row]);
+            let layer = &mut cache.host[layer];
+            for t in seg.start..seg.start + seg.len {
+                for g in 0..kvh {
+                    layer.keys[g].extend_from_slice(&k[t * row + g * d..][..d]);
+                    layer.values[g].extend_from_slice(&v[t * row + g * d..][..d]);
+                }
+            }
         }
         let rows = q.len() / (heads * d);
         // Which segment, and which position in it, each packed row is.
@@ -232,28 +252,32 @@ impl KvCache {
         for (si, seg) in segments.iter().enumerate() {
             owner.extend((0..seg.len).map(|t| (si, t)));
         }
-        let shape = HeadShape { heads, kvh, d };
+        // One task per row and KV head: the query heads `g · group ..` read KV head `g`.
+        let group = heads / kvh;
         let slots = &self.slots;
         let mut out = vec![0f32; rows * heads * d];
-        out.par_chunks_mut(heads * d)
-            .zip(owner.par_iter())
-            .enumerate()
-            .for_each(|(r, (out_row, &(si, t)))| {
+        out.par_chunks_mut(group * d).enumerate().for_each_init(
+            Vec::new,
+            |scratch, (task, out_heads)| {
+                let (r, g) = (task / kvh, task % kvh);
+                let (si, t) = owner[r];
                 let seg = &segments[si];
                 let cache = slots[seg.slot].as_ref().expect("slot checked above");
-                let (kc, vc) = &cache.host[layer];
+                let layer = &cache.host[layer];
                 // Sees every cached position up to and including its own.
                 let visible = cache.len + t + 1;
-                let q_row = &q[r * heads * d..][..heads * d];
-                attend_row(q_row, (kc, vc), visible, shape, scale, out_row);
-            });
+                let q_heads = &q[(r * heads + g * group) * d..][..group * d];
+                let kv = (&layer.keys[g][..], &layer.values[g][..]);
+                attend_group(q_heads, kv, visible, group, d, scale, scratch, out_heads);
+            },
+        );
         Ok(out)
     }
 
     /// Makes `to` hold the first `len` positions of `from` (samples of one prompt share
     /// its prefill).
     pub fn copy_prefix(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
-        let row = self.kv_heads * self.head_dim;
+        let d = self.head_dim;
         let (Some(Some(src)), Some(Some(dst))) = (self.slots.get(from), self.slots.get(to)) else {
             bail!("KV cache slots {from} and {to} must both be allocated");
         };
@@ -262,15 +286,22 @@ impl KvCache {
         }
         match &self.tensors {
             None => {
+                let prefix = |heads: &[Vec<f32>]| -> Vec<Vec<f32>> {
+                    heads
+                        .iter()
+                        .map(|h| {
+                            let mut copy = Vec::with_capacity(dst.capacity * d);
+                            copy.extend_from_slice(&h[..len * d]);
+                            copy
+                        })
+                        .collect()
+                };
                 let copied = src
                     .host
                     .iter()
-                    .map(|(k, v)| {
-                        let mut kc = Vec::with_capacity(dst.capacity * row);
-                        let mut vc = Vec::with_capacity(dst.capacity * row);
-                        kc.extend_from_slice(&k[..len * row]);
-                        vc.extend_from_slice(&v[..len * row]);
-                        (kc, vc)
+                    .map(|layer| HostLayer {
+                        keys: prefix(&layer.keys),
+                        values: prefix(&layer.values),
                     })
                     .collect();
                 self.slots[to].as_mut().unwrap().host = copied;
@@ -325,236 +356,5 @@ impl SlottedTensors {
         }
         self.positions = positions;
         Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct HeadShape {
-    heads: usize,
-    kvh: usize,
-    d: usize,
-}
-
-/// Attention of one query row (all heads) over the first `visible` cached positions,
-/// written to `out` `[heads · d]` (zeroed). With AVX-512 and a head size of 64 or 128 it
-/// runs on 512-bit vectors with each head's output kept in registers; otherwise the
-/// portable loop, compiled a second time for AVX2 where the CPU has it.
-fn attend_row(
-    q: &[f32],
-    kv: (&[f32], &[f32]),
-    visible: usize,
-    shape: HeadShape,
-    scale: f32,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // Safety: the CPU supports the features the functions are compiled for, and
-            // `attend_host` sized the slices for `visible` positions of this shape.
-            match shape.d {
-                64 => return unsafe { avx512::attend_row::<4>(q, kv, visible, shape, scale, out) },
-                128 => {
-                    return unsafe { avx512::attend_row::<8>(q, kv, visible, shape, scale, out) }
-                }
-                _ => {}
-            }
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // Safety: the CPU supports the features the function is compiled for.
-            return unsafe { attend_row_avx2(q, kv, visible, shape, scale, out) };
-        }
-    }
-    attend_row_portable(q, kv, visible, shape, scale, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_row_avx2(
-    q: &[f32],
-    kv: (&[f32], &[f32]),
-    visible: usize,
-    shape: HeadShape,
-    scale: f32,
-    out: &mut [f32],
-) {
-    attend_row_portable(q, kv, visible, shape, scale, out)
-}
-
-#[inline(always)]
-fn attend_row_portable(
-    q: &[f32],
-    (kc, vc): (&[f32], &[f32]),
-    visible: usize,
-    HeadShape { heads, kvh, d }: HeadShape,
-    scale: f32,
-    out: &mut [f32],
-) {
-    let row = kvh * d;
-    let group = heads / kvh;
-    let mut scores = vec![0f32; visible];
-    for h in 0..heads {
-        let kv = h / group;
-        let qh = &q[h * d..][..d];
-        let mut max = f32::NEG_INFINITY;
-        for (j, s) in scores.iter_mut().enumerate() {
-            let kj = &kc[j * row + kv * d..][..d];
-            *s = dot_portable(qh, kj) * scale;
-            max = max.max(*s);
-        }
-        let mut total = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
-        }
-        let oh = &mut out[h * d..(h + 1) * d];
-        for (j, &p) in scores.iter().enumerate() {
-            let vj = &vc[j * row + kv * d..][..d];
-            let w = p / total;
-            for (o, &x) in oh.iter_mut().zip(vj) {
-                *o += w * x;
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::HeadShape;
-    use std::arch::x86_64::*;
-
-    /// `s ← exp(s − max)` over `scores` (all ≤ max), 16 at a time; returns Σ s.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn exp_shifted_in_place(scores: &mut [f32], max: f32) -> f32 {
-        let shift = _mm512_set1_ps(max);
-        let mut total = _mm512_setzero_ps();
-        for chunk in scores.chunks_mut(16) {
-            let mask: __mmask16 = (1u32 << chunk.len()).wrapping_sub(1) as __mmask16;
-            let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, chunk.as_ptr()), shift);
-            let e = _mm512_maskz_mov_ps(mask, exp(x));
-            _mm512_mask_storeu_ps(chunk.as_mut_ptr(), mask, e);
-            total = _mm512_add_ps(total, e);
-        }
-        _mm512_reduce_add_ps(total)
-    }
-
-    /// eˣ for x ≤ 0 to within a few ulp: x = n·ln 2 + r with |r| ≤ ln 2 / 2, eʳ by its
-    /// degree-6 Taylor polynomial, then scaled by 2ⁿ (`vscalefps`, which flushes the very
-    /// negative to 0). libm's scalar `expf` was a tenth of a decode step.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn exp(x: __m512) -> __m512 {
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        // ln 2 in two parts, so n · ln 2 is subtracted without rounding error.
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm512_set1_ps(1.0 / 720.0);
-        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        _mm512_scalef_ps(p, n)
-    }
-
-    /// `attend_row` for a head size of 16 · `C`: the query head and the output head
-    /// live in `C` registers each while the cached positions stream past.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn attend_row<const C: usize>(
-        q: &[f32],
-        (kc, vc): (&[f32], &[f32]),
-        visible: usize,
-        HeadShape { heads, kvh, d }: HeadShape,
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        assert!(d == 16 * C && q.len() >= heads * d && out.len() >= heads * d);
-        assert!(kc.len() >= visible * kvh * d && vc.len() >= visible * kvh * d);
-        let row = kvh * d;
-        let group = heads / kvh;
-        let mut scores = vec![0f32; visible];
-        for h in 0..heads {
-            let kv = h / group;
-            let mut qh = [_mm512_setzero_ps(); C];
-            for (c, v) in qh.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(q.as_ptr().add(h * d + 16 * c));
-            }
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate() {
-                let kj = kc.as_ptr().add(j * row + kv * d);
-                let mut acc = _mm512_mul_ps(qh[0], _mm512_loadu_ps(kj));
-                for (c, qv) in qh.iter().enumerate().skip(1) {
-                    acc = _mm512_fmadd_ps(*qv, _mm512_loadu_ps(kj.add(16 * c)), acc);
-                }
-                *s = _mm512_reduce_add_ps(acc) * scale;
-                max = max.max(*s);
-            }
-            let inv_total = 1.0 / exp_shifted_in_place(&mut scores, max);
-            let mut oh = [_mm512_setzero_ps(); C];
-            for (j, &p) in scores.iter().enumerate() {
-                let vj = vc.as_ptr().add(j * row + kv * d);
-                let w = _mm512_set1_ps(p * inv_total);
-                for (c, o) in oh.iter_mut().enumerate() {
-                    *o = _mm512_fmadd_ps(w, _mm512_loadu_ps(vj.add(16 * c)), *o);
-                }
-            }
-            for (c, o) in oh.iter().enumerate() {
-                _mm512_storeu_ps(out.as_mut_ptr().add(h * d + 16 * c), *o);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{Rng, SeedableRng};
-
-    /// The dispatched kernel (AVX-512 for head sizes 64 and 128 where the CPU has it)
-    /// against the portable loop: same attention up to f32 summation order.
-    #[test]
-    fn attention_kernels_agree() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for (heads, kvh, d, visible) in [(9, 3, 64, 37), (4, 2, 128, 5), (4, 4, 16, 9)] {
-            let shape = HeadShape { heads, kvh, d };
-            let mut random =
-                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
-            let q = random(heads * d);
-            let (k, v) = (random(visible * kvh * d), random(visible * kvh * d));
-            let mut fast = vec![0f32; heads * d];
-            let mut plain = vec![0f32; heads * d];
-            attend_row(&q, (&k, &v), visible, shape, 0.125, &mut fast);
-            attend_row_portable(&q, (&k, &v), visible, shape, 0.125, &mut plain);
-            for (i, (a, b)) in fast.iter().zip(&plain).enumerate() {
-                assert!((a - b).abs() <= 1e-5, "d={d}: element {i}: {a} vs {b}");
-            }
-            assert!(plain.iter().any(|x| x.abs() > 1e-3));
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn vector_exp_matches_libm() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            eprintln!("SKIP vector exp: no AVX-512 on this CPU");
-            return;
-        }
-        let xs: Vec<f32> = (0..2000)
-            .map(|i| -(i as f32) * 0.0517)
-            .chain([0.0, -1e-8, -88.0, -200.0, f32::NEG_INFINITY])
-            .collect();
-        let mut got = xs.clone();
-        // Safety: the CPU has AVX-512F (checked above).
-        let total = unsafe { avx512::exp_shifted_in_place(&mut got, 0.0) };
-        for (&x, &e) in xs.iter().zip(&got) {
-            let want = x.exp();
-            assert!(
-                (e - want).abs() <= 4.0 * f32::EPSILON * want.max(f32::MIN_POSITIVE),
-                "exp({x}) = {e}, libm {want}"
-            );
-        }
-        let want_total: f32 = xs.iter().map(|x| x.exp()).sum();
-        assert!((total - want_total).abs() <= 1e-5 * want_total);
     }
 }

@@ -5,6 +5,7 @@
 
 pub(super) mod adapted_projection;
 pub mod base_weight;
+pub(super) mod cached_attention;
 pub mod causal_attention;
 #[cfg(feature = "cuda")]
 mod causal_attention_cuda;

@@ -1,0 +1,465 @@
+//! Decoding attention on the CPU: the query heads that share one KV head, over that head's
+//! cached keys and values (`[positions, head_dim]` each, contiguous).
+//!
+//! A decode step reads every sequence's whole cache once per layer, so attention is bound
+//! by memory, not arithmetic: the keys and values of one KV head are read from memory once
+//! for all the query heads that share it (grouped-query attention), as two contiguous
+//! streams. With AVX-512 and a head size of 64 or 128, sixteen positions' scores are
+//! reduced together (a transposed tree of shuffles instead of one horizontal sum per
+//! position and head), and the values are accumulated sixteen positions at a time.
+//!
+//! The AVX-512 kernel's arithmetic is fixed: each score is the head's `head_dim / 16`
+//! partial products lane by lane, added in the tree `((c₀ + c₂) + (c₁ + c₃))`, `cⱼ =
+//! (lⱼ + lⱼ₊₈) + (lⱼ₊₄ + lⱼ₊₁₂)` (the order `_mm512_reduce_add_ps` compiles to), times
+//! the scale; the probabilities come from a vector `exp`; each output lane sums
+//! `pⱼ · vⱼ` in position order. A sequence therefore gets the same bits whatever shares
+//! its batch, and the same bits as the per-row kernel this one replaced (tested below).
+//! The portable loop (other CPUs, other head sizes) agrees to f32 rounding.
+
+/// Attention of the `group` query heads `q` (`[group, d]`) over the first `visible`
+/// positions of one KV head's keys `k` and values `v` (`[positions, d]`, row-major),
+/// written to `out` (`[group, d]`). `scratch` is reused between calls.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group(
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    visible: usize,
+    group: usize,
+    d: usize,
+    scale: f32,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    assert!(
+        q.len() >= group * d && out.len() >= group * d,
+        "attention: short head buffers"
+    );
+    assert!(
+        k.len() >= visible * d && v.len() >= visible * d,
+        "attention: fewer cached positions than visible"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && (d == 64 || d == 128) {
+            scratch.clear();
+            scratch.resize(group * visible.div_ceil(16) * 16, 0.0);
+            // Safety: the CPU has AVX-512F; the slices were checked against the shape.
+            unsafe {
+                match d {
+                    64 => avx512::attend_group::<4>(q, (k, v), visible, group, scale, scratch, out),
+                    _ => avx512::attend_group::<8>(q, (k, v), visible, group, scale, scratch, out),
+                }
+            }
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // Safety: the CPU supports the features the function is compiled for.
+            return unsafe { attend_group_avx2(q, (k, v), visible, group, d, scale, scratch, out) };
+        }
+    }
+    attend_group_portable(q, (k, v), visible, group, d, scale, scratch, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_group_avx2(
+    q: &[f32],
+    kv: (&[f32], &[f32]),
+    visible: usize,
+    group: usize,
+    d: usize,
+    scale: f32,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    attend_group_portable(q, kv, visible, group, d, scale, scratch, out)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_group_portable(
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    visible: usize,
+    group: usize,
+    d: usize,
+    scale: f32,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    scratch.clear();
+    scratch.resize(visible, 0.0);
+    let scores = &mut scratch[..];
+    for h in 0..group {
+        let qh = &q[h * d..][..d];
+        let mut max = f32::NEG_INFINITY;
+        for (s, kj) in scores.iter_mut().zip(k.chunks_exact(d)) {
+            *s = super::dot::dot_portable(qh, kj) * scale;
+            max = max.max(*s);
+        }
+        let mut total = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        let oh = &mut out[h * d..][..d];
+        oh.fill(0.0);
+        for (&p, vj) in scores.iter().zip(v.chunks_exact(d)) {
+            let w = p / total;
+            for (o, &x) in oh.iter_mut().zip(vj) {
+                *o += w * x;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Positions per score vector.
+    const SPAN: usize = 16;
+
+    /// `attend_group` for a head size of 16 · `C`. `scores` holds `group` rows of
+    /// `visible` rounded up to 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn attend_group<const C: usize>(
+        q: &[f32],
+        (k, v): (&[f32], &[f32]),
+        visible: usize,
+        group: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let d = 16 * C;
+        let stride = visible.div_ceil(SPAN) * SPAN;
+        debug_assert!(scores.len() >= group * stride);
+        let scale = _mm512_set1_ps(scale);
+        let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); 1].repeat(group);
+        // Scores: each chunk of keys is read from memory once, then from L1 for the
+        // group's other heads.
+        for j0 in (0..visible).step_by(SPAN) {
+            let n = SPAN.min(visible - j0);
+            let mask = low_mask(n);
+            let keys = k.as_ptr().add(j0 * d);
+            for (h, max) in max.iter_mut().enumerate() {
+                let qh: [__m512; C] =
+                    std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(h * d + 16 * c)));
+                let s = _mm512_mul_ps(scores16::<C>(&qh, keys, n), scale);
+                _mm512_storeu_ps(scores.as_mut_ptr().add(h * stride + j0), s);
+                *max = _mm512_mask_max_ps(*max, mask, *max, s);
+            }
+        }
+        // Probabilities, already divided by their total.
+        for (h, max) in max.iter().enumerate() {
+            let row = &mut scores[h * stride..][..visible];
+            let total = exp_shifted_in_place(row, _mm512_reduce_max_ps(*max));
+            let inv_total = _mm512_set1_ps(1.0 / total);
+            for chunk in row.chunks_mut(SPAN) {
+                let mask = low_mask(chunk.len());
+                let p = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
+                _mm512_mask_storeu_ps(chunk.as_mut_ptr(), mask, _mm512_mul_ps(p, inv_total));
+            }
+        }
+        // Outputs: each chunk of values is read from memory once; every output lane adds
+        // its terms in position order.
+        out[..group * d].fill(0.0);
+        for j0 in (0..visible).step_by(SPAN) {
+            let n = SPAN.min(visible - j0);
+            let values = v.as_ptr().add(j0 * d);
+            for h in 0..group {
+                let oh = out.as_mut_ptr().add(h * d);
+                let mut o: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(oh.add(16 * c)));
+                let p = scores.as_ptr().add(h * stride + j0);
+                for j in 0..n {
+                    let w = _mm512_set1_ps(*p.add(j));
+                    let vj = values.add(j * d);
+                    for (c, o) in o.iter_mut().enumerate() {
+                        *o = _mm512_fmadd_ps(w, _mm512_loadu_ps(vj.add(16 * c)), *o);
+                    }
+                }
+                for (c, o) in o.iter().enumerate() {
+                    _mm512_storeu_ps(oh.add(16 * c), *o);
+                }
+            }
+        }
+    }
+
+    fn low_mask(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    /// One position's sixteen lanes of `q · k`: the head's chunks multiplied lane by lane
+    /// and added in chunk order.
+    #[inline(always)]
+    unsafe fn lanes<const C: usize>(qh: &[__m512; C], kj: *const f32) -> __m512 {
+        let mut acc = _mm512_mul_ps(qh[0], _mm512_loadu_ps(kj));
+        for (c, qc) in qh.iter().enumerate().skip(1) {
+            acc = _mm512_fmadd_ps(*qc, _mm512_loadu_ps(kj.add(16 * c)), acc);
+        }
+        acc
+    }
+
+    /// The dot products of `qh` with the `n` (≤ 16) keys at `keys`, in position order
+    /// (lanes past `n` hold nothing meaningful). Every score is its lanes added in the
+    /// tree of `_mm512_reduce_add_ps`: lane j with j + 8, then with j + 4, then j with
+    /// j + 2, then the two halves of what is left, done for sixteen positions at once.
+    #[inline(always)]
+    unsafe fn scores16<const C: usize>(qh: &[__m512; C], keys: *const f32, n: usize) -> __m512 {
+        let d = 16 * C;
+        let at = |j: usize| {
+            if j < n {
+                lanes::<C>(qh, keys.add(j * d))
+            } else {
+                _mm512_setzero_ps()
+            }
+        };
+        // Lane j + lane j + 8 of two positions: [a's eight | b's eight].
+        let halves = |j: usize| {
+            let (a, b) = (at(j), at(j + 1));
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+            )
+        };
+        // Then + lane j + 4: one 128-bit chunk per position, four positions.
+        let quarters = |j: usize| {
+            let (x, y) = (halves(j), halves(j + 2));
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+            )
+        };
+        // Then lane j + lane j + 2, two pairs per chunk: chunk i holds positions
+        // j + i and j + 4 + i.
+        let pairs = |j: usize| {
+            let (z, w) = (quarters(j), quarters(j + 4));
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(z, w),
+                _mm512_shuffle_ps::<0b11_10_11_10>(z, w),
+            )
+        };
+        let (u, w) = (pairs(0), pairs(8));
+        // Lane 4i + e holds position i + 4e.
+        let sums = _mm512_add_ps(
+            _mm512_shuffle_ps::<0b10_00_10_00>(u, w),
+            _mm512_shuffle_ps::<0b11_01_11_01>(u, w),
+        );
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_ps(order, sums)
+    }
+
+    /// `s ← exp(s − max)` over `scores` (all ≤ max), 16 at a time; returns Σ s.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_shifted_in_place(scores: &mut [f32], max: f32) -> f32 {
+        let shift = _mm512_set1_ps(max);
+        let mut total = _mm512_setzero_ps();
+        for chunk in scores.chunks_mut(16) {
+            let mask = low_mask(chunk.len());
+            let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, chunk.as_ptr()), shift);
+            let e = _mm512_maskz_mov_ps(mask, exp(x));
+            _mm512_mask_storeu_ps(chunk.as_mut_ptr(), mask, e);
+            total = _mm512_add_ps(total, e);
+        }
+        _mm512_reduce_add_ps(total)
+    }
+
+    /// eˣ for x ≤ 0 to within a few ulp: x = n·ln 2 + r with |r| ≤ ln 2 / 2, eʳ by its
+    /// degree-6 Taylor polynomial, then scaled by 2ⁿ (`vscalefps`, which flushes the very
+    /// negative to 0). libm's scalar `expf` was a tenth of a decode step.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        // ln 2 in two parts, so n · ln 2 is subtracted without rounding error.
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm512_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// The per-row kernel this module replaced (one query head at a time, one horizontal
+    /// sum per position), kept to show the new one gives the same bits.
+    #[cfg(test)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn attend_head_reference<const C: usize>(
+        qh: &[f32],
+        (k, v): (&[f32], &[f32]),
+        visible: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let d = 16 * C;
+        let q: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(qh.as_ptr().add(16 * c)));
+        let mut scores = vec![0f32; visible];
+        let mut max = f32::NEG_INFINITY;
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = _mm512_reduce_add_ps(lanes::<C>(&q, k.as_ptr().add(j * d))) * scale;
+            max = max.max(*s);
+        }
+        let inv_total = 1.0 / exp_shifted_in_place(&mut scores, max);
+        let mut o = [_mm512_setzero_ps(); C];
+        for (j, &p) in scores.iter().enumerate() {
+            let w = _mm512_set1_ps(p * inv_total);
+            for (c, o) in o.iter_mut().enumerate() {
+                *o = _mm512_fmadd_ps(w, _mm512_loadu_ps(v.as_ptr().add(j * d + 16 * c)), *o);
+            }
+        }
+        for (c, o) in o.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), *o);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(rng: &mut impl Rng, n: usize, spread: f32) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-spread..spread)).collect()
+    }
+
+    /// The dispatched kernel against the portable loop: the same attention up to f32
+    /// summation order and the vector `exp`'s few ulp.
+    #[test]
+    fn kernels_agree_with_the_portable_loop() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for (group, d, visible) in [
+            (3, 64, 37),
+            (2, 128, 5),
+            (4, 16, 9),
+            (7, 64, 16),
+            (1, 64, 1),
+        ] {
+            let q = random(&mut rng, group * d, 1.0);
+            let (k, v) = (
+                random(&mut rng, visible * d, 1.0),
+                random(&mut rng, visible * d, 1.0),
+            );
+            let (mut fast, mut plain) = (vec![0f32; group * d], vec![0f32; group * d]);
+            let mut scratch = Vec::new();
+            attend_group(
+                &q,
+                (&k, &v),
+                visible,
+                group,
+                d,
+                0.125,
+                &mut scratch,
+                &mut fast,
+            );
+            attend_group_portable(
+                &q,
+                (&k, &v),
+                visible,
+                group,
+                d,
+                0.125,
+                &mut scratch,
+                &mut plain,
+            );
+            for (i, (a, b)) in fast.iter().zip(&plain).enumerate() {
+                assert!((a - b).abs() <= 1e-5, "d={d}: element {i}: {a} vs {b}");
+            }
+            assert!(plain.iter().any(|x| x.abs() > 1e-3));
+        }
+    }
+
+    /// Bit for bit what the per-row, per-head kernel it replaced computed: every visible
+    /// length around the sixteen-position chunks, head sizes 64 and 128, scores far apart
+    /// (sharp softmax) and close together.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn grouped_kernel_gives_the_replaced_kernels_bits() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIP grouped attention kernel: no AVX-512 on this CPU");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for (group, d) in [(3, 64), (7, 64), (4, 128), (1, 128)] {
+            for visible in [1, 2, 15, 16, 17, 31, 33, 64, 100, 257] {
+                for spread in [0.05, 4.0] {
+                    let q = random(&mut rng, group * d, spread);
+                    let k = random(&mut rng, visible * d, 1.0);
+                    let v = random(&mut rng, visible * d, 1.0);
+                    let mut got = vec![f32::NAN; group * d];
+                    let mut scratch = vec![f32::NAN; 3];
+                    attend_group(
+                        &q,
+                        (&k, &v),
+                        visible,
+                        group,
+                        d,
+                        0.125,
+                        &mut scratch,
+                        &mut got,
+                    );
+                    let mut want = vec![0f32; group * d];
+                    for h in 0..group {
+                        let (qh, oh) = (&q[h * d..][..d], &mut want[h * d..][..d]);
+                        // Safety: the CPU has AVX-512F; the slices hold `visible` rows of `d`.
+                        unsafe {
+                            match d {
+                                64 => avx512::attend_head_reference::<4>(
+                                    qh,
+                                    (&k, &v),
+                                    visible,
+                                    0.125,
+                                    oh,
+                                ),
+                                _ => avx512::attend_head_reference::<8>(
+                                    qh,
+                                    (&k, &v),
+                                    visible,
+                                    0.125,
+                                    oh,
+                                ),
+                            }
+                        }
+                    }
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "group {group}, d {d}, visible {visible}, spread {spread}: element {i}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_matches_libm() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIP vector exp: no AVX-512 on this CPU");
+            return;
+        }
+        let xs: Vec<f32> = (0..2000)
+            .map(|i| -(i as f32) * 0.0517)
+            .chain([0.0, -1e-8, -88.0, -200.0, f32::NEG_INFINITY])
+            .collect();
+        let mut got = xs.clone();
+        // Safety: the CPU has AVX-512F (checked above).
+        let total = unsafe { avx512::exp_shifted_in_place(&mut got, 0.0) };
+        for (&x, &e) in xs.iter().zip(&got) {
+            let want = x.exp();
+            assert!(
+                (e - want).abs() <= 4.0 * f32::EPSILON * want.max(f32::MIN_POSITIVE),
+                "exp({x}) = {e}, libm {want}"
+            );
+        }
+        let want_total: f32 = xs.iter().map(|x| x.exp()).sum();
+        assert!((total - want_total).abs() <= 1e-5 * want_total);
+    }
+}
