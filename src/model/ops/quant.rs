@@ -190,17 +190,21 @@ impl Int8Weight {
     pub fn row_major(&self) -> (Vec<i8>, Vec<f32>) {
         let mut values = vec![0i8; self.out * self.inp];
         let mut scales = vec![0f32; self.out * self.blocks];
-        for o in 0..self.out {
-            let (g, c) = (o / GROUP, o % GROUP);
-            for b in 0..self.blocks {
-                scales[o * self.blocks + b] = self.scales[(g * self.blocks + b) * GROUP + c];
-                let base = (g * self.blocks + b) * BLOCK * GROUP + c * QUAD;
-                for k in 0..BLOCK.min(self.inp - b * BLOCK) {
-                    let q = self.data[base + (k / QUAD) * GROUP * QUAD + k % QUAD];
-                    values[o * self.inp + b * BLOCK + k] = (q as i32 - WEIGHT_OFFSET) as i8;
+        values
+            .par_chunks_mut(self.inp.max(1))
+            .zip(scales.par_chunks_mut(self.blocks.max(1)))
+            .enumerate()
+            .for_each(|(o, (row, row_scales))| {
+                let (g, c) = (o / GROUP, o % GROUP);
+                for (b, scale) in row_scales.iter_mut().enumerate() {
+                    *scale = self.scales[(g * self.blocks + b) * GROUP + c];
+                    let base = (g * self.blocks + b) * BLOCK * GROUP + c * QUAD;
+                    for k in 0..BLOCK.min(self.inp - b * BLOCK) {
+                        let q = self.data[base + (k / QUAD) * GROUP * QUAD + k % QUAD];
+                        row[b * BLOCK + k] = (q as i32 - WEIGHT_OFFSET) as i8;
+                    }
                 }
-            }
-        }
+            });
         (values, scales)
     }
 
