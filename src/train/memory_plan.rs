@@ -913,6 +913,31 @@ mod tests {
         assert_eq!(gpu * 8, projection_parameter_count(&c) * 9);
     }
 
+    /// The GPU count is what `GpuInt8Weight` holds, projection by projection (a small
+    /// model with 120-output k/v, built on the CPU device: the layout is the same).
+    #[test]
+    fn the_gpu_int8_count_is_what_the_gpu_weights_hold() {
+        use crate::model::ops::int8_gpu_weight::GpuInt8Weight;
+        use crate::model::ops::quant::Int8Weight;
+        let mut c = qwen2_7b();
+        (c.hidden_size, c.intermediate_size, c.num_hidden_layers) = (64, 96, 2);
+        (c.num_attention_heads, c.num_key_value_heads, c.head_dim) = (4, 3, 40);
+        let per_layer: usize = PROJECTIONS
+            .iter()
+            .map(|m| {
+                let (i, o) = projection_dims(&c, m);
+                let packed = Int8Weight::pack(&vec![0.5; o * i], o, i);
+                GpuInt8Weight::upload(&packed, &candle_core::Device::Cpu)
+                    .unwrap()
+                    .bytes()
+            })
+            .sum();
+        assert_eq!(
+            int8_projection_bytes(&c, PlanDevice::Gpu),
+            2 * per_layer as u64
+        );
+    }
+
     /// Issue 18's target: SFT 1 × 4096 tokens, bf16, checkpointed, LoRA r16 on all seven
     /// projections, plans within 16 GiB on an int8 base for both 7–8B models.
     ///
