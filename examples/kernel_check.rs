@@ -6,6 +6,7 @@
 //!     cargo run --release --features cuda --example kernel_check -- --device cuda
 
 use anyhow::{bail, Result};
+use autoif::model::ops::base_weight::BaseWeight;
 use autoif::model::ops::causal_attention::CausalAttention;
 use autoif::model::ops::chunked_logprob::chunked_target_logprobs;
 use autoif::model::LoadOptions;
@@ -175,6 +176,7 @@ fn main() -> Result<()> {
         compare_peak_memory(&args, &device)?;
     }
     failed |= !check_attention(&args, &device)?;
+    failed |= !check_int8_projection(&args, &device)?;
     if failed {
         bail!("a kernel differs from its CPU twin beyond the bound (f32 {F32_BOUND:e}, bf16 {BF16_BOUND:e}, bf16 attention {ATTENTION_BF16_BOUND:e})");
     }
@@ -373,6 +375,109 @@ fn check_attention(args: &Args, device: &Device) -> Result<bool> {
         }
     }
     attention_peak_memory(args, device)?;
+    Ok(ok_all)
+}
+
+/// The int8 base's projection shapes checked, `[out, in]`: Qwen2-0.5B's gate/up and down
+/// projections.
+const INT8_SHAPES: [(usize, usize); 2] = [(4864, 896), (896, 4864)];
+
+/// Output and input gradient (f32, on the CPU) of an int8 base's projection, with the
+/// forward and backward seconds.
+struct ProjectionRun {
+    values: [Tensor; 2],
+    forward: f64,
+    backward: f64,
+}
+
+fn run_int8_projection(base: &BaseWeight, x: &Tensor, upstream: &Tensor) -> Result<ProjectionRun> {
+    let var = Var::from_tensor(x)?;
+    let started = Instant::now();
+    let y = base.project(var.as_tensor())?;
+    y.device().synchronize()?;
+    let forward = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let grads = (&y * upstream)?.sum_all()?.backward()?;
+    y.device().synchronize()?;
+    let backward = started.elapsed().as_secs_f64();
+    let host = |t: &Tensor| t.to_device(&Device::Cpu)?.to_dtype(DType::F32);
+    let dx = grads
+        .get(var.as_tensor())
+        .expect("the input gets a gradient");
+    Ok(ProjectionRun {
+        values: [host(&y)?, host(dx)?],
+        forward,
+        backward,
+    })
+}
+
+/// The int8 base's projection on `device` (kernels/int8_projection.cu on a GPU) against
+/// its CPU twin on the same int8 weights, `--rows` rows per shape; false when one differs
+/// beyond the bound. On the CPU only f32 runs (the CPU int8 base takes f32).
+fn check_int8_projection(args: &Args, device: &Device) -> Result<bool> {
+    println!(
+        "
+int8-projection on {device:?}: {} rows",
+        args.rows
+    );
+    println!(
+        "{:<6} {:>12} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  result",
+        "dtype", "out × in", "y err", "dx err", "fwd s", "bwd s", "fwd TF/s", "bwd TF/s", "twin s"
+    );
+    let mut ok_all = true;
+    for (out, inp) in INT8_SHAPES {
+        for (dtype, bound) in [(DType::F32, F32_BOUND), (DType::BF16, BF16_BOUND)] {
+            if device.is_cpu() && dtype != DType::F32 {
+                continue;
+            }
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+            let mut uniform = |len: usize, scale: f32| -> Vec<f32> {
+                (0..len).map(|_| rng.random_range(-scale..scale)).collect()
+            };
+            let host = |v: Vec<f32>, shape: (usize, usize)| -> Result<Tensor> {
+                Ok(Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?)
+            };
+            let w = host(uniform(out * inp, 1.0 / (inp as f32).sqrt()), (out, inp))?;
+            let x = host(uniform(args.rows * inp, 1.0), (args.rows, inp))?;
+            let upstream = host(uniform(args.rows * out, 1.0), (args.rows, out))?;
+            // The same int8 values on both sides: quantized once, from the f32 weight.
+            let twin_base = BaseWeight::Dense(w.to_dtype(DType::F32)?).quantized()?;
+            let base = BaseWeight::Dense(w.to_device(device)?).quantized()?;
+            let (x_dev, upstream_dev) = (x.to_device(device)?, upstream.to_device(device)?);
+            if !device.is_cpu() {
+                // The first call loads the PTX; time the second.
+                run_int8_projection(&base, &x_dev, &upstream_dev)?;
+            }
+            let run = run_int8_projection(&base, &x_dev, &upstream_dev)?;
+            let twin = run_int8_projection(
+                &twin_base,
+                &x.to_dtype(DType::F32)?,
+                &upstream.to_dtype(DType::F32)?,
+            )?;
+            let mut errors = [0f64; 2];
+            for (e, (got, want)) in errors.iter_mut().zip(run.values.iter().zip(&twin.values)) {
+                // In bf16 the twin's result is rounded like the kernel's output.
+                let want = want.to_dtype(dtype)?.to_dtype(DType::F32)?;
+                *e = relative_error(got, &want)?;
+            }
+            let ok = errors.iter().all(|&e| e <= bound);
+            ok_all &= ok;
+            let flops = 2.0 * (args.rows * out * inp) as f64;
+            println!(
+                "{:<6} {:>12} {:>10.2e} {:>10.2e} {:>8.4} {:>8.4} {:>8.3} {:>8.3} {:>8.3}  {}",
+                format!("{dtype:?}").to_lowercase(),
+                format!("{out} × {inp}"),
+                errors[0],
+                errors[1],
+                run.forward,
+                run.backward,
+                flops / run.forward / 1e12,
+                flops / run.backward / 1e12,
+                twin.forward + twin.backward,
+                if ok { "ok" } else { "FAIL" }
+            );
+        }
+    }
     Ok(ok_all)
 }
 

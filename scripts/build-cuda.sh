@@ -70,9 +70,9 @@ export CUDA_HOME="$cuda_home"
 export PATH="$cuda_home/bin:$PATH"
 echo "== nvcc: $(nvcc --version | tail -2 | head -1); CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
 
-# Register spills in the attention kernels, from ptxas for the GPU this build targets
-# (the driver JITs the same PTX with the same ptxas): there must be none.
-for source in kernels/causal_attention.cu kernels/flash_attention.cu; do
+# Register spills in the attention and int8 projection kernels, from ptxas for the GPU
+# this build targets (the driver JITs the same PTX with the same ptxas): there must be none.
+for source in kernels/causal_attention.cu kernels/flash_attention.cu kernels/int8_projection.cu; do
   cubin="$(mktemp)"
   report="$(nvcc -cubin -O3 -std=c++17 -arch="sm_$CUDA_COMPUTE_CAP" -Xptxas -v -o "$cubin" "$source" 2>&1)"
   rm -f "$cubin"

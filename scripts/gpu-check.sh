@@ -5,14 +5,15 @@
 # (`autoif` and the kernel harness `examples/kernel_check.rs`), which travel with the
 # working tree as one compressed archive:
 #
-#   run(command="scripts/gpu-check.sh", carry=["target-cuda/autoif-cuda.tar.xz"], timeout_s=540)
+#   run(command="scripts/gpu-check.sh", carry=["target-cuda/autoif-cuda.tar.xz"], timeout_s=600)
 #   run(command="scripts/gpu-check.sh --qwen2-7b", carry=[...same...], timeout_s=360)
 #
 # (the plain binaries are over the 64 MiB that travels).
 #
-# Steps, a few minutes in all; each has a timeout, together 8.3 minutes at most:
+# Steps, a few minutes in all; each has a timeout, together 9.5 minutes at most:
 #  1. the kernels against their CPU twins on random inputs (`kernel_check`: the
-#     chunked log-probs and the fused attention), with the peak memory of unfused vs
+#     chunked log-probs, the fused attention and the int8 base's projection), with the
+#     peak memory of unfused vs
 #     chunked log-probs and of the fused attention at 4096 tokens, and the attention's
 #     forward and backward TFLOPS (bf16, Qwen2-7B's heads, 2 × 1024 tokens);
 #  2. a model to run: SmolLM2-135M's GGUF (98 MB) is too large to travel (64 MiB), so
@@ -21,6 +22,8 @@
 #     shape, the text is noise;
 #  3. `autoif bench generate` at batch 1 and 64 (128 new tokens each): decode tokens/s;
 #  4. `autoif train sft` for a few steps on generated 512-token records;
+#  5. the same steps on an int8 base (`--base-dtype int8`, kernels/int8_projection.cu),
+#     whose losses should track step 4's (the first run of that kernel in training);
 # and prints one table: tokens/s and peak GPU memory (nvidia-smi, sampled every 100 ms)
 # per step. Results also go to $OUT (or /tmp/gpu-check).
 #
@@ -141,16 +144,29 @@ later = [s["tokens_per_s"] for s in steps[1:]] or [s["tokens_per_s"] for s in st
 print(round(sum(later) / len(later), 1) if later else "?")' "$work/sft/metrics.jsonl" 2>/dev/null || echo '?')"
 cp "$work/sft/metrics.jsonl" "$out/train-metrics.jsonl" 2>/dev/null
 
+# 5. The same training steps on an int8 base.
+rm -rf "$work/sft-int8"
+run_step train-int8 60 "$bin" train sft --model "$model" --device cuda --data "$model/sft.jsonl" \
+  --out "$work/sft-int8" --max-steps 4 --batch-size 4 --max-len 512 --max-batch-tokens 0 \
+  --base-dtype int8
+int8_rc=$step_rc int8_peak=$peak_mib
+cp "$work/sft-int8/metrics.jsonl" "$out/train-int8-metrics.jsonl" 2>/dev/null
+losses() {
+  python3 -c 'import json, sys
+print(" ".join("%.4f" % json.loads(l)["loss"] for l in open(sys.argv[1]) if l.strip()))' "$1" 2>/dev/null || echo '?'
+}
+
 {
   echo
   echo "| $gpu | result |"
   echo "|---|---|"
-  echo "| kernels vs CPU twin (log-probs 512 × 1536 × 151936; attention 2 × 1024 tokens, 2 shapes; f32 and bf16) | exit $kernels_rc: $kernels_line |"
+  echo "| kernels vs CPU twin (log-probs 512 × 1536 × 151936; attention 2 × 1024 tokens, 2 shapes; int8 projection 512 rows, 2 shapes; f32 and bf16) | exit $kernels_rc: $kernels_line |"
   echo "| log-prob peak memory | ${memory_line:-not measured} |"
   echo "| attention peak memory | ${attention_memory_line:-not measured} |"
   echo "| attention, bf16, 28/4 heads × 128, 2 × 1024 tokens | ${attention_tflops:-?} TFLOPS |"
   echo "| generation, Qwen2-0.5B shape, bf16, 1 × 128 tokens | $gen1_tps tokens/s decode (exit $gen1_rc) |"
   echo "| generation, Qwen2-0.5B shape, bf16, 64 × 128 tokens | $gen_tps tokens/s decode, peak $gen_peak MiB (exit $gen_rc) |"
   echo "| SFT, Qwen2-0.5B shape, LoRA r16, 4 × 512 tokens, steps 2–4 | $train_tps tokens/s, peak $train_peak MiB (exit $train_rc) |"
+  echo "| same, int8 base: losses per step (bf16 base: $(losses "$work/sft/metrics.jsonl")) | $(losses "$work/sft-int8/metrics.jsonl"), peak $int8_peak MiB (exit $int8_rc) |"
 } | tee -a "$log"
-[ "$kernels_rc" = 0 ] && [ "$gen1_rc" = 0 ] && [ "$gen_rc" = 0 ] && [ "$train_rc" = 0 ]
+[ "$kernels_rc" = 0 ] && [ "$gen1_rc" = 0 ] && [ "$gen_rc" = 0 ] && [ "$train_rc" = 0 ] && [ "$int8_rc" = 0 ]

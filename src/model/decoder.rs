@@ -123,9 +123,9 @@ impl Decoder {
     pub fn load(config: &ModelConfig, weights: &Weights, options: &LoadOptions) -> Result<Self> {
         let (dtype, device) = (options.dtype, &options.device);
         let int8 = options.projections == ProjectionStorage::Int8;
-        if int8 && !(device.is_cpu() && dtype == DType::F32) {
+        if int8 && !(device.is_cuda() || device.is_cpu() && dtype == DType::F32) {
             bail!(
-                "int8 projections need f32 weights on the CPU, not {dtype:?} on {:?}",
+                "int8 projections need f32 weights on the CPU, not {dtype:?} on {:?} (a CUDA device takes any float dtype)",
                 device.location()
             );
         }

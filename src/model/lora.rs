@@ -234,17 +234,17 @@ impl LoraLinear {
     pub fn dense_weight(&self) -> Option<&Tensor> {
         match &self.base {
             BaseWeight::Dense(w) => Some(w),
-            BaseWeight::Int8(_) => None,
+            BaseWeight::Int8(_) | BaseWeight::Int8Gpu(_) => None,
         }
     }
 
     /// Whether the base weight is stored as int8 blocks only.
     pub fn base_is_int8(&self) -> bool {
-        matches!(self.base, BaseWeight::Int8(_))
+        matches!(self.base, BaseWeight::Int8(_) | BaseWeight::Int8Gpu(_))
     }
 
-    /// Replaces the base weight by its int8 blocks (a CPU f32 weight only), dropping the
-    /// dense copy: the frozen base of QLoRA-style training (`--base-dtype int8`).
+    /// Replaces the base weight by its int8 blocks (a CPU f32 weight, or a weight on a CUDA
+    /// device), dropping the dense copy: the frozen base of QLoRA-style training (`--base-dtype int8`).
     pub fn quantize_base(&mut self) -> Result<()> {
         self.base = self.base.quantized()?;
         self.int8 = Int8Cache::default();
@@ -383,6 +383,7 @@ impl LoraLinear {
                 .map(|l| match &l.base {
                     BaseWeight::Dense(w) => l.int8.get(w),
                     BaseWeight::Int8(packed) => Ok(Some(packed.clone())),
+                    BaseWeight::Int8Gpu(_) => Ok(None),
                 })
                 .collect::<Result<Vec<_>>>()?;
             if let Some(packed) = packed.into_iter().collect::<Option<Vec<_>>>() {
@@ -401,7 +402,7 @@ impl LoraLinear {
                 .map(|l| match &l.base {
                     BaseWeight::Dense(w) if few_rows => Ok(Some((w, l.blocks.get(w)?))),
                     BaseWeight::Dense(w) => Ok(Some((w, None))),
-                    BaseWeight::Int8(_) => Ok(None),
+                    BaseWeight::Int8(_) | BaseWeight::Int8Gpu(_) => Ok(None),
                 })
                 .collect::<Result<Option<Vec<_>>>>()?;
             let weights: Option<Vec<_>> = dense

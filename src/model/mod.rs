@@ -49,7 +49,8 @@ pub enum ProjectionStorage {
     /// In the load dtype.
     #[default]
     Dense,
-    /// As int8 blocks only (CPU f32; training's `--base-dtype int8`): each weight is
+    /// As int8 blocks only (CPU f32, or any float dtype on a CUDA device in the GPU
+    /// kernel's layout; training's `--base-dtype int8`): each weight is
     /// quantized as soon as it is read, so at most one dense projection exists at a time
     /// rather than all of them until a later pass quantizes them.
     Int8,

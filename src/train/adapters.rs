@@ -55,10 +55,11 @@ pub fn merge_adapters(decoder: &mut Decoder) -> Result<()> {
 
 /// Stores every projection's base weight as int8 blocks only (`BaseDtype::Int8`), freeing
 /// the dense copies; a base already int8 stays as it is. Embeddings, norms and the LM head
-/// keep their dtype.
+/// keep their dtype. On a GPU the decoding path's concatenated q/k/v and gate/up weights
+/// go too (`fuse_projections` keeps none for an int8 base).
 pub fn quantize_base(decoder: &mut Decoder) -> Result<()> {
     for (_, layer) in decoder.linear_layers_mut() {
         layer.quantize_base()?;
     }
-    Ok(())
+    decoder.fuse_projections()
 }

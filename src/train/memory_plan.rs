@@ -301,15 +301,20 @@ pub fn largest_projection_parameters(c: &ModelConfig) -> u64 {
         .unwrap_or(0)
 }
 
-/// Bytes of every layer's projection weights as `quant::Int8Weight` stores them: per
-/// 16 output rows (padded) and 32 inputs (padded), 512 int8 values and 16 f32 scales, a
-/// little over 1.125 bytes per weight.
-pub fn int8_projection_bytes(c: &ModelConfig) -> u64 {
+/// Bytes of every layer's projection weights as an int8 base stores them on `device`. On
+/// the CPU as `quant::Int8Weight`: per 16 output rows (padded) and 32 inputs (padded), 512
+/// int8 values and 16 f32 scales, a little over 1.125 bytes per weight. On a GPU as
+/// `int8_gpu_weight::GpuInt8Weight`: row by row, 1 byte per weight and one f32 scale per
+/// 32 inputs (the input size a multiple of 32), no padding: 1.125 bytes per weight.
+pub fn int8_projection_bytes(c: &ModelConfig, device: PlanDevice) -> u64 {
     let per_layer: usize = PROJECTIONS
         .iter()
         .map(|m| {
             let (i, o) = projection_dims(c, m);
-            o.div_ceil(16) * i.div_ceil(32) * 16 * (32 + 4)
+            match device {
+                PlanDevice::Cpu => o.div_ceil(16) * i.div_ceil(32) * 16 * (32 + 4),
+                PlanDevice::Gpu => o * i + 4 * o * i.div_ceil(32),
+            }
         })
         .sum();
     (c.num_hidden_layers * per_layer) as u64
@@ -536,7 +541,7 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         BaseDtype::Model => (params * s, format!("{params} parameters × {s} B"), 0),
         BaseDtype::Int8 => {
             let projections = projection_parameter_count(c);
-            let int8 = int8_projection_bytes(c);
+            let int8 = int8_projection_bytes(c, shape.device);
             (
                 (params - projections) * s + int8,
                 format!(
@@ -854,7 +859,8 @@ mod tests {
         // per layer, × 28 = 7,340,949,504 B. The other 1,090,328,064 parameters stay bf16.
         let c = qwen2_7b();
         assert_eq!(projection_parameter_count(&c), 28 * 233_046_016);
-        assert_eq!(int8_projection_bytes(&c), 7_340_949_504);
+        assert_eq!(int8_projection_bytes(&c, PlanDevice::Gpu), 7_340_949_504);
+        assert_eq!(int8_projection_bytes(&c, PlanDevice::Cpu), 7_340_949_504);
         let bf16 = fused(TrainShape {
             checkpointing: true,
             ..shape(1, 4096, LogprobHead::Chunked)
@@ -886,6 +892,49 @@ mod tests {
             bf16.total as f64 / GIB,
             int8.total as f64 / GIB,
             int8.item("weights") as f64 / GIB
+        );
+    }
+
+    /// The two int8 layouts differ only where an output size is not a multiple of 16: the
+    /// CPU pads each projection to groups of 16 output rows, the GPU stores rows as they
+    /// are. Qwen2-7B with 3 KV heads of 40 (k/v 120 outputs; q 28 · 40 = 1120 = 70 · 16):
+    /// per layer k and v cost 2 · 120 · 3584 · 1.125 = 967,680 B on the GPU and
+    /// 2 · 128 · 3584 · 1.125 = 1,032,192 B on the CPU, 64,512 B more, × 28 layers.
+    #[test]
+    fn the_gpu_int8_layout_pads_no_rows() {
+        let mut c = qwen2_7b();
+        c.head_dim = 40;
+        c.num_key_value_heads = 3;
+        let (gpu, cpu) = (
+            int8_projection_bytes(&c, PlanDevice::Gpu),
+            int8_projection_bytes(&c, PlanDevice::Cpu),
+        );
+        assert_eq!(cpu - gpu, 28 * 64_512);
+        assert_eq!(gpu * 8, projection_parameter_count(&c) * 9);
+    }
+
+    /// The GPU count is what `GpuInt8Weight` holds, projection by projection (a small
+    /// model with 120-output k/v, built on the CPU device: the layout is the same).
+    #[test]
+    fn the_gpu_int8_count_is_what_the_gpu_weights_hold() {
+        use crate::model::ops::int8_gpu_weight::GpuInt8Weight;
+        use crate::model::ops::quant::Int8Weight;
+        let mut c = qwen2_7b();
+        (c.hidden_size, c.intermediate_size, c.num_hidden_layers) = (64, 96, 2);
+        (c.num_attention_heads, c.num_key_value_heads, c.head_dim) = (4, 3, 40);
+        let per_layer: usize = PROJECTIONS
+            .iter()
+            .map(|m| {
+                let (i, o) = projection_dims(&c, m);
+                let packed = Int8Weight::pack(&vec![0.5; o * i], o, i);
+                GpuInt8Weight::upload(&packed, &candle_core::Device::Cpu)
+                    .unwrap()
+                    .bytes()
+            })
+            .sum();
+        assert_eq!(
+            int8_projection_bytes(&c, PlanDevice::Gpu),
+            2 * per_layer as u64
         );
     }
 

@@ -15,8 +15,8 @@ pub enum BaseDtype {
     #[default]
     Model,
     /// Each projection weight re-quantized to int8 blocks (one f32 scale per 32 inputs)
-    /// and its dense copy dropped, QLoRA-style: a quarter of the f32 weight memory. CPU
-    /// f32 only for now (no CUDA kernel yet).
+    /// and its dense copy dropped, QLoRA-style: a quarter of the f32 weight memory. On the
+    /// CPU in f32; on a CUDA device in any float dtype.
     Int8,
 }
 
@@ -115,11 +115,17 @@ impl TrainingArgs {
     }
 
     /// Refuses a `base_dtype` the weights loaded on `device` as `dtype` cannot take (the
-    /// int8 base runs on the CPU in f32 only), naming the setting as `key`.
+    /// int8 base runs on the CPU in f32, and on a CUDA device in f32, bf16 or f16),
+    /// naming the setting as `key`.
     pub fn check_base_dtype(&self, device: &Device, dtype: DType, key: &str) -> Result<()> {
-        if self.base_dtype == BaseDtype::Int8 && !(device.is_cpu() && dtype == DType::F32) {
+        let supported = if device.is_cuda() {
+            matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+        } else {
+            device.is_cpu() && dtype == DType::F32
+        };
+        if self.base_dtype == BaseDtype::Int8 && !supported {
             bail!(
-                "{key} int8: the int8 base is implemented for the CPU in f32 only (no CUDA kernel yet), not {dtype:?} on {:?}; use the model's dtype or the CPU",
+                "{key} int8: the int8 base runs on the CPU in f32 and on a CUDA device in f32, bf16 or f16, not {dtype:?} on {:?}; use the model's dtype, f32 or a GPU",
                 device.location()
             );
         }

@@ -36,8 +36,8 @@ pub(super) struct FusedLayer {
     gate_up: Mutex<Option<Arc<Fused>>>,
 }
 
-/// A part's weight as stored. Only dense weights come here: an int8 base is for training
-/// on the CPU, whose f32 decoding takes the host path.
+/// A part's weight as stored. Only dense weights come here: an int8 base's projections
+/// run one by one (`project_each`).
 fn dense(part: &LoraLinear) -> Result<&Tensor> {
     part.dense_weight()
         .ok_or_else(|| anyhow!("the batched decode path needs dense weights, not an int8 base"))
@@ -98,6 +98,10 @@ fn fused_bias(parts: &[&LoraLinear]) -> Result<Option<Tensor>> {
 impl FusedLayer {
     /// Fuses a layer's q/k/v and gate/up in place (see `fuse_views`).
     pub(super) fn in_place(layer: &mut DecoderLayer) -> Result<Self> {
+        if layer.self_attn.q_proj.base_is_int8() {
+            // An int8 base (all projections) has no dense weights to concatenate.
+            return Ok(Self::default());
+        }
         let a = &mut layer.self_attn;
         let qkv = fuse_views(&mut [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj])?;
         let m = &mut layer.mlp;
@@ -164,6 +168,40 @@ fn project(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((y + Tensor::cat(&deltas, 1)?)?)
+}
+
+/// `project` for `parts` side by side: one GEMM over the concatenation of their weights
+/// cached in `fused`, or, for an int8 base (on the GPU, `--base-dtype int8`), which has
+/// no dense weights to concatenate, each part's own product (`project_each`).
+fn project_fused(
+    x: &Tensor,
+    fused: &Mutex<Option<Arc<Fused>>>,
+    parts: &[&LoraLinear],
+    adapters: Adapters,
+) -> Result<Tensor> {
+    if parts.iter().any(|p| p.base_is_int8()) {
+        return project_each(x, parts, adapters);
+    }
+    let w = Fused::get(fused, parts)?;
+    project(x, &w.weight, w.bias.as_ref(), parts, adapters)
+}
+
+/// `project` for one part, or `project_each` on an int8 base.
+fn project_one(x: &Tensor, part: &LoraLinear, adapters: Adapters) -> Result<Tensor> {
+    if part.base_is_int8() {
+        return project_each(x, &[part], adapters);
+    }
+    project(x, dense(part)?, part.bias(), &[part], adapters)
+}
+
+/// Each part's projection of `x` through its own forward (an int8 base's kernel), side by
+/// side.
+fn project_each(x: &Tensor, parts: &[&LoraLinear], adapters: Adapters) -> Result<Tensor> {
+    let ys = parts
+        .iter()
+        .map(|p| p.forward(x, adapters))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&ys, 1)?)
 }
 
 /// Added to a masked score: large and negative rather than −∞, since the mask is made by
@@ -490,8 +528,7 @@ impl Decoder {
         let h = rms_norm(x, &layer.input_layernorm, c.rms_norm_eps, Ops::Fused)?;
         let a = &layer.self_attn;
         let parts = [&a.q_proj, &a.k_proj, &a.v_proj];
-        let w = Fused::get(&fused.qkv, &parts)?;
-        let qkv = project(&h, &w.weight, w.bias.as_ref(), &parts, adapters)?;
+        let qkv = project_fused(&h, &fused.qkv, &parts, adapters)?;
         // Rope on the packed rows as they are, [1, rows, heads, d], each row at its own
         // position through the gathered tables.
         let roped = |from: usize, nh: usize| -> Result<Tensor> {
@@ -511,7 +548,7 @@ impl Decoder {
         cache.write_rows(li, &k, &v, &plan.write_index)?;
         let attn = plan.attend(&q, cache.layer_tensors(li)?, heads, self.dtype)?;
         let o = &a.o_proj;
-        let x = (x + project(&attn, dense(o)?, o.bias(), &[o], adapters)?)?;
+        let x = (x + project_one(&attn, o, adapters)?)?;
 
         let h = rms_norm(
             &x,
@@ -521,12 +558,11 @@ impl Decoder {
         )?;
         let m = &layer.mlp;
         let parts = [&m.gate_proj, &m.up_proj];
-        let w = Fused::get(&fused.gate_up, &parts)?;
-        let gate_up = project(&h, &w.weight, w.bias.as_ref(), &parts, adapters)?;
+        let gate_up = project_fused(&h, &fused.gate_up, &parts, adapters)?;
         let inter = c.intermediate_size;
         let act = (candle_nn::ops::silu(&gate_up.narrow(1, 0, inter)?)?
             * gate_up.narrow(1, inter, inter)?)?;
         let down = &m.down_proj;
-        Ok((x + project(&act, dense(down)?, down.bias(), &[down], adapters)?)?)
+        Ok((x + project_one(&act, down, adapters)?)?)
     }
 }

@@ -63,6 +63,7 @@ impl AdaptedProjection {
             && match &self.weight {
                 BaseWeight::Dense(w) => w.dtype() == DType::F32 && w.is_contiguous(),
                 BaseWeight::Int8(_) => true,
+                BaseWeight::Int8Gpu(_) => false,
             }
             && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
     }
@@ -175,6 +176,9 @@ impl candle_core::CustomOp3 for Op {
                 gemm_rhs_transposed(&mut y, x, w, (rows, out, inp), false, 1.0);
             }
             BaseWeight::Int8(w) => int8_projection::forward_into(&mut y, x, w, rows, false),
+            BaseWeight::Int8Gpu(_) => {
+                candle_core::bail!("adapted projection: the weight is on a GPU")
+            }
         }
         if let Some(bias) = &p.bias {
             let bias = bias.to_vec1::<f32>()?;

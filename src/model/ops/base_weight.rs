@@ -1,6 +1,8 @@
 //! A linear layer's frozen base weight as it is stored: as loaded, or as int8 blocks only
-//! (`--base-dtype int8`), and the two products training needs of it.
+//! (`--base-dtype int8`: on the CPU, or on a CUDA device in the GPU kernel's layout), and
+//! the two products training needs of it.
 
+use super::int8_gpu_weight::GpuInt8Weight;
 use super::int8_projection;
 use super::projection;
 use super::quant::Int8Weight;
@@ -16,6 +18,9 @@ pub enum BaseWeight {
     /// Int8 blocks with their scales, on the CPU; the dense copy is gone, so this is all
     /// the memory the weight takes (a little over 1 byte per weight).
     Int8(Arc<Int8Weight>),
+    /// The same int8 values and scales on a CUDA device, row by row for the GPU kernel
+    /// (1.125 bytes per weight).
+    Int8Gpu(GpuInt8Weight),
 }
 
 impl BaseWeight {
@@ -27,17 +32,22 @@ impl BaseWeight {
                 (d[0], d[1])
             }
             BaseWeight::Int8(w) => w.shape(),
+            BaseWeight::Int8Gpu(w) => w.shape(),
         }
     }
 
-    /// The int8 blocks of a CPU f32 weight; an int8 weight stays as it is.
+    /// The int8 blocks of the weight: of a CPU f32 one on the CPU, of a CUDA one (any
+    /// float dtype) on its device; an int8 weight stays as it is.
     pub fn quantized(&self) -> Result<BaseWeight> {
         match self {
-            BaseWeight::Int8(_) => Ok(self.clone()),
+            BaseWeight::Int8(_) | BaseWeight::Int8Gpu(_) => Ok(self.clone()),
+            BaseWeight::Dense(w) if w.device().is_cuda() => {
+                Ok(BaseWeight::Int8Gpu(GpuInt8Weight::quantize(w)?))
+            }
             BaseWeight::Dense(w) => match Int8Weight::from_tensor(w)? {
                 Some(packed) => Ok(BaseWeight::Int8(Arc::new(packed))),
                 None => bail!(
-                    "an int8 base needs f32 weights on the CPU, not {:?} on {:?}",
+                    "an int8 base needs f32 weights on the CPU or weights on a CUDA device, not {:?} on {:?}",
                     w.dtype(),
                     w.device().location()
                 ),
@@ -45,8 +55,8 @@ impl BaseWeight {
         }
     }
 
-    /// The weight as a tensor: the dense one, or the int8 values read back as f32 (a
-    /// full-size copy, for export and merging).
+    /// The weight as a tensor: the dense one, or the int8 values read back as f32 on the
+    /// weight's device (a full-size copy, for export and merging).
     pub fn to_tensor(&self) -> Result<Tensor> {
         match self {
             BaseWeight::Dense(w) => Ok(w.clone()),
@@ -56,6 +66,7 @@ impl BaseWeight {
                 w.dequantize(0..out, 0..inp, &mut values);
                 Ok(Tensor::from_vec(values, (out, inp), &Device::Cpu)?)
             }
+            BaseWeight::Int8Gpu(w) => w.to_tensor(),
         }
     }
 
@@ -73,6 +84,7 @@ impl BaseWeight {
                 }
                 Ok(int8_projection::project(x, w)?)
             }
+            BaseWeight::Int8Gpu(w) => Ok(w.project(x)?),
         }
     }
 
@@ -81,6 +93,7 @@ impl BaseWeight {
         match self {
             BaseWeight::Dense(w) => dy.matmul(&w.to_dtype(dy.dtype())?),
             BaseWeight::Int8(w) => int8_projection::input_grad(dy, w)?.to_dtype(dy.dtype()),
+            BaseWeight::Int8Gpu(w) => w.input_grad(dy),
         }
     }
 }

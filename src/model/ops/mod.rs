@@ -18,7 +18,10 @@ pub mod exact_blocks;
 pub mod exact_product;
 pub mod frozen;
 mod gemm;
+pub mod int8_gpu_weight;
 mod int8_projection;
+#[cfg(feature = "cuda")]
+mod int8_projection_cuda;
 mod op_storage;
 mod out_ptr;
 pub mod projection;

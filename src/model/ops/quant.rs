@@ -184,6 +184,30 @@ impl Int8Weight {
         }
     }
 
+    /// The int8 values row-major `[out, in]` and the scales `[out, in.div_ceil(32)]`, one
+    /// per block of 32 inputs: `Ŵ[o][i] = values[o·in + i] · scales[o·blocks + i / 32]`.
+    /// The layout the GPU kernel reads (`int8_gpu_weight`), without the padding.
+    pub fn row_major(&self) -> (Vec<i8>, Vec<f32>) {
+        let mut values = vec![0i8; self.out * self.inp];
+        let mut scales = vec![0f32; self.out * self.blocks];
+        values
+            .par_chunks_mut(self.inp.max(1))
+            .zip(scales.par_chunks_mut(self.blocks.max(1)))
+            .enumerate()
+            .for_each(|(o, (row, row_scales))| {
+                let (g, c) = (o / GROUP, o % GROUP);
+                for (b, scale) in row_scales.iter_mut().enumerate() {
+                    *scale = self.scales[(g * self.blocks + b) * GROUP + c];
+                    let base = (g * self.blocks + b) * BLOCK * GROUP + c * QUAD;
+                    for k in 0..BLOCK.min(self.inp - b * BLOCK) {
+                        let q = self.data[base + (k / QUAD) * GROUP * QUAD + k % QUAD];
+                        row[b * BLOCK + k] = (q as i32 - WEIGHT_OFFSET) as i8;
+                    }
+                }
+            });
+        (values, scales)
+    }
+
     /// `x · Wᵀ` as row-major `[rows, out]` f32, with the fastest kernel this CPU has.
     pub fn matmul(&self, x: &Int8Rows) -> Vec<f32> {
         products(Kernel::detect(), x, &[self]).remove(0)
@@ -715,6 +739,30 @@ mod tests {
         for r in 0..7 {
             let alone = w.matmul(&Int8Rows::quantize(&x[r * inp..][..inp], 1, inp));
             assert_eq!(alone, all[r * out..][..out], "row {r}");
+        }
+    }
+
+    /// The row-major values and scales give back the dequantized weights bit for bit,
+    /// also for an input size with a partial last block.
+    #[test]
+    fn row_major_layout_holds_the_same_weights() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for (out, inp) in [(1, 32), (17, 40), (33, 96)] {
+            let w = Int8Weight::pack(&random(out * inp, &mut rng), out, inp);
+            let (values, scales) = w.row_major();
+            let blocks = inp.div_ceil(BLOCK);
+            assert_eq!((values.len(), scales.len()), (out * inp, out * blocks));
+            let mut want = vec![0f32; out * inp];
+            w.dequantize(0..out, 0..inp, &mut want);
+            for (n, want) in want.iter().enumerate() {
+                let (o, i) = (n / inp, n % inp);
+                let got = values[n] as f32 * scales[o * blocks + i / BLOCK];
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "[{out}, {inp}] at ({o}, {i})"
+                );
+            }
         }
     }
 
