@@ -17,6 +17,7 @@ pub mod exact_blocks;
 pub mod exact_product;
 pub mod frozen;
 mod gemm;
+pub mod greedy_head;
 mod int8_projection;
 mod op_storage;
 mod out_ptr;
