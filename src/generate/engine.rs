@@ -16,6 +16,7 @@ use crate::model::ops::quant::Precision;
 use crate::model::transfer;
 use crate::model::Model;
 use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::VecDeque;
@@ -40,6 +41,11 @@ pub struct EngineOptions {
     /// path, even on the CPU in f32 where host kernels run by default: the path a GPU
     /// takes, checked on the CPU by tests. Elsewhere the cache keeps tensors anyway.
     pub tensor_kv_cache: bool,
+    /// When every active job is greedy without a repetition penalty and the precision is
+    /// `Exact` on the CPU in f32, pick tokens with the decoder's screened LM head
+    /// (`Decoder::greedy_tokens`: the same tokens bit for bit, most of the head in int8)
+    /// rather than the full exact logits. Off only to check that equality.
+    pub greedy_screen: bool,
 }
 
 impl Default for EngineOptions {
@@ -51,6 +57,7 @@ impl Default for EngineOptions {
             precision: Precision::default(),
             progress: true,
             tensor_kv_cache: false,
+            greedy_screen: true,
         }
     }
 }
@@ -63,6 +70,10 @@ pub struct EngineStats {
     pub total_s: f64,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
+    /// Tokens picked by the screened LM head (`EngineOptions::greedy_screen`), and of
+    /// those the ones whose row the screen left to the full exact head.
+    pub screened_tokens: usize,
+    pub full_head_tokens: usize,
 }
 
 pub struct LocalEngine<'m> {
@@ -205,16 +216,22 @@ impl<'m> LocalEngine<'m> {
                 continue;
             }
             let packed = batch.pack(&followers);
-            let logits = self.forward(&mut batch.cache, &packed)?;
+            let hidden = self.forward(&mut batch.cache, &packed)?;
             for &(slot, leader) in &followers {
                 let prompt_len = batch.active[slot].as_ref().unwrap().prompt_len;
                 batch.cache.copy_prefix(leader, slot, prompt_len)?;
             }
+            let tokens = match self.greedy(requests, &mut batch, &packed.segments, &hidden)? {
+                Some(tokens) => place(tokens, &packed.segments, &followers, slots),
+                None => {
+                    let logits = self.logits(&hidden)?;
+                    self.sample(requests, &mut batch, &packed.segments, logits, &followers)
+                }
+            };
             if first_step {
                 batch.stats.first_step_s = started.elapsed().as_secs_f64();
                 first_step = false;
             }
-            let tokens = self.sample(requests, &mut batch, &packed.segments, logits, &followers);
             self.retire(requests, &mut batch, &tokens, &progress)?;
             let secs = started.elapsed().as_secs_f64();
             progress.set_message(format!(
@@ -315,10 +332,10 @@ impl<'m> LocalEngine<'m> {
         Ok(followers)
     }
 
-    /// The packed forward pass over `packed`, then the f32 logits at each segment's last
-    /// row. Its host↔device copies go through `transfer`: these three uploads, the
-    /// decoder's one, and the logits.
-    fn forward(&self, cache: &mut KvCache, packed: &Packed) -> Result<Vec<Vec<f32>>> {
+    /// The packed forward pass over `packed`: the final hidden states at each segment's
+    /// last row. Its host↔device copies go through `transfer`: these three uploads, the
+    /// decoder's one, and (in `logits`) the logits.
+    fn forward(&self, cache: &mut KvCache, packed: &Packed) -> Result<Tensor> {
         let decoder = &self.model.decoder;
         let dev = decoder.device();
         let tokens = transfer::upload_u32(&packed.tokens, dev)?;
@@ -332,9 +349,57 @@ impl<'m> LocalEngine<'m> {
             self.options.precision,
         )?;
         let rows = transfer::upload_u32(&packed.last_rows, dev)?;
-        transfer::download_rows_f32(
-            &decoder.logits(&hidden.index_select(&rows, 0)?, self.options.precision)?,
-        )
+        Ok(hidden.index_select(&rows, 0)?)
+    }
+
+    /// The f32 logits of each last-row hidden state, downloaded.
+    fn logits(&self, hidden: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let decoder = &self.model.decoder;
+        transfer::download_rows_f32(&decoder.logits(hidden, self.options.precision)?)
+    }
+
+    /// Each segment's token from the screened LM head (`Decoder::greedy_tokens`) when
+    /// the step allows it: screening on, `Exact` precision, host cache, every active job
+    /// plain greedy. End-of-sequence tokens are excluded as `sample` masks them. `None`
+    /// when the step needs the full logits.
+    fn greedy(
+        &self,
+        requests: &[Request],
+        batch: &mut Batch,
+        segments: &[Segment],
+        hidden: &Tensor,
+    ) -> Result<Option<Vec<u32>>> {
+        let applies = self.options.greedy_screen
+            && self.options.precision == Precision::Exact
+            && batch.cache.is_host()
+            && batch
+                .active
+                .iter()
+                .flatten()
+                .all(|j| j.sampler.is_plain_greedy());
+        if !applies {
+            return Ok(None);
+        }
+        let eos_ids = &self.model.eos_token_ids;
+        let exclude: Vec<&[u32]> = segments
+            .iter()
+            .map(|seg| {
+                let job = batch.active[seg.slot].as_ref().expect("an active job");
+                let held = job.history.len() - job.prompt_len
+                    < requests[job.request].params.min_new_tokens;
+                if held {
+                    eos_ids.as_slice()
+                } else {
+                    &[]
+                }
+            })
+            .collect();
+        let Some(picked) = self.model.decoder.greedy_tokens(hidden, &exclude)? else {
+            return Ok(None);
+        };
+        batch.stats.screened_tokens += picked.tokens.len();
+        batch.stats.full_head_tokens += picked.full_head_rows;
+        Ok(Some(picked.tokens))
     }
 
     /// One token per active job from its logits row (a follower's is its leader's). The
@@ -454,6 +519,24 @@ impl<'m> LocalEngine<'m> {
         );
         bar
     }
+}
+
+/// Per slot, the token of its segment (`tokens` in segment order) or, for a follower,
+/// its leader's: what `sample` gives when every job is greedy.
+fn place(
+    tokens: Vec<u32>,
+    segments: &[Segment],
+    followers: &[(usize, usize)],
+    slots: usize,
+) -> Vec<Option<u32>> {
+    let mut placed = vec![None; slots];
+    for (seg, token) in segments.iter().zip(tokens) {
+        placed[seg.slot] = Some(token);
+    }
+    for &(slot, leader) in followers {
+        placed[slot] = placed[leader];
+    }
+    placed
 }
 
 impl Backend for LocalEngine<'_> {

@@ -26,6 +26,12 @@ impl Sampler {
         }
     }
 
+    /// Whether `sample` is the plain first index of the maximum (greedy, no repetition
+    /// penalty), which needs no logits besides the largest.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature <= 0.0 && self.repetition_penalty == 1.0
+    }
+
     /// Picks the next token from `logits` (modified in place). `history` holds the prompt
     /// and the tokens generated so far, for the repetition penalty.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {

@@ -30,6 +30,7 @@ use super::ops::causal_attention::CausalAttention;
 use super::ops::exact_blocks::BlockCache;
 use super::ops::exact_product;
 use super::ops::frozen::{add_frozen, mul_frozen};
+use super::ops::greedy_head::{self, ScreenCache};
 use super::ops::projection::project;
 use super::ops::quant::{self, Int8Cache, Precision};
 use super::ops::train_ops;
@@ -96,6 +97,15 @@ pub struct Segment {
     pub len: usize,
 }
 
+/// `Decoder::greedy_tokens`' answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GreedyTokens {
+    /// One token per hidden row.
+    pub tokens: Vec<u32>,
+    /// Rows the screen left to the full exact head.
+    pub full_head_rows: usize,
+}
+
 pub struct Decoder {
     config: ModelConfig,
     pub embed_tokens: Tensor,
@@ -107,6 +117,8 @@ pub struct Decoder {
     lm_head_int8: Int8Cache,
     /// The exact path's lossless block form of the LM head weight, searched on first use.
     lm_head_blocks: BlockCache,
+    /// Greedy decoding's screen over the LM head (`greedy_head`), made on first use.
+    lm_head_screen: ScreenCache,
     /// Per layer, the q/k/v and gate/up weights concatenated for `batched`.
     fused: Vec<batched::FusedLayer>,
     /// `[max_positions, head_dim / 2]`
@@ -197,6 +209,7 @@ impl Decoder {
             lm_head,
             lm_head_int8: Int8Cache::default(),
             lm_head_blocks: BlockCache::default(),
+            lm_head_screen: ScreenCache::default(),
             cos: cos.to_dtype(dtype)?,
             sin: sin.to_dtype(dtype)?,
             dtype,
@@ -315,6 +328,54 @@ impl Decoder {
         let mut out = dims;
         *out.last_mut().unwrap() = self.config.vocab_size;
         Ok(logits.reshape(out)?)
+    }
+
+    /// The greedy next token of each hidden row `[rows, hidden]`: the first index of the
+    /// maximum of its exact logits (`logits` with `Precision::Exact`), with the ids in
+    /// `exclude[r]` (one list per row) never picked, bit for bit what the greedy sampler
+    /// takes from the full row. The int8 copy of the head screens the vocabulary and only
+    /// the rows that may win get exact logits (`greedy_head`); rows the screen cannot
+    /// decide get the full exact head. `None` where screening does not apply: off the
+    /// CPU, outside f32, or on a CPU without AVX512-VNNI, where the int8 kernel is slow.
+    pub fn greedy_tokens(
+        &self,
+        hidden: &Tensor,
+        exclude: &[&[u32]],
+    ) -> Result<Option<GreedyTokens>> {
+        let head = self.lm_head_weight();
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        if !greedy_head::int8_is_fast() || !f32_cpu(hidden) || !f32_cpu(head) {
+            return Ok(None);
+        }
+        let (rows, _) = hidden.dims2()?;
+        if exclude.len() != rows {
+            bail!(
+                "greedy tokens: {} exclusion lists for {rows} rows",
+                exclude.len()
+            );
+        }
+        let Some(int8) = self.lm_head_int8.get(head)? else {
+            return Ok(None);
+        };
+        let screen = self.lm_head_screen.get(head, int8)?;
+        let picks = greedy_head::with_f32(head, |w| {
+            greedy_head::with_f32(hidden, |x| screen.greedy(w, x, rows, exclude))
+        })??;
+        let full: Vec<u32> = (0..rows as u32)
+            .filter(|&r| picks[r as usize].is_none())
+            .collect();
+        let mut tokens: Vec<u32> = picks.iter().map(|p| p.unwrap_or(0)).collect();
+        if !full.is_empty() {
+            let index = Tensor::new(full.as_slice(), hidden.device())?;
+            let logits = self.logits(&hidden.index_select(&index, 0)?, Precision::Exact)?;
+            for (&r, mut row) in full.iter().zip(logits.to_vec2::<f32>()?) {
+                tokens[r as usize] = greedy_head::first_argmax(&mut row, exclude[r as usize]);
+            }
+        }
+        Ok(Some(GreedyTokens {
+            tokens,
+            full_head_rows: full.len(),
+        }))
     }
 
     /// Differentiable forward over right-padded `input_ids` `[batch, seq]` (u32), all

@@ -18,6 +18,7 @@ pub mod exact_blocks;
 pub mod exact_product;
 pub mod frozen;
 mod gemm;
+pub mod greedy_head;
 pub mod int8_gpu_weight;
 mod int8_projection;
 #[cfg(feature = "cuda")]
