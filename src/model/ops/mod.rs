@@ -23,3 +23,4 @@ mod out_ptr;
 pub mod projection;
 pub mod quant;
 pub mod train_ops;
+mod vector_exp;

@@ -10,6 +10,7 @@
 
 use super::gemm::gemm_rhs_transposed;
 use super::op_storage::{cpu_f32, cpu_u32};
+use super::vector_exp::{exp_shifted_scaled, row_max, sum_exp_shifted_f64};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -46,9 +47,9 @@ fn check_target(target: u32, vocab: usize) -> Result<usize> {
 
 /// The log-probability of target `t` in a row of logits, and the row's log-sum-exp.
 fn logprob_and_lse(row: &[f32], t: usize) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = row_max(row);
     // Summed in f64: 49k terms in one f32 accumulator lose ~1e-5 of the total.
-    let sum: f64 = row.iter().map(|&x| (x - max).exp() as f64).sum();
+    let sum = sum_exp_shifted_f64(row, max);
     let lse = max + sum.ln() as f32;
     (row[t] - lse, lse)
 }
@@ -57,10 +58,7 @@ fn logprob_and_lse(row: &[f32], t: usize) -> (f32, f32) {
 /// `c = [g_lp, g_lse, lse]`: `softmax · (g_lse − g_lp)`, plus `g_lp` at the target.
 fn into_logprob_grad(row: &mut [f32], t: usize, c: &[f32]) {
     let (g_lp, g_lse, lse) = (c[0], c[1], c[2]);
-    let w = g_lse - g_lp;
-    for x in row.iter_mut() {
-        *x = (*x - lse).exp() * w;
-    }
+    exp_shifted_scaled(row, lse, g_lse - g_lp);
     row[t] += g_lp;
 }
 
