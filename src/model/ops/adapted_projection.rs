@@ -12,7 +12,7 @@
 
 use super::base_weight::BaseWeight;
 use super::dropout::dropout_mask;
-use super::gemm::gemm_rhs_transposed;
+use super::gemm::{gemm_rhs_transposed, gemm_strided};
 use super::int8_projection;
 use super::op_storage::cpu_f32;
 use super::projection::{project, FEW_ROWS};
@@ -128,6 +128,168 @@ fn owned_storage(y: &Tensor) -> candle_core::Result<(candle_core::Storage, Shape
     Ok((storage.try_clone(layout)?, y.shape().clone()))
 }
 
+/// The elements of a contiguous f32 tensor on the CPU, read through its storage guard.
+fn cpu_values<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match storage {
+        candle_core::Storage::Cpu(cpu) => cpu_f32(cpu, layout, what),
+        _ => candle_core::bail!("{what}: not on the CPU"),
+    }
+}
+
+/// The gradients `(dx, da, db)` of one application.
+type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+impl Op {
+    /// The backward pass on the CPU in f32 over a dense weight, where the forward ran this
+    /// crate's kernel: every product straight into its output buffer, `dx`'s two terms
+    /// summed by the second product, and the rank-`r` intermediates stored column-major
+    /// (see `gemm_strided`). The candle composition below allocates and adds a full-size
+    /// tensor per term. `None` where it does not apply.
+    fn cpu_backward(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Grads>> {
+        let p = &self.projection;
+        let BaseWeight::Dense(weight) = &p.weight else {
+            return Ok(None);
+        };
+        let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+        if !p.kernel_applies(x) || !f32_cpu(a) || !f32_cpu(b) || !f32_cpu(grad) {
+            return Ok(None);
+        }
+        let x_tracked = x.track_op();
+        let (rows, inp) = x.dims2()?;
+        let (r, out) = (a.dim(0)?, b.dim(0)?);
+        let (x, a, b, grad) = (
+            x.contiguous()?,
+            a.contiguous()?,
+            b.contiguous()?,
+            grad.contiguous()?,
+        );
+        let guards = [&x, &a, &b, &grad, weight].map(|t| t.storage_and_layout());
+        let [xs, a_v, b_v, g, w] = ["the input", "A", "B", "the output gradient", "the weight"]
+            .iter()
+            .zip(&guards)
+            .map(|(what, (storage, layout))| {
+                cpu_values(storage, layout, &format!("projection backward: {what}"))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .try_into()
+            .expect("five operands");
+        let scale = p.scale as f32;
+        let mask = match p.dropout {
+            Some((p_drop, seed)) if p_drop > 0.0 => Some(
+                dropout_mask((rows, inp), p_drop, seed, &candle_core::Device::Cpu)
+                    .and_then(|m| Ok(m.flatten_all()?.to_vec1::<f32>()?))
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let masked: Option<Vec<f32>> = mask
+            .as_ref()
+            .map(|m| xs.iter().zip(m).map(|(x, m)| x * m).collect());
+        let xa = masked.as_deref().unwrap_or(xs);
+        // d/d(low) = grad · B, low = scale · xa Aᵀ: [rows, r], column-major.
+        let mut grad_low = vec![0f32; rows * r];
+        let dims = (rows, r, out);
+        gemm_strided(
+            (&mut grad_low, (1, rows)),
+            (g, (out, 1)),
+            (b_v, (r, 1)),
+            dims,
+            false,
+            1.0,
+        );
+        let grad_low_rm = (&grad_low[..], (1, rows));
+        // dx = grad · W + mask ∘ (scale · grad_low · A); dropout's gradient is its mask.
+        let dx = if x_tracked {
+            let mut dx = vec![0f32; rows * inp];
+            let dims = (rows, inp, out);
+            gemm_strided(
+                (&mut dx, (inp, 1)),
+                (g, (out, 1)),
+                (w, (inp, 1)),
+                dims,
+                false,
+                1.0,
+            );
+            let dims = (rows, inp, r);
+            match &mask {
+                None => gemm_strided(
+                    (&mut dx, (inp, 1)),
+                    grad_low_rm,
+                    (a_v, (inp, 1)),
+                    dims,
+                    true,
+                    scale,
+                ),
+                Some(mask) => {
+                    let mut adapter = vec![0f32; rows * inp];
+                    let dst = (&mut adapter[..], (inp, 1));
+                    gemm_strided(dst, grad_low_rm, (a_v, (inp, 1)), dims, false, scale);
+                    dx.iter_mut()
+                        .zip(adapter.iter().zip(mask))
+                        .for_each(|(dx, (g, m))| *dx += g * m);
+                }
+            }
+            Some(Tensor::from_vec(
+                dx,
+                (rows, inp),
+                &candle_core::Device::Cpu,
+            )?)
+        } else {
+            None
+        };
+        // da = scale · grad_lowᵀ · xa: [r, in].
+        let mut da = vec![0f32; r * inp];
+        let grad_low_t = (&grad_low[..], (rows, 1));
+        gemm_strided(
+            (&mut da, (inp, 1)),
+            grad_low_t,
+            (xa, (inp, 1)),
+            (r, inp, rows),
+            false,
+            scale,
+        );
+        // db = gradᵀ · low: [out, r], computed column-major and transposed once.
+        let mut low = vec![0f32; rows * r];
+        let a_t = (a_v, (1, inp));
+        gemm_strided(
+            (&mut low, (1, rows)),
+            (xa, (inp, 1)),
+            a_t,
+            (rows, r, inp),
+            false,
+            scale,
+        );
+        let mut db_t = vec![0f32; out * r];
+        let (g_t, low_cm) = ((g, (1, out)), (&low[..], (1, rows)));
+        gemm_strided(
+            (&mut db_t, (1, out)),
+            g_t,
+            low_cm,
+            (out, r, rows),
+            false,
+            1.0,
+        );
+        let db: Vec<f32> = (0..out * r).map(|i| db_t[(i % r) * out + i / r]).collect();
+        drop(guards);
+        let cpu = &candle_core::Device::Cpu;
+        Ok(Some((
+            dx,
+            Some(Tensor::from_vec(da, (r, inp), cpu)?),
+            Some(Tensor::from_vec(db, (out, r), cpu)?),
+        )))
+    }
+}
+
 impl candle_core::CustomOp3 for Op {
     fn name(&self) -> &'static str {
         "adapted-projection"
@@ -192,17 +354,27 @@ impl candle_core::CustomOp3 for Op {
             }
             _ => x,
         };
-        // Scaled at rank r, the narrow end, as `forward_untracked`.
+        // Scaled at rank r, the narrow end, as `forward_untracked`; `[rows, r]` stored
+        // column-major (see `gemm_strided`).
         let mut low = vec![0f32; rows * r];
-        gemm_rhs_transposed(
-            &mut low,
-            adapter_x,
-            a,
+        let scale = p.scale as f32;
+        let a_t = (a, (1, inp));
+        gemm_strided(
+            (&mut low, (1, rows)),
+            (adapter_x, (inp, 1)),
+            a_t,
             (rows, r, inp),
             false,
-            p.scale as f32,
+            scale,
         );
-        gemm_rhs_transposed(&mut y, &low, b, (rows, out, r), true, 1.0);
+        gemm_strided(
+            (&mut y, (out, 1)),
+            (&low, (1, rows)),
+            (b, (1, r)),
+            (rows, out, r),
+            true,
+            1.0,
+        );
         Ok((
             candle_core::CpuStorage::F32(y),
             candle_core::Shape::from((rows, out)),
@@ -236,6 +408,9 @@ impl candle_core::CustomOp3 for Op {
         _y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if let Some(grads) = self.cpu_backward(x, a, b, grad)? {
+            return Ok(grads);
+        }
         let p = &self.projection;
         let dtype = x.dtype();
         // An input outside the graph (the first layer's, from the embeddings) needs no
