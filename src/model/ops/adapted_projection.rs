@@ -145,10 +145,9 @@ type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
 
 impl Op {
     /// The backward pass on the CPU in f32 over a dense weight, where the forward ran this
-    /// crate's kernel: every product straight into its output buffer, `dx`'s two terms
-    /// summed by the second product, and the rank-`r` intermediates stored column-major
-    /// (see `gemm_strided`). The candle composition below allocates and adds a full-size
-    /// tensor per term. `None` where it does not apply.
+    /// crate's kernel: every product straight into its output buffer and `dx`'s two terms
+    /// summed by the second product, where the candle composition below allocates and
+    /// adds a full-size tensor per term. `None` where it does not apply.
     fn cpu_backward(
         &self,
         x: &Tensor,
@@ -196,18 +195,18 @@ impl Op {
             .as_ref()
             .map(|m| xs.iter().zip(m).map(|(x, m)| x * m).collect());
         let xa = masked.as_deref().unwrap_or(xs);
-        // d/d(low) = grad · B, low = scale · xa Aᵀ: [rows, r], column-major.
+        // d/d(low) = grad · B, low = scale · xa Aᵀ: [rows, r].
         let mut grad_low = vec![0f32; rows * r];
         let dims = (rows, r, out);
         gemm_strided(
-            (&mut grad_low, (1, rows)),
+            (&mut grad_low, (r, 1)),
             (g, (out, 1)),
             (b_v, (r, 1)),
             dims,
             false,
             1.0,
         );
-        let grad_low_rm = (&grad_low[..], (1, rows));
+        let grad_low_rm = (&grad_low[..], (r, 1));
         // dx = grad · W + mask ∘ (scale · grad_low · A); dropout's gradient is its mask.
         let dx = if x_tracked {
             let mut dx = vec![0f32; rows * inp];
@@ -249,7 +248,7 @@ impl Op {
         };
         // da = scale · grad_lowᵀ · xa: [r, in].
         let mut da = vec![0f32; r * inp];
-        let grad_low_t = (&grad_low[..], (rows, 1));
+        let grad_low_t = (&grad_low[..], (1, r));
         gemm_strided(
             (&mut da, (inp, 1)),
             grad_low_t,
@@ -258,28 +257,12 @@ impl Op {
             false,
             scale,
         );
-        // db = gradᵀ · low: [out, r], computed column-major and transposed once.
+        // db = gradᵀ · low: [out, r].
         let mut low = vec![0f32; rows * r];
-        let a_t = (a_v, (1, inp));
-        gemm_strided(
-            (&mut low, (1, rows)),
-            (xa, (inp, 1)),
-            a_t,
-            (rows, r, inp),
-            false,
-            scale,
-        );
-        let mut db_t = vec![0f32; out * r];
-        let (g_t, low_cm) = ((g, (1, out)), (&low[..], (1, rows)));
-        gemm_strided(
-            (&mut db_t, (1, out)),
-            g_t,
-            low_cm,
-            (out, r, rows),
-            false,
-            1.0,
-        );
-        let db: Vec<f32> = (0..out * r).map(|i| db_t[(i % r) * out + i / r]).collect();
+        gemm_rhs_transposed(&mut low, xa, a_v, (rows, r, inp), false, scale);
+        let mut db = vec![0f32; out * r];
+        let (g_t, low) = ((g, (1, out)), (&low[..], (r, 1)));
+        gemm_strided((&mut db, (r, 1)), g_t, low, (out, r, rows), false, 1.0);
         drop(guards);
         let cpu = &candle_core::Device::Cpu;
         Ok(Some((
@@ -354,27 +337,11 @@ impl candle_core::CustomOp3 for Op {
             }
             _ => x,
         };
-        // Scaled at rank r, the narrow end, as `forward_untracked`; `[rows, r]` stored
-        // column-major (see `gemm_strided`).
+        // Scaled at rank r, the narrow end, as `forward_untracked`.
         let mut low = vec![0f32; rows * r];
         let scale = p.scale as f32;
-        let a_t = (a, (1, inp));
-        gemm_strided(
-            (&mut low, (1, rows)),
-            (adapter_x, (inp, 1)),
-            a_t,
-            (rows, r, inp),
-            false,
-            scale,
-        );
-        gemm_strided(
-            (&mut y, (out, 1)),
-            (&low, (1, rows)),
-            (b, (1, r)),
-            (rows, out, r),
-            true,
-            1.0,
-        );
+        gemm_rhs_transposed(&mut low, adapter_x, a, (rows, r, inp), false, scale);
+        gemm_rhs_transposed(&mut y, &low, b, (rows, out, r), true, 1.0);
         Ok((
             candle_core::CpuStorage::F32(y),
             candle_core::Shape::from((rows, out)),

@@ -23,11 +23,6 @@ pub(super) fn gemm_rhs_transposed(
 
 /// `dst [m, n] (+)= beta · lhs [m, k] · rhs [k, n]`, each matrix given as its elements and
 /// their (row, column) strides, on candle's thread count.
-///
-/// The crate's microkernel walks 64 rows of the output's column-major form at a time: a
-/// row-major `dst` is computed as its transpose, so a narrow row-major result (`n` = a
-/// LoRA rank of 16) runs on its 16-row edge kernel at a quarter of the speed. Such
-/// results are written column-major (`dst` strides `(1, m)`) instead.
 pub(super) fn gemm_strided(
     (dst, (dst_rs, dst_cs)): (&mut [f32], (usize, usize)),
     (lhs, (lhs_rs, lhs_cs)): (&[f32], (usize, usize)),
