@@ -12,7 +12,7 @@
 
 use super::base_weight::BaseWeight;
 use super::dropout::dropout_mask;
-use super::gemm::gemm_rhs_transposed;
+use super::gemm::{gemm_rhs_transposed, gemm_strided};
 use super::int8_projection;
 use super::op_storage::cpu_f32;
 use super::projection::{project, FEW_ROWS};
@@ -129,6 +129,151 @@ fn owned_storage(y: &Tensor) -> candle_core::Result<(candle_core::Storage, Shape
     Ok((storage.try_clone(layout)?, y.shape().clone()))
 }
 
+/// The elements of a contiguous f32 tensor on the CPU, read through its storage guard.
+fn cpu_values<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match storage {
+        candle_core::Storage::Cpu(cpu) => cpu_f32(cpu, layout, what),
+        _ => candle_core::bail!("{what}: not on the CPU"),
+    }
+}
+
+/// The gradients `(dx, da, db)` of one application.
+type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+impl Op {
+    /// The backward pass on the CPU in f32 over a dense weight, where the forward ran this
+    /// crate's kernel: every product straight into its output buffer and `dx`'s two terms
+    /// summed by the second product, where the candle composition below allocates and
+    /// adds a full-size tensor per term. `None` where it does not apply.
+    fn cpu_backward(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Grads>> {
+        let p = &self.projection;
+        let BaseWeight::Dense(weight) = &p.weight else {
+            return Ok(None);
+        };
+        let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+        if !p.kernel_applies(x) || !f32_cpu(a) || !f32_cpu(b) || !f32_cpu(grad) {
+            return Ok(None);
+        }
+        let x_tracked = x.track_op();
+        let (rows, inp) = x.dims2()?;
+        let (r, out) = (a.dim(0)?, b.dim(0)?);
+        let (x, a, b, grad) = (
+            x.contiguous()?,
+            a.contiguous()?,
+            b.contiguous()?,
+            grad.contiguous()?,
+        );
+        let guards = [&x, &a, &b, &grad, weight].map(|t| t.storage_and_layout());
+        let [xs, a_v, b_v, g, w] = ["the input", "A", "B", "the output gradient", "the weight"]
+            .iter()
+            .zip(&guards)
+            .map(|(what, (storage, layout))| {
+                cpu_values(storage, layout, &format!("projection backward: {what}"))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .try_into()
+            .expect("five operands");
+        let scale = p.scale as f32;
+        let mask = match p.dropout {
+            Some((p_drop, seed)) if p_drop > 0.0 => Some(
+                dropout_mask((rows, inp), p_drop, seed, &candle_core::Device::Cpu)
+                    .and_then(|m| Ok(m.flatten_all()?.to_vec1::<f32>()?))
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let masked: Option<Vec<f32>> = mask
+            .as_ref()
+            .map(|m| xs.iter().zip(m).map(|(x, m)| x * m).collect());
+        let xa = masked.as_deref().unwrap_or(xs);
+        // d/d(low) = grad · B, low = scale · xa Aᵀ: [rows, r].
+        let mut grad_low = vec![0f32; rows * r];
+        let dims = (rows, r, out);
+        gemm_strided(
+            (&mut grad_low, (r, 1)),
+            (g, (out, 1)),
+            (b_v, (r, 1)),
+            dims,
+            false,
+            1.0,
+        );
+        let grad_low_rm = (&grad_low[..], (r, 1));
+        // dx = grad · W + mask ∘ (scale · grad_low · A); dropout's gradient is its mask.
+        let dx = if x_tracked {
+            let mut dx = vec![0f32; rows * inp];
+            let dims = (rows, inp, out);
+            gemm_strided(
+                (&mut dx, (inp, 1)),
+                (g, (out, 1)),
+                (w, (inp, 1)),
+                dims,
+                false,
+                1.0,
+            );
+            let dims = (rows, inp, r);
+            match &mask {
+                None => gemm_strided(
+                    (&mut dx, (inp, 1)),
+                    grad_low_rm,
+                    (a_v, (inp, 1)),
+                    dims,
+                    true,
+                    scale,
+                ),
+                Some(mask) => {
+                    let mut adapter = vec![0f32; rows * inp];
+                    let dst = (&mut adapter[..], (inp, 1));
+                    gemm_strided(dst, grad_low_rm, (a_v, (inp, 1)), dims, false, scale);
+                    dx.iter_mut()
+                        .zip(adapter.iter().zip(mask))
+                        .for_each(|(dx, (g, m))| *dx += g * m);
+                }
+            }
+            Some(Tensor::from_vec(
+                dx,
+                (rows, inp),
+                &candle_core::Device::Cpu,
+            )?)
+        } else {
+            None
+        };
+        // da = scale · grad_lowᵀ · xa: [r, in].
+        let mut da = vec![0f32; r * inp];
+        let grad_low_t = (&grad_low[..], (1, r));
+        gemm_strided(
+            (&mut da, (inp, 1)),
+            grad_low_t,
+            (xa, (inp, 1)),
+            (r, inp, rows),
+            false,
+            scale,
+        );
+        // db = gradᵀ · low: [out, r].
+        let mut low = vec![0f32; rows * r];
+        gemm_rhs_transposed(&mut low, xa, a_v, (rows, r, inp), false, scale);
+        let mut db = vec![0f32; out * r];
+        let (g_t, low) = ((g, (1, out)), (&low[..], (r, 1)));
+        gemm_strided((&mut db, (r, 1)), g_t, low, (out, r, rows), false, 1.0);
+        drop(guards);
+        let cpu = &candle_core::Device::Cpu;
+        Ok(Some((
+            dx,
+            Some(Tensor::from_vec(da, (r, inp), cpu)?),
+            Some(Tensor::from_vec(db, (out, r), cpu)?),
+        )))
+    }
+}
+
 impl candle_core::CustomOp3 for Op {
     fn name(&self) -> &'static str {
         "adapted-projection"
@@ -198,14 +343,8 @@ impl candle_core::CustomOp3 for Op {
         };
         // Scaled at rank r, the narrow end, as `forward_untracked`.
         let mut low = vec![0f32; rows * r];
-        gemm_rhs_transposed(
-            &mut low,
-            adapter_x,
-            a,
-            (rows, r, inp),
-            false,
-            p.scale as f32,
-        );
+        let scale = p.scale as f32;
+        gemm_rhs_transposed(&mut low, adapter_x, a, (rows, r, inp), false, scale);
         gemm_rhs_transposed(&mut y, &low, b, (rows, out, r), true, 1.0);
         Ok((
             candle_core::CpuStorage::F32(y),
@@ -240,6 +379,9 @@ impl candle_core::CustomOp3 for Op {
         _y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if let Some(grads) = self.cpu_backward(x, a, b, grad)? {
+            return Ok(grads);
+        }
         let p = &self.projection;
         let dtype = x.dtype();
         // An input outside the graph (the first layer's, from the embeddings) needs no

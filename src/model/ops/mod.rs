@@ -28,3 +28,4 @@ mod out_ptr;
 pub mod projection;
 pub mod quant;
 pub mod train_ops;
+mod vector_exp;

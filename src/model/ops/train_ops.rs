@@ -10,6 +10,7 @@
 
 use super::gemm::gemm_rhs_transposed;
 use super::op_storage::{cpu_f32, cpu_u32};
+use super::vector_exp::{exp_shifted_scaled, row_max, sum_exp_shifted_f64};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -46,9 +47,9 @@ fn check_target(target: u32, vocab: usize) -> Result<usize> {
 
 /// The log-probability of target `t` in a row of logits, and the row's log-sum-exp.
 fn logprob_and_lse(row: &[f32], t: usize) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = row_max(row);
     // Summed in f64: 49k terms in one f32 accumulator lose ~1e-5 of the total.
-    let sum: f64 = row.iter().map(|&x| (x - max).exp() as f64).sum();
+    let sum = sum_exp_shifted_f64(row, max);
     let lse = max + sum.ln() as f32;
     (row[t] - lse, lse)
 }
@@ -57,10 +58,7 @@ fn logprob_and_lse(row: &[f32], t: usize) -> (f32, f32) {
 /// `c = [g_lp, g_lse, lse]`: `softmax · (g_lse − g_lp)`, plus `g_lp` at the target.
 fn into_logprob_grad(row: &mut [f32], t: usize, c: &[f32]) {
     let (g_lp, g_lse, lse) = (c[0], c[1], c[2]);
-    let w = g_lse - g_lp;
-    for x in row.iter_mut() {
-        *x = (*x - lse).exp() * w;
-    }
+    exp_shifted_scaled(row, lse, g_lse - g_lp);
     row[t] += g_lp;
 }
 
@@ -363,8 +361,11 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 struct SwiGlu;
 
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
+/// `out ← σ(x) = 1 / (1 + exp(−x))` element by element, the exp 16 lanes at a time.
+fn sigmoids(x: &[f32], out: &mut [f32]) {
+    out.iter_mut().zip(x).for_each(|(o, &x)| *o = -x);
+    exp_shifted_scaled(out, 0.0, 1.0);
+    out.iter_mut().for_each(|e| *e = 1.0 / (1.0 + *e));
 }
 
 /// Elements handed to one rayon task.
@@ -385,10 +386,15 @@ impl CustomOp2 for SwiGlu {
         let gate = cpu_f32(s1, l1, self.name())?;
         let up = cpu_f32(s2, l2, self.name())?;
         let mut y = vec![0f32; gate.len()];
-        y.par_iter_mut()
-            .zip(gate.par_iter().zip(up.par_iter()))
-            .with_min_len(MIN_ELEMS_PER_TASK)
-            .for_each(|(y, (&g, &u))| *y = g * sigmoid(g) * u);
+        y.par_chunks_mut(MIN_ELEMS_PER_TASK)
+            .zip(gate.par_chunks(MIN_ELEMS_PER_TASK))
+            .zip(up.par_chunks(MIN_ELEMS_PER_TASK))
+            .for_each(|((y, gate), up)| {
+                sigmoids(gate, y);
+                for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
+                    *y *= g * u;
+                }
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -429,15 +435,24 @@ impl CustomOp3 for SwiGluGrad {
         let n = gate.len();
         let mut out = vec![0f32; 2 * n];
         let (d_gate, d_up) = out.split_at_mut(n);
+        let chunk = MIN_ELEMS_PER_TASK;
         d_gate
-            .par_iter_mut()
-            .zip(d_up.par_iter_mut())
-            .zip(gate.par_iter().zip(up.par_iter()).zip(grad.par_iter()))
-            .with_min_len(MIN_ELEMS_PER_TASK)
-            .for_each(|((dg, du), ((&x, &u), &g))| {
-                let s = sigmoid(x);
-                *dg = g * u * s * (1.0 + x * (1.0 - s));
-                *du = g * x * s;
+            .par_chunks_mut(chunk)
+            .zip(d_up.par_chunks_mut(chunk))
+            .zip(
+                gate.par_chunks(chunk)
+                    .zip(up.par_chunks(chunk))
+                    .zip(grad.par_chunks(chunk)),
+            )
+            .for_each(|((d_gate, d_up), ((gate, up), grad))| {
+                // σ(gate) in d_up first, then both gradients from it.
+                sigmoids(gate, d_up);
+                let (dgs, dus) = (d_gate.iter_mut(), d_up.iter_mut());
+                for (((dg, du), (&x, &u)), &g) in dgs.zip(dus).zip(gate.iter().zip(up)).zip(grad) {
+                    let s = *du;
+                    *dg = g * u * s * (1.0 + x * (1.0 - s));
+                    *du = g * x * s;
+                }
             });
         let mut dims = vec![2];
         dims.extend_from_slice(l1.shape().dims());
