@@ -138,7 +138,7 @@ mod avx512 {
         let stride = visible.div_ceil(SPAN) * SPAN;
         debug_assert!(scores.len() >= group * stride);
         let scale = _mm512_set1_ps(scale);
-        let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); 1].repeat(group);
+        let mut max = vec![_mm512_set1_ps(f32::NEG_INFINITY); group];
         // Scores: each chunk of keys is read from memory once, then from L1 for the
         // group's other heads.
         for j0 in (0..visible).step_by(SPAN) {
