@@ -136,7 +136,7 @@ impl BlockWeight {
     }
 
     /// `decode_row_portable` with 16 values per instruction: the same IEEE products and
-    /// sums, so the same bits.
+    /// sums (for Q4_1 once per block's 16 codes, then looked up), so the same bits.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn decode_row_avx512(&self, row: usize, dst: &mut [f32]) {
@@ -152,14 +152,19 @@ impl BlockWeight {
             } => {
                 let (scale, offset) = (&scale[first..][..blocks], &offset[first..][..blocks]);
                 let nib = nibbles[first * BLOCK / 2..][..blocks * BLOCK / 2].as_ptr();
-                let low = _mm512_set1_epi32(15);
+                let codes = _mm512_setr_ps(
+                    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0,
+                    15.0,
+                );
                 for k in 0..blocks {
-                    let n = _mm512_cvtepu8_epi32(_mm_loadu_si128(nib.add(k * 16).cast()));
+                    // A block has 16 values: compute them once, then look each weight up
+                    // by its nibble (the permute reads an index's low 4 bits).
                     let (a, b) = (_mm512_set1_ps(scale[k]), _mm512_set1_ps(offset[k]));
-                    let value =
-                        |q: __m512i| _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), a), b);
-                    _mm512_storeu_ps(out.add(k * BLOCK), value(_mm512_and_si512(n, low)));
-                    _mm512_storeu_ps(out.add(k * BLOCK + 16), value(_mm512_srli_epi32::<4>(n)));
+                    let table = _mm512_add_ps(_mm512_mul_ps(codes, a), b);
+                    let n = _mm512_cvtepu8_epi32(_mm_loadu_si128(nib.add(k * 16).cast()));
+                    _mm512_storeu_ps(out.add(k * BLOCK), _mm512_permutexvar_ps(n, table));
+                    let high = _mm512_srli_epi32::<4>(n);
+                    _mm512_storeu_ps(out.add(k * BLOCK + 16), _mm512_permutexvar_ps(high, table));
                 }
             }
             Code::Scaled8 { scale, q } => {
