@@ -262,6 +262,53 @@ fn greedy_batched_equals_one_at_a_time(model: &Model, precision: Precision) {
     }
 }
 
+/// On two or more threads the engine runs each step as two passes over halves of its
+/// sequences at once; on one thread, as one pass. Both give the same tokens, greedy and
+/// sampled, with slots refilled mid-run and samples sharing a prefill.
+#[test]
+fn two_streams_give_the_tokens_of_one() {
+    let Some(model) = model() else { return };
+    let requests: Vec<Request> = prompts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, prompt)| Request {
+            prompt,
+            n: 1 + i % 2,
+            params: SamplingParams {
+                temperature: if i % 2 == 0 { 0.0 } else { 0.8 },
+                max_new_tokens: 12 + 5 * i,
+                seed: 3,
+                ..SamplingParams::default()
+            },
+        })
+        .collect();
+    for precision in [Precision::Int8, Precision::Exact] {
+        let on_threads = |threads: usize| {
+            let options = EngineOptions {
+                max_batch: 4,
+                precision,
+                progress: false,
+                ..EngineOptions::default()
+            };
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| LocalEngine::new(model, options).generate(&requests))
+                .unwrap()
+        };
+        let (one, two) = (on_threads(1), on_threads(2));
+        assert_eq!(one.len(), 7);
+        for (a, b) in one.iter().zip(&two) {
+            assert_eq!(
+                a.token_ids, b.token_ids,
+                "{precision:?}: request {} sample {}",
+                a.request_index, a.sample_index
+            );
+        }
+    }
+}
+
 #[test]
 fn stop_strings_and_max_new_tokens_end_generation() {
     let Some(model) = model() else { return };

@@ -145,6 +145,64 @@ struct Packed {
     last_rows: Vec<u32>,
 }
 
+impl Packed {
+    /// The segments `which` (indices into `segments`, in that order) as a pass of their own.
+    fn subset(&self, which: &[usize]) -> Packed {
+        let mut part = Packed {
+            tokens: Vec::new(),
+            positions: Vec::new(),
+            segments: Vec::with_capacity(which.len()),
+            last_rows: Vec::with_capacity(which.len()),
+        };
+        for &i in which {
+            let seg = self.segments[i];
+            let rows = seg.start..seg.start + seg.len;
+            part.segments.push(Segment {
+                start: part.tokens.len(),
+                ..seg
+            });
+            part.tokens.extend_from_slice(&self.tokens[rows.clone()]);
+            part.positions.extend_from_slice(&self.positions[rows]);
+            part.last_rows.push((part.tokens.len() - 1) as u32);
+        }
+        part
+    }
+
+    /// The segments in two groups of about equal work, each in the original order, or
+    /// `None` with fewer than two segments. A segment's work is its rows' projections
+    /// plus its attention over what each row sees; the weight of one attended position
+    /// against one row of projections is SmolLM2's measured ratio, close enough for
+    /// other models since each stream's idle thread steals from the other.
+    fn halves(&self) -> Option<(Vec<usize>, Vec<usize>)> {
+        const POSITION_WORK: f64 = 0.002;
+        if self.segments.len() < 2 {
+            return None;
+        }
+        let work = |i: usize| {
+            let seg = &self.segments[i];
+            let past = self.positions[seg.start] as f64;
+            let rows = seg.len as f64;
+            rows * (1.0 + POSITION_WORK * (past + (rows + 1.0) / 2.0))
+        };
+        let mut by_work: Vec<usize> = (0..self.segments.len()).collect();
+        by_work.sort_by(|&a, &b| work(b).total_cmp(&work(a)));
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        let (mut first_work, mut second_work) = (0.0, 0.0);
+        for i in by_work {
+            if first_work <= second_work {
+                first_work += work(i);
+                first.push(i);
+            } else {
+                second_work += work(i);
+                second.push(i);
+            }
+        }
+        first.sort_unstable();
+        second.sort_unstable();
+        Some((first, second))
+    }
+}
+
 impl<'m> LocalEngine<'m> {
     pub fn new(model: &'m Model, options: EngineOptions) -> Self {
         Self {
@@ -336,6 +394,35 @@ impl<'m> LocalEngine<'m> {
     /// last row. Its host↔device copies go through `transfer`: these three uploads, the
     /// decoder's one, and (in `logits`) the logits.
     fn forward(&self, cache: &mut KvCache, packed: &Packed) -> Result<Tensor> {
+        let streams = cache.is_host() && rayon::current_num_threads() >= 2;
+        let Some((first, second)) = packed.halves().filter(|_| streams) else {
+            return self.forward_one(cache, packed);
+        };
+        // Two passes over disjoint halves at once rather than one pass whose every op
+        // waits for both threads: a thread that finishes its share steals from the other
+        // half, and one half's attention (bound by memory) overlaps the other's
+        // projections (bound by the FMA units). Each row's arithmetic is the same either
+        // way (the products and attention are per row), so are the tokens.
+        let (first_part, second_part) = (packed.subset(&first), packed.subset(&second));
+        let second_slots: Vec<usize> = second_part.segments.iter().map(|s| s.slot).collect();
+        let mut second_cache = cache.split_off(&second_slots)?;
+        let (first_hidden, second_hidden) = rayon::join(
+            || self.forward_one(cache, &first_part),
+            || self.forward_one(&mut second_cache, &second_part),
+        );
+        cache.rejoin(second_cache);
+        let hidden = Tensor::cat(&[first_hidden?, second_hidden?], 0)?;
+        // Back to the packed order: segment `i` sits at its rank in `first ++ second`.
+        let mut order = vec![0u32; packed.segments.len()];
+        for (rank, &i) in first.iter().chain(&second).enumerate() {
+            order[i] = rank as u32;
+        }
+        let order = transfer::upload_u32(&order, hidden.device())?;
+        Ok(hidden.index_select(&order, 0)?)
+    }
+
+    /// One packed forward pass over `packed`.
+    fn forward_one(&self, cache: &mut KvCache, packed: &Packed) -> Result<Tensor> {
         let decoder = &self.model.decoder;
         let dev = decoder.device();
         let tokens = transfer::upload_u32(&packed.tokens, dev)?;
@@ -542,5 +629,68 @@ fn place(
 impl Backend for LocalEngine<'_> {
     fn generate(&mut self, requests: &[Request]) -> Result<Vec<Completion>> {
         self.run(requests)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Segments `(slot, past, rows)` packed one after another.
+    fn packed(segments: &[(usize, u32, usize)]) -> Packed {
+        let mut p = Packed {
+            tokens: Vec::new(),
+            positions: Vec::new(),
+            segments: Vec::new(),
+            last_rows: Vec::new(),
+        };
+        for &(slot, past, len) in segments {
+            let start = p.tokens.len();
+            p.segments.push(Segment { slot, start, len });
+            p.tokens
+                .extend((0..len as u32).map(|t| 1000 * slot as u32 + t));
+            p.positions.extend(past..past + len as u32);
+            p.last_rows.push((start + len - 1) as u32);
+        }
+        p
+    }
+
+    #[test]
+    fn halves_balance_the_work_and_keep_the_order() {
+        // One long prefill against many decoding rows: the prefill goes alone.
+        let p = packed(&[(0, 10, 1), (1, 0, 40), (2, 300, 1), (3, 20, 1), (4, 5, 1)]);
+        let (first, second) = p.halves().unwrap();
+        assert_eq!((first, second), (vec![1], vec![0, 2, 3, 4]));
+        // Equal decoding rows split evenly, each half in packed order.
+        let p = packed(&(0..6).map(|s| (s, 100, 1)).collect::<Vec<_>>());
+        let (first, second) = p.halves().unwrap();
+        assert_eq!((first.len(), second.len()), (3, 3));
+        assert!(first.windows(2).all(|w| w[0] < w[1]));
+        assert!(second.windows(2).all(|w| w[0] < w[1]));
+        assert!(packed(&[(0, 0, 5)]).halves().is_none());
+    }
+
+    #[test]
+    fn a_subset_is_a_pass_of_its_own() {
+        let p = packed(&[(0, 7, 2), (1, 0, 3), (2, 4, 1)]);
+        let part = p.subset(&[0, 2]);
+        assert_eq!(part.tokens, vec![0, 1, 2000]);
+        assert_eq!(part.positions, vec![7, 8, 4]);
+        assert_eq!(
+            part.segments,
+            vec![
+                Segment {
+                    slot: 0,
+                    start: 0,
+                    len: 2
+                },
+                Segment {
+                    slot: 2,
+                    start: 2,
+                    len: 1
+                }
+            ]
+        );
+        assert_eq!(part.last_rows, vec![1, 2]);
     }
 }

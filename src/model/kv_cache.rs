@@ -318,6 +318,38 @@ impl KvCache {
         Ok(())
     }
 
+    /// Host storage: moves `slots` into a cache of their own (same shape, every other
+    /// slot empty), so two forward passes over disjoint sequences can run at once; `rejoin`
+    /// puts them back. Moves the slots' buffer handles, never their contents.
+    pub fn split_off(&mut self, slots: &[usize]) -> Result<KvCache> {
+        if self.tensors.is_some() {
+            bail!("the KV cache keeps tensors; only host storage splits by slot");
+        }
+        let mut part = KvCache {
+            slots: (0..self.slots.len()).map(|_| None).collect(),
+            tensors: None,
+            layers: self.layers,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        };
+        for &slot in slots {
+            self.slot_mut(slot)?;
+            part.slots[slot] = self.slots[slot].take();
+        }
+        Ok(part)
+    }
+
+    /// Takes back the slots `split_off` moved into `part`.
+    pub fn rejoin(&mut self, part: KvCache) {
+        for (slot, cache) in part.slots.into_iter().enumerate() {
+            if cache.is_some() {
+                self.slots[slot] = cache;
+            }
+        }
+    }
+
     pub fn advance(&mut self, slot: usize, n: usize) {
         if let Some(cache) = self.slots[slot].as_mut() {
             cache.len += n;
@@ -355,6 +387,36 @@ impl SlottedTensors {
             }
         }
         self.positions = positions;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_off_moves_slots_and_rejoin_returns_them() -> Result<()> {
+        let mut cache = KvCache::new(3, 2, 1, 4, DType::F32, &Device::Cpu);
+        for slot in 0..3 {
+            cache.allocate(slot, 8)?;
+            cache.advance(slot, slot + 1);
+        }
+        let mut part = cache.split_off(&[0, 2])?;
+        assert!(cache.slot(0).is_none() && cache.slot(2).is_none());
+        assert_eq!(cache.slot(1).map(SlotCache::len), Some(2));
+        assert_eq!(part.slot(2).map(SlotCache::len), Some(3));
+        assert!(part.slot(1).is_none());
+        // A slot moved away cannot be split off again, and the part advances on its own.
+        assert!(cache.split_off(&[0]).is_err());
+        part.advance(0, 4);
+        cache.rejoin(part);
+        let lens: Vec<_> = (0..3).map(|s| cache.slot(s).map(SlotCache::len)).collect();
+        assert_eq!(lens, vec![Some(5), Some(2), Some(3)]);
+        // Tensor storage does not split.
+        let mut tensors = KvCache::new(1, 1, 1, 4, DType::F32, &Device::Cpu).with_tensor_storage();
+        tensors.allocate(0, 4)?;
+        assert!(tensors.split_off(&[0]).is_err());
         Ok(())
     }
 }
