@@ -18,6 +18,12 @@ use half::f16;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
+/// The bytes of `v`.
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // Safety: any f32 is four initialised bytes, and u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
 /// Inputs per block: the GGUF block size of Q4_1 and Q8_0.
 const BLOCK: usize = 32;
 
@@ -122,6 +128,44 @@ impl BlockWeight {
 
     pub fn inp(&self) -> usize {
         self.inp
+    }
+
+    /// Asks the CPU to start loading the blocks of weight rows `rows` (clamped to the
+    /// weight) into its caches, so that decoding them later does not wait on memory.
+    pub fn prefetch_rows(&self, rows: std::ops::Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let rows = rows.start.min(self.out)..rows.end.min(self.out);
+            let blocks = self.inp / BLOCK;
+            let (first, last) = (rows.start * blocks, rows.end * blocks);
+            let lines = |bytes: &[u8]| {
+                for line in bytes.chunks(64) {
+                    // Safety: a prefetch is a hint on a valid address; it reads nothing.
+                    unsafe {
+                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                        _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+                    }
+                }
+            };
+            let floats = |v: &[f32]| lines(bytemuck_f32(&v[first..last]));
+            match &self.code {
+                Code::Affine4 {
+                    scale,
+                    offset,
+                    nibbles,
+                } => {
+                    lines(&nibbles[first * BLOCK / 2..last * BLOCK / 2]);
+                    floats(scale);
+                    floats(offset);
+                }
+                Code::Scaled8 { scale, q } => {
+                    let q = &q[first * BLOCK..last * BLOCK];
+                    // Safety: i8 and u8 have the same size and alignment.
+                    lines(unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) });
+                    floats(scale);
+                }
+            }
+        }
     }
 
     /// Weight row `row`, `inp` values, into `dst`.

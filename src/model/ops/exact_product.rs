@@ -168,6 +168,11 @@ fn products_with(
                         for (j, dst) in decoded.chunks_exact_mut(inp).enumerate() {
                             b.decode_row(c + j, dst);
                         }
+                        // The next tile's blocks load while this one's products run.
+                        let next = c + TILE_COLS;
+                        if next < (c0 + COL_BLOCK).min(out) {
+                            b.prefetch_rows(next..next + TILE_COLS);
+                        }
                         std::array::from_fn(|j| &decoded[j.min(cols - 1) * inp..][..inp])
                     }
                 };
