@@ -309,6 +309,45 @@ fn two_streams_give_the_tokens_of_one() {
     }
 }
 
+/// Jobs with chat prompts start with the template's opening tokens: the engine computes
+/// them once and copies them into each slot, and every job's tokens stay those of a run
+/// where it is alone (and so computes its whole prompt).
+#[test]
+fn the_shared_template_opening_is_computed_once() {
+    let Some(model) = model() else { return };
+    let params = SamplingParams {
+        max_new_tokens: 16,
+        ..SamplingParams::default()
+    };
+    let requests: Vec<Request> = prompts()
+        .into_iter()
+        .map(|prompt| Request {
+            prompt,
+            n: 1,
+            params: params.clone(),
+        })
+        .collect();
+    let options = EngineOptions {
+        max_batch: 2,
+        precision: Precision::Exact,
+        progress: false,
+        ..EngineOptions::default()
+    };
+    let mut engine = LocalEngine::new(model, options.clone());
+    let together = engine.generate(&requests).unwrap();
+    let shared = engine.stats().shared_prompt_tokens;
+    assert!(
+        shared >= 4 * requests.len() && shared % requests.len() == 0,
+        "{shared} shared prompt tokens"
+    );
+    for (request, completion) in requests.iter().zip(&together) {
+        let mut alone = LocalEngine::new(model, options.clone());
+        let single = alone.generate(std::slice::from_ref(request)).unwrap();
+        assert_eq!(alone.stats().shared_prompt_tokens, 0);
+        assert_eq!(single[0].token_ids, completion.token_ids);
+    }
+}
+
 #[test]
 fn stop_strings_and_max_new_tokens_end_generation() {
     let Some(model) = model() else { return };

@@ -5,6 +5,10 @@
 //! prompt for a job just admitted, one token for the rest) into a single forward pass,
 //! samples one token per job from the logits at its last position, and retires finished
 //! jobs; their slots take the next queued jobs in the same loop iteration.
+//!
+//! On the CPU, the prompt tokens every job starts with (a chat template's opening) are
+//! computed once and copied into each slot, and each step runs as two passes over halves
+//! of its jobs at once (`forward`). Neither changes a token.
 
 use super::sampler::Sampler;
 use super::stop::earliest_stop;
@@ -69,6 +73,8 @@ pub struct EngineStats {
     pub first_step_s: f64,
     pub total_s: f64,
     pub prompt_tokens: usize,
+    /// Prompt tokens copied from the prefix every job shares rather than computed.
+    pub shared_prompt_tokens: usize,
     pub generated_tokens: usize,
     /// Tokens picked by the screened LM head (`EngineOptions::greedy_screen`), and of
     /// those the ones whose row the screen left to the full exact head.
@@ -100,6 +106,10 @@ struct Batch {
     queue: VecDeque<Job>,
     active: Vec<Option<Job>>,
     cache: KvCache,
+    /// The cache slot after `active`'s holding the prompt tokens every job starts with
+    /// (the chat template's opening), and how many: each admitted job copies them
+    /// rather than computing them again.
+    shared_prefix: Option<(usize, usize)>,
     done: Vec<Completion>,
     stats: EngineStats,
 }
@@ -261,9 +271,11 @@ impl<'m> LocalEngine<'m> {
             queue,
             active: (0..slots).map(|_| None).collect(),
             cache,
+            shared_prefix: None,
             done: Vec::with_capacity(total_jobs),
             stats: EngineStats::default(),
         };
+        self.prefill_shared_prefix(&mut batch)?;
         let mut first_step = true;
         loop {
             let followers = self.admit(&mut batch, &progress)?;
@@ -345,6 +357,48 @@ impl<'m> LocalEngine<'m> {
         Ok(queue)
     }
 
+    /// With host KV buffers and several jobs, computes the prompt tokens every queued job
+    /// starts with once, in a slot of its own, and leaves each job only the rest to feed.
+    /// Each row's keys and values depend only on the rows before it, so a copy holds the
+    /// bits a job's own prefill would have written.
+    fn prefill_shared_prefix(&self, batch: &mut Batch) -> Result<()> {
+        // Below this many tokens the copy saves less than it costs to set up.
+        const WORTH_SHARING: usize = 4;
+        if !batch.cache.is_host() || batch.queue.len() < 2 {
+            return Ok(());
+        }
+        let mut jobs = batch.queue.iter();
+        let first = &jobs.next().expect("two jobs").pending;
+        // Short of the shortest prompt: every job still feeds at least one token.
+        let mut len = first.len() - 1;
+        for job in jobs {
+            let common = first.iter().zip(&job.pending).take_while(|(a, b)| a == b);
+            len = len.min(common.count()).min(job.pending.len() - 1);
+        }
+        if len < WORTH_SHARING {
+            return Ok(());
+        }
+        let prefix_slot = batch.cache.num_slots();
+        let prefix = Packed {
+            tokens: first[..len].to_vec(),
+            positions: (0..len as u32).collect(),
+            segments: vec![Segment {
+                slot: prefix_slot,
+                start: 0,
+                len,
+            }],
+            last_rows: vec![len as u32 - 1],
+        };
+        batch.cache.add_slot()?;
+        batch.cache.allocate(prefix_slot, len)?;
+        self.forward_one(&mut batch.cache, &prefix)?;
+        for job in batch.queue.iter_mut() {
+            job.pending.drain(..len);
+        }
+        batch.shared_prefix = Some((prefix_slot, len));
+        Ok(())
+    }
+
     /// Moves queued jobs into free slots, within the prefill budget. Samples of one request
     /// admitted together share one prefill: the first is the leader, the others copy its
     /// cache and its first-token logits. Returns those followers as (slot, leader slot).
@@ -385,6 +439,10 @@ impl<'m> LocalEngine<'m> {
             }
             admitted_any = true;
             batch.cache.allocate(slot, job.prompt_len + job.max_new)?;
+            if let Some((prefix_slot, len)) = batch.shared_prefix {
+                batch.cache.copy_prefix(prefix_slot, slot, len)?;
+                batch.stats.shared_prompt_tokens += len;
+            }
             *entry = Some(job);
         }
         Ok(followers)

@@ -318,6 +318,15 @@ impl KvCache {
         Ok(())
     }
 
+    /// Host storage: one more slot, empty, numbered `num_slots()` before the call.
+    pub fn add_slot(&mut self) -> Result<()> {
+        if self.tensors.is_some() {
+            bail!("the KV cache keeps tensors, whose slot count is fixed");
+        }
+        self.slots.push(None);
+        Ok(())
+    }
+
     /// Host storage: moves `slots` into a cache of their own (same shape, every other
     /// slot empty), so two forward passes over disjoint sequences can run at once; `rejoin`
     /// puts them back. Moves the slots' buffer handles, never their contents.
