@@ -73,8 +73,9 @@ struct IfevalArgs {
     /// lm-evaluation-harness's IFEval task uses.
     #[arg(long, default_value_t = 1280)]
     max_new_tokens: usize,
-    /// Prompts decoded together when generating.
-    #[arg(long, default_value_t = 32)]
+    /// Prompts decoded together when generating (continuous batching). 64 is the fastest
+    /// on a 2-core CPU (docs/benchmarks.md); the KV cache grows with it.
+    #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Folder for responses.jsonl, eval_results_{strict,loose}.jsonl and summary.json.
     #[arg(long, default_value = "ifeval-results")]

@@ -79,7 +79,7 @@ impl Default for IfevalConfig {
             data: PathBuf::from("data/ifeval/input_data.jsonl"),
             limit: 0,
             max_new_tokens: 1280,
-            batch: 32,
+            batch: 64,
         }
     }
 }
