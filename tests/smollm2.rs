@@ -134,6 +134,21 @@ fn prompts() -> Vec<Prompt> {
     .collect()
 }
 
+/// One greedy request per prompt of `prompts()`, each up to `max_new_tokens`.
+fn greedy_requests(max_new_tokens: usize) -> Vec<Request> {
+    prompts()
+        .into_iter()
+        .map(|prompt| Request {
+            prompt,
+            n: 1,
+            params: SamplingParams {
+                max_new_tokens,
+                ..SamplingParams::default()
+            },
+        })
+        .collect()
+}
+
 #[test]
 fn n_samples_with_temperature_are_reproducible_alone_or_batched() {
     let Some(model) = model() else { return };
@@ -218,18 +233,7 @@ fn greedy_batched_equals_greedy_one_at_a_time() {
 }
 
 fn greedy_batched_equals_one_at_a_time(model: &Model, precision: Precision) {
-    let params = SamplingParams {
-        max_new_tokens: 32,
-        ..SamplingParams::default()
-    };
-    let requests: Vec<Request> = prompts()
-        .into_iter()
-        .map(|prompt| Request {
-            prompt,
-            n: 1,
-            params: params.clone(),
-        })
-        .collect();
+    let requests = greedy_requests(32);
     let options = EngineOptions {
         precision,
         progress: false,
@@ -315,18 +319,7 @@ fn two_streams_give_the_tokens_of_one() {
 #[test]
 fn the_shared_template_opening_is_computed_once() {
     let Some(model) = model() else { return };
-    let params = SamplingParams {
-        max_new_tokens: 16,
-        ..SamplingParams::default()
-    };
-    let requests: Vec<Request> = prompts()
-        .into_iter()
-        .map(|prompt| Request {
-            prompt,
-            n: 1,
-            params: params.clone(),
-        })
-        .collect();
+    let requests = greedy_requests(16);
     let options = EngineOptions {
         max_batch: 2,
         precision: Precision::Exact,
@@ -436,17 +429,7 @@ fn packed_logprobs(model: &Model, ids: &[u32], precision: Precision) -> Vec<Vec<
 #[test]
 fn int8_inference_stays_close_to_exact() {
     let Some(model) = model() else { return };
-    let requests: Vec<Request> = prompts()
-        .into_iter()
-        .map(|prompt| Request {
-            prompt,
-            n: 1,
-            params: SamplingParams {
-                max_new_tokens: 32,
-                ..SamplingParams::default()
-            },
-        })
-        .collect();
+    let requests = greedy_requests(32);
     let mut engine = LocalEngine::new(
         model,
         EngineOptions {
