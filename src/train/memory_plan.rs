@@ -22,6 +22,8 @@
 //!   activations recomputed, their gradients, the attention op's buffers). DPO's
 //!   reference pass runs untracked before the policy pass and frees as it goes, so it
 //!   never sets the peak;
+//! * on the CPU the trainer runs two pieces at once, one per core (`for_each_piece` in
+//!   the trainer), so the training step counts twice;
 //! * generation = the KV cache of `gen_batch` sequences of `seq_len` tokens (online DPO
 //!   samples between its training steps);
 //! * loading (CPU) = the checkpoint file, memory-mapped and read once while the weights
@@ -527,6 +529,16 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
             },
         )
     };
+    // The CPU trainer runs two pieces at once, one per core.
+    let (at_once, at_once_how) = match shape.device {
+        PlanDevice::Cpu => (2, " × 2 pieces at once (one per core)"),
+        PlanDevice::Gpu => (1, ""),
+    };
+    let (activations, head_kept, backward) = (
+        at_once * activations,
+        at_once * head_kept,
+        at_once * backward,
+    );
     let training = activations + head_kept + backward;
     // The CPU reads the checkpoint file while converting it: the file's bytes stay
     // resident (page cache mapped into the process) until the weights are built.
@@ -568,17 +580,17 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         Item {
             name: "activations (kept)",
             bytes: activations,
-            how: activations_how,
+            how: activations_how + at_once_how,
         },
         Item {
             name: "log-prob head (kept)",
             bytes: head_kept,
-            how: head_how,
+            how: head_how + at_once_how,
         },
         Item {
             name: "backward working set",
             bytes: backward,
-            how: backward_how.into(),
+            how: format!("{backward_how}{at_once_how}"),
         },
         Item {
             name: "KV cache (generation)",
@@ -1002,11 +1014,17 @@ mod tests {
         assert_eq!(cpu.logprob_head, LogprobHead::FusedCpu);
         assert_eq!(layer_activations(&c, &cpu, 1), 354_418_688);
         let p = plan(&c, &cpu).unwrap();
-        // The mapped bf16 file outweighs the step, and there is no CUDA context.
+        // Two pieces at once, one per core.
+        assert_eq!(p.item("activations (kept)"), 2 * 28 * 354_418_688);
+        let step = p.item("activations (kept)")
+            + p.item("log-prob head (kept)")
+            + p.item("backward working set");
+        // The step outweighs the mapped bf16 file, and there is no CUDA context.
         assert_eq!(p.item("checkpoint file (loading)"), 15_231_233_024);
+        assert!(step > 15_231_233_024);
         assert_eq!(
             p.total,
-            p.item("weights") + p.item("LoRA + AdamW state") + 15_231_233_024 + CPU_PROCESS_BYTES
+            p.item("weights") + p.item("LoRA + AdamW state") + step + CPU_PROCESS_BYTES
         );
     }
 

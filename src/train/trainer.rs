@@ -25,6 +25,7 @@ use crate::model::adapter_file::{load_adapter, save_adapter};
 use crate::model::decoder::Decoder;
 use crate::model::lora::Adapters;
 use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::Var;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -356,7 +357,7 @@ struct StepContext<'a> {
 }
 
 /// Forward and backward over one optimizer step's micro-batches; gradients are summed
-/// into `accumulator`.
+/// into `accumulator` in piece order.
 fn run_step(
     decoder: &Decoder,
     job: &TrainingJob,
@@ -367,29 +368,33 @@ fn run_step(
 ) -> Result<StepTotals> {
     let device = decoder.device();
     let args = job.args();
-    let max_tokens = args.max_batch_tokens;
     let tokens = |i: usize| context.item_tokens[i];
-    let mut totals = StepTotals::default();
     // Piece `i` of step `s` draws its dropout masks from (seed, s, i): a resumed run
     // replays the same masks.
-    let mut pieces = 0u64;
     let checkpointing = args.checkpointing_on(device);
-    let mut policy = || {
-        pieces += 1;
-        let adapters = match args.lora.lora_dropout {
-            0.0 => Adapters::On,
-            p => Adapters::Dropout {
-                p: p as f32,
-                seed: args.seed
-                    ^ (context.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    ^ pieces.wrapping_mul(0xD1B5_4A32_D192_ED03),
-            },
-        };
-        Policy {
-            adapters,
-            checkpointing,
-        }
-    };
+    let pieces: Vec<(Vec<usize>, Policy)> = micro
+        .iter()
+        .flat_map(|b| split_by_tokens(b, tokens, args.max_batch_tokens))
+        .enumerate()
+        .map(|(i, batch)| {
+            let adapters = match args.lora.lora_dropout {
+                0.0 => Adapters::On,
+                p => Adapters::Dropout {
+                    p: p as f32,
+                    seed: args.seed
+                        ^ (context.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+                },
+            };
+            let policy = Policy {
+                adapters,
+                checkpointing,
+            };
+            (batch, policy)
+        })
+        .collect();
+    let two_at_once = device.is_cpu() && rayon::current_num_threads() >= 2;
+    let mut totals = StepTotals::default();
     match job {
         TrainingJob::Sft { examples, .. } => {
             let normalizer: usize = micro
@@ -397,25 +402,22 @@ fn run_step(
                 .flat_map(|b| b.iter())
                 .map(|&i| examples[i].target_count())
                 .sum();
-            for batch in micro
-                .iter()
-                .flat_map(|b| split_by_tokens(b, tokens, max_tokens))
-            {
+            let piece = |batch: &[usize], policy: Policy| {
                 let seqs: Vec<&Tokenized> = batch.iter().map(|&i| &examples[i]).collect();
                 let tb = TokenBatch::new(&seqs, device)?;
-                let (loss, nll_sum) = sft_loss(decoder, &tb, normalizer, policy())?;
-                accumulator.add(vars, &loss.backward(decoder)?)?;
+                let (loss, nll_sum) = sft_loss(decoder, &tb, normalizer, policy)?;
+                Ok((loss.backward(decoder)?, (nll_sum, tb.tokens)))
+            };
+            for_each_piece(&pieces, two_at_once, piece, |grads, (nll_sum, tokens)| {
+                accumulator.add(vars, &grads)?;
                 totals.loss += nll_sum / normalizer.max(1) as f64;
-                totals.tokens += tb.tokens;
-            }
+                totals.tokens += tokens;
+                Ok(())
+            })?;
         }
         TrainingJob::Dpo { pairs, config } => {
             let normalizer: usize = micro.iter().map(|b| b.len()).sum();
-            let mut dpo = DpoStats::default();
-            for batch in micro
-                .iter()
-                .flat_map(|b| split_by_tokens(b, tokens, max_tokens))
-            {
+            let piece = |batch: &[usize], policy: Policy| {
                 let seqs: Vec<&Tokenized> = batch
                     .iter()
                     .map(|&i| &pairs[i].chosen)
@@ -432,15 +434,48 @@ fn run_step(
                     }
                     None => Reference::Compute,
                 };
-                let (loss, stats) =
-                    dpo_loss(decoder, &tb, config, normalizer, policy(), reference)?;
-                accumulator.add(vars, &loss.backward(decoder)?)?;
+                let (loss, stats) = dpo_loss(decoder, &tb, config, normalizer, policy, reference)?;
+                Ok((loss.backward(decoder)?, (stats, tb.tokens)))
+            };
+            let mut dpo = DpoStats::default();
+            for_each_piece(&pieces, two_at_once, piece, |grads, (stats, tokens)| {
+                accumulator.add(vars, &grads)?;
                 totals.loss += stats.losses.iter().sum::<f64>() / normalizer as f64;
-                totals.tokens += tb.tokens;
+                totals.tokens += tokens;
                 dpo.extend(stats);
-            }
+                Ok(())
+            })?;
             totals.dpo = Some(dpo);
         }
     }
     Ok(totals)
+}
+
+/// Runs `piece` on every piece and hands each result to `take` in piece order. With
+/// `two_at_once` (the CPU, two or more threads), two pieces run at once, one per core,
+/// for twice one piece's activation memory: each op then has a core to itself instead of
+/// splitting across both and waiting for the slower half, and one piece's memory-bound
+/// ops overlap the other's products. A piece's arithmetic does not depend on how many
+/// threads run it, so the gradients are the same bits either way.
+fn for_each_piece<T: Send>(
+    pieces: &[(Vec<usize>, Policy)],
+    two_at_once: bool,
+    piece: impl Fn(&[usize], Policy) -> Result<(GradStore, T)> + Sync,
+    mut take: impl FnMut(GradStore, T) -> Result<()>,
+) -> Result<()> {
+    let width = if two_at_once { 2 } else { 1 };
+    for group in pieces.chunks(width) {
+        let results = match group {
+            [(a, pa), (b, pb)] => {
+                let (ra, rb) = rayon::join(|| piece(a, *pa), || piece(b, *pb));
+                vec![ra, rb]
+            }
+            _ => group.iter().map(|(batch, p)| piece(batch, *p)).collect(),
+        };
+        for result in results {
+            let (grads, value) = result?;
+            take(grads, value)?;
+        }
+    }
+    Ok(())
 }
