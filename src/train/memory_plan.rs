@@ -23,7 +23,8 @@
 //!   reference pass runs untracked before the policy pass and frees as it goes, so it
 //!   never sets the peak;
 //! * on the CPU the trainer runs two pieces at once, one per core (`for_each_piece` in
-//!   the trainer), so the training step counts twice;
+//!   the trainer), so the training step counts twice (an upper bound when a step has a
+//!   single piece, or one thread);
 //! * generation = the KV cache of `gen_batch` sequences of `seq_len` tokens (online DPO
 //!   samples between its training steps);
 //! * loading (CPU) = the checkpoint file, memory-mapped and read once while the weights
