@@ -113,7 +113,8 @@ def data_files(work, words):
 def planned(binary, model, algo, length, ckpt):
     out = subprocess.run(
         [binary, "plan", "--device", "cpu", "--model", model, "--batch", "1",
-         "--seq-len", str(length), "--algo", algo, "--gradient-checkpointing", ckpt],
+         "--seq-len", str(length), "--algo", algo, "--gradient-checkpointing", ckpt,
+         "--pieces-at-once", "1"],  # one record: one piece per step
         check=True, capture_output=True, text=True).stdout
     return float(re.search(r"total \(peak\)\s+([\d.]+)", out).group(1)), out
 

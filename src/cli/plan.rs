@@ -60,6 +60,12 @@ pub struct Args {
     /// Sequences decoded at once when generating (default: --batch).
     #[arg(long)]
     pub gen_batch: Option<usize>,
+    /// With --device cpu: pieces of a step the trainer runs at once, one per core. 2 when
+    /// a step has two or more pieces (`autoif train`'s defaults: 4 sequences in pieces of
+    /// at most 512 tokens) on two or more threads; 1 for a single piece per step or
+    /// RAYON_NUM_THREADS=1.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub pieces_at_once: u8,
     /// Refuse (exit 1) when the plan exceeds this much GPU memory, e.g. 80GiB.
     #[arg(long)]
     pub gpu_memory: Option<String>,
@@ -121,6 +127,7 @@ pub fn run(args: Args) -> Result<()> {
         base_dtype: args.base_dtype.into(),
         device: PlanDevice::Gpu,
         mapped_checkpoint_bytes: 0,
+        pieces_at_once: args.pieces_at_once.into(),
     };
     let config = resolve_config(&args.model)?;
     let shape = if cpu {

@@ -22,9 +22,8 @@
 //!   activations recomputed, their gradients, the attention op's buffers). DPO's
 //!   reference pass runs untracked before the policy pass and frees as it goes, so it
 //!   never sets the peak;
-//! * on the CPU the trainer runs two pieces at once, one per core (`for_each_piece` in
-//!   the trainer), so the training step counts twice (an upper bound when a step has a
-//!   single piece, or one thread);
+//! * on the CPU the trainer runs two pieces at once when a step has several
+//!   (`TrainShape::pieces_at_once`), and then the training step counts twice;
 //! * generation = the KV cache of `gen_batch` sequences of `seq_len` tokens (online DPO
 //!   samples between its training steps);
 //! * loading (CPU) = the checkpoint file, memory-mapped and read once while the weights
@@ -116,6 +115,10 @@ pub struct TrainShape {
     /// Bytes of the safetensors files the CPU loader memory-maps (0 for GGUF, which is
     /// read one tensor at a time, and for a GPU plan).
     pub mapped_checkpoint_bytes: u64,
+    /// Pieces of a step the CPU trainer runs at once (`for_each_piece` in the trainer): 2
+    /// when a step has two or more pieces and there are two or more threads, else 1.
+    /// The GPU runs one piece at a time whatever this says.
+    pub pieces_at_once: usize,
 }
 
 impl TrainShape {
@@ -180,6 +183,7 @@ impl TrainShape {
             base_dtype: args.base_dtype,
             device: PlanDevice::Gpu,
             mapped_checkpoint_bytes: 0,
+            pieces_at_once: 1,
         }
     }
 }
@@ -530,10 +534,13 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
             },
         )
     };
-    // The CPU trainer runs two pieces at once, one per core.
-    let (at_once, at_once_how) = match shape.device {
-        PlanDevice::Cpu => (2, " × 2 pieces at once (one per core)"),
-        PlanDevice::Gpu => (1, ""),
+    let at_once = match shape.device {
+        PlanDevice::Cpu => shape.pieces_at_once.max(1) as u64,
+        PlanDevice::Gpu => 1,
+    };
+    let at_once_how = match at_once {
+        1 => String::new(),
+        n => format!(" × {n} pieces at once (one per core)"),
     };
     let (activations, head_kept, backward) = (
         at_once * activations,
@@ -581,12 +588,12 @@ pub fn plan(c: &ModelConfig, shape: &TrainShape) -> Result<MemoryPlan> {
         Item {
             name: "activations (kept)",
             bytes: activations,
-            how: activations_how + at_once_how,
+            how: activations_how + &at_once_how,
         },
         Item {
             name: "log-prob head (kept)",
             bytes: head_kept,
-            how: head_how + at_once_how,
+            how: head_how + &at_once_how,
         },
         Item {
             name: "backward working set",
@@ -702,6 +709,7 @@ mod tests {
             base_dtype: BaseDtype::Model,
             device: PlanDevice::Gpu,
             mapped_checkpoint_bytes: 0,
+            pieces_at_once: 1,
         }
     }
 
@@ -1009,6 +1017,7 @@ mod tests {
         let cpu = TrainShape {
             dtype: DType::F32,
             mapped_checkpoint_bytes: 15_231_233_024,
+            pieces_at_once: 2,
             ..shape(1, 1024, LogprobHead::Chunked)
         }
         .on_cpu();
