@@ -369,28 +369,16 @@ fn run_step(
     let device = decoder.device();
     let args = job.args();
     let tokens = |i: usize| context.item_tokens[i];
-    // Piece `i` of step `s` draws its dropout masks from (seed, s, i): a resumed run
-    // replays the same masks.
     let checkpointing = args.checkpointing_on(device);
     let pieces: Vec<(Vec<usize>, Policy)> = micro
         .iter()
         .flat_map(|b| split_by_tokens(b, tokens, args.max_batch_tokens))
         .enumerate()
         .map(|(i, batch)| {
-            let adapters = match args.lora.lora_dropout {
-                0.0 => Adapters::On,
-                p => Adapters::Dropout {
-                    p: p as f32,
-                    seed: args.seed
-                        ^ (context.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                        ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
-                },
-            };
-            let policy = Policy {
-                adapters,
-                checkpointing,
-            };
-            (batch, policy)
+            (
+                batch,
+                piece_policy(args, context.step, i + 1, checkpointing),
+            )
         })
         .collect();
     let two_at_once = device.is_cpu() && rayon::current_num_threads() >= 2;
@@ -449,6 +437,24 @@ fn run_step(
         }
     }
     Ok(totals)
+}
+
+/// The policy of piece `piece` (1-based) of optimizer step `step`: its dropout masks
+/// come from (seed, step, piece), so a resumed run replays the same masks.
+fn piece_policy(args: &TrainingArgs, step: usize, piece: usize, checkpointing: bool) -> Policy {
+    let adapters = match args.lora.lora_dropout {
+        0.0 => Adapters::On,
+        p => Adapters::Dropout {
+            p: p as f32,
+            seed: args.seed
+                ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (piece as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+        },
+    };
+    Policy {
+        adapters,
+        checkpointing,
+    }
 }
 
 /// Runs `piece` on every piece and hands each result to `take` in piece order. With
