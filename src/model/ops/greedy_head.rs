@@ -316,27 +316,27 @@ impl ScreenedHead {
     /// The head rows whose exact logit may be the first maximum, given approximate
     /// logits `a` of an input row, ascending; `None` when the row goes to the full head.
     fn candidates(&self, a: &[f32], bound: &InputBound, exclude: &[u32]) -> Option<Vec<u32>> {
-        if !self.finite || a.iter().any(|v| !v.is_finite()) {
+        if !self.finite || !all_finite(a) {
             return None;
         }
         let excluded = |v: usize| exclude.contains(&(v as u32));
-        let (mut top, mut top_at) = (f32::NEG_INFINITY, None);
-        for (v, &av) in a.iter().enumerate() {
-            if av > top && !excluded(v) {
-                (top, top_at) = (av, Some(v));
-            }
+        let top = match exclude.is_empty() {
+            true => largest(a),
+            false => a
+                .iter()
+                .enumerate()
+                .filter(|&(v, _)| !excluded(v))
+                .fold(f32::NEG_INFINITY, |top, (_, &av)| top.max(av)),
+        };
+        if top == f32::NEG_INFINITY {
+            return None;
         }
-        top_at?;
         // With `M` the largest bound of any row, `L* ≥ top − M`, and a row needs `a_v ≥
         // L* − B_v ≥ top − 2M` to be a candidate: only those get their own bound.
         let widest = bound.against(&self.most_block_sums, self.most_err_sum, self.most_err_max);
         let floor = round_down(top as f64 - 2.0 * widest);
-        let near: Vec<usize> = a
-            .iter()
-            .enumerate()
-            .filter(|&(v, &av)| av >= floor && !excluded(v))
-            .map(|(v, _)| v)
-            .collect();
+        let mut near = at_least(a, floor);
+        near.retain(|&v| !excluded(v));
         let bounds: Vec<f64> = near.iter().map(|&v| self.bound(bound, v)).collect();
         let best_lower = near
             .iter()
@@ -354,6 +354,52 @@ impl ScreenedHead {
             .collect();
         (picked.len() <= MAX_CANDIDATES).then_some(picked)
     }
+}
+
+// The three scans below read a whole row of approximate logits (the vocabulary, 49,152
+// for SmolLM2) for every sequence of every step; written as fixed-width lane loops so
+// that they compile to vector compares instead of a branch per logit.
+
+const LANES: usize = 16;
+
+fn all_finite(a: &[f32]) -> bool {
+    let (chunks, rest) = a.as_chunks::<LANES>();
+    let exponent = |x: f32| x.to_bits() & 0x7f80_0000;
+    let mut infinite = [false; LANES];
+    for chunk in chunks {
+        for (bad, &x) in infinite.iter_mut().zip(chunk) {
+            *bad |= exponent(x) == 0x7f80_0000;
+        }
+    }
+    !infinite.contains(&true) && rest.iter().all(|x| x.is_finite())
+}
+
+/// The largest of `a` (finite values).
+fn largest(a: &[f32]) -> f32 {
+    let (chunks, rest) = a.as_chunks::<LANES>();
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for chunk in chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    lanes
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+}
+
+/// The indices of `a` whose value is at least `floor`, ascending.
+fn at_least(a: &[f32], floor: f32) -> Vec<usize> {
+    let mut found = Vec::new();
+    for (c, chunk) in a.chunks(LANES).enumerate() {
+        let any = chunk.iter().fold(false, |any, &x| any | (x >= floor));
+        if any {
+            let hits = chunk.iter().enumerate().filter(|&(_, &x)| x >= floor);
+            found.extend(hits.map(|(i, _)| c * LANES + i));
+        }
+    }
+    found
 }
 
 /// The largest f32 at most `v`.
@@ -655,5 +701,29 @@ mod tests {
         x[5] = f32::NAN;
         x[inp + 9] = f32::INFINITY;
         assert_eq!(head.greedy(&w, &x, 2, &[&[], &[]]), vec![None, None]);
+    }
+
+    /// The lane-wise scans answer as the plain loops they replaced, at every length
+    /// around the lane width and wherever a non-finite value or the maximum falls.
+    #[test]
+    fn row_scans_match_the_plain_loops() {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        for len in [1, 15, 16, 17, 33, 100, 49_152] {
+            let a: Vec<f32> = (0..len).map(|_| rng.random_range(-8.0..8.0)).collect();
+            let plain_max = a.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            assert_eq!(largest(&a), plain_max, "len {len}");
+            for floor in [plain_max, plain_max - 1.0, -9.0] {
+                let plain: Vec<usize> = (0..len).filter(|&v| a[v] >= floor).collect();
+                assert_eq!(at_least(&a, floor), plain, "len {len}, floor {floor}");
+            }
+            assert!(all_finite(&a));
+            for at in [0, len / 2, len - 1] {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut b = a.clone();
+                    b[at] = bad;
+                    assert!(!all_finite(&b), "len {len}: {bad} at {at}");
+                }
+            }
+        }
     }
 }
