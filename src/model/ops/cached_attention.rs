@@ -16,13 +16,49 @@
 //! its batch, and the same bits as the per-row kernel this one replaced (tested below).
 //! The portable loop (other CPUs, other head sizes) agrees to f32 rounding.
 
+/// How a cache keeps keys and values: `f32` as the projections computed them, or
+/// `half::f16`, rounded to nearest (half the bytes attention streams; the kernels
+/// widen each value back to f32 exactly before using it).
+pub trait CachedValue: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+    /// Sixteen consecutive values, widened.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and `p` points at sixteen readable values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+impl CachedValue for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+}
+
+impl CachedValue for half::f16 {
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+}
+
 /// Attention of the `group` query heads `q` (`[group, d]`) over the first `visible`
 /// positions of one KV head's keys `k` and values `v` (`[positions, d]`, row-major),
 /// written to `out` (`[group, d]`). `scratch` is reused between calls.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_group(
+pub fn attend_group<T: CachedValue>(
     q: &[f32],
-    (k, v): (&[f32], &[f32]),
+    (k, v): (&[T], &[T]),
     visible: usize,
     group: usize,
     d: usize,
@@ -46,8 +82,12 @@ pub fn attend_group(
             // Safety: the CPU has AVX-512F; the slices were checked against the shape.
             unsafe {
                 match d {
-                    64 => avx512::attend_group::<4>(q, (k, v), visible, group, scale, scratch, out),
-                    _ => avx512::attend_group::<8>(q, (k, v), visible, group, scale, scratch, out),
+                    64 => {
+                        avx512::attend_group::<T, 4>(q, (k, v), visible, group, scale, scratch, out)
+                    }
+                    _ => {
+                        avx512::attend_group::<T, 8>(q, (k, v), visible, group, scale, scratch, out)
+                    }
                 }
             }
             return;
@@ -64,9 +104,9 @@ pub fn attend_group(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_group_avx2(
+unsafe fn attend_group_avx2<T: CachedValue>(
     q: &[f32],
-    kv: (&[f32], &[f32]),
+    kv: (&[T], &[T]),
     visible: usize,
     group: usize,
     d: usize,
@@ -79,9 +119,9 @@ unsafe fn attend_group_avx2(
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_group_portable(
+fn attend_group_portable<T: CachedValue>(
     q: &[f32],
-    (k, v): (&[f32], &[f32]),
+    (k, v): (&[T], &[T]),
     visible: usize,
     group: usize,
     d: usize,
@@ -90,13 +130,16 @@ fn attend_group_portable(
     out: &mut [f32],
 ) {
     scratch.clear();
-    scratch.resize(visible, 0.0);
-    let scores = &mut scratch[..];
+    scratch.resize(visible + d, 0.0);
+    let (scores, row) = scratch.split_at_mut(visible);
     for h in 0..group {
         let qh = &q[h * d..][..d];
         let mut max = f32::NEG_INFINITY;
         for (s, kj) in scores.iter_mut().zip(k.chunks_exact(d)) {
-            *s = super::dot::dot_portable(qh, kj) * scale;
+            for (r, x) in row.iter_mut().zip(kj) {
+                *r = x.to_f32();
+            }
+            *s = super::dot::dot_portable(qh, row) * scale;
             max = max.max(*s);
         }
         let mut total = 0f32;
@@ -109,7 +152,7 @@ fn attend_group_portable(
         for (&p, vj) in scores.iter().zip(v.chunks_exact(d)) {
             let w = p / total;
             for (o, &x) in oh.iter_mut().zip(vj) {
-                *o += w * x;
+                *o += w * x.to_f32();
             }
         }
     }
@@ -117,6 +160,7 @@ fn attend_group_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::CachedValue;
     use std::arch::x86_64::*;
 
     /// Positions per score vector.
@@ -125,9 +169,9 @@ mod avx512 {
     /// `attend_group` for a head size of 16 · `C`. `scores` holds `group` rows of
     /// `visible` rounded up to 16.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn attend_group<const C: usize>(
+    pub(super) unsafe fn attend_group<T: CachedValue, const C: usize>(
         q: &[f32],
-        (k, v): (&[f32], &[f32]),
+        (k, v): (&[T], &[T]),
         visible: usize,
         group: usize,
         scale: f32,
@@ -148,7 +192,7 @@ mod avx512 {
             for (h, max) in max.iter_mut().enumerate() {
                 let qh: [__m512; C] =
                     std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(h * d + 16 * c)));
-                let s = _mm512_mul_ps(scores16::<C>(&qh, keys, n), scale);
+                let s = _mm512_mul_ps(scores16::<T, C>(&qh, keys, n), scale);
                 _mm512_storeu_ps(scores.as_mut_ptr().add(h * stride + j0), s);
                 *max = _mm512_mask_max_ps(*max, mask, *max, s);
             }
@@ -178,7 +222,7 @@ mod avx512 {
                     let w = _mm512_set1_ps(*p.add(j));
                     let vj = values.add(j * d);
                     for (c, o) in o.iter_mut().enumerate() {
-                        *o = _mm512_fmadd_ps(w, _mm512_loadu_ps(vj.add(16 * c)), *o);
+                        *o = _mm512_fmadd_ps(w, T::load16(vj.add(16 * c)), *o);
                     }
                 }
                 for (c, o) in o.iter().enumerate() {
@@ -195,10 +239,10 @@ mod avx512 {
     /// One position's sixteen lanes of `q · k`: the head's chunks multiplied lane by lane
     /// and added in chunk order.
     #[inline(always)]
-    unsafe fn lanes<const C: usize>(qh: &[__m512; C], kj: *const f32) -> __m512 {
-        let mut acc = _mm512_mul_ps(qh[0], _mm512_loadu_ps(kj));
+    unsafe fn lanes<T: CachedValue, const C: usize>(qh: &[__m512; C], kj: *const T) -> __m512 {
+        let mut acc = _mm512_mul_ps(qh[0], T::load16(kj));
         for (c, qc) in qh.iter().enumerate().skip(1) {
-            acc = _mm512_fmadd_ps(*qc, _mm512_loadu_ps(kj.add(16 * c)), acc);
+            acc = _mm512_fmadd_ps(*qc, T::load16(kj.add(16 * c)), acc);
         }
         acc
     }
@@ -208,11 +252,15 @@ mod avx512 {
     /// tree of `_mm512_reduce_add_ps`: lane j with j + 8, then with j + 4, then j with
     /// j + 2, then the two halves of what is left, done for sixteen positions at once.
     #[inline(always)]
-    unsafe fn scores16<const C: usize>(qh: &[__m512; C], keys: *const f32, n: usize) -> __m512 {
+    unsafe fn scores16<T: CachedValue, const C: usize>(
+        qh: &[__m512; C],
+        keys: *const T,
+        n: usize,
+    ) -> __m512 {
         let d = 16 * C;
         let at = |j: usize| {
             if j < n {
-                lanes::<C>(qh, keys.add(j * d))
+                lanes::<T, C>(qh, keys.add(j * d))
             } else {
                 _mm512_setzero_ps()
             }
@@ -302,7 +350,7 @@ mod avx512 {
         let mut scores = vec![0f32; visible];
         let mut max = f32::NEG_INFINITY;
         for (j, s) in scores.iter_mut().enumerate() {
-            *s = _mm512_reduce_add_ps(lanes::<C>(&q, k.as_ptr().add(j * d))) * scale;
+            *s = _mm512_reduce_add_ps(lanes::<f32, C>(&q, k.as_ptr().add(j * d))) * scale;
             max = max.max(*s);
         }
         let inv_total = 1.0 / exp_shifted_in_place(&mut scores, max);
@@ -371,6 +419,47 @@ mod tests {
                 assert!((a - b).abs() <= 1e-5, "d={d}: element {i}: {a} vs {b}");
             }
             assert!(plain.iter().any(|x| x.abs() > 1e-3));
+        }
+    }
+
+    /// Keys and values kept in f16 give, on every path, the bits the same path gives for
+    /// them widened to f32 (the kernels widen exactly before any arithmetic).
+    #[test]
+    fn half_values_give_the_bits_of_their_widening() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for (group, d, visible) in [(3, 64, 37), (2, 128, 5), (4, 16, 9), (3, 64, 300)] {
+            let q = random(&mut rng, group * d, 1.0);
+            let half = |x: Vec<f32>| -> Vec<half::f16> {
+                x.into_iter().map(half::f16::from_f32).collect()
+            };
+            let kh = half(random(&mut rng, visible * d, 2.0));
+            let vh = half(random(&mut rng, visible * d, 2.0));
+            let widen = |x: &[half::f16]| -> Vec<f32> { x.iter().map(|x| x.to_f32()).collect() };
+            let (kw, vw) = (widen(&kh), widen(&vh));
+            let mut scratch = Vec::new();
+            let mut outs = [
+                vec![0f32; group * d],
+                vec![0f32; group * d],
+                vec![0f32; group * d],
+                vec![0f32; group * d],
+            ];
+            let [a, b, c, e] = &mut outs;
+            attend_group(&q, (&kh, &vh), visible, group, d, 0.125, &mut scratch, a);
+            attend_group(&q, (&kw, &vw), visible, group, d, 0.125, &mut scratch, b);
+            attend_group_portable(&q, (&kh, &vh), visible, group, d, 0.125, &mut scratch, c);
+            attend_group_portable(&q, (&kw, &vw), visible, group, d, 0.125, &mut scratch, e);
+            let bits = |x: &[f32]| -> Vec<u32> { x.iter().map(|x| x.to_bits()).collect() };
+            assert_eq!(
+                bits(a),
+                bits(b),
+                "dispatched, group {group}, d {d}, visible {visible}"
+            );
+            assert_eq!(
+                bits(c),
+                bits(e),
+                "portable, group {group}, d {d}, visible {visible}"
+            );
+            assert!(a.iter().any(|x| x.abs() > 1e-3));
         }
     }
 
