@@ -14,7 +14,7 @@ use super::sampler::Sampler;
 use super::stop::earliest_stop;
 use super::{Backend, Completion, FinishReason, Prompt, Request};
 use crate::model::decoder::Segment;
-use crate::model::kv_cache::KvCache;
+use crate::model::kv_cache::{HostPrecision, KvCache};
 use crate::model::lora::Adapters;
 use crate::model::ops::quant::Precision;
 use crate::model::transfer;
@@ -45,6 +45,8 @@ pub struct EngineOptions {
     /// path, even on the CPU in f32 where host kernels run by default: the path a GPU
     /// takes, checked on the CPU by tests. Elsewhere the cache keeps tensors anyway.
     pub tensor_kv_cache: bool,
+    /// How the CPU's f32 KV cache keeps keys and values (`HostPrecision`).
+    pub kv_cache: HostPrecision,
     /// When every active job is greedy without a repetition penalty and the precision is
     /// `Exact` on the CPU in f32, pick tokens with the decoder's screened LM head
     /// (`Decoder::greedy_tokens`: the same tokens bit for bit, most of the head in int8)
@@ -61,6 +63,7 @@ impl Default for EngineOptions {
             precision: Precision::default(),
             progress: true,
             tensor_kv_cache: false,
+            kv_cache: HostPrecision::F32,
             greedy_screen: true,
         }
     }
@@ -260,7 +263,8 @@ impl<'m> LocalEngine<'m> {
             c.head_dim,
             decoder.dtype(),
             decoder.device(),
-        );
+        )
+        .with_host_precision(self.options.kv_cache);
         if self.options.tensor_kv_cache {
             cache = cache.with_tensor_storage();
         }

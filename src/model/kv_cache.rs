@@ -3,7 +3,8 @@
 //! sequence keeps its own length and positions.
 //!
 //! Two storages: on the CPU in f32 each slot's buffers are plain host memory, one key and
-//! one value buffer per layer and KV head, and attention runs directly over them
+//! one value buffer per layer and KV head (f32, or f16 to halve what attention reads:
+//! `HostPrecision`), and attention runs directly over them
 //! (`attend_host`, one pass over every sequence in the batch — a per-sequence chain of
 //! small tensor ops costs more in dispatch than in arithmetic);
 //! elsewhere (GPU, half precision) every layer keeps ONE key and ONE value tensor for all
@@ -41,17 +42,78 @@ impl SlotCache {
     }
 }
 
-/// One layer of a slot's host storage: per KV head, `[positions, head_dim]`.
+/// How host storage keeps keys and values: `f32` or `f16` in configurations and flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostPrecision {
+    /// As computed: decoding gives the same bits whatever else is in the batch, and the
+    /// same as before this choice existed.
+    #[default]
+    F32,
+    /// Rounded to f16 (11 significant bits, as llama.cpp's default cache): half the
+    /// memory attention reads, so longer contexts decode faster; logits move by about
+    /// one part in 10⁴, which flips a greedy pick where two tokens are that close.
+    F16,
+}
+
+impl std::str::FromStr for HostPrecision {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            _ => bail!("KV cache precision {s:?}: expected f32 or f16"),
+        }
+    }
+}
+
+/// One KV head's keys or values of a slot and layer, `[positions, head_dim]`.
+enum HeadRun {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl HeadRun {
+    fn with_capacity(precision: HostPrecision, floats: usize) -> Self {
+        match precision {
+            HostPrecision::F32 => Self::F32(Vec::with_capacity(floats)),
+            HostPrecision::F16 => Self::F16(Vec::with_capacity(floats)),
+        }
+    }
+
+    fn push(&mut self, x: &[f32]) {
+        match self {
+            Self::F32(run) => run.extend_from_slice(x),
+            Self::F16(run) => run.extend(x.iter().map(|&x| half::f16::from_f32(x))),
+        }
+    }
+
+    /// The first `floats` values, in a run with room for `capacity`.
+    fn prefix(&self, floats: usize, capacity: usize) -> Self {
+        fn copy<T: Copy>(run: &[T], capacity: usize) -> Vec<T> {
+            let mut copy = Vec::with_capacity(capacity);
+            copy.extend_from_slice(run);
+            copy
+        }
+        match self {
+            Self::F32(run) => Self::F32(copy(&run[..floats], capacity)),
+            Self::F16(run) => Self::F16(copy(&run[..floats], capacity)),
+        }
+    }
+}
+
+/// One layer of a slot's host storage: per KV head.
 struct HostLayer {
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    keys: Vec<HeadRun>,
+    values: Vec<HeadRun>,
 }
 
 impl HostLayer {
-    fn with_capacity(kv_heads: usize, capacity: usize) -> Self {
+    fn with_capacity(precision: HostPrecision, kv_heads: usize, floats: usize) -> Self {
         let buffers = || {
             (0..kv_heads)
-                .map(|_| Vec::with_capacity(capacity))
+                .map(|_| HeadRun::with_capacity(precision, floats))
                 .collect()
         };
         Self {
@@ -72,6 +134,7 @@ pub struct KvCache {
     slots: Vec<Option<SlotCache>>,
     /// `None`: host storage.
     tensors: Option<SlottedTensors>,
+    host_precision: HostPrecision,
     layers: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -95,6 +158,7 @@ impl KvCache {
                 layers: Vec::new(),
                 positions: 0,
             }),
+            host_precision: HostPrecision::F32,
             layers,
             kv_heads,
             head_dim,
@@ -112,6 +176,12 @@ impl KvCache {
                 positions: 0,
             });
         }
+        self
+    }
+
+    /// Host storage keeps keys and values as `precision` says (f32 unless told).
+    pub fn with_host_precision(mut self, precision: HostPrecision) -> Self {
+        self.host_precision = precision;
         self
     }
 
@@ -143,7 +213,7 @@ impl KvCache {
                 // Reserved, not zeroed: the pages are touched only as positions are written.
                 let per_head = capacity * self.head_dim;
                 (0..self.layers)
-                    .map(|_| HostLayer::with_capacity(self.kv_heads, per_head))
+                    .map(|_| HostLayer::with_capacity(self.host_precision, self.kv_heads, per_head))
                     .collect()
             }
             Some(tensors) => {
@@ -241,8 +311,8 @@ impl KvCache {
             let layer = &mut cache.host[layer];
             for t in seg.start..seg.start + seg.len {
                 for g in 0..kvh {
-                    layer.keys[g].extend_from_slice(&k[t * row + g * d..][..d]);
-                    layer.values[g].extend_from_slice(&v[t * row + g * d..][..d]);
+                    layer.keys[g].push(&k[t * row + g * d..][..d]);
+                    layer.values[g].push(&v[t * row + g * d..][..d]);
                 }
             }
         }
@@ -267,8 +337,30 @@ impl KvCache {
                 // Sees every cached position up to and including its own.
                 let visible = cache.len + t + 1;
                 let q_heads = &q[(r * heads + g * group) * d..][..group * d];
-                let kv = (&layer.keys[g][..], &layer.values[g][..]);
-                attend_group(q_heads, kv, visible, group, d, scale, scratch, out_heads);
+                let (keys, values) = (&layer.keys[g], &layer.values[g]);
+                match (keys, values) {
+                    (HeadRun::F32(k), HeadRun::F32(v)) => attend_group(
+                        q_heads,
+                        (k, v),
+                        visible,
+                        group,
+                        d,
+                        scale,
+                        scratch,
+                        out_heads,
+                    ),
+                    (HeadRun::F16(k), HeadRun::F16(v)) => attend_group(
+                        q_heads,
+                        (k, v),
+                        visible,
+                        group,
+                        d,
+                        scale,
+                        scratch,
+                        out_heads,
+                    ),
+                    _ => unreachable!("a slot's runs share one precision"),
+                }
             },
         );
         Ok(out)
@@ -286,14 +378,10 @@ impl KvCache {
         }
         match &self.tensors {
             None => {
-                let prefix = |heads: &[Vec<f32>]| -> Vec<Vec<f32>> {
+                let prefix = |heads: &[HeadRun]| -> Vec<HeadRun> {
                     heads
                         .iter()
-                        .map(|h| {
-                            let mut copy = Vec::with_capacity(dst.capacity * d);
-                            copy.extend_from_slice(&h[..len * d]);
-                            copy
-                        })
+                        .map(|h| h.prefix(len * d, dst.capacity * d))
                         .collect()
                 };
                 let copied = src
@@ -337,6 +425,7 @@ impl KvCache {
         let mut part = KvCache {
             slots: (0..self.slots.len()).map(|_| None).collect(),
             tensors: None,
+            host_precision: self.host_precision,
             layers: self.layers,
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
@@ -426,6 +515,73 @@ mod tests {
         let mut tensors = KvCache::new(1, 1, 1, 4, DType::F32, &Device::Cpu).with_tensor_storage();
         tensors.allocate(0, 4)?;
         assert!(tensors.split_off(&[0]).is_err());
+        Ok(())
+    }
+
+    /// An f16 cache attends as an f32 cache that was handed the same keys and values
+    /// rounded to f16, bit for bit, through prefill, decoding and a copied prefix; an f32
+    /// cache keeps what it is given.
+    #[test]
+    fn f16_storage_is_f32_storage_of_rounded_values() -> Result<()> {
+        let (layers, kv_heads, heads, d) = (2, 1, 3, 64);
+        let row = kv_heads * d;
+        let value = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) * 3.7e-3;
+        let rounded = |x: &[f32]| -> Vec<f32> {
+            x.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+        };
+        let mut half = KvCache::new(2, layers, kv_heads, d, DType::F32, &Device::Cpu)
+            .with_host_precision(HostPrecision::F16);
+        let mut full = KvCache::new(2, layers, kv_heads, d, DType::F32, &Device::Cpu);
+        for cache in [&mut half, &mut full] {
+            cache.allocate(0, 16)?;
+            cache.allocate(1, 16)?;
+        }
+        // Six prompt rows into slot 0, then slot 1 takes its first four and both decode.
+        let mut steps = vec![(
+            vec![Segment {
+                slot: 0,
+                start: 0,
+                len: 6,
+            }],
+            6,
+        )];
+        steps.push((
+            vec![
+                Segment {
+                    slot: 0,
+                    start: 0,
+                    len: 1,
+                },
+                Segment {
+                    slot: 1,
+                    start: 1,
+                    len: 1,
+                },
+            ],
+            2,
+        ));
+        let mut offset = 0;
+        for (step, (segments, rows)) in steps.iter().enumerate() {
+            if step == 1 {
+                half.copy_prefix(0, 1, 4)?;
+                full.copy_prefix(0, 1, 4)?;
+            }
+            let kv: Vec<f32> = (offset..offset + rows * row).map(value).collect();
+            let q: Vec<f32> = (0..rows * heads * d).map(|i| value(i + 5000)).collect();
+            offset += rows * row;
+            for layer in 0..layers {
+                let got = half.attend_host(layer, segments, &q, &kv, &kv, heads, 0.125)?;
+                let (k, v) = (rounded(&kv), rounded(&kv));
+                let want = full.attend_host(layer, segments, &q, &k, &v, heads, 0.125)?;
+                let bits = |x: &[f32]| -> Vec<u32> { x.iter().map(|x| x.to_bits()).collect() };
+                assert_eq!(bits(&got), bits(&want), "step {step}, layer {layer}");
+                assert_ne!(k, kv, "the values must not already be f16");
+            }
+            for seg in segments {
+                half.advance(seg.slot, seg.len);
+                full.advance(seg.slot, seg.len);
+            }
+        }
         Ok(())
     }
 }
