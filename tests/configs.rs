@@ -107,3 +107,16 @@ fn gpu_configs_plan_within_80_gib() {
         }
     }
 }
+
+/// `[ifeval] kv_cache` is f16 unless a file says f32, and a value it does not know is an
+/// error that names the key.
+#[test]
+fn ifeval_kv_cache_is_f16_unless_set() {
+    use autoif::model::kv_cache::HostPrecision;
+    let parse = |text: &str| RunConfig::from_table(toml::from_str(text).unwrap());
+    assert_eq!(RunConfig::default().ifeval.kv_cache, HostPrecision::F16);
+    let config = parse("[ifeval]\nkv_cache = \"f32\"").unwrap();
+    assert_eq!(config.ifeval.kv_cache, HostPrecision::F32);
+    let err = format!("{:#}", parse("[ifeval]\nkv_cache = \"f8\"").unwrap_err());
+    assert!(err.contains("kv_cache") && err.contains("f8"), "{err}");
+}

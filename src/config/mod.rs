@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use crate::eval::ifeval::results::Decoding;
+use crate::model::kv_cache::HostPrecision;
 use crate::model::DEFAULT_MODEL;
 use crate::pipeline::backtranslate::ConsistencyChecker;
 use crate::pipeline::config::SynthesisConfig;
@@ -71,6 +73,9 @@ pub struct IfevalConfig {
     pub max_new_tokens: usize,
     /// Prompts decoded together.
     pub batch: usize,
+    /// How the CPU's KV cache keeps keys and values: "f16" (faster) or "f32" (the
+    /// responses of earlier versions, byte for byte); `eval ifeval --kv-cache`.
+    pub kv_cache: HostPrecision,
 }
 
 impl Default for IfevalConfig {
@@ -80,11 +85,20 @@ impl Default for IfevalConfig {
             limit: 0,
             max_new_tokens: 1280,
             batch: 64,
+            kv_cache: HostPrecision::F16,
         }
     }
 }
 
 impl IfevalConfig {
+    pub fn decoding(&self) -> Decoding {
+        Decoding {
+            max_new_tokens: self.max_new_tokens,
+            batch: self.batch,
+            kv_cache: self.kv_cache,
+        }
+    }
+
     pub fn problems(&self) -> Problems {
         let mut p = Problems::new();
         p.at_least("max_new_tokens", self.max_new_tokens, 1);

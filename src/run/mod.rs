@@ -237,7 +237,7 @@ impl Loop {
             prompts.truncate(cfg.limit);
         }
         let model = self.model(ProjectionStorage::Dense)?;
-        let responses = generate_responses(model, &prompts, cfg.max_new_tokens, cfg.batch)?;
+        let responses = generate_responses(model, &prompts, cfg.decoding())?;
         let texts: Vec<&str> = responses.iter().map(String::as_str).collect();
         let evaluation = evaluate(&prompts, &texts);
         let summary = IfevalScores::new(&evaluation);

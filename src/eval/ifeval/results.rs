@@ -15,9 +15,19 @@ use crate::generate::{
     Backend, EngineOptions, LocalEngine, Prompt as GenPrompt, Request, SamplingParams,
 };
 use crate::io::write_atomic;
+use crate::model::kv_cache::HostPrecision;
 use crate::model::ops::quant::Precision;
 use crate::model::Model;
 use crate::pyjson;
+
+/// How `generate_responses` decodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoding {
+    pub max_new_tokens: usize,
+    /// Prompts decoded together.
+    pub batch: usize,
+    pub kv_cache: HostPrecision,
+}
 
 /// One greedy response per prompt: the model's chat template, one user turn each,
 /// adapters on when attached, on the loaded weights themselves (`Precision::Exact`): the
@@ -26,11 +36,10 @@ use crate::pyjson;
 pub fn generate_responses(
     model: &Model,
     prompts: &[Prompt],
-    max_new_tokens: usize,
-    batch: usize,
+    decoding: Decoding,
 ) -> Result<Vec<String>> {
     let params = SamplingParams {
-        max_new_tokens,
+        max_new_tokens: decoding.max_new_tokens,
         ..SamplingParams::default()
     };
     let requests: Vec<Request> = prompts
@@ -42,8 +51,9 @@ pub fn generate_responses(
         })
         .collect();
     let options = EngineOptions {
-        max_batch: batch,
+        max_batch: decoding.batch,
         precision: Precision::Exact,
+        kv_cache: decoding.kv_cache,
         ..EngineOptions::default()
     };
     let mut texts = vec![String::new(); prompts.len()];
