@@ -74,12 +74,12 @@ struct IfevalArgs {
     /// lm-evaluation-harness's IFEval task uses.
     #[arg(long, default_value_t = 1280)]
     max_new_tokens: usize,
-    /// Prompts decoded together when generating (continuous batching). 64 is the fastest
-    /// on a 2-core CPU (docs/benchmarks.md); the KV cache grows with it.
-    #[arg(long, default_value_t = 64)]
+    /// Prompts decoded together when generating (continuous batching). 96 was the fastest
+    /// on a 2-core CPU with the f16 cache (docs/benchmarks.md); the KV cache grows with it.
+    #[arg(long, default_value_t = 96)]
     batch: usize,
     /// How the KV cache keeps keys and values on the CPU: f16 halves what attention
-    /// reads (on all 541 prompts 10% faster, 18 responses differ, no prompt's verdict);
+    /// reads (on all 541 prompts 6–13% faster, 18 responses differ, no prompt's verdict);
     /// f32 gives the responses of versions before 2026-12-04 byte for byte.
     #[arg(long, default_value = "f16")]
     kv_cache: HostPrecision,
