@@ -20,6 +20,9 @@
 /// `half::f16`, rounded to nearest (half the bytes attention streams; the kernels
 /// widen each value back to f32 exactly before using it).
 pub trait CachedValue: Copy + Send + Sync {
+    /// One position's `d` values as f32: the row itself when it is f32, else widened
+    /// into `buf`.
+    fn row_f32<'a>(row: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
     fn to_f32(self) -> f32;
     /// Sixteen consecutive values, widened.
     ///
@@ -30,6 +33,9 @@ pub trait CachedValue: Copy + Send + Sync {
 }
 
 impl CachedValue for f32 {
+    fn row_f32<'a>(row: &'a [Self], _: &'a mut [f32]) -> &'a [f32] {
+        row
+    }
     fn to_f32(self) -> f32 {
         self
     }
@@ -41,6 +47,12 @@ impl CachedValue for f32 {
 }
 
 impl CachedValue for half::f16 {
+    fn row_f32<'a>(row: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+        for (b, x) in buf.iter_mut().zip(row) {
+            *b = x.to_f32();
+        }
+        &buf[..row.len()]
+    }
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
     }
@@ -136,10 +148,7 @@ fn attend_group_portable<T: CachedValue>(
         let qh = &q[h * d..][..d];
         let mut max = f32::NEG_INFINITY;
         for (s, kj) in scores.iter_mut().zip(k.chunks_exact(d)) {
-            for (r, x) in row.iter_mut().zip(kj) {
-                *r = x.to_f32();
-            }
-            *s = super::dot::dot_portable(qh, row) * scale;
+            *s = super::dot::dot_portable(qh, T::row_f32(kj, row)) * scale;
             max = max.max(*s);
         }
         let mut total = 0f32;
