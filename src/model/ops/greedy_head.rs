@@ -365,13 +365,14 @@ const LANES: usize = 16;
 fn all_finite(a: &[f32]) -> bool {
     let (chunks, rest) = a.as_chunks::<LANES>();
     let exponent = |x: f32| x.to_bits() & 0x7f80_0000;
-    let mut infinite = [false; LANES];
+    // An all-ones exponent: infinite or NaN.
+    let mut non_finite = [false; LANES];
     for chunk in chunks {
-        for (bad, &x) in infinite.iter_mut().zip(chunk) {
+        for (bad, &x) in non_finite.iter_mut().zip(chunk) {
             *bad |= exponent(x) == 0x7f80_0000;
         }
     }
-    !infinite.contains(&true) && rest.iter().all(|x| x.is_finite())
+    !non_finite.contains(&true) && rest.iter().all(|x| x.is_finite())
 }
 
 /// The largest of `a` (finite values).
