@@ -33,6 +33,7 @@ use super::ops::frozen::{add_frozen, mul_frozen};
 use super::ops::greedy_head::{self, ScreenCache};
 use super::ops::projection::project;
 use super::ops::quant::{self, Int8Cache, Precision};
+use super::ops::silu_product::silu_product;
 use super::ops::train_ops;
 use super::weights::Weights;
 use super::{LoadOptions, ProjectionStorage};
@@ -646,7 +647,7 @@ fn mlp(m: &Mlp, x: &Tensor, proj: Projections) -> Result<Tensor> {
         .apply_all([&m.gate_proj, &m.up_proj], x)?
         .try_into()
         .expect("two projections");
-    proj.apply(&m.down_proj, &(candle_nn::ops::silu(&gate)? * up)?)
+    proj.apply(&m.down_proj, &silu_product(&gate, &up)?)
 }
 
 /// `mlp` for the differentiable path: on the CPU in f32 the gate's SiLU and the product

@@ -27,5 +27,6 @@ mod op_storage;
 mod out_ptr;
 pub mod projection;
 pub mod quant;
+pub mod silu_product;
 pub mod train_ops;
 mod vector_exp;
