@@ -180,7 +180,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn attend_group<T: CachedValue, const C: usize>(
         q: &[f32],
-        (k, v): (&[T], &[T]),
+        kv: (&[T], &[T]),
         visible: usize,
         group: usize,
         scale: f32,
@@ -190,20 +190,50 @@ mod avx512 {
         let d = 16 * C;
         let stride = visible.div_ceil(SPAN) * SPAN;
         debug_assert!(scores.len() >= group * stride);
+        // Heads in blocks whose accumulators fit the 32 vector registers beside one
+        // position's keys or values (C each): 4 heads of 64, 2 of 128.
+        let per_block = (16 / C).max(1);
+        let mut h0 = 0;
+        while h0 < group {
+            let heads = per_block.min(group - h0);
+            let q = &q[h0 * d..];
+            let scores = &mut scores[h0 * stride..];
+            let out = &mut out[h0 * d..];
+            match heads {
+                1 => head_block::<T, C, 1>(q, kv, visible, scale, scores, out),
+                2 => head_block::<T, C, 2>(q, kv, visible, scale, scores, out),
+                3 => head_block::<T, C, 3>(q, kv, visible, scale, scores, out),
+                _ => head_block::<T, C, 4>(q, kv, visible, scale, scores, out),
+            }
+            h0 += heads;
+        }
+    }
+
+    /// Attention of `H` query heads over one KV head. Each key and each value is loaded
+    /// (and widened, for f16) once for all `H` heads: widening a 16-value chunk takes
+    /// about two cycles on Zen 4, so widening it again for every head cost a third of a
+    /// decode step's attention.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn head_block<T: CachedValue, const C: usize, const H: usize>(
+        q: &[f32],
+        (k, v): (&[T], &[T]),
+        visible: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let d = 16 * C;
+        let stride = visible.div_ceil(SPAN) * SPAN;
         let scale = _mm512_set1_ps(scale);
-        let mut max = vec![_mm512_set1_ps(f32::NEG_INFINITY); group];
-        // Scores: each chunk of keys is read from memory once, then from L1 for the
-        // group's other heads.
+        let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); H];
         for j0 in (0..visible).step_by(SPAN) {
             let n = SPAN.min(visible - j0);
             let mask = low_mask(n);
-            let keys = k.as_ptr().add(j0 * d);
-            for (h, max) in max.iter_mut().enumerate() {
-                let qh: [__m512; C] =
-                    std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(h * d + 16 * c)));
-                let s = _mm512_mul_ps(scores16::<T, C>(&qh, keys, n), scale);
+            let s = scores16::<T, C, H>(q.as_ptr(), k.as_ptr().add(j0 * d), n);
+            for h in 0..H {
+                let s = _mm512_mul_ps(s[h], scale);
                 _mm512_storeu_ps(scores.as_mut_ptr().add(h * stride + j0), s);
-                *max = _mm512_mask_max_ps(*max, mask, *max, s);
+                max[h] = _mm512_mask_max_ps(max[h], mask, max[h], s);
             }
         }
         // Probabilities, already divided by their total.
@@ -217,26 +247,21 @@ mod avx512 {
                 _mm512_mask_storeu_ps(chunk.as_mut_ptr(), mask, _mm512_mul_ps(p, inv_total));
             }
         }
-        // Outputs: each chunk of values is read from memory once; every output lane adds
-        // its terms in position order.
-        out[..group * d].fill(0.0);
-        for j0 in (0..visible).step_by(SPAN) {
-            let n = SPAN.min(visible - j0);
-            let values = v.as_ptr().add(j0 * d);
-            for h in 0..group {
-                let oh = out.as_mut_ptr().add(h * d);
-                let mut o: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(oh.add(16 * c)));
-                let p = scores.as_ptr().add(h * stride + j0);
-                for j in 0..n {
-                    let w = _mm512_set1_ps(*p.add(j));
-                    let vj = values.add(j * d);
-                    for (c, o) in o.iter_mut().enumerate() {
-                        *o = _mm512_fmadd_ps(w, T::load16(vj.add(16 * c)), *o);
-                    }
+        // Outputs: every output lane adds its terms in position order, from zero.
+        let mut o = [[_mm512_setzero_ps(); C]; H];
+        for j in 0..visible {
+            let vj: [__m512; C] =
+                std::array::from_fn(|c| T::load16(v.as_ptr().add(j * d + 16 * c)));
+            for (h, o) in o.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(*scores.get_unchecked(h * stride + j));
+                for (o, &vc) in o.iter_mut().zip(&vj) {
+                    *o = _mm512_fmadd_ps(w, vc, *o);
                 }
-                for (c, o) in o.iter().enumerate() {
-                    _mm512_storeu_ps(oh.add(16 * c), *o);
-                }
+            }
+        }
+        for (h, o) in o.iter().enumerate() {
+            for (c, o) in o.iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add(h * d + 16 * c), *o);
             }
         }
     }
@@ -245,68 +270,84 @@ mod avx512 {
         ((1u32 << n) - 1) as __mmask16
     }
 
-    /// One position's sixteen lanes of `q · k`: the head's chunks multiplied lane by lane
-    /// and added in chunk order.
+    /// One position's sixteen lanes of `q · k` for each of `H` heads (`q`: `[H, 16 · C]`):
+    /// the head's chunks multiplied lane by lane and added in chunk order.
     #[inline(always)]
-    unsafe fn lanes<T: CachedValue, const C: usize>(qh: &[__m512; C], kj: *const T) -> __m512 {
-        let mut acc = _mm512_mul_ps(qh[0], T::load16(kj));
-        for (c, qc) in qh.iter().enumerate().skip(1) {
-            acc = _mm512_fmadd_ps(*qc, T::load16(kj.add(16 * c)), acc);
-        }
-        acc
+    unsafe fn lanes<T: CachedValue, const C: usize, const H: usize>(
+        q: *const f32,
+        kj: *const T,
+    ) -> [__m512; H] {
+        let key: [__m512; C] = std::array::from_fn(|c| T::load16(kj.add(16 * c)));
+        std::array::from_fn(|h| {
+            let qh = q.add(h * 16 * C);
+            let mut acc = _mm512_mul_ps(_mm512_loadu_ps(qh), key[0]);
+            for (c, &kc) in key.iter().enumerate().skip(1) {
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(16 * c)), kc, acc);
+            }
+            acc
+        })
     }
 
-    /// The dot products of `qh` with the `n` (≤ 16) keys at `keys`, in position order
-    /// (lanes past `n` hold nothing meaningful). Every score is its lanes added in the
-    /// tree of `_mm512_reduce_add_ps`: lane j with j + 8, then with j + 4, then j with
-    /// j + 2, then the two halves of what is left, done for sixteen positions at once.
+    /// For each of `H` heads, the dot products with the `n` (≤ 16) keys at `keys`, in
+    /// position order (lanes past `n` hold nothing meaningful). Every score is its lanes
+    /// added in the tree of `_mm512_reduce_add_ps`: lane j with j + 8, then with j + 4,
+    /// then j with j + 2, then the two halves of what is left, done for sixteen positions
+    /// at once.
     #[inline(always)]
-    unsafe fn scores16<T: CachedValue, const C: usize>(
-        qh: &[__m512; C],
+    unsafe fn scores16<T: CachedValue, const C: usize, const H: usize>(
+        q: *const f32,
         keys: *const T,
         n: usize,
-    ) -> __m512 {
+    ) -> [__m512; H] {
         let d = 16 * C;
         let at = |j: usize| {
             if j < n {
-                lanes::<T, C>(qh, keys.add(j * d))
+                lanes::<T, C, H>(q, keys.add(j * d))
             } else {
-                _mm512_setzero_ps()
+                [_mm512_setzero_ps(); H]
             }
         };
         // Lane j + lane j + 8 of two positions: [a's eight | b's eight].
         let halves = |j: usize| {
             let (a, b) = (at(j), at(j + 1));
-            _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-            )
+            std::array::from_fn::<_, H, _>(|h| {
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b01_00_01_00>(a[h], b[h]),
+                    _mm512_shuffle_f32x4::<0b11_10_11_10>(a[h], b[h]),
+                )
+            })
         };
         // Then + lane j + 4: one 128-bit chunk per position, four positions.
         let quarters = |j: usize| {
             let (x, y) = (halves(j), halves(j + 2));
-            _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
-                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
-            )
+            std::array::from_fn::<_, H, _>(|h| {
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b10_00_10_00>(x[h], y[h]),
+                    _mm512_shuffle_f32x4::<0b11_01_11_01>(x[h], y[h]),
+                )
+            })
         };
         // Then lane j + lane j + 2, two pairs per chunk: chunk i holds positions
         // j + i and j + 4 + i.
         let pairs = |j: usize| {
             let (z, w) = (quarters(j), quarters(j + 4));
-            _mm512_add_ps(
-                _mm512_shuffle_ps::<0b01_00_01_00>(z, w),
-                _mm512_shuffle_ps::<0b11_10_11_10>(z, w),
-            )
+            std::array::from_fn::<_, H, _>(|h| {
+                _mm512_add_ps(
+                    _mm512_shuffle_ps::<0b01_00_01_00>(z[h], w[h]),
+                    _mm512_shuffle_ps::<0b11_10_11_10>(z[h], w[h]),
+                )
+            })
         };
         let (u, w) = (pairs(0), pairs(8));
         // Lane 4i + e holds position i + 4e.
-        let sums = _mm512_add_ps(
-            _mm512_shuffle_ps::<0b10_00_10_00>(u, w),
-            _mm512_shuffle_ps::<0b11_01_11_01>(u, w),
-        );
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-        _mm512_permutexvar_ps(order, sums)
+        std::array::from_fn(|h| {
+            let sums = _mm512_add_ps(
+                _mm512_shuffle_ps::<0b10_00_10_00>(u[h], w[h]),
+                _mm512_shuffle_ps::<0b11_01_11_01>(u[h], w[h]),
+            );
+            _mm512_permutexvar_ps(order, sums)
+        })
     }
 
     /// `s ← exp(s − max)` over `scores` (all ≤ max), 16 at a time; returns Σ s.
@@ -355,11 +396,11 @@ mod avx512 {
         out: &mut [f32],
     ) {
         let d = 16 * C;
-        let q: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(qh.as_ptr().add(16 * c)));
         let mut scores = vec![0f32; visible];
         let mut max = f32::NEG_INFINITY;
         for (j, s) in scores.iter_mut().enumerate() {
-            *s = _mm512_reduce_add_ps(lanes::<f32, C>(&q, k.as_ptr().add(j * d))) * scale;
+            let [l] = lanes::<f32, C, 1>(qh.as_ptr(), k.as_ptr().add(j * d));
+            *s = _mm512_reduce_add_ps(l) * scale;
             max = max.max(*s);
         }
         let inv_total = 1.0 / exp_shifted_in_place(&mut scores, max);
