@@ -23,6 +23,8 @@ pub mod int8_gpu_weight;
 mod int8_projection;
 #[cfg(feature = "cuda")]
 mod int8_projection_cuda;
+#[cfg(target_arch = "x86_64")]
+mod libm_expf;
 mod op_storage;
 mod out_ptr;
 pub mod projection;
