@@ -74,9 +74,9 @@ struct IfevalArgs {
     /// lm-evaluation-harness's IFEval task uses.
     #[arg(long, default_value_t = 1280)]
     max_new_tokens: usize,
-    /// Prompts decoded together when generating (continuous batching). 96 was the fastest
+    /// Prompts decoded together when generating (continuous batching). 128 was the fastest
     /// on a 2-core CPU with the f16 cache (docs/benchmarks.md); the KV cache grows with it.
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = 128)]
     batch: usize,
     /// How the KV cache keeps keys and values on the CPU: f16 halves what attention
     /// reads (on all 541 prompts 6–13% faster, 18 responses differ, no prompt's verdict);

@@ -84,7 +84,7 @@ impl Default for IfevalConfig {
             data: PathBuf::from("data/ifeval/input_data.jsonl"),
             limit: 0,
             max_new_tokens: 1280,
-            batch: 96,
+            batch: 128,
             kv_cache: HostPrecision::F16,
         }
     }
