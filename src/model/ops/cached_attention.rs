@@ -192,7 +192,7 @@ mod avx512 {
         debug_assert!(scores.len() >= group * stride);
         // Heads in blocks whose accumulators fit the 32 vector registers beside one
         // position's keys or values (C each): 4 heads of 64, 2 of 128.
-        let per_block = (16 / C).max(1);
+        let per_block = 16 / C;
         let mut h0 = 0;
         while h0 < group {
             let heads = per_block.min(group - h0);

@@ -10,12 +10,10 @@
 //! (overflow, underflow, infinities, NaN) go to the scalar call, as glibc sends them to
 //! its slow path. `tests` compare with `f32::exp` over a spread of all 2³² inputs.
 
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// 2^(i/32) for i in 0..32, as the bits glibc's `__exp2f_data.tab` stores, each with
 /// `i << 47` subtracted so that adding `k << 47` for `k ≡ i (mod 32)` gives 2^(k/32).
-#[cfg(target_arch = "x86_64")]
 const TABLE: [u64; 32] = [
     0x3ff0000000000000,
     0x3fefd9b0d3158574,
@@ -51,23 +49,19 @@ const TABLE: [u64; 32] = [
     0x3fefd0765b6e4540,
 ];
 /// 32/ln 2.
-#[cfg(target_arch = "x86_64")]
 const INV_LN2_N: u64 = 0x40471547652b82fe;
 /// The polynomial's coefficients, highest degree first (already scaled by 1/32ⁿ).
-#[cfg(target_arch = "x86_64")]
 const POLY: [u64; 3] = [0x3ebc6af84b912394, 0x3f2ebfce50fac4f3, 0x3f962e42ff0c52d6];
 /// 1.5·2⁵²: adding it rounds to an integer held in the low bits.
-#[cfg(target_arch = "x86_64")]
 const SHIFT: u64 = 0x4338000000000000;
-/// The top 12 bits (sign cleared) of 80.0f: larger magnitudes take glibc's slow path.
-#[cfg(target_arch = "x86_64")]
+/// Bits 20–30 of 80.0f (exponent and top mantissa bits): larger magnitudes take glibc's
+/// slow path.
 const FAST_ABSTOP: i32 = 0x42a;
 
 /// `exp` of sixteen f32 values, each bit for bit `f32::exp` of the lane.
 ///
 /// # Safety
 /// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn exp16(x: __m512) -> __m512 {
     let abstop = _mm512_and_si512(
@@ -100,7 +94,6 @@ pub unsafe fn exp16(x: __m512) -> __m512 {
 }
 
 /// glibc's fast path on eight widened inputs, rounded to f32.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp8(xd: __m512d) -> __m256 {
     let f = |bits: u64| _mm512_set1_pd(f64::from_bits(bits));
@@ -125,7 +118,7 @@ unsafe fn exp8(xd: __m512d) -> __m256 {
     _mm512_cvtpd_ps(_mm512_mul_pd(y, s))
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

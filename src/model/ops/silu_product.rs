@@ -3,7 +3,8 @@
 //! candle computes it as two element-wise ops, each a new buffer and, above 64K elements,
 //! a hand-off to its own thread pool (2–3% of a batched decode step). This pass does the
 //! same arithmetic in the same order — `g / (1 + exp(−g))` rounded, then times `u` — with
-//! the same `exp`, so the result has the same bits.
+//! an `exp` of libm's bits (`libm_expf`, sixteen at a time), so the result has the same
+//! bits.
 
 use anyhow::Result;
 use candle_core::{CpuStorage, DType, Storage, Tensor};
